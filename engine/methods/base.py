@@ -1,0 +1,61 @@
+"""The one small interface every style-transfer method implements.
+
+A method receives plain numpy images (already decoded, RGB, float32 in 0..1) and a context that
+gives it a device, a progress callback, a cancel token and the model cache. It returns an RGB image;
+alpha, grey, dtype and selection blending are the pipeline's job, not the method's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from engine.cache import ModelCache
+from engine.errors import CancelToken
+
+
+@dataclass
+class Progress:
+    fraction: float  # 0..1 over the whole job
+    stage: str  # short machine-friendly stage name, e.g. "optimise"
+    message: str  # one line for a person
+    preview: np.ndarray | None = None  # small HxWx3 float32 RGB, optional
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class Style:
+    image: np.ndarray  # HxWx3 float32 RGB 0..1
+    weight: float = 1.0
+
+
+@dataclass
+class PreparedJob:
+    content: np.ndarray  # HxWx3 float32 RGB 0..1, alpha already split off
+    styles: list[Style]
+    params: dict[str, Any]  # validated by the method's `parse_params`
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # name -> HxW float32 0..1
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    progress: ProgressFn
+    cancel: CancelToken
+    cache: ModelCache
+
+
+class Method(Protocol):
+    name: str
+    needs_style: bool  # False for methods whose style lives in the model (Johnson, CycleGAN)
+
+    def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Validate and complete the settings; raise UserError on a bad value."""
+
+    def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
+        """Return the stylised HxWx3 float32 RGB image, same height and width as the content."""
