@@ -1,0 +1,510 @@
+"""The engine's wire protocol: framing, message schema, limits and where the engine listens.
+
+Standard library only, and no imports from `engine`: the plug-in loads this very file (through a
+symlink) as a sibling module inside GIMP's Python. docs/protocol.md is the specification; this
+module follows it.
+
+A frame is a 16-byte prefix (magic, header length, payload length; big-endian), a UTF-8 JSON
+header, then the payload. The header's `blobs` list says how the payload splits into binary blobs;
+images refer to their blob by index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAGIC = b"NST\x01"
+PREFIX = struct.Struct(">4sIQ")
+APP_NAME = "neural-style"
+DEFAULT_PORT = 47913
+SOCKET_NAME = "engine.sock"
+LOCK_NAME = "engine.lock"
+TOKEN_NAME = "token"
+LOG_NAME = "engine.log"
+DTYPE_SIZES = {"u8": 1, "u16": 2, "f32": 4}
+CHUNK = 1 << 20  # bytes per send/recv call: big enough to be fast, small enough to notice a stall
+
+
+class ProtocolError(Exception):
+    """A frame or message that breaks the protocol; `code` is the `error` event's code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection (cleanly between frames, or in the middle of one)."""
+
+
+@dataclass
+class Limits:
+    """Bounds on what a peer may send; the server takes them from `nst serve` options."""
+
+    max_header: int = 1 << 20
+    max_payload: int = 1 << 30
+    max_side: int = 32768
+    max_blobs: int = 64
+    max_styles: int = 16
+    max_string: int = 4096
+    max_depth: int = 8  # nesting of params
+
+
+@dataclass
+class RawImage:
+    width: int
+    height: int
+    channels: int  # 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    dtype: str  # "u8" | "u16" | "f32"  (little-endian, interleaved, row-major)
+    data: bytes | bytearray | memoryview
+
+    @property
+    def nbytes(self) -> int:
+        return self.width * self.height * self.channels * DTYPE_SIZES[self.dtype]
+
+
+@dataclass
+class StyleRef:
+    """A style image, either a file on the engine's machine or pixels sent along."""
+
+    path: str | None = None
+    image: RawImage | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class StylizeJob:
+    method: str
+    params: dict[str, Any]
+    content: RawImage
+    styles: list[StyleRef] = field(default_factory=list)
+    selection: RawImage | None = None  # 1 channel, 0..1: result = sel*styled + (1-sel)*content
+    masks: dict[str, RawImage] = field(default_factory=dict)  # name -> 1-channel image
+
+
+@dataclass
+class Message:
+    header: dict[str, Any]
+    blobs: list[memoryview]
+
+
+# --- Framing -------------------------------------------------------------------------------------
+
+
+def _loads(text: bytes, limits: Limits) -> Any:
+    def no_constant(name: str) -> Any:
+        raise ProtocolError("bad-frame", f"header contains {name}, which JSON does not allow")
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ProtocolError("bad-frame", "header contains a number out of range")
+        return value
+
+    try:
+        return json.loads(text.decode("utf-8"), parse_constant=no_constant, parse_float=finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("bad-frame", f"header is not valid UTF-8 JSON: {exc}") from None
+
+
+def encode_header(header: dict[str, Any], blobs: list[Any]) -> bytes:
+    """Prefix plus JSON header for a message whose payload is `blobs` (bytes-like, sent after)."""
+    sizes = [memoryview(b).nbytes for b in blobs]
+    body = dict(header, blobs=sizes)
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return PREFIX.pack(MAGIC, len(text), sum(sizes)) + text
+
+
+def send_message(
+    sock: socket.socket, header: dict[str, Any], blobs: Sequence[Any] = (), stall_timeout: float = 30.0
+) -> None:
+    """Write one frame, streaming blobs from memoryviews so large images are never copied.
+
+    The socket should have a short timeout; a peer that accepts no bytes for `stall_timeout`
+    seconds raises TimeoutError.
+    """
+    _send_all(sock, memoryview(encode_header(header, list(blobs))), stall_timeout)
+    for blob in blobs:
+        view = memoryview(blob)
+        _send_all(sock, view.cast("B") if view.ndim != 1 or view.format != "B" else view, stall_timeout)
+
+
+def _send_all(sock: socket.socket, view: memoryview, stall_timeout: float) -> None:
+    pos, last = 0, time.monotonic()
+    while pos < len(view):
+        try:
+            sent = sock.send(view[pos : pos + CHUNK])
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            if time.monotonic() - last > stall_timeout:
+                raise TimeoutError("the peer stopped reading") from None
+            continue
+        except OSError as exc:
+            raise ConnectionClosed(str(exc)) from None
+        pos += sent
+        last = time.monotonic()
+
+
+def _recv_into(
+    sock: socket.socket,
+    view: memoryview,
+    stall_timeout: float,
+    on_idle: Callable[[], None] | None,
+) -> None:
+    """Fill `view` completely. `on_idle` runs on each socket timeout before the first byte."""
+    pos, last = 0, time.monotonic()
+    while pos < len(view):
+        try:
+            n = sock.recv_into(view[pos:], min(len(view) - pos, CHUNK))
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            if pos == 0 and on_idle is not None:
+                on_idle()
+                last = time.monotonic()
+            elif time.monotonic() - last > stall_timeout:
+                raise ProtocolError("timeout", "the peer stalled in the middle of a frame") from None
+            continue
+        except OSError as exc:
+            raise ConnectionClosed(str(exc)) from None
+        if n == 0:
+            raise ConnectionClosed("the peer closed the connection")
+        pos += n
+        last = time.monotonic()
+
+
+def read_message(
+    sock: socket.socket,
+    limits: Limits,
+    stall_timeout: float = 30.0,
+    on_idle: Callable[[], None] | None = None,
+) -> Message:
+    """Read and check one frame. The payload is only allocated once the header accounts for it.
+
+    Between frames, each socket timeout calls `on_idle` (which may raise to stop waiting); inside a
+    frame, `stall_timeout` seconds without a byte raise ProtocolError("timeout").
+    """
+    prefix = bytearray(PREFIX.size)
+    _recv_into(sock, memoryview(prefix), stall_timeout, on_idle)
+    magic, header_len, payload_len = PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise ProtocolError("bad-frame", "not a neural-style frame (wrong magic bytes)")
+    if header_len == 0 or header_len > limits.max_header:
+        raise ProtocolError("too-large", f"header of {header_len} bytes (limit {limits.max_header})")
+    if payload_len > limits.max_payload:
+        raise ProtocolError("too-large", f"payload of {payload_len} bytes (limit {limits.max_payload})")
+    text = bytearray(header_len)
+    _recv_into(sock, memoryview(text), stall_timeout, None)
+    header = _loads(bytes(text), limits)
+    if not isinstance(header, dict):
+        raise ProtocolError("bad-frame", "header is not a JSON object")
+    sizes = header.get("blobs", [])
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) > limits.max_blobs
+        or not all(_is_int(s) and s >= 0 for s in sizes)
+        or sum(sizes) != payload_len
+    ):
+        raise ProtocolError("bad-frame", "header `blobs` does not account for the payload")
+    if not isinstance(header.get("type"), str):
+        raise ProtocolError("bad-frame", "header has no `type`")
+    payload = bytearray(payload_len)
+    view = memoryview(payload)
+    if payload_len:
+        _recv_into(sock, view, stall_timeout, None)
+    blobs, pos = [], 0
+    for size in sizes:
+        blobs.append(view[pos : pos + size])
+        pos += size
+    return Message(header, blobs)
+
+
+# --- Field validation ----------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad-request", message)
+
+
+def get_str(obj: dict[str, Any], key: str, limits: Limits, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str) or not value or len(value) > limits.max_string or "\x00" in value:
+        raise _bad(f"`{key}` must be a non-empty string of at most {limits.max_string} characters")
+    return value
+
+
+def get_number(obj: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(f"`{key}` must be a finite number")
+    if not lo <= value <= hi:
+        raise _bad(f"`{key}` must be between {lo} and {hi}")
+    return float(value)
+
+
+def check_json_value(value: Any, limits: Limits, where: str, depth: int = 0) -> None:
+    """Params are plain JSON: bounded nesting and strings, finite numbers, string keys."""
+    if depth > limits.max_depth:
+        raise _bad(f"`{where}` is nested too deeply")
+    if value is None or isinstance(value, bool) or _is_int(value):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _bad(f"`{where}` contains a number that is not finite")
+    elif isinstance(value, str):
+        if len(value) > limits.max_string:
+            raise _bad(f"`{where}` contains a string longer than {limits.max_string}")
+    elif isinstance(value, list):
+        for item in value:
+            check_json_value(item, limits, where, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json_value(key, limits, where, depth + 1)
+            check_json_value(item, limits, f"{where}.{key}", depth + 1)
+    else:
+        raise _bad(f"`{where}` contains an unsupported value")
+
+
+def image_header(image: RawImage, blobs: list[Any]) -> dict[str, Any]:
+    """Describe `image` for a header and queue its pixels as the next blob."""
+    blobs.append(image.data)
+    return {
+        "width": image.width,
+        "height": image.height,
+        "channels": image.channels,
+        "dtype": image.dtype,
+        "blob": len(blobs) - 1,
+    }
+
+
+def parse_image(obj: Any, blobs: list[memoryview], limits: Limits, where: str) -> RawImage:
+    """Check an image description against its blob: enums, ranges, and size = w*h*c*bytes."""
+    if not isinstance(obj, dict):
+        raise _bad(f"`{where}` must be an image object")
+    width, height, channels = obj.get("width"), obj.get("height"), obj.get("channels")
+    dtype, blob = obj.get("dtype"), obj.get("blob")
+    for name, value in (("width", width), ("height", height)):
+        if not _is_int(value) or not 1 <= value <= limits.max_side:
+            raise _bad(f"`{where}.{name}` must be an integer from 1 to {limits.max_side}")
+    if not _is_int(channels) or channels not in (1, 2, 3, 4):
+        raise _bad(f"`{where}.channels` must be 1, 2, 3 or 4")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise _bad(f"`{where}.dtype` must be one of {', '.join(DTYPE_SIZES)}")
+    if not _is_int(blob) or not 0 <= blob < len(blobs):
+        raise _bad(f"`{where}.blob` does not name a blob of this message")
+    image = RawImage(width, height, channels, dtype, blobs[blob])
+    if len(blobs[blob]) != image.nbytes:
+        raise _bad(
+            f"`{where}` is {width}x{height}x{channels} {dtype} ({image.nbytes} bytes) "
+            f"but its blob holds {len(blobs[blob])} bytes"
+        )
+    return image
+
+
+def job_message(job: StylizeJob) -> tuple[dict[str, Any], list[Any]]:
+    """The `stylize` request for a job (attribute access only, so either module copy works)."""
+    blobs: list[Any] = []
+    styles = []
+    for ref in job.styles:
+        entry: dict[str, Any] = {"weight": ref.weight}
+        if ref.image is not None:
+            entry["image"] = image_header(ref.image, blobs)
+        else:
+            entry["path"] = ref.path
+        styles.append(entry)
+    header: dict[str, Any] = {
+        "type": "stylize",
+        "method": job.method,
+        "params": job.params,
+        "content": image_header(job.content, blobs),
+        "styles": styles,
+    }
+    if job.selection is not None:
+        header["selection"] = image_header(job.selection, blobs)
+    if job.masks:
+        header["masks"] = {name: image_header(m, blobs) for name, m in job.masks.items()}
+    return header, blobs
+
+
+def parse_job(message: Message, limits: Limits) -> StylizeJob:
+    """Validate a `stylize` request completely before any of it reaches the pipeline."""
+    h, blobs = message.header, message.blobs
+    method = get_str(h, "method", limits)
+    params = h.get("params", {})
+    if not isinstance(params, dict):
+        raise _bad("`params` must be an object")
+    check_json_value(params, limits, "params")
+    content = parse_image(h.get("content"), blobs, limits, "content")
+    raw_styles = h.get("styles", [])
+    if not isinstance(raw_styles, list) or len(raw_styles) > limits.max_styles:
+        raise _bad(f"`styles` must be a list of at most {limits.max_styles} styles")
+    styles = []
+    for i, entry in enumerate(raw_styles):
+        where = f"styles[{i}]"
+        if not isinstance(entry, dict) or ("path" in entry) == ("image" in entry):
+            raise _bad(f"`{where}` must have exactly one of `path` or `image`")
+        weight = get_number(entry, "weight", 1.0, 0.0, 1e6)
+        if "path" in entry:
+            styles.append(StyleRef(path=get_str(entry, "path", limits), weight=weight))
+        else:
+            image = parse_image(entry["image"], blobs, limits, f"{where}.image")
+            styles.append(StyleRef(image=image, weight=weight))
+    selection = None
+    if h.get("selection") is not None:
+        selection = _parse_mask(h["selection"], blobs, limits, "selection", content)
+    raw_masks = h.get("masks", {})
+    if not isinstance(raw_masks, dict) or len(raw_masks) > limits.max_blobs:
+        raise _bad("`masks` must be an object of name -> image")
+    masks = {}
+    for name, obj in raw_masks.items():
+        if not name or len(name) > 64:
+            raise _bad("mask names must be 1 to 64 characters")
+        masks[name] = _parse_mask(obj, blobs, limits, f"masks.{name}", content)
+    return StylizeJob(method, params, content, styles, selection, masks)
+
+
+def _parse_mask(obj: Any, blobs: list[memoryview], limits: Limits, where: str, content: RawImage) -> RawImage:
+    image = parse_image(obj, blobs, limits, where)
+    if image.channels != 1 or (image.width, image.height) != (content.width, content.height):
+        raise _bad(f"`{where}` must be one channel with the content's width and height")
+    return image
+
+
+# --- Where the engine lives ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """`unix:/path/engine.sock` or `tcp:host:port` (the text form `nst serve --listen` takes)."""
+
+    kind: str  # "unix" | "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return (
+            self.kind == "unix"
+            or self.host in ("localhost", "127.0.0.1", "::1")
+            or (self.host.startswith("127."))
+        )
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A connected socket; raises OSError when no engine listens here."""
+        if self.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Accept `unix:PATH`, `tcp:HOST:PORT`, `HOST:PORT` or `[v6]:PORT`."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ValueError("a unix endpoint needs a path: unix:/path/to/engine.sock")
+        return Endpoint("unix", path=path)
+    rest = text[4:] if text.startswith("tcp:") else text
+    host, sep, port_text = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected HOST:PORT or unix:PATH, not {text!r}")
+    return Endpoint("tcp", host=host, port=int(port_text))
+
+
+def _env(env: dict[str, str] | None) -> dict[str, str]:
+    return dict(os.environ) if env is None else env
+
+
+def data_dir(env: dict[str, str] | None = None) -> Path:
+    """platformdirs' user_data_dir("neural-style") in the standard library; NST_HOME overrides."""
+    e = _env(env)
+    if e.get("NST_HOME"):
+        return Path(e["NST_HOME"])
+    home = Path(e.get("HOME") or Path.home())
+    if sys.platform == "win32":
+        return Path(e.get("LOCALAPPDATA") or home / "AppData" / "Local") / APP_NAME
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / APP_NAME
+    return Path(e.get("XDG_DATA_HOME") or home / ".local" / "share") / APP_NAME
+
+
+def runtime_dir(env: dict[str, str] | None = None) -> Path:
+    """platformdirs' user_runtime_dir("neural-style") in the standard library.
+
+    NST_RUNTIME_DIR overrides it (tests, or several engines for one user).
+    """
+    e = _env(env)
+    if e.get("NST_RUNTIME_DIR"):
+        return Path(e["NST_RUNTIME_DIR"])
+    if sys.platform == "win32":
+        return Path(e.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "Temp" / APP_NAME
+    if sys.platform == "darwin":
+        return Path(e.get("HOME") or Path.home()) / "Library" / "Caches" / "TemporaryItems" / APP_NAME
+    if e.get("XDG_RUNTIME_DIR"):
+        return Path(e["XDG_RUNTIME_DIR"]) / APP_NAME
+    uid = os.geteuid()
+    run_user = Path(f"/run/user/{uid}")
+    try:
+        st = run_user.stat()
+        if st.st_uid == uid and os.access(run_user, os.W_OK):
+            return run_user / APP_NAME
+    except OSError:
+        pass
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"runtime-{uid}" / APP_NAME
+
+
+def default_endpoint(env: dict[str, str] | None = None) -> Endpoint:
+    """NST_ENDPOINT, else TCP on loopback on Windows, else the Unix socket in the runtime dir."""
+    e = _env(env)
+    if e.get("NST_ENDPOINT"):
+        return parse_endpoint(e["NST_ENDPOINT"])
+    if sys.platform == "win32" or not hasattr(socket, "AF_UNIX"):
+        return Endpoint("tcp", host="127.0.0.1", port=DEFAULT_PORT)
+    return Endpoint("unix", path=str(runtime_dir(e) / SOCKET_NAME))
+
+
+def token_path(env: dict[str, str] | None = None) -> Path:
+    return data_dir(env) / TOKEN_NAME
+
+
+def log_path(env: dict[str, str] | None = None) -> Path:
+    return data_dir(env) / LOG_NAME
+
+
+def read_token(env: dict[str, str] | None = None) -> str | None:
+    """The shared secret TCP clients present, or None when there is no token file."""
+    try:
+        return token_path(env).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
