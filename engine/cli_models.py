@@ -1,0 +1,123 @@
+"""`nst models list | pull ID... | import ID FILE | verify [ID...] | remove ID`: printing only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from engine import weights
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    models = subparsers.add_parser("models", help="list, download, import, verify or remove weights")
+    sub = models.add_subparsers(dest="models_command", required=True)
+
+    p = sub.add_parser("list", help="every known weight file and whether it is installed and verified")
+    p.set_defaults(handler=_list)
+
+    p = sub.add_parser("pull", help="download and verify weights (resumes partial downloads)")
+    p.add_argument("ids", nargs="+", metavar="ID", help='weight ids from `nst models list`, or "all"')
+    p.set_defaults(handler=_pull)
+
+    p = sub.add_parser("import", help="install a file you already have, after verifying it")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("file", type=Path, metavar="FILE", help="the weight file, or the zip bundle holding it")
+    p.set_defaults(handler=_import)
+
+    p = sub.add_parser("verify", help="rehash installed files against their published or pinned sha256")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.set_defaults(handler=_verify)
+
+    p = sub.add_parser("remove", help="delete an installed file (its pin is kept unless --unpin)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--unpin", action="store_true", help="also forget the sha256 pinned at first download")
+    p.set_defaults(handler=_remove)
+
+
+def _mib(size: int | None) -> str:
+    return "?" if size is None else f"{size / (1 << 20):.1f} MiB"
+
+
+def _checksum_label(status: weights.ModelStatus, pins: dict) -> str:
+    if status.checksum == "pinned at first download":
+        pin = pins.get(status.id)
+        return f"pinned {pin['pinned_at'][:10]}" if pin else "none upstream; pinned at first download"
+    return status.checksum
+
+
+def _print_table(rows: list[weights.ModelStatus]) -> None:
+    pins = weights.pins()
+    table = [("ID", "METHOD", "STATE", "SIZE", "CHECKSUM", "LICENSE")]
+    table += [(r.id, r.method, r.state, _mib(r.size), _checksum_label(r, pins), r.license) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+    for r in rows:
+        if r.message:
+            print(f"{r.id}: {r.message}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    _print_table(weights.list_models())
+    return 0
+
+
+class _Progress:
+    """A progress line on stderr, redrawn in place on a terminal and every 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last: tuple[str, int] = ("", -1)
+        self.last_time = 0.0
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        percent = int(done * 100 / total) if total else -1
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_time < 0.2 and percent != 100:
+                return
+            self.last_time = now
+            shown = f"{percent}% of {_mib(total)}" if total else _mib(done)
+            print(f"\r{label}: {shown}   ", end="", file=sys.stderr, flush=True)
+            return
+        step = percent // 10 if total else done >> 26  # every 10%, or every 64 MiB
+        if (label, step) != self.last:
+            self.last = (label, step)
+            shown = f"{percent}%" if total else _mib(done)
+            print(f"{label}: {shown}", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.tty and self.last_time:
+            print(file=sys.stderr)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    progress = _Progress()
+    try:
+        installed = weights.pull(args.ids, progress=progress)
+    finally:
+        progress.finish()
+    for path in installed:
+        print(f"ok {path}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    path = weights.import_file(args.id, args.file)
+    print(f"ok {args.id}: verified and installed as {path}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    rows = weights.verify(args.ids or None)
+    _print_table(rows)
+    bad = [r for r in rows if r.state in ("corrupt", "unverified")]
+    return 1 if bad else 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    removed = weights.remove(args.id, unpin=args.unpin)
+    print(f"removed {args.id}" if removed else f"{args.id} was not installed")
+    return 0

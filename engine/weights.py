@@ -1,0 +1,587 @@
+"""The weights manager: manifest, resumable verified downloads, import, verify, remove.
+
+Every file the engine loads is listed in `weights/manifest.toml` with where it comes from and how
+it is checked. A file is only ever handed to loading code after its SHA-256 matched: the one
+upstream publishes, or, where upstream publishes none, the one pinned when it was first installed
+(`<data dir>/weights/pins.json`). Downloads go to a `.part` file that is resumed with HTTP range
+requests and renamed into place only once verified, so the final path is never a partial or
+corrupt file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from engine import __version__, paths
+from engine.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ProgressFn = Callable[[str, int, int | None], None]
+"""progress(weight_id, bytes_done, bytes_total_or_None), called as bytes arrive."""
+
+MANIFEST_ENV = "NST_MANIFEST"
+CHUNK = 1 << 16
+RETRIES = 4
+BACKOFF_S = 0.5
+TIMEOUT_S = 30.0
+_MISSING_CODES = (404, 410)
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A downloadable bundle (a zip) whose members are weight files."""
+
+    id: str
+    file: str
+    urls: tuple[str, ...]
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    method: str
+    file: str
+    urls: tuple[str, ...] = ()
+    archive: str | None = None
+    package: str | None = None
+    member: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    checksum_note: str = ""
+    license: str = ""
+    citation: str = ""
+    arch: dict = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def checksum_source(self) -> str:
+        """How the expected hash is known: what `nst models list` shows."""
+        if self.sha256:
+            return "published"
+        if self.sha256_prefix:
+            return "published prefix, full hash pinned"
+        return "pinned at first download"
+
+
+@dataclass
+class Manifest:
+    path: Path
+    entries: dict[str, Entry]
+    archives: dict[str, Archive]
+
+    def entry(self, weight_id: str) -> Entry:
+        try:
+            return self.entries[weight_id]
+        except KeyError:
+            known = ", ".join(sorted(self.entries))
+            raise UserError("unknown-weights", f"no weights called {weight_id!r}; known: {known}") from None
+
+
+@dataclass
+class ModelStatus:
+    """One line of `nst models list` / `verify`."""
+
+    id: str
+    method: str
+    state: str  # verified | missing | corrupt | unverified
+    checksum: str
+    size: int | None
+    license: str
+    path: Path | None
+    message: str = ""
+
+
+def manifest_path() -> Path:
+    """The manifest in use: $NST_MANIFEST, the source checkout's, or the one installed with the venv.
+
+    The checkout's copy serves editable installs; install.py (and pyproject data-files) put a copy
+    at `<venv>/share/neural-style/manifest.toml` for regular installs.
+    """
+    override = os.environ.get(MANIFEST_ENV)
+    if override:
+        return Path(override)
+    candidates = [
+        Path(__file__).resolve().parents[1] / "weights" / "manifest.toml",
+        Path(sys.prefix) / "share" / "neural-style" / "manifest.toml",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        "no-manifest",
+        "the weights manifest is missing (looked in " + ", ".join(map(str, candidates)) + "); "
+        "re-run install.py",
+    )
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    path = path or manifest_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError("bad-manifest", f"cannot read the weights manifest {path}: {exc}") from None
+    archives = {}
+    for raw in data.get("archives", []):
+        archives[raw["id"]] = Archive(
+            id=raw["id"],
+            file=raw["file"],
+            urls=tuple(raw.get("urls", ())),
+            size=raw.get("size"),
+            sha256=raw.get("sha256"),
+        )
+    entries = {}
+    for raw in data.get("weights", []):
+        raw = dict(raw)
+        raw["urls"] = tuple(raw.get("urls", ()))
+        try:
+            entry = Entry(**raw)
+        except TypeError as exc:
+            raise UserError("bad-manifest", f"{path}: entry {raw.get('id')!r}: {exc}") from None
+        sources = [bool(entry.urls), bool(entry.archive), bool(entry.package)]
+        if sum(sources) != 1 or (entry.archive and entry.archive not in archives):
+            raise UserError("bad-manifest", f"{path}: {entry.id} needs exactly one of urls, archive, package")
+        entries[entry.id] = entry
+    return Manifest(path=path, entries=entries, archives=archives)
+
+
+# --- local state --------------------------------------------------------------------------------
+
+
+def _pins_path() -> Path:
+    return paths.weights_dir() / "pins.json"
+
+
+def _stamps_path() -> Path:
+    return paths.weights_dir() / "verified.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            "bad-state", f"{path} is unreadable ({exc}); delete it and run: nst models verify"
+        ) from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write via a temporary file and rename so a crash never leaves half a pins file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pins() -> dict[str, dict]:
+    return _read_json(_pins_path())
+
+
+def _pin(weight_id: str, sha256: str, source: str) -> None:
+    data = pins()
+    data[weight_id] = {
+        "sha256": sha256,
+        "source": source,
+        "pinned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json(_pins_path(), data)
+
+
+def _stamp(weight_id: str, path: Path, sha256: str) -> None:
+    """Remember that this exact file (size, mtime) hashed right, so path_for need not rehash it."""
+    st = path.stat()
+    data = _read_json(_stamps_path())
+    data[weight_id] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    _write_json(_stamps_path(), data)
+
+
+def _stamped(weight_id: str, path: Path, sha256: str | None) -> bool:
+    stamp = _read_json(_stamps_path()).get(weight_id)
+    if not stamp or stamp.get("path") != str(path):
+        return False
+    st = path.stat()
+    same_file = stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns
+    return same_file and (sha256 is None or stamp.get("sha256") == sha256)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- where files are and whether they are right -------------------------------------------------
+
+
+def _installed_path(entry: Entry) -> Path | None:
+    """Where the file would be: in the data dir, or inside the distribution that ships it."""
+    if entry.package:
+        try:
+            dist = metadata.distribution(entry.package)
+        except metadata.PackageNotFoundError:
+            return None
+        return Path(str(dist.locate_file(entry.member or entry.file)))
+    return paths.weights_dir() / entry.file
+
+
+def _expected(entry: Entry) -> str | None:
+    """The full hash a file must have, or None when nothing is pinned yet."""
+    if entry.sha256:
+        return entry.sha256.lower()
+    pin = pins().get(entry.id)
+    return pin["sha256"] if pin else None
+
+
+def _check(entry: Entry, digest: str) -> str | None:
+    """Why a file with this hash is wrong for the entry, or None when it is right or pinnable."""
+    expected = _expected(entry)
+    if expected is not None and digest != expected:
+        return f"sha256 {digest} does not match the expected {expected}"
+    if expected is None and entry.sha256_prefix and not digest.startswith(entry.sha256_prefix.lower()):
+        return f"sha256 {digest} does not start with the published {entry.sha256_prefix}"
+    return None
+
+
+def _accept(entry: Entry, file: Path, source: str) -> None:
+    """Verify a complete file (raising checksum-mismatch after removing it), pin it if unpinned."""
+    digest = sha256_file(file)
+    problem = _check(entry, digest)
+    if problem:
+        file.unlink(missing_ok=True)
+        raise UserError("checksum-mismatch", f"{entry.id}: {problem} (from {source}); the file was discarded")
+    if _expected(entry) is None:
+        _pin(entry.id, digest, source)
+
+
+def path_for(weight_id: str, manifest: Manifest | None = None) -> Path | None:
+    """The installed and verified file for `weight_id`, or None."""
+    entry = (manifest or load_manifest()).entry(weight_id)
+    path = _installed_path(entry)
+    if path is None or not path.is_file():
+        return None
+    expected = _expected(entry)
+    if expected is None:
+        return None  # nothing to check it against: only pull/import may pin
+    if _stamped(entry.id, path, expected):
+        return path
+    if _check(entry, sha256_file(path)) is not None:
+        return None
+    _stamp(entry.id, path, expected)
+    return path
+
+
+def require(weight_id: str, manifest: Manifest | None = None) -> Path:
+    """Like path_for, but a missing file is a UserError that says how to get it."""
+    manifest = manifest or load_manifest()
+    path = path_for(weight_id, manifest)
+    if path is not None:
+        return path
+    entry = manifest.entry(weight_id)
+    if entry.package:
+        hint = f"reinstall the {entry.package} package (python3 install.py does it)"
+    else:
+        hint = f"run: nst models pull {weight_id}"
+    raise UserError(
+        "missing-weights", f"the {weight_id} weights are not installed or failed verification; {hint}"
+    )
+
+
+# --- downloading --------------------------------------------------------------------------------
+
+
+def _content_range(header: str | None) -> tuple[int, int | None] | None:
+    """(start, total) from 'bytes START-END/TOTAL' (TOTAL may be '*')."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (header or "").strip())
+    if not match:
+        return None
+    return int(match.group(1)), None if match.group(2) == "*" else int(match.group(2))
+
+
+class _Missing(Exception):
+    """The server says the file is not there (404/410): retrying the same URL will not help."""
+
+
+def _fetch_once(url: str, part: Path, label: str, size_hint: int | None, progress: ProgressFn | None) -> None:
+    """One HTTP request that appends to `part` (resuming if it has bytes); raises on a short read."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": f"neural-style-engine/{__version__}"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code in _MISSING_CODES:
+            raise _Missing(f"{url} answered {exc.code} {exc.reason}") from None
+        if exc.code == 416 and have:
+            # Range not satisfiable: the .part is already whole, or longer than the file.
+            total = (exc.headers.get("Content-Range") or "").rpartition("/")[2]
+            if total != str(have):
+                part.unlink()
+            return
+        raise
+    with response:
+        total: int | None
+        if have and response.status == 206:
+            span = _content_range(response.headers.get("Content-Range"))
+            if span is None or span[0] != have:
+                raise OSError(f"{url}: unexpected Content-Range {response.headers.get('Content-Range')!r}")
+            total = span[1]
+            mode = "ab"
+        else:  # a full body: the server ignored the range, or there was nothing to resume
+            have = 0
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            mode = "wb"
+        total = total or size_hint
+        done = have
+        with open(part, mode) as out:
+            while block := response.read(CHUNK):
+                out.write(block)
+                done += len(block)
+                if progress:
+                    progress(label, done, total)
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and done < total:
+            raise http.client.IncompleteRead(b"", total - done)
+
+
+def download(
+    urls: Iterable[str],
+    dest: Path,
+    label: str,
+    size_hint: int | None = None,
+    progress: ProgressFn | None = None,
+) -> str:
+    """Fetch `dest.part` from the first URL that has it, resuming and retrying; returns the URL.
+
+    The caller verifies the .part and renames it: this function never writes `dest` itself.
+    """
+    part = dest.with_name(dest.name + ".part")
+    failures: list[str] = []
+    all_missing = True
+    for url in urls:
+        for attempt in range(RETRIES + 1):
+            try:
+                _fetch_once(url, part, label, size_hint, progress)
+                return url
+            except _Missing as exc:
+                failures.append(str(exc))
+                break
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                if attempt == RETRIES:
+                    reason = getattr(exc, "reason", None) or exc
+                    failures.append(f"{url}: {reason} (after {RETRIES + 1} tries)")
+                    all_missing = False
+                    break
+                time.sleep(min(BACKOFF_S * 2**attempt, 8.0))
+    if all_missing:
+        raise UserError(
+            "weights-not-found",
+            f"{label}: not found upstream ({'; '.join(failures)}). "
+            f"If you have the file, install it with: nst models import {label} FILE",
+        )
+    raise UserError(
+        "download-failed",
+        f"{label}: download failed: {'; '.join(failures)}. Run the same command again to resume "
+        f"(the partial file {part.name} is kept); a proxy is taken from HTTPS_PROXY/HTTP_PROXY",
+    )
+
+
+def _install_from_part(entry: Entry, part: Path, source: str) -> Path:
+    """Verify a complete .part and rename it into place (atomic on one file system)."""
+    _accept(entry, part, source)
+    final = paths.weights_dir() / entry.file
+    os.replace(part, final)
+    _stamp(entry.id, final, _expected(entry) or sha256_file(final))
+    return final
+
+
+def _extract_member(archive_file: Path, member: str, entry: Entry, source: str) -> Path:
+    part = paths.weights_dir() / (entry.file + ".part")
+    try:
+        with zipfile.ZipFile(archive_file) as zf, zf.open(member) as src, open(part, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+    except KeyError:
+        part.unlink(missing_ok=True)
+        raise UserError("bad-archive", f"{archive_file.name} has no member {member}") from None
+    return _install_from_part(entry, part, f"{source}#{member}")
+
+
+def _pull_archive(
+    manifest: Manifest, archive: Archive, wanted: list[Entry], progress: ProgressFn | None
+) -> None:
+    """Download a bundle once, extract every member that is a manifest entry, then delete it."""
+    dest = paths.weights_dir() / archive.file
+    part = dest.with_name(dest.name + ".part")
+    url = download(archive.urls, dest, archive.id, archive.size, progress)
+    if archive.sha256 and sha256_file(part) != archive.sha256:
+        part.unlink()
+        raise UserError(
+            "checksum-mismatch", f"{archive.id}: the downloaded archive does not match its sha256"
+        )
+    if not zipfile.is_zipfile(part):
+        part.unlink()
+        raise UserError(
+            "bad-archive", f"{archive.id}: {url} did not return a zip file; the file was discarded"
+        )
+    members = [e for e in manifest.entries.values() if e.archive == archive.id]
+    try:
+        errors = []
+        for entry in members:
+            if entry in wanted or path_for(entry.id, manifest) is None:
+                try:
+                    _extract_member(part, entry.member or entry.file, entry, url)
+                except UserError as exc:
+                    if entry in wanted:
+                        errors.append(exc)
+        if errors:
+            raise errors[0]
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def pull(
+    ids: Iterable[str],
+    progress: ProgressFn | None = None,
+    manifest: Manifest | None = None,
+) -> list[Path]:
+    """Download, verify and install weights; "all" means every downloadable entry.
+
+    Files already installed and verified are skipped, so pulling again is cheap.
+    """
+    manifest = manifest or load_manifest()
+    ids = list(ids)
+    if "all" in ids:
+        ids = [e.id for e in manifest.entries.values() if not e.package]
+    entries = [manifest.entry(i) for i in dict.fromkeys(ids)]
+    by_archive: dict[str, list[Entry]] = {}
+    for entry in entries:
+        if path_for(entry.id, manifest) is not None:
+            continue
+        if entry.package:
+            require(entry.id, manifest)  # cannot be downloaded: explains how to get it
+        elif entry.archive:
+            by_archive.setdefault(entry.archive, []).append(entry)
+        else:
+            dest = paths.weights_dir() / entry.file
+            url = download(entry.urls, dest, entry.id, entry.size, progress)
+            _install_from_part(entry, dest.with_name(dest.name + ".part"), url)
+    for archive_id, wanted in by_archive.items():
+        _pull_archive(manifest, manifest.archives[archive_id], wanted, progress)
+    return [require(entry.id, manifest) for entry in entries]
+
+
+def import_file(weight_id: str, source: Path, manifest: Manifest | None = None) -> Path:
+    """Install a file the user already has (or the bundle that contains it), verified like a download."""
+    manifest = manifest or load_manifest()
+    entry = manifest.entry(weight_id)
+    if entry.package:
+        raise UserError("not-importable", f"{weight_id} ships inside the {entry.package} package")
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise UserError("no-such-file", f"{source} does not exist")
+    if entry.member and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            if entry.member in zf.namelist():
+                return _extract_member(source, entry.member, entry, f"import:{source.resolve()}")
+    part = paths.weights_dir() / (entry.file + ".part")
+    shutil.copyfile(source, part)
+    return _install_from_part(entry, part, f"import:{source.resolve()}")
+
+
+def _status(entry: Entry, rehash: bool) -> ModelStatus:
+    path = _installed_path(entry)
+    status = ModelStatus(
+        id=entry.id,
+        method=entry.method,
+        state="missing",
+        checksum=entry.checksum_source,
+        size=entry.size,
+        license=entry.license,
+        path=None,
+    )
+    if path is None or not path.is_file():
+        if entry.package:
+            status.message = f"the {entry.package} package is not installed"
+        return status
+    status.path = path
+    status.size = path.stat().st_size
+    expected = _expected(entry)
+    if expected is None:
+        status.state = "unverified"
+        status.message = f"no pin to check it against; run: nst models import {entry.id} {path}"
+    elif not rehash and _stamped(entry.id, path, expected):
+        status.state = "verified"
+    else:
+        problem = _check(entry, sha256_file(path))
+        if problem:
+            status.state = "corrupt"
+            status.message = f"{problem}; run: nst models remove {entry.id} && nst models pull {entry.id}"
+        else:
+            status.state = "verified"
+            _stamp(entry.id, path, expected)
+    return status
+
+
+def list_models(manifest: Manifest | None = None) -> list[ModelStatus]:
+    """Every manifest entry with its install state (trusting files already verified and unchanged)."""
+    manifest = manifest or load_manifest()
+    return [_status(entry, rehash=False) for entry in manifest.entries.values()]
+
+
+def verify(ids: Iterable[str] | None = None, manifest: Manifest | None = None) -> list[ModelStatus]:
+    """Rehash installed files (all, or `ids`) against their published or pinned hashes."""
+    manifest = manifest or load_manifest()
+    entries = [manifest.entry(i) for i in ids] if ids else list(manifest.entries.values())
+    return [_status(entry, rehash=True) for entry in entries]
+
+
+def remove(weight_id: str, unpin: bool = False, manifest: Manifest | None = None) -> bool:
+    """Delete an installed file (and any partial download); True if something was removed.
+
+    The pin is kept unless `unpin`, so a later download must match what was first trusted.
+    """
+    entry = (manifest or load_manifest()).entry(weight_id)
+    if entry.package:
+        raise UserError("not-removable", f"{weight_id} ships inside the {entry.package} package")
+    final = paths.weights_dir() / entry.file
+    removed = False
+    for file in (final, final.with_name(final.name + ".part")):
+        if file.exists():
+            file.unlink()
+            removed = True
+    stamps = _read_json(_stamps_path())
+    if stamps.pop(weight_id, None) is not None:
+        _write_json(_stamps_path(), stamps)
+    if unpin:
+        data = pins()
+        if data.pop(weight_id, None) is not None:
+            _write_json(_pins_path(), data)
+            removed = True
+    return removed
