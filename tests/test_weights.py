@@ -1,0 +1,381 @@
+"""The weights manager against a real HTTP server on loopback that can cut, 404 or lie."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from engine import weights
+from engine.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def payload(seed: int, size: int = 300_000) -> bytes:
+    """Deterministic bytes that are not all alike, so a wrong offset changes the hash."""
+    out = bytearray()
+    block = seed.to_bytes(4, "little")
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+@dataclass
+class Behaviour:
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before cutting
+    cut_times: dict[str, int] = field(default_factory=dict)  # path -> how many requests to cut
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+
+class Server:
+    def __init__(self) -> None:
+        self.behaviour = Behaviour()
+        behaviour = self.behaviour
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                behaviour.requests.append((self.path, dict(self.headers.items())))
+                body = behaviour.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                chunk = body[start:]
+                if behaviour.cut_times.get(self.path, 0) > 0:
+                    behaviour.cut_times[self.path] -= 1
+                    chunk = chunk[: behaviour.cut_after[self.path]]
+                    self.close_connection = True
+                self.wfile.write(chunk)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def ranges(self, path: str) -> list[str | None]:
+        return [h.get("Range") for p, h in self.behaviour.requests if p == path]
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(weights, "BACKOFF_S", 0.01)
+    return tmp_path / "home"
+
+
+def write_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
+    path = tmp_path / "manifest.toml"
+    path.write_text("schema = 1\n" + body, encoding="utf-8")
+    monkeypatch.setenv("NST_MANIFEST", str(path))
+    return path
+
+
+def entry(weight_id: str, url: str, **extra: str) -> str:
+    lines = [
+        "[[weights]]",
+        f'id = "{weight_id}"',
+        'method = "test"',
+        f'file = "{weight_id}.pth"',
+        f'urls = ["{url}"]',
+        'license = "test"',
+    ]
+    lines += [f'{k} = "{v}"' for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_resume_after_the_connection_is_cut(server: Server, home: Path, tmp_path, monkeypatch) -> None:
+    data = payload(1)
+    server.behaviour.files["/a.pth"] = data
+    server.behaviour.cut_after["/a.pth"] = 120_000
+    server.behaviour.cut_times["/a.pth"] = 1
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth", sha256=sha(data)))
+    seen: list[tuple[int, int | None]] = []
+
+    [path] = weights.pull(["a"], progress=lambda _id, done, total: seen.append((done, total)))
+
+    assert server.ranges("/a.pth") == [None, "bytes=120000-"]
+    assert path == home / "weights" / "a.pth"
+    assert path.read_bytes() == data
+    assert not (home / "weights" / "a.pth.part").exists()
+    assert seen[-1] == (len(data), len(data))
+    assert weights.path_for("a") == path
+
+
+def test_checksum_mismatch_leaves_no_file(server: Server, home: Path, tmp_path, monkeypatch) -> None:
+    server.behaviour.files["/a.pth"] = payload(2)
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth", sha256=sha(payload(1))))
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"])
+
+    assert err.value.code == "checksum-mismatch"
+    assert sorted(p.name for p in (home / "weights").iterdir() if p.suffix in (".pth", ".part")) == []
+    assert weights.path_for("a") is None
+
+
+def test_404_is_reported_clearly(server: Server, home: Path, tmp_path, monkeypatch) -> None:
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/gone.pth", sha256=sha(b"x")))
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"])
+
+    assert err.value.code == "weights-not-found"
+    assert "404" in err.value.message and "nst models import a FILE" in err.value.message
+    assert len(server.behaviour.requests) == 1  # a 404 is not retried
+    assert not any((home / "weights").glob("a.pth*"))
+
+
+def test_a_mirror_is_tried_when_the_first_url_is_missing(server: Server, home, tmp_path, monkeypatch) -> None:
+    data = payload(3)
+    server.behaviour.files["/b.pth"] = data
+    body = entry("a", server.url + "/gone.pth", sha256=sha(data)).replace(
+        f'urls = ["{server.url}/gone.pth"]', f'urls = ["{server.url}/gone.pth", "{server.url}/b.pth"]'
+    )
+    write_manifest(tmp_path, monkeypatch, body)
+
+    [path] = weights.pull(["a"])
+
+    assert path.read_bytes() == data
+
+
+def test_failed_download_never_leaves_a_final_file_and_resumes_later(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    data = payload(4)
+    server.behaviour.files["/a.pth"] = data
+    server.behaviour.cut_after["/a.pth"] = 50_000
+    server.behaviour.cut_times["/a.pth"] = weights.RETRIES + 1
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth", sha256=sha(data)))
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"])
+
+    assert err.value.code == "download-failed"
+    assert not (home / "weights" / "a.pth").exists()
+    part = home / "weights" / "a.pth.part"
+    assert part.stat().st_size == 50_000 * (weights.RETRIES + 1)
+
+    [path] = weights.pull(["a"])  # the server behaves now: the next pull resumes
+
+    assert server.ranges("/a.pth")[-1] == f"bytes={50_000 * (weights.RETRIES + 1)}-"
+    assert path.read_bytes() == data and not part.exists()
+
+
+def test_pin_at_first_download_then_enforced(server: Server, home: Path, tmp_path, monkeypatch) -> None:
+    first, changed = payload(5), payload(6)
+    server.behaviour.files["/a.pth"] = first
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth", checksum_note="none upstream"))
+
+    weights.pull(["a"])
+
+    pins = json.loads((home / "weights" / "pins.json").read_text())
+    assert pins["a"]["sha256"] == sha(first)
+    assert pins["a"]["source"] == server.url + "/a.pth"
+    [status] = weights.list_models()
+    assert (status.state, status.checksum) == ("verified", "pinned at first download")
+
+    weights.remove("a")
+    server.behaviour.files["/a.pth"] = changed
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"])
+    assert err.value.code == "checksum-mismatch"
+    assert not (home / "weights" / "a.pth").exists()
+
+    weights.remove("a", unpin=True)
+    [path] = weights.pull(["a"])
+    assert path.read_bytes() == changed
+    assert weights.pins()["a"]["sha256"] == sha(changed)
+
+
+def test_published_prefix_is_checked_and_the_full_hash_pinned(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    good, bad = payload(7), payload(8)
+    server.behaviour.files["/good.pth"] = good
+    server.behaviour.files["/bad.pth"] = bad
+    body = entry("good", server.url + "/good.pth", sha256_prefix=sha(good)[:8])
+    body += entry("bad", server.url + "/bad.pth", sha256_prefix=sha(good)[:8])
+    write_manifest(tmp_path, monkeypatch, body)
+
+    weights.pull(["good"])
+    with pytest.raises(UserError) as err:
+        weights.pull(["bad"])
+
+    assert weights.pins()["good"]["sha256"] == sha(good)
+    assert err.value.code == "checksum-mismatch" and "published" in err.value.message
+    assert "bad" not in weights.pins()
+
+
+def test_import_verifies_a_local_file(home: Path, tmp_path, monkeypatch) -> None:
+    data = payload(9)
+    write_manifest(tmp_path, monkeypatch, entry("a", "http://127.0.0.1:9/none", sha256=sha(data)))
+    wrong = tmp_path / "wrong.pth"
+    wrong.write_bytes(payload(10))
+    right = tmp_path / "right.pth"
+    right.write_bytes(data)
+
+    with pytest.raises(UserError) as err:
+        weights.import_file("a", wrong)
+    assert err.value.code == "checksum-mismatch"
+    assert not any((home / "weights").glob("a.pth*"))
+
+    path = weights.import_file("a", right)
+    assert path.read_bytes() == data and weights.require("a") == path
+    assert right.exists()  # import copies, it never moves the user's file
+
+
+def test_zip_bundle_is_extracted_to_verified_files(server: Server, home: Path, tmp_path, monkeypatch) -> None:
+    candy, udnie = payload(11), payload(12)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("saved_models/candy.pth", candy)
+        zf.writestr("saved_models/udnie.pth", udnie)
+    server.behaviour.files["/saved_models.zip"] = buf.getvalue()
+    write_manifest(
+        tmp_path,
+        monkeypatch,
+        f"""
+[[archives]]
+id = "bundle"
+file = "saved_models.zip"
+urls = ["{server.url}/saved_models.zip"]
+
+[[weights]]
+id = "candy"
+method = "johnson"
+file = "johnson_candy.pth"
+archive = "bundle"
+member = "saved_models/candy.pth"
+
+[[weights]]
+id = "udnie"
+method = "johnson"
+file = "johnson_udnie.pth"
+archive = "bundle"
+member = "saved_models/udnie.pth"
+""",
+    )
+
+    [path] = weights.pull(["candy"])
+
+    assert path.read_bytes() == candy
+    assert weights.require("udnie").read_bytes() == udnie  # extracted from the same download
+    assert len(server.behaviour.requests) == 1
+    assert not any((home / "weights").glob("saved_models.zip*"))
+    assert set(weights.pins()) == {"candy", "udnie"}
+    weights.pull(["candy", "udnie"])
+    assert len(server.behaviour.requests) == 1  # already installed: nothing fetched
+
+
+def test_require_explains_how_to_get_missing_weights(home: Path, tmp_path, monkeypatch) -> None:
+    write_manifest(tmp_path, monkeypatch, entry("a", "http://127.0.0.1:9/none", sha256=sha(b"x")))
+
+    with pytest.raises(UserError) as err:
+        weights.require("a")
+
+    assert err.value.code == "missing-weights"
+    assert "nst models pull a" in err.value.message
+
+
+def test_verify_notices_a_file_changed_after_install(home: Path, tmp_path, monkeypatch) -> None:
+    data = payload(13)
+    write_manifest(tmp_path, monkeypatch, entry("a", "http://127.0.0.1:9/none", sha256=sha(data)))
+    source = tmp_path / "a.pth"
+    source.write_bytes(data)
+    path = weights.import_file("a", source)
+    assert weights.path_for("a") == path
+
+    flipped = bytearray(data)
+    flipped[1000] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    os.utime(path, ns=(1, 1))  # a new mtime, as any real write gives
+
+    [status] = weights.verify()
+    assert status.state == "corrupt" and "nst models pull a" in status.message
+    assert weights.path_for("a") is None
+
+
+def test_the_shipped_manifest_is_well_formed() -> None:
+    manifest = weights.load_manifest(REPO / "weights" / "manifest.toml")
+    ids = set(manifest.entries)
+    assert {"vgg19", "vgg16", "adain_vgg", "adain_decoder", "hed"} <= ids
+    assert {f"johnson_{s}" for s in ("candy", "mosaic", "rain_princess", "udnie")} <= ids
+    assert {f"cyclegan_style_{s}" for s in ("monet", "cezanne", "ukiyoe", "vangogh")} <= ids
+    for e in manifest.entries.values():
+        assert e.license and e.citation, e.id
+        assert e.sha256 or e.sha256_prefix or e.checksum_note, e.id
+        if e.sha256_prefix:
+            assert e.file.split("-")[-1].startswith(e.sha256_prefix), e.id  # torchvision's convention
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "models", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_cli_pull_list_and_errors(server: Server, tmp_path: Path, monkeypatch) -> None:
+    data = payload(14)
+    server.behaviour.files["/a.pth"] = data
+    manifest = write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth"))
+    env = {"NST_HOME": str(tmp_path / "home"), "NST_MANIFEST": str(manifest)}
+
+    pulled = run_cli("pull", "a", env=env)
+    listed = run_cli("list", env=env)
+    unknown = run_cli("pull", "nope", env=env)
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert "ok " in pulled.stdout and "a: 100%" in pulled.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("a "))
+    assert "verified" in row and "pinned 20" in row
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == ["nst: error: no weights called 'nope'; known: a"]
