@@ -33,16 +33,18 @@ LOCK_NAME = "engine.lock"
 TOKEN_NAME = "token"
 LOG_NAME = "engine.log"
 DTYPE_SIZES = {"u8": 1, "u16": 2, "f32": 4}
+POLL = 0.1  # socket timeout: how often a blocked reader looks up (cancel, shutdown)
 CHUNK = 1 << 20  # bytes per send/recv call: big enough to be fast, small enough to notice a stall
 
 
 class ProtocolError(Exception):
     """A frame or message that breaks the protocol; `code` is the `error` event's code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = details or {}  # the whole `error` header, when it came from the peer
 
 
 class ConnectionClosed(Exception):
@@ -508,3 +510,46 @@ def read_token(env: dict[str, str] | None = None) -> str | None:
         return token_path(env).read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
+
+
+# --- The client's side of a session --------------------------------------------------------------
+
+CLIENT_LIMITS = Limits(max_payload=1 << 40)  # a client trusts the engine it chose to talk to
+
+
+def open_session(
+    endpoint: Endpoint, token: str | None, timeout: float = 5.0, client: str = "nst"
+) -> tuple[socket.socket, dict[str, Any]]:
+    """Connect and say hello. Returns the socket (timeout `POLL`) and the engine's `hello`.
+
+    Raises OSError when nothing listens at `endpoint`, ConnectionClosed when the peer hangs up,
+    and ProtocolError (code from the engine: "protocol-mismatch", "unauthorized", ...) when refused.
+    """
+    sock = endpoint.connect(timeout)
+    try:
+        sock.settimeout(POLL)
+        hello: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": client}
+        if token is not None:
+            hello["token"] = token
+        send_message(sock, hello, (), timeout)
+        reply = read_reply(sock, timeout)
+        if reply.get("type") != "hello":
+            raise ProtocolError("bad-frame", f"expected hello, got {reply.get('type')!r}")
+        return sock, reply
+    except BaseException:
+        sock.close()
+        raise
+
+
+def read_reply(sock: socket.socket, timeout: float) -> dict[str, Any]:
+    """The next message, which must arrive within `timeout`; an `error` is raised as ProtocolError."""
+    deadline = time.monotonic() + timeout
+
+    def on_idle() -> None:
+        if time.monotonic() > deadline:
+            raise ProtocolError("timeout", "the engine did not answer in time")
+
+    header = read_message(sock, CLIENT_LIMITS, timeout, on_idle).header
+    if header["type"] == "error":
+        raise ProtocolError(str(header.get("code", "error")), str(header.get("message", "")), header)
+    return header

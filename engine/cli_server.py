@@ -1,0 +1,289 @@
+"""`nst serve`, `nst ping`, `nst stop`, `nst jobs` and `nst token`: the engine server's commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import secrets
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import protocol
+from engine.errors import UserError
+from engine.protocol import Endpoint, Limits, ProtocolError
+
+_DEFAULTS = Limits()
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="run the engine server (the plug-in starts one itself)")
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT|unix:PATH",
+        help="serve TCP on HOST:PORT (needs a token; the default on Windows) or a Unix socket at PATH "
+        "(default: engine.sock in the user runtime directory)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="exit after this long without jobs or requests; 0 never (default 1800)",
+    )
+    serve.add_argument(
+        "--max-payload",
+        type=_size,
+        default=_DEFAULTS.max_payload,
+        metavar="BYTES",
+        help="largest binary payload a request may carry, e.g. 512M (default 1G)",
+    )
+    serve.add_argument(
+        "--max-header",
+        type=_size,
+        default=_DEFAULTS.max_header,
+        metavar="BYTES",
+        help="largest JSON header (default 1M)",
+    )
+    serve.add_argument(
+        "--max-side",
+        type=int,
+        default=_DEFAULTS.max_side,
+        metavar="PX",
+        help="largest image width or height (default 32768)",
+    )
+    serve.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="drop a client that stops sending or reading mid-message (default 30)",
+    )
+    serve.add_argument(
+        "--jobs-per-device",
+        type=int,
+        default=1,
+        metavar="N",
+        help="jobs run at once on each device (default 1)",
+    )
+    serve.add_argument(
+        "--cache-size",
+        type=_size,
+        default=4 << 30,
+        metavar="BYTES",
+        help="memory for cached models before the least recently used go (default 4G)",
+    )
+    serve.add_argument("--log-file", type=Path, help=f"default: {protocol.LOG_NAME} in the data directory")
+    serve.set_defaults(handler=_serve)
+
+    for name, handler, text in (
+        ("ping", _ping, "check that an engine answers, and show its versions"),
+        ("stop", _stop, "ask the running engine to shut down"),
+        ("jobs", _jobs, "list the engine's queued and running jobs"),
+    ):
+        sub = subparsers.add_parser(name, help=text)
+        sub.add_argument(
+            "--connect",
+            metavar="HOST:PORT|unix:PATH",
+            help="the engine to talk to (default: the running engine, else the default endpoint)",
+        )
+        sub.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+        sub.set_defaults(handler=handler)
+
+    token = subparsers.add_parser("token", help="show the token TCP clients present (creates it if missing)")
+    token.add_argument("--new", action="store_true", help="replace the token with a fresh one")
+    token.set_defaults(handler=_token)
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit() or int(digits) == 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M, not {text!r}")
+    return int(digits) * scale
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from engine.server import EngineLock, Server, ServerConfig, device_of
+
+    endpoint = _parse(args.listen) if args.listen else protocol.default_endpoint()
+    token = None
+    if endpoint.kind == "tcp":
+        token = protocol.read_token()
+        if token is None and not endpoint.is_loopback:
+            raise UserError(
+                "no-token",
+                f"Refusing to listen on {endpoint.host} without a token: run `nst token` first and give "
+                "the token to the clients (see docs/remote.md).",
+            )
+        token = token or ensure_token(protocol.token_path())
+        check_private(protocol.token_path())
+    log_file = args.log_file or protocol.log_path()
+    _setup_logging(log_file)
+    lock = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME)
+    if not lock.acquire(endpoint):
+        holder = lock.holder()
+        raise UserError(
+            "already-running",
+            f"An engine is already running (pid {holder.get('pid', '?')}, {holder.get('endpoint', '?')}); "
+            "`nst stop` stops it.",
+        )
+    try:
+        from engine.cache import ModelCache
+        from engine.pipeline import capabilities, run_job
+
+        limits = Limits(max_header=args.max_header, max_payload=args.max_payload, max_side=args.max_side)
+        config = ServerConfig(
+            endpoint=endpoint,
+            limits=limits,
+            token=token,
+            idle_timeout=args.idle_timeout,
+            stall_timeout=args.stall_timeout,
+            slots_per_device=args.jobs_per_device,
+        )
+        server = Server(config, run_job, capabilities, device_of, ModelCache(args.cache_size))
+        server.bind()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: server.shutdown(wait=False))
+        print(f"nst: engine listening on {server.address} (log: {log_file})", file=sys.stderr, flush=True)
+        server.serve_forever()
+    finally:
+        lock.release()
+    return 0
+
+
+def _setup_logging(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=2, encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(threadName)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def ensure_token(path: Path, replace: bool = False) -> str:
+    """The token in `path`, created 0600 (and never readable by others) when missing."""
+    if not replace:
+        try:
+            existing = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            existing = ""
+        if existing:
+            return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def check_private(path: Path) -> None:
+    if sys.platform != "win32" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise UserError("unsafe-token", f"{path} can be read by other users; run `chmod 600 {path}`.")
+
+
+# --- ping, stop, jobs, token ---------------------------------------------------------------------
+
+
+def _parse(text: str) -> Endpoint:
+    try:
+        return protocol.parse_endpoint(text)
+    except ValueError as exc:
+        raise UserError("bad-endpoint", str(exc)) from None
+
+
+def _target(args: argparse.Namespace) -> Endpoint:
+    """--connect, else what the running engine wrote in its lock file, else the default."""
+    if args.connect:
+        return _parse(args.connect)
+    from engine.server import EngineLock
+
+    recorded = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME).holder().get("endpoint")
+    if isinstance(recorded, str):
+        try:
+            return protocol.parse_endpoint(recorded)
+        except ValueError:
+            pass
+    return protocol.default_endpoint()
+
+
+def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Endpoint]:
+    endpoint = _target(args)
+    token = protocol.read_token() if endpoint.kind == "tcp" else None
+    try:
+        sock, hello = protocol.open_session(endpoint, token, args.timeout)
+    except (OSError, protocol.ConnectionClosed) as exc:
+        raise UserError("no-engine", f"No engine answers at {endpoint} ({exc}).") from None
+    except ProtocolError as exc:
+        raise UserError(exc.code, f"The engine at {endpoint} refused: {exc.message}") from None
+    return sock, hello, endpoint
+
+
+def _ping(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    sock, hello, endpoint = _session(args)
+    sock.close()
+    ms = (time.perf_counter() - start) * 1000
+    caps = hello.get("capabilities", {})
+    print(
+        f"engine {hello.get('engine')} (protocol {hello.get('protocol')}, pid {hello.get('pid')}) "
+        f"at {endpoint}: answered in {ms:.1f} ms"
+    )
+    if isinstance(caps, dict):
+        print(f"  methods: {', '.join(caps.get('methods') or []) or '-'}")
+        print(f"  devices: {', '.join(caps.get('devices') or []) or '-'}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    sock, hello, endpoint = _session(args)
+    with sock:
+        protocol.send_message(sock, {"type": "shutdown"})
+        protocol.read_reply(sock, args.timeout)
+    deadline = time.monotonic() + max(args.timeout, 10.0)
+    while time.monotonic() < deadline:
+        try:
+            endpoint.connect(0.5).close()
+        except OSError:
+            print(f"stopped the engine (pid {hello.get('pid')}) at {endpoint}")
+            return 0
+        time.sleep(0.1)
+    raise UserError("still-running", f"The engine at {endpoint} accepted `shutdown` but is still running.")
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    sock, _, _ = _session(args)
+    with sock:
+        protocol.send_message(sock, {"type": "jobs"})
+        jobs = protocol.read_reply(sock, args.timeout).get("jobs", [])
+    if not jobs:
+        print("no jobs")
+    for job in jobs:
+        print(
+            f"{job['job']:>5}  {job['state']:<8} {job['method']:<10} {job['device']:<6} "
+            f"{100 * job['fraction']:5.1f}%  {job['stage']}"
+        )
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    path = protocol.token_path()
+    token = ensure_token(path, replace=args.new)
+    check_private(path)
+    print(f"{token}\n(stored in {path}; TCP clients need the same file, see docs/remote.md)")
+    return 0

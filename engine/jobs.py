@@ -1,0 +1,271 @@
+"""The job queue: a worker per device slot, cancel tokens, throttled progress and a heartbeat.
+
+Jobs on one device run one at a time by default, because two optimisations sharing a GPU are
+each slower than running them in turn and may not fit in its memory together. The queue knows
+nothing about sockets: it reports to a `JobListener`, which the server implements per connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.cache import ModelCache
+from engine.errors import Cancelled, CancelToken, UserError
+from engine.methods.base import Progress, ProgressFn
+from engine.protocol import RawImage, StylizeJob
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[StylizeJob, ProgressFn, CancelToken, ModelCache], RawImage]
+
+
+class JobListener(Protocol):
+    """Receives a job's events; calls come from worker threads and must not block for long."""
+
+    def on_progress(self, job: Job, progress: Progress, with_preview: bool) -> None: ...
+
+    def on_result(self, job: Job, image: RawImage) -> None: ...
+
+    def on_error(self, job: Job, code: str, message: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    spec: StylizeJob
+    device: str
+    listener: JobListener
+    owner: object
+    token: CancelToken = field(default_factory=CancelToken)
+    state: str = "queued"  # queued | running
+    last: Progress | None = None
+    last_sent: float = 0.0
+    last_preview: float = 0.0
+    cancel_message: str = "Cancelled."
+
+    def describe(self, position: int) -> dict[str, Any]:
+        last = self.last
+        return {
+            "job": self.id,
+            "method": self.spec.method,
+            "device": self.device,
+            "state": self.state,
+            "position": position,
+            "fraction": last.fraction if last else 0.0,
+            "stage": last.stage if last else self.state,
+        }
+
+
+class JobQueue:
+    def __init__(
+        self,
+        runner: Runner,
+        cache: ModelCache,
+        device_of: Callable[[StylizeJob], str],
+        slots_per_device: int = 1,
+        progress_interval: float = 0.05,
+        preview_interval: float = 0.5,
+        heartbeat: float = 0.4,
+    ) -> None:
+        self._runner = runner
+        self._cache = cache
+        self._device_of = device_of
+        self._slots = slots_per_device
+        self._progress_interval = progress_interval
+        self._preview_interval = preview_interval
+        self._heartbeat = heartbeat
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[Job]] = {}
+        self._running: dict[str, list[Job]] = {}
+        self._workers: list[threading.Thread] = []
+        self._ids = itertools.count(1)
+        self._closing = False
+        self.last_activity = time.monotonic()
+        self._beat = threading.Thread(target=self._heartbeat_loop, name="nst-heartbeat", daemon=True)
+        self._beat.start()
+
+    # --- API used by the server ------------------------------------------------------------------
+
+    def submit(self, spec: StylizeJob, listener: JobListener, owner: object) -> tuple[Job, int]:
+        """Queue a job; returns it and how many jobs must finish before it starts."""
+        device = self._device_of(spec)
+        with self._cond:
+            if self._closing:
+                raise UserError("shutting-down", "The engine is shutting down; try again in a moment.")
+            job = Job(str(next(self._ids)), spec, device, listener, owner)
+            queue = self._queues.setdefault(device, deque())
+            running = self._running.setdefault(device, [])
+            position = len(queue) + (1 if len(running) >= self._slots else 0)
+            queue.append(job)
+            if sum(1 for t in self._workers if t.name.startswith(f"nst-{device}-")) < self._slots:
+                worker = threading.Thread(
+                    target=self._work, args=(device,), name=f"nst-{device}-{len(self._workers)}", daemon=True
+                )
+                self._workers.append(worker)
+                worker.start()
+            self.last_activity = time.monotonic()
+            self._cond.notify_all()
+        log.info("job %s queued: %s on %s, position %d", job.id, spec.method, device, position)
+        return job, position
+
+    def cancel(self, job_id: str, message: str = "Cancelled.") -> bool:
+        """Cancel a queued or running job; False when no such job is waiting or running."""
+        with self._cond:
+            for queue in self._queues.values():
+                for job in queue:
+                    if job.id == job_id:
+                        queue.remove(job)
+                        break
+                else:
+                    continue
+                break
+            else:
+                for job in itertools.chain.from_iterable(self._running.values()):
+                    if job.id == job_id:
+                        job.cancel_message = message
+                        job.token.cancel()
+                        return True
+                return False
+        log.info("job %s cancelled while queued", job_id)
+        self._notify(job, job.listener.on_error, job, "cancelled", message)
+        return True
+
+    def cancel_owner(self, owner: object, message: str = "Cancelled.") -> None:
+        """Cancel every job a connection submitted (it went away)."""
+        with self._cond:
+            ids = [j.id for j in self._all_jobs() if j.owner is owner]
+        for job_id in ids:
+            self.cancel(job_id, message)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._cond:
+            out = []
+            for device, running in self._running.items():
+                out += [job.describe(0) for job in running]
+                busy = 1 if len(running) >= self._slots else 0
+                out += [job.describe(i + busy) for i, job in enumerate(self._queues.get(device, ()))]
+            return out
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not any(self._all_jobs())
+
+    def close(self, message: str = "The engine is shutting down.", timeout: float = 10.0) -> None:
+        """Cancel everything and join the worker and heartbeat threads."""
+        with self._cond:
+            self._closing = True
+            ids = [j.id for j in self._all_jobs()]
+        for job_id in ids:
+            self.cancel(job_id, message)
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in [*self._workers, self._beat]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("thread %s did not stop within %.0f s", thread.name, timeout)
+
+    # --- Internals -------------------------------------------------------------------------------
+
+    def _all_jobs(self) -> list[Job]:
+        running = itertools.chain.from_iterable(self._running.values())
+        return [*running, *itertools.chain.from_iterable(self._queues.values())]
+
+    def _work(self, device: str) -> None:
+        while True:
+            with self._cond:
+                queue = self._queues[device]
+                while not queue and not self._closing:
+                    self._cond.wait()
+                if self._closing and not queue:
+                    return
+                job = queue.popleft()
+                job.state = "running"
+                self._running[device].append(job)
+            try:
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._running[device].remove(job)
+                    job.spec = None  # type: ignore[assignment]  # let the pixels go now
+                    self.last_activity = time.monotonic()
+
+    def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        self._send_progress(job, Progress(0.0, "start", "Starting"), force=True)
+
+        def progress(p: Progress) -> None:
+            job.last = p
+            job.token.raise_if_cancelled()
+            self._send_progress(job, p, force=False)
+
+        try:
+            image = self._runner(job.spec, progress, job.token, self._cache)
+        except Cancelled:
+            log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - started)
+            self._notify(job, job.listener.on_error, job, "cancelled", job.cancel_message)
+        except UserError as exc:
+            log.info("job %s failed: %s: %s", job.id, exc.code, exc.message)
+            self._notify(job, job.listener.on_error, job, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("job %s: internal error", job.id)
+            code, message = _describe_internal(exc)
+            self._notify(job, job.listener.on_error, job, code, message)
+        else:
+            log.info("job %s done in %.2f s", job.id, time.monotonic() - started)
+            if job.token.cancelled:
+                self._notify(job, job.listener.on_error, job, "cancelled", job.cancel_message)
+            else:
+                self._notify(job, job.listener.on_result, job, image)
+
+    def _send_progress(self, job: Job, p: Progress, force: bool) -> None:
+        now = time.monotonic()
+        if not force and p.fraction < 1.0 and now - job.last_sent < self._progress_interval:
+            return
+        with_preview = p.preview is not None and now - job.last_preview >= self._preview_interval
+        job.last_sent = now
+        if with_preview:
+            job.last_preview = now
+        self._notify(job, job.listener.on_progress, job, p, with_preview)
+
+    def _heartbeat_loop(self) -> None:
+        """Re-send the last progress of a job whose method has been quiet, so clients see life."""
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+                self._cond.wait(self._heartbeat / 2)
+                now = time.monotonic()
+                quiet = [
+                    j
+                    for j in itertools.chain.from_iterable(self._running.values())
+                    if now - j.last_sent >= self._heartbeat
+                ]
+            for job in quiet:
+                last = job.last or Progress(0.0, "start", "Starting")
+                self._send_progress(job, Progress(last.fraction, last.stage, last.message), force=True)
+
+    def _notify(self, job: Job, fn: Callable[..., None], *args: Any) -> None:
+        """Listener failures (a client gone) cancel the job; they never reach the worker loop."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("job %s: could not deliver an event; cancelling it", job.id)
+            job.token.cancel()
+
+
+def _describe_internal(exc: Exception) -> tuple[str, str]:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "out-of-memory", (
+            f"The engine ran out of memory ({text}). Try a smaller size, the draft preset, or device cpu."
+        )
+    return "internal", f"The engine hit an internal error ({text}). The engine log has the details."
