@@ -1,0 +1,326 @@
+"""The plug-in's side of the engine: find or start it, send a job, stream progress, cancel.
+
+Standard library only: this runs inside GIMP's Python. `protocol` is the engine's own protocol
+module (a symlink), imported as a sibling because GIMP runs plug-ins as scripts. Every failure
+reaches the caller as an `EngineError` whose message says what to do next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import protocol
+from protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
+
+CONFIG_NAME = "engine.json"
+
+
+class EngineError(Exception):
+    """An engine problem for the user: `code` is stable for programs, `message` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EngineClient:
+    def __init__(
+        self,
+        config_path: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        start_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        silence_timeout: float = 120.0,
+    ) -> None:
+        """Read the config install.py wrote (engine.json next to this file unless given).
+
+        `endpoint` overrides where the engine listens (tests; otherwise the config's `endpoint`,
+        else the default Unix socket, or loopback TCP on Windows).
+        """
+        self.config_path = Path(config_path) if config_path else Path(__file__).with_name(CONFIG_NAME)
+        self.config = _load_config(self.config_path)
+        self.env = {**os.environ, **self.config.get("env", {})}
+        try:
+            self.endpoint = protocol.parse_endpoint(
+                endpoint or self.config.get("endpoint") or str(protocol.default_endpoint(self.env))
+            )
+        except ValueError as exc:
+            raise EngineError("bad-config", f"{self.config_path}: {exc}") from None
+        self.start_timeout = start_timeout
+        self.connect_timeout = connect_timeout
+        self.silence_timeout = silence_timeout
+        self.last_hello: dict[str, Any] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # --- API -------------------------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        """The engine's capabilities (methods, backbones, devices); starts the engine if needed.
+
+        The whole `hello` reply (versions, pid, limits) is kept in `last_hello`.
+        """
+        sock, _ = self._session()
+        sock.close()
+        return self.last_hello.get("capabilities", {})
+
+    def stylize(
+        self,
+        job: StylizeJob,
+        on_progress: Callable[[float, str], None],
+        is_cancelled: Callable[[], bool],
+    ) -> RawImage:
+        """Run one job and return the result (the content's size, channels and dtype).
+
+        `is_cancelled` is polled at least every 100 ms; when it turns true the job is cancelled
+        in the engine and EngineError("cancelled") is raised.
+        """
+        header, blobs = protocol.job_message(job)
+        size = sum(memoryview(b).nbytes for b in blobs)
+        sock, hello = self._session()
+        with sock:
+            limit = hello.get("limits", {}).get("max_payload")
+            if isinstance(limit, int) and size > limit:
+                raise EngineError(
+                    "too-large",
+                    f"The images add up to {size >> 20} MiB but the engine accepts {limit >> 20} MiB "
+                    "per job. Scale the image down, or start the engine with a larger --max-payload.",
+                )
+            try:
+                protocol.send_message(sock, header, blobs, self.silence_timeout)
+            except (ConnectionClosed, TimeoutError):
+                raise self._died() from None
+            return self._wait_for_result(sock, job, on_progress, is_cancelled)
+
+    # --- Sessions --------------------------------------------------------------------------------
+
+    def _session(self) -> tuple[Any, dict[str, Any]]:
+        """A connected socket that has said hello, starting the engine when none answers."""
+        try:
+            return self._open()
+        except (OSError, ConnectionClosed):
+            pass
+        self._start()
+        return self._wait_until_ready()
+
+    def _open(self) -> tuple[Any, dict[str, Any]]:
+        token = None
+        if self.endpoint.kind == "tcp":
+            token = self.config.get("token") or protocol.read_token(self.env)
+        try:
+            sock, hello = protocol.open_session(
+                self.endpoint, token, self.connect_timeout, client=f"gimp-plugin {self.config.get('version')}"
+            )
+        except ProtocolError as exc:
+            raise self._refused(exc) from None
+        self.last_hello = hello
+        return sock, hello
+
+    def _refused(self, exc: ProtocolError) -> EngineError:
+        if exc.code == "protocol-mismatch":
+            theirs = exc.details.get("protocol", "?")
+            return EngineError(
+                "protocol-mismatch",
+                f"The engine speaks protocol {theirs} but this plug-in speaks {protocol.PROTOCOL_VERSION}. "
+                "Re-run install.py so both come from the same release, and stop the old engine "
+                "(`nst stop`).",
+            )
+        if exc.code == "unauthorized":
+            return EngineError(
+                "unauthorized",
+                f"The engine at {self.endpoint} refused this plug-in's token. Copy the token file from the "
+                f"engine's machine (`nst token` shows it) to {protocol.token_path(self.env)}.",
+            )
+        return EngineError(exc.code, f"The engine at {self.endpoint} refused the connection: {exc.message}")
+
+    def _start(self) -> None:
+        python = self.config.get("python")
+        if not python:
+            raise EngineError(
+                "engine-not-configured",
+                f"No engine answers at {self.endpoint} and {self.config_path} does not say how to start "
+                "one. Run install.py, or start the engine yourself with `nst serve`.",
+            )
+        if not self.endpoint.is_loopback:
+            raise EngineError(
+                "engine-unreachable",
+                f"No engine answers at {self.endpoint}. Start it on that machine and check the "
+                "connection or SSH tunnel (see docs/remote.md).",
+            )
+        out = self._output_path()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = [python, "-m", "engine", "serve", "--listen", str(self.endpoint)]
+        options: dict[str, Any] = {}
+        if sys.platform == "win32":
+            flags = ("DETACHED_PROCESS", "CREATE_NEW_PROCESS_GROUP", "CREATE_NO_WINDOW")
+            options["creationflags"] = sum(getattr(subprocess, f, 0) for f in flags)
+        else:
+            options["start_new_session"] = True  # GIMP's signals and exit do not reach the engine
+        try:
+            with open(out, "ab") as log:
+                self._process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    cwd=str(out.parent),
+                    close_fds=True,
+                    **options,
+                )
+        except OSError as exc:
+            raise EngineError(
+                "engine-failed-to-start",
+                f"Cannot run the engine's Python {python!r} ({exc}). Re-run install.py.",
+            ) from None
+
+    def _wait_until_ready(self) -> tuple[Any, dict[str, Any]]:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                return self._open()
+            except (OSError, ConnectionClosed):
+                pass
+            process = self._process
+            if process is not None and process.poll() is not None and not self._lock_held():
+                raise EngineError(
+                    "engine-failed-to-start",
+                    f"The engine exited while starting (exit code {process.returncode}). "
+                    f"Its output is in {self._output_path()}:\n{_tail(self._output_path())}",
+                )
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    "engine-start-timeout",
+                    f"The engine did not answer within {self.start_timeout:.0f} s. "
+                    f"Its output is in {self._output_path()}.",
+                )
+            time.sleep(0.1)
+
+    def _lock_held(self) -> bool:
+        """Whether some engine holds the one-per-user lock (one racing ours may have won it)."""
+        if sys.platform == "win32":
+            return False
+        import fcntl
+
+        try:
+            fd = os.open(protocol.runtime_dir(self.env) / protocol.LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _output_path(self) -> Path:
+        return protocol.data_dir(self.env) / "engine.out"
+
+    def _died(self) -> EngineError:
+        where = (
+            f"Its log is {protocol.log_path(self.env)}."
+            if self.endpoint.is_loopback
+            else "Its log is on the engine's machine."
+        )
+        return EngineError(
+            "engine-died",
+            f"The engine stopped unexpectedly during the job. {where} The next run will start it again.",
+        )
+
+    # --- One job ---------------------------------------------------------------------------------
+
+    def _wait_for_result(
+        self,
+        sock: Any,
+        job: StylizeJob,
+        on_progress: Callable[[float, str], None],
+        is_cancelled: Callable[[], bool],
+    ) -> RawImage:
+        state: dict[str, Any] = {"job": None, "cancel_sent_at": None, "heard": time.monotonic()}
+
+        def check() -> None:
+            now = time.monotonic()
+            if state["cancel_sent_at"] is None and is_cancelled():
+                state["cancel_sent_at"] = now
+                if state["job"] is not None:
+                    protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
+            elif state["cancel_sent_at"] is not None and now - state["cancel_sent_at"] > 3.0:
+                raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the job
+            if now - state["heard"] > self.silence_timeout:
+                raise EngineError(
+                    "engine-unresponsive",
+                    f"The engine has not reported anything for {self.silence_timeout:.0f} s. "
+                    f"Its log is {protocol.log_path(self.env)}; `nst stop` and a new run restart it.",
+                )
+
+        while True:
+            try:
+                check()
+                message = protocol.read_message(sock, protocol.CLIENT_LIMITS, self.silence_timeout, check)
+            except (ConnectionClosed, TimeoutError):
+                if state["cancel_sent_at"] is not None:
+                    raise EngineError("cancelled", "Cancelled.") from None
+                raise self._died() from None
+            except ProtocolError as exc:
+                raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
+            state["heard"] = time.monotonic()
+            h = message.header
+            kind = h["type"]
+            if kind == "accepted" and state["job"] is None:
+                state["job"] = h.get("job")
+                ahead = h.get("position", 0)
+                on_progress(0.0, f"Waiting for {ahead} job(s) ahead" if ahead else "Starting")
+                if state["cancel_sent_at"] is not None:
+                    protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
+            elif kind == "progress" and h.get("job") == state["job"]:
+                fraction = h.get("fraction")
+                on_progress(
+                    float(fraction) if isinstance(fraction, (int, float)) else 0.0, str(h.get("message"))
+                )
+            elif kind == "result" and h.get("job") == state["job"]:
+                return _result_image(message, job)
+            elif kind == "error" and h.get("job") in (None, state["job"]):
+                code = str(h.get("code", "error"))
+                raise EngineError(code, "Cancelled." if code == "cancelled" else str(h.get("message")))
+
+
+def _result_image(message: protocol.Message, job: StylizeJob) -> RawImage:
+    try:
+        image = protocol.parse_image(
+            message.header.get("image"), message.blobs, protocol.CLIENT_LIMITS, "image"
+        )
+    except ProtocolError as exc:
+        raise EngineError("protocol-error", f"The engine sent a malformed result: {exc.message}") from None
+    c = job.content
+    if (image.width, image.height, image.channels, image.dtype) != (c.width, c.height, c.channels, c.dtype):
+        raise EngineError("protocol-error", "The engine's result does not match the layer's size or format.")
+    return image
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    """engine.json: {"python": ..., "env": {...}, "version": ..., optional "endpoint", "token"}."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise EngineError("bad-config", f"Cannot read {path} ({exc}); re-run install.py.") from None
+    env = data.get("env", {}) if isinstance(data, dict) else None
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise EngineError("bad-config", f"{path} is not a valid engine config; re-run install.py.")
+    return data
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
