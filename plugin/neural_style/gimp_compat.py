@@ -1,0 +1,422 @@
+"""The host adapter: the only module that calls Gimp, GimpUi, Gegl, Gio and GLib.
+
+It turns the declarative table of neural_style.py into GIMP 3 procedures, reads pixels and the
+selection into RawImages (layers.py), runs the engine through client.py, and only then touches the
+image, inside one undo group. An error before that point leaves the image exactly as it was.
+
+Cancel: GIMP 3 gives a plug-in no cancel signal. When the user cancels the progress bar, the
+core kills the plug-in process (gimp_plug_in_close with kill), so the engine sees its socket
+close and must treat that as a cancel; the image is untouched because the result never arrived.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+import layers  # noqa: E402
+from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject  # noqa: E402
+from layers import Param, ProcedureSpec, RawImage, Settings, SettingsError  # noqa: E402
+
+TRANSFER = "plug-in-neural-style-transfer"
+_RW = GObject.ParamFlags.READWRITE
+
+
+class _Failure(Exception):
+    """Ends a run with EXECUTION_ERROR and this message; raised before the image is touched."""
+
+
+# --- Registration --------------------------------------------------------------------------------
+
+
+def _add_argument(procedure: Gimp.Procedure, p: Param) -> None:
+    blurb = p.blurb or p.label
+    if p.kind == "choice":
+        choice = Gimp.Choice.new()
+        for i, (nick, label) in enumerate(p.choices):
+            choice.add(nick, i, label, "")
+        procedure.add_choice_argument(p.name, p.label, blurb, choice, p.default, _RW)
+    elif p.kind == "int":
+        procedure.add_int_argument(p.name, p.label, blurb, int(p.lo), int(p.hi), p.default, _RW)
+    elif p.kind == "double":
+        procedure.add_double_argument(p.name, p.label, blurb, p.lo, p.hi, p.default, _RW)
+    elif p.kind == "boolean":
+        procedure.add_boolean_argument(p.name, p.label, blurb, p.default, _RW)
+    elif p.kind == "string":
+        procedure.add_string_argument(p.name, p.label, blurb, p.default, _RW)
+    elif p.kind == "file":
+        procedure.add_file_argument(p.name, p.label, blurb, Gimp.FileChooserAction.OPEN, True, None, _RW)
+    elif p.kind == "layer":
+        procedure.add_layer_argument(p.name, p.label, blurb, True, _RW)
+    else:
+        raise ValueError(f"unknown parameter kind {p.kind!r}")
+
+
+def _make_plugin_class(table: list[ProcedureSpec]) -> type:
+    specs = {spec.name: spec for spec in table}
+
+    class NeuralStylePlugIn(Gimp.PlugIn):
+        def do_query_procedures(self) -> list[str]:
+            return list(specs)
+
+        def do_set_i18n(self, name: str) -> bool:
+            return False
+
+        def do_create_procedure(self, name: str) -> Gimp.Procedure:
+            spec = specs[name]
+            procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, _RUNNERS[spec.run], None)
+            procedure.set_image_types("RGB*, GRAY*")
+            procedure.set_sensitivity_mask(
+                Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES
+            )
+            procedure.set_menu_label(spec.label)
+            procedure.add_menu_path(spec.menu)
+            procedure.set_documentation(spec.blurb, spec.help, name)
+            procedure.set_attribution("neural-style contributors", "neural-style contributors", "2026")
+            for param in spec.params:
+                _add_argument(procedure, param)
+            return procedure
+
+    return NeuralStylePlugIn
+
+
+def main(table: list[ProcedureSpec]) -> None:
+    """Hand the table to GIMP; called by neural_style.py when GIMP starts the plug-in."""
+    Gimp.main(_make_plugin_class(table).__gtype__, sys.argv)
+
+
+# --- Settings <-> procedure config ---------------------------------------------------------------
+
+_LAYER_PROPS = {"style_layer": "style-layer", "style2_layer": "style2-layer"}
+_FILE_PROPS = {"style_file": "style-file", "style2_file": "style2-file"}
+
+
+def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, list[Gimp.Layer | None]]:
+    """The plain settings, plus the style layers (pixels are read later, only when needed)."""
+    values: dict[str, Any] = {}
+    style_layers: list[Gimp.Layer | None] = []
+    for f in fields(Settings):
+        if f.name in _LAYER_PROPS:
+            layer = config.get_property(_LAYER_PROPS[f.name])
+            style_layers.append(layer)
+            values[f.name] = layer.get_name() if layer is not None else ""
+        elif f.name in _FILE_PROPS:
+            gfile = config.get_property(_FILE_PROPS[f.name])
+            values[f.name] = (gfile.get_path() or "") if gfile is not None else ""
+        else:
+            values[f.name] = config.get_property(f.name.replace("_", "-"))
+    return Settings(**values), style_layers
+
+
+def _settings_to_config(settings: Settings, image: Gimp.Image, config: Gimp.ProcedureConfig) -> None:
+    """Fill a config from stored settings; style layers are found again by name in `image`."""
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name in _LAYER_PROPS:
+            config.set_property(_LAYER_PROPS[f.name], image.get_layer_by_name(value) if value else None)
+        elif f.name in _FILE_PROPS:
+            config.set_property(_FILE_PROPS[f.name], Gio.File.new_for_path(value) if value else None)
+        else:
+            config.set_property(f.name.replace("_", "-"), value)
+
+
+# --- Pixels --------------------------------------------------------------------------------------
+
+
+def _channels(drawable: Gimp.Drawable) -> int:
+    return (3 if drawable.is_rgb() else 1) + (1 if drawable.has_alpha() else 0)
+
+
+def _read_pixels(drawable: Gimp.Drawable) -> RawImage:
+    """The drawable's pixels as non-linear float with straight alpha, whatever its precision."""
+    w, h, c = drawable.get_width(), drawable.get_height(), _channels(drawable)
+    data = drawable.get_buffer().get(
+        Gegl.Rectangle.new(0, 0, w, h), 1.0, layers.BABL_FORMATS[c], Gegl.AbyssPolicy.CLAMP
+    )
+    return layers.raw_from_pixels(bytes(data), w, h, c)
+
+
+def _write_pixels(buffer: Gegl.Buffer, image: RawImage, w: int, h: int, channels: int) -> None:
+    """Write float pixels; GEGL converts them to the drawable's own precision."""
+    data = layers.pixels_from_raw(image, w, h, channels)
+    buffer.set(Gegl.Rectangle.new(0, 0, w, h), layers.BABL_FORMATS[channels], data)
+    buffer.flush()
+
+
+def _read_selection(image: Gimp.Image, layer: Gimp.Layer) -> RawImage:
+    """The selection over the layer's extent (image coordinates, offsets applied), 0..1 float.
+
+    Outside the canvas the selection is empty, hence the NONE abyss. Feathered edges keep their
+    soft values because the mask is read in its own linear "Y" space.
+    """
+    _, ox, oy = layer.get_offsets()
+    w, h = layer.get_width(), layer.get_height()
+    data = (
+        image.get_selection()
+        .get_buffer()
+        .get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.NONE)
+    )
+    return layers.raw_from_pixels(bytes(data), w, h, 1)
+
+
+# --- The engine ----------------------------------------------------------------------------------
+
+
+def _client() -> Any:
+    """The engine client, imported late so a broken client still lets the plug-in register."""
+    try:
+        import client
+    except Exception as exc:  # any import failure is reported the same way to the user
+        raise _Failure(f"The neural-style engine client could not be loaded: {exc}") from None
+    return client
+
+
+def _hello() -> tuple[Any, dict[str, list[str] | None]]:
+    client = _client()
+    try:
+        engine = client.EngineClient()
+        return engine, layers.method_models(engine.hello())
+    except client.EngineError as exc:
+        raise _Failure(f"The neural-style engine is not available: {exc.message}") from None
+    except OSError as exc:
+        raise _Failure(f"The neural-style engine could not be reached: {exc}") from None
+
+
+def _stylize(engine: Any, job: Any, label: str, done: int, total: int) -> RawImage:
+    """Run one job with progress; a part of the whole bar per layer."""
+    client = _client()
+
+    def on_progress(fraction: float, message: str) -> None:
+        Gimp.progress_set_text(f"{label}: {message}" if message else label)
+        Gimp.progress_update((done + max(0.0, min(1.0, fraction))) / total)
+
+    Gimp.progress_init(label)
+    try:
+        return engine.stylize(job, on_progress, lambda: False)
+    except client.EngineError as exc:
+        raise _Failure(f"Neural style failed on {label}: {exc.message}") from None
+    except OSError as exc:
+        raise _Failure(f"Lost the connection to the neural-style engine: {exc}") from None
+
+
+# --- The dialog ----------------------------------------------------------------------------------
+
+
+def _dialog(
+    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, available: dict[str, list[str] | None]
+) -> bool:
+    """Show the settings dialog; False when the user cancels."""
+    GimpUi.init(procedure.get_name())
+    method_choice = Gimp.param_spec_choice_get_choice(procedure.find_argument("method"))
+    for name in layers.METHODS:
+        usable = name in available and available[name] != []
+        method_choice.set_sensitive(name, usable)
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
+    dialog.get_label("engine-status", layers.describe_methods(available), False, False)
+    dialog.get_label("style-title", "Style: an image file, or a layer of any open image", False, False)
+    dialog.fill_box("style-box", ["style-file", "style-layer"])
+    dialog.fill_frame("style-frame", "style-title", False, "style-box")
+    dialog.get_label("style2-title", "Second style (optional)", False, False)
+    dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
+    dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
+    dialog.fill_box("output-box", ["output", "only-selection"])
+    dialog.fill(
+        [
+            "engine-status",
+            "method",
+            "model",
+            "style-frame",
+            "style2-frame",
+            "strength",
+            "preset",
+            "size",
+            "preserve-colors",
+            "device",
+            "output-box",
+            "seed",
+        ]
+    )
+    model_widget = dialog.get_widget("model", GObject.TYPE_NONE)
+    style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
+
+    def sync(*_args: object) -> None:
+        needs_model = config.get_property("method") in layers.MODEL_METHODS
+        model_widget.set_sensitive(needs_model)
+        style_widget.set_sensitive(not needs_model)
+
+    config.connect("notify::method", sync)
+    sync()
+    ok = dialog.run()
+    dialog.destroy()
+    return bool(ok)
+
+
+# --- Running -------------------------------------------------------------------------------------
+
+
+def _error(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
+    return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+
+def _prepare_styles(settings: Settings, style_layers: list[Gimp.Layer | None]) -> list[tuple[Any, float]]:
+    if settings.method in layers.MODEL_METHODS:
+        return []
+    w1, w2 = layers.style_weights(settings)
+    chosen = [
+        (style_layers[0], settings.style_file, w1),
+        (style_layers[1], settings.style2_file, w2),
+    ]
+    styles: list[tuple[Any, float]] = []
+    for layer, path, weight in chosen:
+        if weight <= 0:
+            continue
+        styles.append((_read_pixels(layer) if layer is not None else path, weight))
+    return styles
+
+
+def _check_drawables(drawables: list[Gimp.Drawable], settings: Settings) -> list[Gimp.Layer]:
+    if not drawables:
+        raise _Failure("Select at least one layer.")
+    out = []
+    for d in drawables:
+        if not isinstance(d, Gimp.Layer) or isinstance(d, Gimp.LayerMask):
+            raise _Failure(f"“{d.get_name()}” is not a layer; neural style works on layers only.")
+        layers.check_layer(d.get_name(), is_group=d.is_group(), is_text=d.is_text_layer(), settings=settings)
+        out.append(d)
+    return out
+
+
+def _apply(image: Gimp.Image, source: Gimp.Layer, result: RawImage, settings: Settings) -> Gimp.Layer:
+    """Put one result into the image: a copy of the source right above it, or the source itself."""
+    w, h, c = source.get_width(), source.get_height(), _channels(source)
+    if settings.output == "in-place":
+        _write_pixels(source.get_shadow_buffer(), result, w, h, c)
+        source.merge_shadow(True)
+        target = source
+    else:
+        # A copy keeps the source's size, offsets, type, mode, opacity and layer mask.
+        target = source.copy()
+        target.set_name(layers.result_layer_name(source.get_name(), settings))
+        image.insert_layer(target, source.get_parent(), image.get_item_position(source))
+        _write_pixels(target.get_buffer(), result, w, h, c)
+    target.update(0, 0, w, h)
+    data = layers.settings_to_bytes(settings, source.get_tattoo())
+    target.attach_parasite(
+        Gimp.Parasite.new(layers.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
+    )
+    return target
+
+
+def _transfer(
+    procedure: Gimp.Procedure,
+    run_mode: Gimp.RunMode,
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+    config: Gimp.ProcedureConfig,
+) -> Gimp.ValueArray:
+    engine, available = _hello()
+    if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config, available):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    raw_settings, style_layers = _settings_from_config(config)
+    try:
+        settings = layers.validate(raw_settings, available)
+        sources = _check_drawables(list(drawables), settings)
+    except SettingsError as exc:
+        raise _Failure(str(exc)) from None
+    styles = _prepare_styles(settings, style_layers)
+    use_selection = settings.only_selection and not Gimp.Selection.is_empty(image)
+
+    jobs = []
+    for layer in sources:
+        selection = None
+        if use_selection:
+            selection = _read_selection(image, layer)
+            coverage = layers.selection_coverage(selection)
+            if coverage == "none":
+                continue
+            if coverage == "full":
+                selection = None
+        jobs.append((layer, layers.build_job(settings, _read_pixels(layer), styles, selection)))
+    if not jobs:
+        raise _Failure("The selection does not overlap any of the selected layers.")
+
+    results = [
+        (layer, _stylize(engine, job, layer.get_name(), i, len(jobs))) for i, (layer, job) in enumerate(jobs)
+    ]
+
+    # Every result is in; only now does the image change, as one undo step.
+    image.undo_group_start()
+    try:
+        for layer, result in results:
+            _apply(image, layer, result, settings)
+    finally:
+        image.undo_group_end()
+    Gimp.progress_end()
+    Gimp.displays_flush()
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def _rerun(
+    procedure: Gimp.Procedure,
+    run_mode: Gimp.RunMode,
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+    config: Gimp.ProcedureConfig,
+) -> Gimp.ValueArray:
+    """Read the settings a result layer carries and run the transfer again on its source."""
+    if len(drawables) != 1:
+        raise _Failure("Select exactly one layer made by Neural Style Transfer.")
+    layer = drawables[0]
+    parasite = layer.get_parasite(layers.PARASITE_NAME)
+    if parasite is None:
+        raise _Failure(
+            f"“{layer.get_name()}” carries no neural-style settings; it was not made by this plug-in."
+        )
+    try:
+        settings, tattoo = layers.settings_from_bytes(bytes(parasite.get_data()))
+    except SettingsError as exc:
+        raise _Failure(str(exc)) from None
+    source = image.get_layer_by_tattoo(tattoo) if tattoo else None
+    target = source or layer
+    transfer = Gimp.get_pdb().lookup_procedure(TRANSFER)
+    transfer_config = transfer.create_config()
+    _settings_to_config(settings, image, transfer_config)
+    transfer_config.set_property("run-mode", run_mode)
+    transfer_config.set_property("image", image)
+    transfer_config.set_core_object_array("drawables", [target])
+    result = transfer.run(transfer_config)
+    status = result.index(0)
+    if status == Gimp.PDBStatusType.EXECUTION_ERROR:
+        raise _Failure(Gimp.PDB.get_last_error(Gimp.get_pdb()) or "Neural Style Transfer failed.")
+    return procedure.new_return_values(status, GLib.Error())
+
+
+def _guarded(
+    body: Callable[..., Gimp.ValueArray],
+) -> Callable[..., Gimp.ValueArray]:
+    """Turn a _Failure anywhere in a run into EXECUTION_ERROR with its message."""
+
+    def run(
+        procedure: Gimp.Procedure,
+        run_mode: Gimp.RunMode,
+        image: Gimp.Image,
+        drawables: list[Gimp.Drawable],
+        config: Gimp.ProcedureConfig,
+        _data: object,
+    ) -> Gimp.ValueArray:
+        try:
+            return body(procedure, run_mode, image, drawables, config)
+        except _Failure as exc:
+            return _error(procedure, str(exc))
+
+    return run
+
+
+_RUNNERS = {"transfer": _guarded(_transfer), "rerun": _guarded(_rerun)}

@@ -1,0 +1,320 @@
+"""Pure-Python half of the plug-in: pixels, selection and settings, with no GIMP and no numpy.
+
+Everything here takes and returns plain data (bytes, dataclasses, dicts) so it can be unit-tested
+with the host Python; gimp_compat.py does the GIMP calls around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from array import array
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from protocol import RawImage, StyleRef, StylizeJob
+
+PARASITE_NAME = "neural-style-settings"
+SETTINGS_VERSION = 1
+
+# Babl formats the adapter reads and writes in: non-linear (') float, straight alpha, as the
+# protocol wants. GEGL converts to and from whatever precision the drawable has.
+BABL_FORMATS = {1: "Y' float", 2: "Y'A float", 3: "R'G'B' float", 4: "R'G'B'A float"}
+MASK_FORMAT = "Y float"
+
+METHODS = ("gatys", "johnson", "adain", "cyclegan")
+METHOD_LABELS = {
+    "gatys": "Gatys (optimisation, slow, best quality)",
+    "johnson": "Johnson (fast, one model per style)",
+    "adain": "AdaIN (fast, any style image)",
+    "cyclegan": "CycleGAN (fast, painter models)",
+}
+# Johnson and CycleGAN carry their style in a trained model; the other two need a style image.
+MODEL_METHODS = frozenset({"johnson", "cyclegan"})
+PRESETS = ("draft", "balanced", "best")
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_LABELS = {"auto": "Automatic", "cpu": "CPU", "cuda": "CUDA GPU"}
+OUTPUTS = ("new-layer", "in-place")
+OUTPUT_LABELS = {"new-layer": "New layer above each source", "in-place": "Replace the layer's pixels"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One procedure argument, gimpfu style; `kind` picks the GIMP argument type."""
+
+    name: str
+    kind: str  # choice | int | double | boolean | string | file | layer
+    label: str
+    blurb: str = ""
+    default: Any = None
+    lo: float = 0.0
+    hi: float = 0.0
+    choices: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProcedureSpec:
+    """One PDB procedure: what GIMP shows, and which runner in gimp_compat does the work."""
+
+    name: str
+    label: str
+    menu: str
+    blurb: str
+    help: str
+    run: str  # "transfer" | "rerun"
+    params: tuple[Param, ...] = ()
+
+
+class SettingsError(ValueError):
+    """A choice the user has to change before anything runs; the message says what to do."""
+
+
+@dataclass
+class Settings:
+    """Every user choice of one run: the dialog's fields and the parasite's content."""
+
+    method: str = "gatys"
+    model: str = ""
+    style_file: str = ""
+    style_layer: str = ""  # display name of a layer used as the style, for naming and re-runs
+    style2_file: str = ""
+    style2_layer: str = ""
+    style2_weight: float = 0.0
+    strength: float = 1.0
+    preset: str = "balanced"
+    size: int = 0  # long side of the work in px; 0 = the layer's own size
+    preserve_colors: bool = False
+    device: str = "auto"
+    output: str = "new-layer"
+    only_selection: bool = True
+    seed: int = 0
+
+    def engine_params(self) -> dict[str, Any]:
+        """The StylizeJob.params for these settings (common params from docs/architecture.md)."""
+        params: dict[str, Any] = {
+            "preset": self.preset,
+            "strength": self.strength,
+            "preserve_colors": self.preserve_colors,
+            "device": self.device,
+            "seed": self.seed,
+        }
+        if self.size > 0:
+            params["size"] = self.size
+        if self.method in MODEL_METHODS:
+            params["model"] = self.model
+        return params
+
+
+def method_models(hello: dict[str, Any]) -> dict[str, list[str] | None]:
+    """Methods the engine offers, from its `hello` reply: name -> installed models, or None for
+    a method that takes a style image instead of a model.
+
+    The reply carries `capabilities.methods` as {name: {"needs_style": bool, "models": [...]}}.
+    """
+    caps = hello.get("capabilities", hello)
+    out: dict[str, list[str] | None] = {}
+    for name, info in (caps.get("methods") or {}).items():
+        info = info if isinstance(info, dict) else {}
+        needs_style = info.get("needs_style", name not in MODEL_METHODS)
+        if needs_style:
+            out[name] = None
+        else:
+            out[name] = [m["id"] if isinstance(m, dict) else str(m) for m in info.get("models") or []]
+    return out
+
+
+def describe_methods(available: dict[str, list[str] | None]) -> str:
+    """One line per method for the dialog: what can run now, and how to fix what cannot."""
+    lines = []
+    for name in METHODS:
+        if name not in available:
+            lines.append(f"{name}: not offered by this engine")
+        elif available[name] is None:
+            lines.append(f"{name}: ready")
+        elif available[name]:
+            lines.append(f"{name}: models {', '.join(available[name] or [])}")
+        else:
+            lines.append(f"{name}: no models installed (nst models pull …)")
+    return "\n".join(lines)
+
+
+def validate(settings: Settings, available: dict[str, list[str] | None]) -> Settings:
+    """Check the choices against the ranges and what the engine has; returns them normalised."""
+    s = replace(settings, model=settings.model.strip())
+    for value, allowed, what in (
+        (s.method, METHODS, "method"),
+        (s.preset, PRESETS, "quality preset"),
+        (s.device, DEVICES, "device"),
+        (s.output, OUTPUTS, "output"),
+    ):
+        if value not in allowed:
+            raise SettingsError(f"Unknown {what} {value!r}; choose one of {', '.join(allowed)}.")
+    if s.method not in available:
+        raise SettingsError(f"The engine does not offer the {s.method} method.")
+    models = available[s.method]
+    if models is not None:
+        if not models:
+            raise SettingsError(
+                f"No {s.method} models are installed. Install one with `nst models pull` "
+                "or choose Gatys or AdaIN, which take any style image."
+            )
+        if not s.model:
+            s = replace(s, model=models[0])
+        elif s.model not in models:
+            raise SettingsError(
+                f"The {s.method} model {s.model!r} is not installed; installed: {', '.join(models)}."
+            )
+    elif not (s.style_file or s.style_layer):
+        raise SettingsError(f"{s.method} needs a style: pick an image file or a layer.")
+    if not 0.0 <= s.style2_weight <= 1.0:
+        raise SettingsError("The second style's weight must be between 0 and 1.")
+    if s.style2_weight > 0 and not (s.style2_file or s.style2_layer):
+        raise SettingsError("A second-style weight is set but no second style is chosen.")
+    if not 0.0 < s.strength <= 10.0:
+        raise SettingsError("Strength must be above 0 and at most 10.")
+    if s.size and not 16 <= s.size <= 16384:
+        raise SettingsError("Size must be 0 (the layer's own) or from 16 to 16384 pixels.")
+    return s
+
+
+def check_layer(name: str, *, is_group: bool, is_text: bool, settings: Settings) -> None:
+    """Refuse layers the run cannot handle, with a message that says why and what to do."""
+    if is_group:
+        raise SettingsError(
+            f"“{name}” is a layer group. Select the layers inside it, or merge the group first."
+        )
+    if is_text and settings.output == "in-place":
+        raise SettingsError(
+            f"“{name}” is a text layer; stylizing it in place would discard its text. "
+            "Choose the output “new layer” or rasterize it first."
+        )
+
+
+def style_label(settings: Settings) -> str:
+    """Short human name of the style(s), for layer names: file stems, layer or model names."""
+
+    def one(path: str, layer: str) -> str:
+        return layer or os.path.splitext(os.path.basename(path))[0]
+
+    if settings.method in MODEL_METHODS:
+        return settings.model
+    label = one(settings.style_file, settings.style_layer)
+    if settings.style2_weight > 0:
+        label += " + " + one(settings.style2_file, settings.style2_layer)
+    return label
+
+
+def result_layer_name(source: str, settings: Settings) -> str:
+    return f"{source} ({style_label(settings)}, {settings.method})"
+
+
+def settings_to_bytes(settings: Settings, source_tattoo: int) -> bytes:
+    """JSON for the parasite; the source's tattoo lets a re-run find the layer it came from."""
+    body = {"version": SETTINGS_VERSION, "source_tattoo": source_tattoo, "settings": asdict(settings)}
+    return json.dumps(body, sort_keys=True).encode("utf-8")
+
+
+def settings_from_bytes(data: bytes) -> tuple[Settings, int]:
+    """Parse a parasite; unknown keys are dropped so older or newer plug-ins can still read it."""
+    try:
+        body = json.loads(bytes(data).decode("utf-8"))
+        raw = body["settings"]
+        tattoo = int(body.get("source_tattoo", 0))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(f"The layer's {PARASITE_NAME} parasite is unreadable: {exc}") from None
+    if body.get("version") != SETTINGS_VERSION or not isinstance(raw, dict):
+        raise SettingsError(f"The layer's settings are from an unknown version {body.get('version')!r}.")
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name in raw and type(raw[f.name]) is type(getattr(defaults, f.name)):
+            values[f.name] = raw[f.name]
+        elif f.name in raw and isinstance(getattr(defaults, f.name), float) and type(raw[f.name]) is int:
+            values[f.name] = float(raw[f.name])
+    return Settings(**values), tattoo
+
+
+def _floats(data: bytes | bytearray | memoryview) -> array:
+    values = array("f")
+    values.frombytes(bytes(data))
+    if sys.byteorder == "big":  # the protocol is little-endian
+        values.byteswap()
+    return values
+
+
+def _to_bytes(values: array) -> bytes:
+    if sys.byteorder == "big":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def raw_from_pixels(data: bytes, width: int, height: int, channels: int) -> RawImage:
+    """Wrap float pixels read from a Gegl buffer in BABL_FORMATS[channels]."""
+    expected = width * height * channels * 4
+    if len(data) != expected:
+        raise ValueError(f"expected {expected} bytes of {width}x{height}x{channels} float, got {len(data)}")
+    if sys.byteorder == "big":
+        data = _to_bytes(_floats(data))
+    return RawImage(width, height, channels, "f32", bytes(data))
+
+
+def pixels_from_raw(image: RawImage, width: int, height: int, channels: int) -> bytes:
+    """Float pixels for a Gegl buffer in BABL_FORMATS[channels] from the engine's result."""
+    if (image.width, image.height, image.channels) != (width, height, channels):
+        raise ValueError(
+            f"the engine returned {image.width}x{image.height}x{image.channels}, "
+            f"expected {width}x{height}x{channels}"
+        )
+    if image.dtype == "f32":
+        values = _floats(image.data)
+    elif image.dtype in ("u8", "u16"):
+        ints = array("B" if image.dtype == "u8" else "H")
+        ints.frombytes(bytes(image.data))
+        if image.dtype == "u16" and sys.byteorder == "big":
+            ints.byteswap()
+        scale = 1.0 / (255.0 if image.dtype == "u8" else 65535.0)
+        values = array("f", (v * scale for v in ints))
+    else:
+        raise ValueError(f"unknown dtype {image.dtype!r}")
+    if len(values) != width * height * channels:
+        raise ValueError("the engine's result has the wrong number of pixels")
+    return values.tobytes()  # native order, which is what Gegl wants
+
+
+def selection_coverage(mask: RawImage) -> str:
+    """'none', 'full' or 'partial': whether the selection misses, covers or cuts the layer."""
+    values = _floats(mask.data)
+    if not values:
+        return "none"
+    lo, hi = min(values), max(values)
+    if hi <= 0.0:
+        return "none"
+    if lo >= 1.0:
+        return "full"
+    return "partial"
+
+
+def build_job(
+    settings: Settings,
+    content: RawImage,
+    styles: list[tuple[str | RawImage, float]],
+    selection: RawImage | None,
+) -> StylizeJob:
+    """The job for one layer; `styles` holds a file path or the pixels of a style layer each."""
+    refs = [
+        StyleRef(path=s, weight=w) if isinstance(s, str) else StyleRef(image=s, weight=w) for s, w in styles
+    ]
+    return StylizeJob(
+        method=settings.method,
+        params=settings.engine_params(),
+        content=content,
+        styles=refs,
+        selection=selection,
+    )
+
+
+def style_weights(settings: Settings) -> tuple[float, float]:
+    """Weights of the first and second style: the blend weight goes to the second."""
+    return 1.0 - settings.style2_weight, settings.style2_weight

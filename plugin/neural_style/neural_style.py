@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""GIMP 3 entry point of the neural-style plug-in: the procedure table, nothing else."""
+
+import gimp_compat
+from layers import (
+    DEVICE_LABELS,
+    DEVICES,
+    METHOD_LABELS,
+    METHODS,
+    OUTPUT_LABELS,
+    OUTPUTS,
+    PRESETS,
+    Param,
+    ProcedureSpec,
+)
+
+TRANSFER_PARAMS = (
+    Param(
+        "method",
+        "choice",
+        "_Method",
+        "Style transfer method",
+        "gatys",
+        choices=tuple((m, METHOD_LABELS[m]) for m in METHODS),
+    ),
+    Param("model", "string", "Mo_del", "Johnson/CycleGAN model id (empty: the first installed)", ""),
+    Param("style-file", "file", "Style _file", "Style image file (Gatys, AdaIN)"),
+    Param(
+        "style-layer", "layer", "Style _layer", "A layer of any open image as the style; wins over the file"
+    ),
+    Param("style2-file", "file", "Second style file", "Optional second style image"),
+    Param("style2-layer", "layer", "Second style layer", "Optional second style layer; wins over its file"),
+    Param(
+        "style2-weight", "double", "Second style _weight", "Blend weight of the second style", 0.0, 0.0, 1.0
+    ),
+    Param("strength", "double", "_Strength", "How strongly the style applies (1 = default)", 1.0, 0.1, 10.0),
+    Param(
+        "preset",
+        "choice",
+        "_Quality",
+        "Speed/quality preset",
+        "balanced",
+        choices=tuple((p, p.capitalize()) for p in PRESETS),
+    ),
+    Param("size", "int", "Work si_ze", "Long side in pixels of the work; 0 = the layer's size", 0, 0, 16384),
+    Param("preserve-colors", "boolean", "_Preserve colours", "Keep the content's colours", False),
+    Param(
+        "device",
+        "choice",
+        "De_vice",
+        "Where the engine computes",
+        "auto",
+        choices=tuple((d, DEVICE_LABELS[d]) for d in DEVICES),
+    ),
+    Param(
+        "output",
+        "choice",
+        "_Output",
+        "Where the result goes",
+        "new-layer",
+        choices=tuple((o, OUTPUT_LABELS[o]) for o in OUTPUTS),
+    ),
+    Param(
+        "only-selection",
+        "boolean",
+        "Only the s_election",
+        "Stylize only the selection; feathered edges blend",
+        True,
+    ),
+    Param("seed", "int", "S_eed", "Random seed, for repeatable results", 0, 0, 2**31 - 1),
+)
+
+TABLE = [
+    ProcedureSpec(
+        name="plug-in-neural-style-transfer",
+        label="Neural Style Transfer…",
+        menu="<Image>/Filters/Artistic",
+        blurb="Repaint the selected layers in the style of an image",
+        help="Runs the neural-style engine (Gatys, Johnson, AdaIN or CycleGAN) on each selected layer "
+        "and puts the result in a new layer above it, or in place. One undo step.",
+        run="transfer",
+        params=TRANSFER_PARAMS,
+    ),
+    ProcedureSpec(
+        name="plug-in-neural-style-rerun",
+        label="Re-run Neural Style…",
+        menu="<Image>/Filters/Artistic",
+        blurb="Run Neural Style Transfer again with the settings stored on a result layer",
+        help="Reads the neural-style-settings parasite of the selected result layer and reopens the "
+        "dialog with those settings, on the layer the result was made from.",
+        run="rerun",
+    ),
+]
+
+if __name__ == "__main__":
+    gimp_compat.main(TABLE)

@@ -1,0 +1,154 @@
+"""layers.py, the plug-in's GIMP-free half, run with the host Python."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin" / "neural_style"))
+
+import layers
+from layers import Settings, SettingsError
+from protocol import RawImage, job_message
+
+HELLO = {
+    "type": "hello",
+    "capabilities": {
+        "methods": {
+            "gatys": {"needs_style": True},
+            "adain": {"needs_style": True},
+            "johnson": {"needs_style": False, "models": [{"id": "mosaic"}, {"id": "candy"}]},
+            "cyclegan": {"needs_style": False, "models": []},
+        }
+    },
+}
+AVAILABLE = layers.method_models(HELLO)
+
+
+def floats(*values: float) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def test_method_models_reads_needs_style_and_models() -> None:
+    assert AVAILABLE == {"gatys": None, "adain": None, "johnson": ["mosaic", "candy"], "cyclegan": []}
+    text = layers.describe_methods(AVAILABLE)
+    assert "johnson: models mosaic, candy" in text
+    assert "cyclegan: no models installed" in text
+
+
+def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
+    s = layers.validate(Settings(method="gatys", style_file="/s.png"), AVAILABLE)
+    assert s.method == "gatys"
+    assert layers.validate(Settings(method="johnson"), AVAILABLE).model == "mosaic"
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        (Settings(method="gatys"), "needs a style"),
+        (Settings(method="cyclegan"), "No cyclegan models are installed"),
+        (Settings(method="johnson", model="udnie"), "'udnie' is not installed"),
+        (Settings(method="nope", style_file="/s"), "Unknown method"),
+        (Settings(style_file="/s", preset="ultra"), "Unknown quality preset"),
+        (Settings(style_file="/s", style2_weight=0.5), "no second style"),
+        (Settings(style_file="/s", strength=0.0), "Strength"),
+        (Settings(style_file="/s", size=8), "Size"),
+    ],
+)
+def test_validate_rejects_with_an_actionable_message(settings: Settings, fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        layers.validate(settings, AVAILABLE)
+
+
+def test_validate_rejects_a_method_the_engine_lacks() -> None:
+    with pytest.raises(SettingsError, match="does not offer"):
+        layers.validate(Settings(method="adain", style_file="/s"), {"gatys": None})
+
+
+def test_check_layer_refuses_groups_and_in_place_text() -> None:
+    with pytest.raises(SettingsError, match="layer group"):
+        layers.check_layer("G", is_group=True, is_text=False, settings=Settings())
+    with pytest.raises(SettingsError, match="text layer"):
+        layers.check_layer("T", is_group=False, is_text=True, settings=Settings(output="in-place"))
+    layers.check_layer("T", is_group=False, is_text=True, settings=Settings(output="new-layer"))
+
+
+def test_result_layer_names() -> None:
+    s = Settings(method="gatys", style_file="/art/starry night.jpg")
+    assert layers.result_layer_name("Background", s) == "Background (starry night, gatys)"
+    two = replace(s, style2_layer="Waves", style2_weight=0.3)
+    assert layers.result_layer_name("B", two) == "B (starry night + Waves, gatys)"
+    assert layers.result_layer_name("B", Settings(method="johnson", model="candy")) == "B (candy, johnson)"
+
+
+def test_settings_round_trip_through_parasite_bytes() -> None:
+    s = Settings(method="adain", style_layer="Paint", strength=2.5, preset="best", only_selection=False)
+    back, tattoo = layers.settings_from_bytes(layers.settings_to_bytes(s, 42))
+    assert (back, tattoo) == (s, 42)
+
+
+def test_settings_from_bytes_drops_unknown_and_mistyped_keys() -> None:
+    data = b'{"version": 1, "source_tattoo": 7, "settings": {"method": "adain", "strength": 2,'
+    data += b' "size": "big", "future": 1}}'
+    s, tattoo = layers.settings_from_bytes(data)
+    assert (s.method, s.strength, s.size, tattoo) == ("adain", 2.0, 0, 7)
+
+
+@pytest.mark.parametrize("data", [b"not json", b'{"version": 99, "settings": {}}', b"[]"])
+def test_settings_from_bytes_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(SettingsError):
+        layers.settings_from_bytes(data)
+
+
+def test_pixels_round_trip_f32() -> None:
+    data = floats(0.0, 0.25, 0.5, 1.0, 0.1, 0.2, 0.3, 0.4)
+    raw = layers.raw_from_pixels(data, 2, 1, 4)
+    assert (raw.width, raw.height, raw.channels, raw.dtype) == (2, 1, 4, "f32")
+    assert layers.pixels_from_raw(raw, 2, 1, 4) == data
+
+
+def test_pixels_from_integer_results_are_scaled() -> None:
+    u8 = RawImage(2, 1, 1, "u8", bytes([0, 255]))
+    assert struct.unpack("<2f", layers.pixels_from_raw(u8, 2, 1, 1)) == (0.0, 1.0)
+    u16 = RawImage(1, 1, 1, "u16", struct.pack("<H", 65535))
+    assert struct.unpack("<f", layers.pixels_from_raw(u16, 1, 1, 1)) == (1.0,)
+
+
+def test_pixel_size_mismatches_are_errors() -> None:
+    with pytest.raises(ValueError, match="expected 16 bytes"):
+        layers.raw_from_pixels(b"\0" * 12, 2, 2, 1)
+    with pytest.raises(ValueError, match="expected 2x2x3"):
+        layers.pixels_from_raw(RawImage(2, 2, 4, "f32", b"\0" * 64), 2, 2, 3)
+
+
+def test_selection_coverage() -> None:
+    def mask(*v: float) -> RawImage:
+        return RawImage(len(v), 1, 1, "f32", floats(*v))
+
+    assert layers.selection_coverage(mask(0.0, 0.0)) == "none"
+    assert layers.selection_coverage(mask(1.0, 1.0)) == "full"
+    assert layers.selection_coverage(mask(0.0, 0.4, 1.0)) == "partial"
+
+
+def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
+    s = layers.validate(
+        Settings(style_file="/a.png", style2_layer="L", style2_weight=0.25, size=64, preset="draft"),
+        AVAILABLE,
+    )
+    content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
+    style_pixels = RawImage(1, 1, 3, "f32", floats(1, 0, 0))
+    sel = RawImage(2, 1, 1, "f32", floats(1.0, 0.0))
+    w1, w2 = layers.style_weights(s)
+    job = layers.build_job(s, content, [("/a.png", w1), (style_pixels, w2)], sel)
+    header, blobs = job_message(job)
+    assert header["method"] == "gatys"
+    assert header["params"]["size"] == 64 and header["params"]["preset"] == "draft"
+    assert "model" not in header["params"]
+    assert header["styles"][0] == {"weight": 0.75, "path": "/a.png"}
+    assert header["styles"][1]["weight"] == 0.25 and "image" in header["styles"][1]
+    assert header["selection"]["channels"] == 1
+    assert len(blobs) == 3
