@@ -1,0 +1,297 @@
+"""The wire format: framing, validation of every field, endpoint rules, and the shared-file setup."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pytest
+
+from engine import protocol
+from engine.protocol import (
+    MAGIC,
+    PREFIX,
+    ConnectionClosed,
+    Limits,
+    Message,
+    ProtocolError,
+    RawImage,
+    StyleRef,
+    StylizeJob,
+    encode_header,
+    job_message,
+    parse_job,
+    read_message,
+    send_message,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = Limits(max_payload=1 << 27, max_side=4096)
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.settimeout(protocol.POLL)
+    b.settimeout(protocol.POLL)
+    return a, b
+
+
+def _image(w: int, h: int, c: int, dtype: str, seed: int = 0) -> RawImage:
+    size = w * h * c * protocol.DTYPE_SIZES[dtype]
+    return RawImage(w, h, c, dtype, bytes((seed + i * 7) % 256 for i in range(size)))
+
+
+def _roundtrip(header: dict[str, Any], blobs: list[Any], limits: Limits = LIMITS) -> Message:
+    a, b = _pair()
+    with a, b:
+        sender = threading.Thread(target=send_message, args=(a, header, blobs))
+        sender.start()
+        try:
+            return read_message(b, limits, stall_timeout=2.0)
+        finally:
+            sender.join()
+
+
+def _raw_frame(header: Any, payload: bytes = b"", declared: int | None = None) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return PREFIX.pack(MAGIC, len(text), len(payload) if declared is None else declared) + text + payload
+
+
+def _read_raw(data: bytes, limits: Limits = LIMITS) -> Message:
+    a, b = _pair()
+    with a, b:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        return read_message(b, limits, stall_timeout=0.5)
+
+
+def test_job_roundtrip_keeps_every_field_and_byte() -> None:
+    content = _image(5, 3, 4, "u16", seed=1)
+    job = StylizeJob(
+        method="gatys",
+        params={"preset": "draft", "size": 48, "strength": 0.5, "layers": {"relu1_1": 1.0}, "x": [1, None]},
+        content=content,
+        styles=[StyleRef(path="/x/style.jpg", weight=0.25), StyleRef(image=_image(2, 2, 3, "f32", 3))],
+        selection=_image(5, 3, 1, "f32", seed=2),
+        masks={"sky": _image(5, 3, 1, "u8", seed=4)},
+    )
+    header, blobs = job_message(job)
+    got = parse_job(_roundtrip(header, blobs), LIMITS)
+    assert got.method == "gatys" and got.params == job.params
+    c = got.content
+    assert (c.width, c.height, c.channels, c.dtype) == (5, 3, 4, "u16")
+    assert bytes(got.content.data) == content.data
+    assert got.styles[0].path == "/x/style.jpg" and got.styles[0].weight == 0.25
+    assert got.styles[1].image is not None and bytes(got.styles[1].image.data) == job.styles[1].image.data
+    assert got.selection is not None and bytes(got.selection.data) == job.selection.data
+    assert bytes(got.masks["sky"].data) == job.masks["sky"].data
+
+
+def test_large_payload_streams_intact() -> None:
+    data = os.urandom(1 << 20) * 48  # 48 MiB: many send/recv chunks
+    msg = _roundtrip({"type": "x"}, [data, b"tail"], Limits(max_payload=1 << 27))
+    assert len(msg.blobs) == 2 and msg.blobs[0] == data and bytes(msg.blobs[1]) == b"tail"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"XXXX" + bytes(12), "bad-frame"),
+        (PREFIX.pack(MAGIC, 0, 0), "too-large"),
+        (PREFIX.pack(MAGIC, (1 << 20) + 1, 0), "too-large"),
+        (PREFIX.pack(MAGIC, 2, (1 << 27) + 1) + b"{}", "too-large"),
+        (_raw_frame(b"{not json"), "bad-frame"),
+        (_raw_frame(b"\xff\xfe{}"), "bad-frame"),
+        (_raw_frame(b'{"type": "x", "n": NaN}'), "bad-frame"),
+        (_raw_frame(b'{"type": "x", "n": -Infinity}'), "bad-frame"),
+        (_raw_frame(b'{"type": "x", "n": 1e999}'), "bad-frame"),
+        (_raw_frame(b"[" * 100000 + b"]" * 100000), "bad-frame"),
+        (_raw_frame([1, 2]), "bad-frame"),
+        (_raw_frame({"blobs": []}), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [4]}, b"abc"), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [2, 2]}, b"abc"), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [-1, 4]}, b"abc"), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [True]}, b"a"), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": "3"}, b"abc"), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [0] * 65}), "bad-frame"),
+        (_raw_frame({"type": "x"}, declared=1 << 26), "bad-frame"),
+    ],
+)
+def test_malformed_frames_are_rejected(frame: bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        _read_raw(frame)
+    assert info.value.code == code
+
+
+def test_truncated_frame_is_a_closed_connection() -> None:
+    frame = _raw_frame({"type": "x", "blobs": [10]}, b"0123456789")
+    for cut in (1, PREFIX.size, PREFIX.size + 3, len(frame) - 1):
+        with pytest.raises(ConnectionClosed):
+            _read_raw(frame[:cut])
+
+
+def test_a_peer_stalling_mid_frame_times_out_but_idle_between_frames_does_not() -> None:
+    a, b = _pair()
+    idle_calls = []
+    with a, b:
+        a.sendall(_raw_frame({"type": "x"})[:10])
+        with pytest.raises(ProtocolError) as info:
+            read_message(b, LIMITS, stall_timeout=0.3, on_idle=lambda: idle_calls.append(1))
+        assert info.value.code == "timeout" and idle_calls == []
+
+    a, b = _pair()
+    with a, b:
+
+        def on_idle() -> None:
+            idle_calls.append(1)
+            if len(idle_calls) == 5:
+                a.sendall(_raw_frame({"type": "late"}))
+
+        assert read_message(b, LIMITS, stall_timeout=0.05, on_idle=on_idle).header["type"] == "late"
+
+
+def _stylize_header(**over: Any) -> tuple[dict[str, Any], list[bytes]]:
+    header: dict[str, Any] = {
+        "type": "stylize",
+        "method": "gatys",
+        "params": {},
+        "content": {"width": 2, "height": 2, "channels": 3, "dtype": "u8", "blob": 0},
+        "styles": [{"path": "/s.jpg"}],
+    }
+    header.update(over)
+    return header, [bytes(12), bytes(4), bytes(16)]
+
+
+def _content(**over: Any) -> dict[str, Any]:
+    return {"width": 2, "height": 2, "channels": 3, "dtype": "u8", "blob": 0, **over}
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"method": 3},
+        {"method": ""},
+        {"method": "x" * 5000},
+        {"method": "a\x00b"},
+        {"params": []},
+        {"params": {"deep": [[[[[[[[[[[1]]]]]]]]]]]}},
+        {"params": {"s": "x" * 5000}},
+        {"content": None},
+        {"content": _content(width=0)},
+        {"content": _content(width=4097)},
+        {"content": _content(width=2.0)},
+        {"content": _content(width=True)},
+        {"content": _content(height="2")},
+        {"content": _content(channels=5)},
+        {"content": _content(dtype="u32")},
+        {"content": _content(dtype=["u8"])},
+        {"content": _content(blob=3)},
+        {"content": _content(blob=-1)},
+        {"content": _content(width=3)},  # 3x2x3 = 18 bytes, blob 0 holds 12
+        {"content": _content(dtype="u16")},
+        {"styles": {"path": "/s.jpg"}},
+        {"styles": [{"path": "/s.jpg", "image": _content()}]},
+        {"styles": [{}]},
+        {"styles": [{"path": 7}]},
+        {"styles": [{"path": "/s.jpg", "weight": -1}]},
+        {"styles": [{"path": "/s.jpg", "weight": "1"}]},
+        {"styles": [{"path": "/s.jpg", "weight": 1e300}]},
+        {"styles": [{"path": "/s.jpg"}] * 17},
+        {"selection": _content(channels=1, blob=1, width=4, height=1)},  # not the content's size
+        {"selection": _content(blob=0)},  # three channels
+        {"masks": []},
+        {"masks": {"": _content(channels=1, blob=1)}},
+        {"masks": {"sky": "x"}},
+    ],
+)
+def test_invalid_stylize_fields_are_rejected(over: dict[str, Any]) -> None:
+    header, blobs = _stylize_header(**over)
+    with pytest.raises(ProtocolError) as info:
+        parse_job(Message(header, [memoryview(b) for b in blobs]), LIMITS)
+    assert info.value.code == "bad-request"
+
+
+def test_valid_stylize_header_passes() -> None:
+    header, blobs = _stylize_header(
+        selection=_content(channels=1, blob=1), masks={"sky": _content(channels=1, blob=1)}
+    )
+    job = parse_job(Message(header, [memoryview(b) for b in blobs]), LIMITS)
+    assert job.selection is not None and job.selection.channels == 1 and job.styles[0].path == "/s.jpg"
+
+
+def test_encode_refuses_nan() -> None:
+    with pytest.raises(ValueError):
+        encode_header({"type": "x", "v": float("nan")}, [])
+
+
+def test_prefix_is_big_endian_magic_then_lengths() -> None:
+    frame = encode_header({"type": "x"}, [b"abcd"])
+    magic, header_len, payload_len = struct.unpack(">4sIQ", frame[:16])
+    assert (magic, header_len, payload_len) == (MAGIC, len(frame) - 16, 4)
+    assert json.loads(frame[16:]) == {"type": "x", "blobs": [4]}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("unix:/run/x.sock", "unix:/run/x.sock"),
+        ("127.0.0.1:8000", "tcp:127.0.0.1:8000"),
+        ("tcp:example.org:1", "tcp:example.org:1"),
+        ("[::1]:9", "tcp:[::1]:9"),
+    ],
+)
+def test_endpoints_parse_and_print(text: str, expected: str) -> None:
+    assert str(protocol.parse_endpoint(text)) == expected
+    assert protocol.parse_endpoint(expected) == protocol.parse_endpoint(text)
+
+
+@pytest.mark.parametrize("text", ["", "unix:", "host", "host:0", "host:65536", ":80", "host:http"])
+def test_bad_endpoints_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        protocol.parse_endpoint(text)
+
+
+def test_loopback_detection() -> None:
+    assert protocol.parse_endpoint("127.0.0.1:1").is_loopback
+    assert protocol.parse_endpoint("[::1]:1").is_loopback
+    assert not protocol.parse_endpoint("0.0.0.0:1").is_loopback
+    assert not protocol.parse_endpoint("192.168.1.5:1").is_loopback
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the XDG rule")
+def test_dirs_follow_platformdirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    for var in ("NST_HOME", "NST_RUNTIME_DIR", "NST_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    assert protocol.runtime_dir() == Path(platformdirs.user_runtime_dir("neural-style", appauthor=False))
+    assert protocol.data_dir() == Path(platformdirs.user_data_dir("neural-style", appauthor=False))
+    assert protocol.default_endpoint() == protocol.Endpoint(
+        "unix", path=str(tmp_path / "run" / "neural-style" / "engine.sock")
+    )
+    env = {"NST_HOME": "/h", "NST_RUNTIME_DIR": "/r", "NST_ENDPOINT": "127.0.0.1:5"}
+    assert protocol.data_dir(env) == Path("/h") and protocol.runtime_dir(env) == Path("/r")
+    assert protocol.default_endpoint(env) == protocol.parse_endpoint("tcp:127.0.0.1:5")
+    assert protocol.token_path(env) == Path("/h/token")
+
+
+def test_one_file_for_both_sides_and_stdlib_only() -> None:
+    link = ROOT / "plugin" / "neural_style" / "protocol.py"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.resolve() == (ROOT / "engine" / "protocol.py").resolve()
+    tree = ast.parse((ROOT / "engine" / "protocol.py").read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
