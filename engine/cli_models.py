@@ -113,8 +113,9 @@ def _import(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     rows = weights.verify(args.ids or None)
     _print_table(rows)
-    bad = [r for r in rows if r.state in ("corrupt", "unverified")]
-    return 1 if bad else 0
+    # Files named on the command line must be there; otherwise only what is installed is judged.
+    bad_states = ("corrupt", "unverified", "missing") if args.ids else ("corrupt", "unverified")
+    return 1 if any(r.state in bad_states for r in rows) else 0
 
 
 def _remove(args: argparse.Namespace) -> int:

@@ -369,11 +369,15 @@ def test_cli_pull_list_and_errors(server: Server, tmp_path: Path, monkeypatch) -
     manifest = write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth"))
     env = {"NST_HOME": str(tmp_path / "home"), "NST_MANIFEST": str(manifest)}
 
+    before = run_cli("verify", "a", env=env)
     pulled = run_cli("pull", "a", env=env)
+    after = run_cli("verify", "a", env=env)
     listed = run_cli("list", env=env)
     unknown = run_cli("pull", "nope", env=env)
 
+    assert before.returncode == 1 and "missing" in before.stdout  # a named file must be there
     assert pulled.returncode == 0, pulled.stderr
+    assert after.returncode == 0, after.stdout
     assert "ok " in pulled.stdout and "a: 100%" in pulled.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith("a "))
     assert "verified" in row and "pinned 20" in row
