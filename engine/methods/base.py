@@ -7,8 +7,9 @@ alpha, grey, dtype and selection blending are the pipeline's job, not the method
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch

@@ -1,0 +1,184 @@
+"""`nst stylize` and `nst info`: run a job from files, and say what this engine can do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+# Options that map one-to-one onto method settings; only those the user gives are sent, so each
+# method validates exactly what it was asked to do.
+_SETTINGS: list[tuple[str, str, type, str]] = [
+    ("--preset", "preset", str, "quality: draft, balanced or best (Gatys)"),
+    ("--strength", "strength", float, "how strongly the style is applied (1 = default)"),
+    ("--seed", "seed", int, "random seed, for repeatable results"),
+    ("--iterations", "iterations", int, "optimiser steps per scale, overriding the preset (Gatys)"),
+    ("--scales", "scales", int, "number of coarse-to-fine scales, overriding the preset (Gatys)"),
+    ("--style-scale", "style_scale", float, "size of the style's features relative to the content (Gatys)"),
+    ("--init", "init", str, "start from: content, noise or an image file (Gatys)"),
+    ("--optimizer", "optimizer", str, "lbfgs or adam (Gatys)"),
+    ("--backbone", "backbone", str, "feature network: vgg16-hed, vgg19 or vgg19-normalised (Gatys)"),
+    ("--pooling", "pooling", str, "max or avg (Gatys)"),
+    ("--content-weight", "content_weight", float, "expert: weight of the content loss (Gatys)"),
+    ("--style-weight", "style_weight", float, "expert: weight of the style loss (Gatys)"),
+    ("--tv-weight", "tv_weight", float, "expert: weight of the total-variation smoothing (Gatys)"),
+    ("--activation-shift", "activation_shift", float, "expert: Novak & Nikulin activation shift (Gatys)"),
+    ("--model", "model", str, "the trained model to use (Johnson, CycleGAN)"),
+    ("--alpha", "alpha", float, "content-style trade-off from 0 to 1 (AdaIN)"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stylize", help="stylise an image file", description="Stylise CONTENT and write OUT.")
+    p.add_argument("content", help="the photo to stylise")
+    p.add_argument(
+        "-s", "--style", action="append", default=[], help="a style image (repeat to blend several)"
+    )
+    p.add_argument("--style-weights", help="blend weights for several styles, e.g. 0.7,0.3")
+    p.add_argument("-o", "--output", required=True, help="where to write the result (PNG, JPEG, TIFF...)")
+    p.add_argument("--method", default="gatys", help="gatys (default), or another installed method")
+    p.add_argument("--size", type=int, help="long side of the result in pixels (default: the content's)")
+    p.add_argument(
+        "--preserve-colors", nargs="?", const="luminance", choices=["luminance", "histogram"],
+        help="keep the content's colours: luminance (default) or histogram",
+    )  # fmt: skip
+    p.add_argument("--content-layers", help="expert: comma-separated layers, name or name:weight (Gatys)")
+    p.add_argument("--style-layers", help="expert: comma-separated layers, name or name:weight (Gatys)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other method setting")
+    for flag, _, kind, text in _SETTINGS:
+        p.add_argument(flag, type=kind, help=text)
+    p.set_defaults(handler=_stylize)
+
+    info = sub.add_parser("info", help="devices, backbones, methods and the data directory")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=_info)
+
+
+def _layers(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, weight = item.partition(":")
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise UserError("bad-option", f"layer weight in {item!r} is not a number") from None
+    return out
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {"device": args.device}
+    for _, key, _, _ in _SETTINGS:
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if args.size is not None:
+        settings["size"] = args.size
+    if args.preserve_colors:
+        settings["preserve_colors"] = args.preserve_colors
+    if args.content_layers:
+        settings["content_layers"] = _layers(args.content_layers)
+    if args.style_layers:
+        settings["style_layers"] = _layers(args.style_layers)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError("bad-option", f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def _style_weights(args: argparse.Namespace) -> list[float]:
+    if not args.style_weights:
+        return [1.0] * len(args.style)
+    try:
+        weights = [float(w) for w in args.style_weights.split(",")]
+    except ValueError:
+        raise UserError(
+            "bad-option", f"--style-weights must be numbers like 0.7,0.3; got {args.style_weights!r}"
+        ) from None
+    if len(weights) != len(args.style) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError(
+            "bad-option", f"--style-weights needs one non-negative weight per style ({len(args.style)})"
+        )
+    return weights
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    from engine import images
+    from engine.cache import ModelCache
+    from engine.errors import CancelToken
+    from engine.pipeline import run_job
+    from engine.protocol import StyleRef, StylizeJob
+
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UserError("bad-output", f"output folder does not exist: {output.parent}")
+    if args.size is not None and not 16 <= args.size <= images.MAX_SIDE:
+        raise UserError(
+            "bad-option", f"--size must be between 16 and {images.MAX_SIDE} pixels, got {args.size}"
+        )
+    content = images.load_image(args.content)
+    if args.size is not None:
+        content = images.resize(content, images.fit_long_side(*content.shape[:2], args.size))
+    styles = [
+        StyleRef(path=str(path), weight=w) for path, w in zip(args.style, _style_weights(args), strict=True)
+    ]
+    job = StylizeJob(args.method, _settings(args), images.to_raw(content, "f32"), styles)
+    bar = _ProgressBar()
+    started = time.monotonic()
+    result = run_job(job, bar, CancelToken(), ModelCache())
+    bar.close()
+    images.save_image(output, images.from_raw(result))
+    print(f"wrote {output} ({result.width}x{result.height}) in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal; silent when stderr is not one."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+
+    def __call__(self, progress: Any) -> None:
+        if self.live:
+            filled = int(progress.fraction * 30)
+            line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {progress.fraction:4.0%} {progress.message}"
+            sys.stderr.write(line[:120].ljust(120))
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.live:
+            sys.stderr.write("\n")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from engine import __version__, paths
+    from engine.backbones import find_backbones
+    from engine.pipeline import capabilities
+
+    report = {
+        "version": __version__,
+        "data_dir": str(paths.data_dir()),
+        "backbones": find_backbones(),
+        **{k: v for k, v in capabilities().items() if k != "backbones"},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"nst {report['version']}")
+    print(f"data directory: {report['data_dir']}")
+    print(f"devices: {', '.join(report['devices'])}")
+    print("backbones:")
+    for name, path in report["backbones"].items():
+        print(f"  {name:18} {path or 'not installed'}")
+    print(f"methods: {', '.join(report['methods'])}")
+    return 0

@@ -1,0 +1,333 @@
+"""Gatys et al. optimisation-based style transfer, coarse to fine.
+
+The image itself is optimised so that its deep features match the content's and its feature Gram
+matrices match the style's. Work starts at a small size, where style patterns form quickly, and each
+result seeds the next, larger scale. L-BFGS with a strong-Wolfe line search is the default; a step
+that fails to lower the loss (the classic stall that hands back the content unchanged) or that
+produces NaN switches the scale to Adam, and a run that still makes no progress is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine import images, params
+from engine.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, load_backbone
+from engine.colors import luminance_transfer, match_color_histogram
+from engine.errors import UserError
+from engine.losses import Target, gram, total_variation
+from engine.methods.base import PreparedJob, Progress, RunContext
+
+TAPS = (
+    "relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu4_1",
+    "relu4_2", "relu4_3", "relu5_1", "relu5_2", "relu5_3",
+)  # fmt: skip
+CONTENT_LAYERS = {"relu4_2": 1.0}
+STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+MAX_SIZE = 8192
+PREVIEW_SIDE = 256
+PREVIEW_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How much work each quality level does; nobody should need to know iteration counts."""
+
+    default_size: int  # long side when the user gives none (and the content is larger)
+    coarsest: int  # long side of the first scale
+    scale_step: float  # ratio between successive scales
+    coarse_iterations: int  # L-BFGS iterations at the coarsest scale
+    fine_iterations: int  # ... at every later scale
+
+
+PRESETS = {
+    "draft": Preset(default_size=512, coarsest=256, scale_step=2.0, coarse_iterations=80, fine_iterations=30),
+    "balanced": Preset(
+        default_size=1024, coarsest=256, scale_step=2.0, coarse_iterations=200, fine_iterations=50
+    ),
+    "best": Preset(
+        default_size=2048, coarsest=256, scale_step=2**0.5, coarse_iterations=300, fine_iterations=100
+    ),
+}
+
+PARAMS = (
+    "preset", "size", "strength", "content_weight", "style_weight", "tv_weight", "content_layers",
+    "style_layers", "style_scale", "init", "optimizer", "iterations", "scales", "preserve_colors",
+    "activation_shift", "backbone", "pooling", "seed", "learning_rate",
+)  # fmt: skip
+
+
+def schedule(long_side: int, preset: Preset, scales: int | None = None) -> list[int]:
+    """Long sides of the scales, coarse to fine, ending exactly at `long_side`."""
+    sides = [long_side]
+    while sides[-1] / preset.scale_step >= preset.coarsest * 0.99 and (scales is None or len(sides) < scales):
+        sides.append(round(sides[-1] / preset.scale_step))
+    if scales is not None:
+        sides = sides[:scales]
+    return sides[::-1]
+
+
+class GatysMethod:
+    name = "gatys"
+    needs_style = True
+
+    def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
+        params.reject_unknown(raw, PARAMS)
+        preserve = raw.get("preserve_colors", False)
+        if preserve is True:
+            preserve = "luminance"
+        if preserve not in (False, "luminance", "histogram"):
+            raise UserError(
+                "bad-option", "setting 'preserve_colors' must be false, true, 'luminance' or 'histogram'"
+            )
+        init = raw.get("init", "content")
+        if not isinstance(init, str) or (init not in ("content", "noise") and not Path(init).is_file()):
+            raise UserError(
+                "bad-option", f"setting 'init' must be content, noise or an image file; got {init!r}"
+            )
+        return {
+            "preset": params.choice(raw, "preset", "balanced", PRESETS),
+            "size": params.integer(raw, "size", None, 16, MAX_SIZE),
+            "strength": params.number(raw, "strength", 1.0, 0.0, 100.0),
+            "content_weight": params.number(raw, "content_weight", 1.0, 0.0, 1e6),
+            "style_weight": params.number(raw, "style_weight", 10.0, 0.0, 1e6),
+            "tv_weight": params.number(raw, "tv_weight", 2.0, 0.0, 1e6),
+            "content_layers": params.layer_weights(raw, "content_layers", CONTENT_LAYERS, TAPS),
+            "style_layers": params.layer_weights(raw, "style_layers", STYLE_LAYERS, TAPS),
+            "style_scale": params.number(raw, "style_scale", 1.0, 0.05, 8.0),
+            "init": init,
+            "optimizer": params.choice(raw, "optimizer", "lbfgs", ("lbfgs", "adam")),
+            "iterations": params.integer(raw, "iterations", None, 1, 100_000),
+            "scales": params.integer(raw, "scales", None, 1, 16),
+            "preserve_colors": preserve,
+            "activation_shift": params.number(raw, "activation_shift", 0.0, -100.0, 100.0),
+            "backbone": params.choice(raw, "backbone", DEFAULT_BACKBONE, BACKBONES),
+            "pooling": params.choice(raw, "pooling", "max", ("max", "avg")),
+            "seed": params.integer(raw, "seed", 0, 0, 2**63 - 1),
+            "learning_rate": params.number(raw, "learning_rate", 0.02, 1e-5, 1.0),
+        }
+
+    def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
+        p = job.params
+        torch.manual_seed(p["seed"])
+        backbone = ctx.cache.get(
+            ("backbone", p["backbone"], p["pooling"], str(ctx.device)),
+            lambda: load_backbone(p["backbone"], p["pooling"], ctx.device),
+        )
+        content = job.content
+        styles = [s.image for s in job.styles]
+        if p["preserve_colors"] == "histogram":
+            styles = [match_color_histogram(s, content) for s in styles]
+        weights = np.array([s.weight for s in job.styles], dtype=np.float64)
+        weights = weights / weights.sum()
+
+        preset = PRESETS[p["preset"]]
+        height, width = content.shape[:2]
+        long_side = p["size"] or min(max(height, width), preset.default_size)
+        sides = schedule(long_side, preset, p["scales"])
+        iterations = [
+            p["iterations"] or (preset.coarse_iterations if i == 0 else preset.fine_iterations)
+            for i in range(len(sides))
+        ]
+        run = _Run(backbone, p, ctx, sides, iterations)
+        image: torch.Tensor | None = None
+        for index, side in enumerate(sides):
+            size = images.fit_long_side(height, width, side)
+            content_t = images.to_tensor(images.resize(content, size), ctx.device)
+            style_ts = [
+                images.to_tensor(
+                    images.resize(s, images.fit_long_side(*s.shape[:2], round(side * p["style_scale"]))),
+                    ctx.device,
+                )
+                for s in styles
+            ]
+            objective = _Objective(backbone, p, content_t, style_ts, weights)
+            if image is None:
+                image = _initial_image(p["init"], content_t)
+            else:
+                image = images.resize_tensor(image, size).clamp(0, 1)
+            image = run.optimise_scale(index, image, objective)
+
+        result = images.to_numpy(image)
+        result = images.resize(result, (height, width))
+        if p["preserve_colors"] == "luminance":
+            result = luminance_transfer(result, content)
+        return result
+
+
+def _initial_image(init: str, content: torch.Tensor) -> torch.Tensor:
+    if init == "content":
+        return content.clone()
+    if init == "noise":
+        return torch.rand(content.shape, device=content.device, dtype=content.dtype)
+    picture, _ = images.split_alpha(images.load_image(init))
+    return images.to_tensor(images.resize(picture, tuple(content.shape[-2:])), content.device)
+
+
+class _Objective:
+    """The weighted loss for one scale, with every target computed once up front."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        p: dict[str, Any],
+        content: torch.Tensor,
+        styles: list[torch.Tensor],
+        style_weights: np.ndarray,
+    ) -> None:
+        self.backbone = backbone
+        self.shift = p["activation_shift"]
+        self.content_layers = _normalised(p["content_layers"], p["content_weight"])
+        self.style_layers = _normalised(p["style_layers"], p["style_weight"] * p["strength"])
+        self.tv_weight = p["tv_weight"]
+        self.taps = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
+        with torch.no_grad():
+            feats = self.features(content)
+            self.content_targets = {name: Target.of(feats[name]) for name in self.content_layers}
+            grams: dict[str, torch.Tensor] = {}
+            for style, weight in zip(styles, style_weights, strict=True):
+                style_feats = self.features(style)
+                for name in self.style_layers:
+                    g = gram(style_feats[name], self.shift) * float(weight)
+                    grams[name] = grams[name] + g if name in grams else g
+            self.style_targets = {name: Target.of(g) for name, g in grams.items()}
+
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.backbone(image.contiguous(memory_format=torch.channels_last), self.taps)
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (total loss, style loss); the style part is what the stall check watches."""
+        feats = self.features(image)
+        content = sum(w * self.content_targets[n].loss(feats[n]) for n, w in self.content_layers.items())
+        style = sum(
+            w * self.style_targets[n].loss(gram(feats[n], self.shift)) for n, w in self.style_layers.items()
+        )
+        total = content + style
+        if self.tv_weight:
+            total = total + self.tv_weight * total_variation(image)
+        return total, style
+
+
+def _normalised(layers: dict[str, float], scale: float) -> dict[str, float]:
+    total = sum(layers.values()) or 1.0
+    return {name: scale * w / total for name, w in layers.items() if w > 0}
+
+
+class _Run:
+    """Optimisation state across scales: progress accounting, previews, stall recovery."""
+
+    def __init__(
+        self, backbone: Backbone, p: dict[str, Any], ctx: RunContext, sides: list[int], iterations: list[int]
+    ) -> None:
+        self.p = p
+        self.ctx = ctx
+        self.sides = sides
+        self.iterations = iterations
+        costs = [side * side * its for side, its in zip(sides, iterations, strict=True)]
+        self.total_cost = float(sum(costs))
+        self.cost_before = [float(sum(costs[:i])) for i in range(len(costs))]
+        self.last_preview = 0.0
+
+    def optimise_scale(self, index: int, image: torch.Tensor, objective: _Objective) -> torch.Tensor:
+        start = image.detach().clone()
+        with torch.no_grad():
+            start_loss, start_style = (float(v) for v in objective(start))
+        steps = self.iterations[index]
+        if self.p["optimizer"] == "lbfgs":
+            result, loss = self._lbfgs(index, start, objective, steps)
+            if not _made_progress(start_loss, loss):
+                self._report(index, 0, steps, loss, "L-BFGS made no progress; continuing with Adam")
+                result, loss = self._adam(index, start, objective, steps)
+        else:
+            result, loss = self._adam(index, start, objective, steps)
+        if not _made_progress(start_loss, loss):
+            raise UserError(
+                "no-progress",
+                f"the optimisation did not lower the loss at {self.sides[index]} px (loss {start_loss:.4g}, "
+                f"style part {start_style:.4g}); try a higher strength or another style image",
+            )
+        return result.detach().clamp(0, 1)
+
+    def _lbfgs(
+        self, index: int, start: torch.Tensor, objective: _Objective, steps: int
+    ) -> tuple[torch.Tensor, float]:
+        x = start.clone().requires_grad_(True)
+        optimiser = torch.optim.LBFGS(
+            [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
+            tolerance_grad=0.0, tolerance_change=0.0,
+        )  # fmt: skip
+        best = (float("inf"), start)
+
+        def closure() -> torch.Tensor:
+            self.ctx.cancel.raise_if_cancelled()
+            optimiser.zero_grad(set_to_none=True)
+            total, _ = objective(x)
+            total.backward()
+            return total.detach()
+
+        for step in range(steps):
+            loss = float(optimiser.step(closure))
+            if not np.isfinite(loss):
+                return best[1], best[0]
+            if loss < best[0]:
+                best = (loss, x.detach().clone())
+            self._report(index, step + 1, steps, loss, None, x)
+        return best[1], best[0]
+
+    def _adam(
+        self, index: int, start: torch.Tensor, objective: _Objective, steps: int
+    ) -> tuple[torch.Tensor, float]:
+        x = start.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([x], lr=self.p["learning_rate"], betas=(0.9, 0.99))
+        loss = float("inf")
+        for step in range(steps):
+            self.ctx.cancel.raise_if_cancelled()
+            optimiser.zero_grad(set_to_none=True)
+            total, _ = objective(x)
+            total.backward()
+            optimiser.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+            loss = float(total)
+            self._report(index, step + 1, steps, loss, None, x)
+        with torch.no_grad():
+            loss = float(objective(x)[0])
+        return x.detach(), loss
+
+    def _report(
+        self,
+        index: int,
+        step: int,
+        steps: int,
+        loss: float,
+        note: str | None,
+        image: torch.Tensor | None = None,
+    ) -> None:
+        done = self.cost_before[index] + self.sides[index] ** 2 * self.iterations[index] * step / steps
+        scale = f"scale {index + 1}/{len(self.sides)} ({self.sides[index]} px)"
+        message = note or f"{scale}, step {step}/{steps}, loss {loss:.4g}"
+        preview = None
+        now = time.monotonic()
+        if image is not None and now - self.last_preview >= PREVIEW_EVERY_S:
+            self.last_preview = now
+            preview = _preview(image)
+        self.ctx.progress(Progress(min(done / self.total_cost, 1.0), "optimise", message, preview))
+
+
+def _made_progress(start: float, end: float) -> bool:
+    return bool(np.isfinite(end)) and end < start * 0.999
+
+
+def _preview(image: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        size = images.fit_long_side(*image.shape[-2:], min(PREVIEW_SIDE, max(image.shape[-2:])))
+        return images.to_numpy(images.resize_tensor(image.detach().clamp(0, 1), size))
+
+
+METHOD = GatysMethod()
