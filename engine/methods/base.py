@@ -24,6 +24,10 @@ class Progress:
     stage: str  # short machine-friendly stage name, e.g. "optimise"
     message: str  # one line for a person
     preview: np.ndarray | None = None  # small HxWx3 float32 RGB, optional
+    scale: int = 0  # 1-based scale of a coarse-to-fine run (0 when not applicable)
+    step: int = 0
+    total: int = 0  # steps at this scale
+    loss: float | None = None
 
 
 ProgressFn = Callable[[Progress], None]

@@ -115,6 +115,8 @@ class GatysMethod:
 
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         p = job.params
+        if p["strength"] == 0 or p["style_weight"] == 0:
+            return job.content  # asked for no style at all: nothing to optimise
         torch.manual_seed(p["seed"])
         backbone = ctx.cache.get(
             ("backbone", p["backbone"], p["pooling"], str(ctx.device)),
@@ -317,7 +319,8 @@ class _Run:
         if image is not None and now - self.last_preview >= PREVIEW_EVERY_S:
             self.last_preview = now
             preview = _preview(image)
-        self.ctx.progress(Progress(min(done / self.total_cost, 1.0), "optimise", message, preview))
+        fraction = min(done / self.total_cost, 1.0)
+        self.ctx.progress(Progress(fraction, "optimise", message, preview, index + 1, step, steps, loss))
 
 
 def _made_progress(start: float, end: float) -> bool:
