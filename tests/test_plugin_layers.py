@@ -57,6 +57,7 @@ def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
         (Settings(style_file="/s", style2_weight=0.5), "no second style"),
         (Settings(style_file="/s", strength=0.0), "Strength"),
         (Settings(style_file="/s", size=8), "Size"),
+        (Settings(style_file="/s", iterations=-1), "Iterations"),
     ],
 )
 def test_validate_rejects_with_an_actionable_message(settings: Settings, fragment: str) -> None:
@@ -147,7 +148,9 @@ def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
     header, blobs = job_message(job)
     assert header["method"] == "gatys"
     assert header["params"]["size"] == 64 and header["params"]["preset"] == "draft"
-    assert "model" not in header["params"]
+    assert "model" not in header["params"] and "iterations" not in header["params"]
+    assert replace(s, iterations=3).engine_params()["iterations"] == 3
+    assert "iterations" not in Settings(method="adain", iterations=3).engine_params()
     assert header["styles"][0] == {"weight": 0.75, "path": "/a.png"}
     assert header["styles"][1]["weight"] == 0.25 and "image" in header["styles"][1]
     assert header["selection"]["channels"] == 1

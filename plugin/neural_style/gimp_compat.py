@@ -240,6 +240,7 @@ def _dialog(
             "preserve-colors",
             "device",
             "output-box",
+            "iterations",
             "seed",
         ]
     )

@@ -89,6 +89,7 @@ class Settings:
     output: str = "new-layer"
     only_selection: bool = True
     seed: int = 0
+    iterations: int = 0  # Gatys optimisation steps per scale; 0 = the preset's
 
     def engine_params(self) -> dict[str, Any]:
         """The StylizeJob.params for these settings (common params from docs/architecture.md)."""
@@ -103,6 +104,8 @@ class Settings:
             params["size"] = self.size
         if self.method in MODEL_METHODS:
             params["model"] = self.model
+        if self.method == "gatys" and self.iterations > 0:
+            params["iterations"] = self.iterations
         return params
 
 
@@ -173,6 +176,8 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
         raise SettingsError("A second-style weight is set but no second style is chosen.")
     if not 0.0 < s.strength <= 10.0:
         raise SettingsError("Strength must be above 0 and at most 10.")
+    if not 0 <= s.iterations <= 100_000:
+        raise SettingsError("Iterations must be 0 (the preset's) or from 1 to 100000.")
     if s.size and not 16 <= s.size <= 16384:
         raise SettingsError("Size must be 0 (the layer's own) or from 16 to 16384 pixels.")
     return s

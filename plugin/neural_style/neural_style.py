@@ -67,6 +67,15 @@ TRANSFER_PARAMS = (
         "Stylize only the selection; feathered edges blend",
         True,
     ),
+    Param(
+        "iterations",
+        "int",
+        "_Iterations",
+        "Gatys optimisation steps per scale; 0 = the quality preset's",
+        0,
+        0,
+        100_000,
+    ),
     Param("seed", "int", "S_eed", "Random seed, for repeatable results", 0, 0, 2**31 - 1),
 )
 

@@ -1,0 +1,216 @@
+"""End to end in real GIMP 3: the plug-in, run by gimp-console in a Debian trixie chroot, talks to
+a real engine running outside the chroot through a Unix socket in a bind-mounted directory.
+
+The chroot is built on first use by tools/gimp3-chroot.sh (needs root, debootstrap and network
+to the Debian mirror; about a minute and a half).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gimp
+
+REPO = Path(__file__).resolve().parents[2]
+CHROOT = REPO / "tools" / "gimp3-chroot.sh"
+PLUGIN = REPO / "plugin" / "neural_style"
+HERE = Path(__file__).resolve().parent
+
+
+def _skip_reason() -> str | None:
+    if sys.platform != "linux":
+        return "the GIMP 3 chroot harness is Linux-only"
+    if os.geteuid() != 0:
+        return "the GIMP 3 chroot harness needs root (chroot, mount, unshare)"
+    if not shutil.which("unshare") or not shutil.which("chroot"):
+        return "unshare/chroot are not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def gimp_chroot() -> Path:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    subprocess.run([str(CHROOT), "ensure"], check=True, timeout=900)
+    return Path(
+        subprocess.run([str(CHROOT), "path"], check=True, capture_output=True, text=True).stdout.strip()
+    )
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A short directory (Unix socket paths are limited to 107 bytes) bound into the chroot."""
+    path = Path(f"/tmp/nst-e2e-{os.getpid()}-{tmp_path.name[-12:]}")
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def engine(work: Path) -> Iterator[Path]:
+    """A real engine, started from the host venv, listening on a socket in the bound directory."""
+    sock = work / "run" / "engine.sock"
+    sock.parent.mkdir()
+    env = dict(os.environ, NST_HOME=str(work / "home"))
+    log = open(work / "engine.out", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--listen", f"unix:{sock}"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the engine did not start: {(work / 'engine.out').read_text()}")
+        time.sleep(0.2)
+    yield sock
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def install_plugin(work: Path, engine_config: dict) -> Path:
+    """Copy the plug-in as GIMP would find it (the protocol symlink resolved) plus its engine.json."""
+    target = work / "gimp3" / "plug-ins" / "neural_style"
+    target.mkdir(parents=True)
+    for src in PLUGIN.glob("*.py"):
+        shutil.copyfile(src, target / src.name)  # follows the protocol.py symlink
+    (target / "neural_style.py").chmod(0o755)
+    (target / "engine.json").write_text(json.dumps(engine_config))
+    return target
+
+
+def run_gimp_batch(work: Path, script: Path, args: dict, timeout: float = 240) -> dict:
+    """Run `script` in gimp-console inside the chroot; it reports through args["out"]."""
+    args_path = work / "args.json"
+    args["out"] = str(work / "findings.json")
+    args_path.write_text(json.dumps(args))
+    text = f"ARGS_PATH = {str(args_path)!r}\n" + script.read_text()
+    env = dict(os.environ, NST_CHROOT_BINDS=str(work))
+    proc = subprocess.Popen(
+        [
+            str(CHROOT),
+            "run",
+            "env",
+            f"GIMP3_DIRECTORY={work / 'gimp3'}",
+            "gimp-console-3.0",
+            "-idf",
+            "--batch-interpreter",
+            "python-fu-eval",
+            "-b",
+            "-",
+            "--quit",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # so a timeout can kill GIMP and its plug-ins too
+    )
+    try:
+        stdout, stderr = proc.communicate(text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"GIMP did not finish in {timeout} s:\n{stdout}\n{stderr}")
+    out = Path(args["out"])
+    assert out.exists(), f"GIMP wrote no findings (rc {proc.returncode}):\n{stdout}\n{stderr}"
+    findings = json.loads(out.read_text())
+    assert "exception" not in findings, findings["exception"] + stderr
+    findings["gimp_output"] = stdout + stderr
+    return findings
+
+
+def write_style(path: Path) -> None:
+    from PIL import Image
+
+    img = Image.new("RGB", (48, 48))
+    img.putdata(
+        [((x * 40) % 256, (y * 60) % 256, ((x ^ y) * 30) % 256) for y in range(48) for x in range(48)]
+    )
+    img.save(path)
+
+
+def region_diff(src: dict, res: dict, sel: list[int]) -> tuple[float, float]:
+    """Largest colour change inside and outside the selection, in image coordinates."""
+    (ox, oy), (w, _h) = src["offsets"], src["size"]
+    sx, sy, sw, sh = sel
+    inside = outside = 0.0
+    for i in range(0, len(src["pixels"]), 4):
+        x, y = ox + (i // 4) % w, oy + (i // 4) // w
+        d = max(abs(a - b) for a, b in zip(src["pixels"][i : i + 3], res["pixels"][i : i + 3], strict=True))
+        if sx <= x < sx + sw and sy <= y < sy + sh:
+            inside = max(inside, d)
+        else:
+            outside = max(outside, d)
+    return inside, outside
+
+
+def test_transfer_on_two_layers_with_mask_and_selection(gimp_chroot: Path, work: Path, engine: Path) -> None:
+    style = work / "style.png"
+    write_style(style)
+    broken = work / "broken-style.png"
+    broken.write_bytes(b"this is not an image")
+    plugin_dir = install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    findings = run_gimp_batch(
+        work,
+        HERE / "batch_transfer.py",
+        {
+            "style": str(style),
+            "broken_style": str(broken),
+            "engine_json": str(plugin_dir / "engine.json"),
+            "dead_socket": str(work / "run" / "nobody.sock"),
+        },
+    )
+    before = findings["before"]
+    assert [layer["name"] for layer in before] == ["Top", "Base"]
+    steps = {step["name"]: step for step in findings["steps"]}
+
+    # The engine rejects the job: an execution error that says why, and the image is unchanged.
+    failed = steps["engine-fails"]
+    assert failed["status"] == "execution-error", (failed["error"], findings["gimp_output"])
+    assert "broken-style.png" in failed["error"], failed["error"]
+    assert failed["after"] == before
+
+    # Success: a result right above each source, same geometry, mask copied, sources untouched.
+    ok = steps["success"]
+    assert ok["status"] == "success", ok["error"]
+    after = ok["after"]
+    assert [layer["name"] for layer in after] == [
+        "Top (style, gatys)",
+        "Top",
+        "Base (style, gatys)",
+        "Base",
+    ]
+    assert after[1] == before[0] and after[3] == before[1]
+    for result, source in ((after[0], before[0]), (after[2], before[1])):
+        assert result["offsets"] == source["offsets"] and result["size"] == source["size"]
+        assert result["mask"] == source["mask"]
+        inside, outside = region_diff(source, result, findings["selection"])
+        assert inside > 0.02, f"{result['name']}: nothing changed inside the selection"
+        assert outside < 1e-3, f"{result['name']}: pixels outside the selection changed by {outside}"
+    assert after[0]["mask"] is not None and min(after[0]["mask"]) == 0.0
+    parasites = ok["parasites"]
+    assert parasites[0]["settings"]["preset"] == "draft" and parasites[0]["settings"]["size"] == 64
+    assert parasites[1] is None and parasites[3] is None
+
+    # No engine: an execution error with a message, and nothing changes.
+    gone = steps["engine-unreachable"]
+    assert gone["status"] == "execution-error"
+    assert "engine" in gone["error"].lower(), gone["error"]
+    assert gone["after"] == after
