@@ -1,0 +1,148 @@
+"""What the feed-forward methods share around a forward pass: settings, precision, padding,
+numpy <-> tensor without copies, the work size, and the whole method for single-model nets."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import images, params, weights
+from engine.colors import luminance_transfer
+from engine.errors import UserError
+from engine.methods.base import PreparedJob, Progress, RunContext
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MIN_SIDE = 16  # the deepest reflection pads need at least 2 pixels at 1/8 scale
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_common(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings every feed-forward method takes: work size and numeric precision."""
+    return {
+        "size": params.integer(raw, "size", None, MIN_SIDE, images.MAX_SIDE),
+        "precision": params.choice(raw, "precision", "auto", PRECISIONS),
+    }
+
+
+def parse_luminance_only(raw: Mapping[str, Any]) -> bool:
+    """preserve_colors for methods without a style image: only luminance transfer applies."""
+    value = raw.get("preserve_colors", False)
+    if value not in (False, True, "luminance"):
+        raise UserError(
+            "bad-option", f"setting 'preserve_colors' must be false, true or 'luminance'; got {value!r}"
+        )
+    return bool(value)
+
+
+@contextlib.contextmanager
+def precision_scope(device: torch.device, precision: str) -> Iterator[None]:
+    """Inference mode plus autocast when asked; `auto` is fp16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    with torch.inference_mode():
+        if precision == "fp32":
+            yield
+        else:
+            with torch.autocast(device.type, dtype=_DTYPES[precision]):
+                yield
+
+
+def to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """HxWx3 float32 to 1x3xHxW; an HWC array already is channels_last memory, so no copy on CPU."""
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """1x3xHxW in 0..1 (any dtype, any device) to HxWx3 float32 numpy."""
+    return np.ascontiguousarray(tensor[0].permute(1, 2, 0).float().cpu().numpy())
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom and right (reflecting, or repeating where the image is too thin to reflect) so
+    both sides are multiples of `multiple` and at least MIN_SIDE; crop the result back after."""
+    height, width = x.shape[-2:]
+    pad_h = max(math.ceil(height / multiple) * multiple, MIN_SIDE) - height
+    pad_w = max(math.ceil(width / multiple) * multiple, MIN_SIDE) - width
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def work_size(content: np.ndarray, size: int | None) -> tuple[int, int]:
+    """(height, width) to run at: the content's, or scaled to the requested long side."""
+    height, width = content.shape[:2]
+    return (height, width) if size is None else images.fit_long_side(height, width, size)
+
+
+def stylize_feedforward(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    content: np.ndarray,
+    device: torch.device,
+    p: Mapping[str, Any],
+    multiple: int,
+) -> np.ndarray:
+    """Run an image-to-image net at the work size and return a result the size of `content`.
+
+    `p` holds size, precision, strength (blend towards the content) and preserve_colors.
+    """
+    work = images.resize(content, work_size(content, p["size"]))
+    height, width = work.shape[:2]
+    with precision_scope(device, p["precision"]):
+        out = net(pad_to_multiple(to_tensor(work, device), multiple))[..., :height, :width]
+        result = to_image(out)
+    result = images.resize(result, content.shape[:2])
+    if p["strength"] < 1.0:
+        result = content + p["strength"] * (result - content)
+    if p["preserve_colors"]:
+        result = luminance_transfer(result, content)
+    return result.astype(np.float32, copy=False)
+
+
+class SingleModelMethod:
+    """A method whose style lives in a choice of trained image-to-image models (Johnson, CycleGAN).
+
+    Settings: model, size, precision, strength (0..1 blend towards the content), preserve_colors.
+    """
+
+    needs_style = False
+    PARAMS = ("model", "size", "precision", "strength", "preserve_colors")
+
+    def __init__(
+        self,
+        name: str,
+        models: tuple[str, ...],
+        loader: Callable[[Path, torch.device], torch.nn.Module],
+        multiple: int,
+    ) -> None:
+        self.name = name
+        self.models = models
+        self._loader = loader
+        self._multiple = multiple  # the net's total down-sampling: sides must divide by it
+
+    def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
+        params.reject_unknown(raw, self.PARAMS)
+        return {
+            "model": params.choice(raw, "model", self.models[0], self.models),
+            "strength": params.number(raw, "strength", 1.0, 0.0, 1.0),
+            "preserve_colors": parse_luminance_only(raw),
+            **parse_common(raw),
+        }
+
+    def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
+        model = job.params["model"]
+        ctx.progress(Progress(0.05, "load", f"loading the {self.name} model {model}"))
+        net = ctx.cache.get(
+            (self.name, model, str(ctx.device)),
+            lambda: self._loader(weights.require(f"{self.name}_{model}"), ctx.device),
+        )
+        ctx.cancel.raise_if_cancelled()
+        ctx.progress(Progress(0.1, "stylize", "stylising"))
+        return stylize_feedforward(net, job.content, ctx.device, job.params, self._multiple)

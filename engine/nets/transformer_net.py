@@ -1,0 +1,89 @@
+"""Johnson et al.'s feed-forward style network, laid out as pytorch/examples saves it.
+
+Upstream: pytorch/examples fast_neural_style/neural_style/transformer_net.py (the architecture)
+and neural_style.py stylize() (input scaled to 0..255, stale InstanceNorm keys dropped, output
+clamped to 0..255). Attribute names match upstream so its state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.nets.ops import frozen, instance_norm, reflect_conv, upsample2x_reflect_pad1
+from engine.nets.state import load_strict, read_state_dict, without_norm_stats
+
+
+class _ConvLayer(nn.Module):
+    """Holds one conv under the upstream name `conv2d`; padding is done by `reflect_conv`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+
+def _norm(channels: int) -> nn.InstanceNorm2d:
+    return nn.InstanceNorm2d(channels, affine=True)  # a parameter holder; instance_norm() does the work
+
+
+def _norm_relu(x: torch.Tensor, norm: nn.InstanceNorm2d, relu: bool = True) -> torch.Tensor:
+    return instance_norm(x, norm.weight, norm.bias, relu=relu)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _ConvLayer(channels, channels, 3)
+        self.in1 = _norm(channels)
+        self.conv2 = _ConvLayer(channels, channels, 3)
+        self.in2 = _norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)
+        return _norm_relu(reflect_conv(y, self.conv2.conv2d), self.in2, relu=False).add_(x)
+
+
+class TransformerNet(nn.Module):
+    """RGB 0..1 in, RGB 0..1 out, once `fold_pixel_range` has run (the loader does it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = _ConvLayer(3, 32, 9)
+        self.in1 = _norm(32)
+        self.conv2 = _ConvLayer(32, 64, 3, stride=2)
+        self.in2 = _norm(64)
+        self.conv3 = _ConvLayer(64, 128, 3, stride=2)
+        self.in3 = _norm(128)
+        self.res1, self.res2, self.res3, self.res4, self.res5 = (_ResidualBlock(128) for _ in range(5))
+        self.deconv1 = _ConvLayer(128, 64, 3)  # upstream: nearest 2x upsampling, then this conv
+        self.in4 = _norm(64)
+        self.deconv2 = _ConvLayer(64, 32, 3)
+        self.in5 = _norm(32)
+        self.deconv3 = _ConvLayer(32, 3, 9)
+
+    def fold_pixel_range(self) -> None:
+        """Absorb upstream's 0..255 pixel range into the first and last convs (exact: both are linear)."""
+        with torch.no_grad():
+            self.conv1.conv2d.weight.mul_(255.0)
+            self.deconv3.conv2d.weight.div_(255.0)
+            self.deconv3.conv2d.bias.div_(255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)
+        y = _norm_relu(reflect_conv(y, self.conv2.conv2d), self.in2)
+        y = _norm_relu(reflect_conv(y, self.conv3.conv2d), self.in3)
+        for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
+            y = block(y)
+        y = _norm_relu(self.deconv1.conv2d(upsample2x_reflect_pad1(y)), self.in4)
+        y = _norm_relu(self.deconv2.conv2d(upsample2x_reflect_pad1(y)), self.in5)
+        return reflect_conv(y, self.deconv3.conv2d).clamp_(0.0, 1.0)
+
+
+def load_transformer_net(path: Path, device: torch.device) -> TransformerNet:
+    """A pytorch/examples fast-neural-style checkpoint (e.g. saved_models/candy.pth), ready to run."""
+    net = TransformerNet()
+    load_strict(net, without_norm_stats(read_state_dict(path)), path, "fast-neural-style TransformerNet")
+    net.fold_pixel_range()
+    return frozen(net, device)
