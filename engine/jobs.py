@@ -44,7 +44,8 @@ class Job:
     listener: JobListener
     owner: object
     token: CancelToken = field(default_factory=CancelToken)
-    state: str = "queued"  # queued | running
+    state: str = "queued"  # queued | running | done
+    lock: threading.Lock = field(default_factory=threading.Lock)  # orders heartbeats before the end
     last: Progress | None = None
     last_sent: float = 0.0
     last_preview: float = 0.0
@@ -190,15 +191,18 @@ class JobQueue:
                 job = queue.popleft()
                 job.state = "running"
                 self._running[device].append(job)
-            try:
-                self._run(job)
-            finally:
-                with self._cond:
-                    self._running[device].remove(job)
-                    job.spec = None  # type: ignore[assignment]  # let the pixels go now
-                    self.last_activity = time.monotonic()
+            report, args = self._run(job)
+            with self._cond:
+                self._running[device].remove(job)
+                job.spec = None  # type: ignore[assignment]  # let the pixels go now
+                self.last_activity = time.monotonic()
+            # Only once the job has left the queue: a client that got its result may cancel nothing.
+            with job.lock:
+                job.state = "done"
+                self._notify(job, report, *args)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        """Run the job; returns the listener call that reports how it ended."""
         started = time.monotonic()
         self._send_progress(job, Progress(0.0, "start", "Starting"), force=True)
 
@@ -207,34 +211,35 @@ class JobQueue:
             job.token.raise_if_cancelled()
             self._send_progress(job, p, force=False)
 
+        listener = job.listener
         try:
             image = self._runner(job.spec, progress, job.token, self._cache)
         except Cancelled:
             log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - started)
-            self._notify(job, job.listener.on_error, job, "cancelled", job.cancel_message)
+            return listener.on_error, (job, "cancelled", job.cancel_message)
         except UserError as exc:
             log.info("job %s failed: %s: %s", job.id, exc.code, exc.message)
-            self._notify(job, job.listener.on_error, job, exc.code, exc.message)
+            return listener.on_error, (job, exc.code, exc.message)
         except Exception as exc:
             log.exception("job %s: internal error", job.id)
-            code, message = _describe_internal(exc)
-            self._notify(job, job.listener.on_error, job, code, message)
-        else:
-            log.info("job %s done in %.2f s", job.id, time.monotonic() - started)
-            if job.token.cancelled:
-                self._notify(job, job.listener.on_error, job, "cancelled", job.cancel_message)
-            else:
-                self._notify(job, job.listener.on_result, job, image)
+            return listener.on_error, (job, *_describe_internal(exc))
+        log.info("job %s done in %.2f s", job.id, time.monotonic() - started)
+        if job.token.cancelled:
+            return listener.on_error, (job, "cancelled", job.cancel_message)
+        return listener.on_result, (job, image)
 
     def _send_progress(self, job: Job, p: Progress, force: bool) -> None:
         now = time.monotonic()
         if not force and p.fraction < 1.0 and now - job.last_sent < self._progress_interval:
             return
-        with_preview = p.preview is not None and now - job.last_preview >= self._preview_interval
-        job.last_sent = now
-        if with_preview:
-            job.last_preview = now
-        self._notify(job, job.listener.on_progress, job, p, with_preview)
+        with job.lock:
+            if job.state == "done":
+                return
+            with_preview = p.preview is not None and now - job.last_preview >= self._preview_interval
+            job.last_sent = now
+            if with_preview:
+                job.last_preview = now
+            self._notify(job, job.listener.on_progress, job, p, with_preview)
 
     def _heartbeat_loop(self) -> None:
         """Re-send the last progress of a job whose method has been quiet, so clients see life."""

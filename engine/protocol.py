@@ -217,8 +217,6 @@ def read_message(
         or sum(sizes) != payload_len
     ):
         raise ProtocolError("bad-frame", "header `blobs` does not account for the payload")
-    if not isinstance(header.get("type"), str):
-        raise ProtocolError("bad-frame", "header has no `type`")
     payload = bytearray(payload_len)
     view = memoryview(payload)
     if payload_len:
@@ -550,6 +548,6 @@ def read_reply(sock: socket.socket, timeout: float) -> dict[str, Any]:
             raise ProtocolError("timeout", "the engine did not answer in time")
 
     header = read_message(sock, CLIENT_LIMITS, timeout, on_idle).header
-    if header["type"] == "error":
+    if header.get("type") == "error":
         raise ProtocolError(str(header.get("code", "error")), str(header.get("message", "")), header)
     return header

@@ -76,7 +76,8 @@ class Server:
     ) -> None:
         self.config = config
         self._capabilities = capabilities
-        self.jobs = JobQueue(runner, cache or ModelCache(), device_of, config.slots_per_device)
+        self.cache = cache or ModelCache()
+        self.jobs = JobQueue(runner, self.cache, device_of, config.slots_per_device)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._connections: dict[Connection, threading.Thread] = {}
@@ -321,12 +322,14 @@ class Connection:
                 continue
             ref = _ref(message.header)
             try:
+                if not isinstance(message.header.get("type"), str):
+                    raise ProtocolError("bad-request", "The header has no `type`.")
                 self._dispatch(message, ref)
             except (ProtocolError, UserError) as exc:
                 self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
 
     def _handshake(self, header: dict[str, Any]) -> None:
-        if header["type"] != "hello":
+        if header.get("type") != "hello":
             raise ProtocolError("hello-required", "The first message must be `hello`.")
         version = header.get("protocol")
         if version != PROTOCOL_VERSION:
@@ -416,17 +419,14 @@ def prepare_private_dir(path: Path) -> None:
 
 
 def device_of(spec: StylizeJob) -> str:
-    """The queue a job waits in: its device parameter, with "auto" resolved to what torch has."""
-    name = spec.params.get("device", "auto")
-    if isinstance(name, str) and name != "auto":
-        return name[:32]
-    import torch
+    """The queue a job waits in: its resolved device. Unknown names are refused here, so a client
+    cannot make the engine start a worker thread per made-up device name."""
+    from engine.devices import resolve_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    name = spec.params.get("device", "auto")
+    if not isinstance(name, str):
+        raise UserError("bad-option", "setting 'device' must be a string such as auto, cpu or cuda")
+    return str(resolve_device(name))
 
 
 class EngineLock:

@@ -273,7 +273,7 @@ class EngineClient:
                 raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
             state["heard"] = time.monotonic()
             h = message.header
-            kind = h["type"]
+            kind = h.get("type")
             if kind == "accepted" and state["job"] is None:
                 state["job"] = h.get("job")
                 ahead = h.get("position", 0)

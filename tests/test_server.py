@@ -1,0 +1,487 @@
+"""The engine server on real sockets with the real pipeline (tiny Gatys jobs on the CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from engine import protocol
+from engine.errors import UserError
+from engine.protocol import (
+    CLIENT_LIMITS,
+    ConnectionClosed,
+    Endpoint,
+    ProtocolError,
+    RawImage,
+    StyleRef,
+    StylizeJob,
+    job_message,
+    open_session,
+    read_message,
+    send_message,
+)
+from engine.server import EngineLock, Server
+
+TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
+LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Two shared cores: torch's own thread pool only adds contention to these tiny jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pixels(w: int, h: int, c: int, seed: int) -> RawImage:
+    data = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+    return RawImage(w, h, c, "u8", data.tobytes())
+
+
+def _job(params: dict[str, Any], seed: int = 0, selection: bool = False) -> StylizeJob:
+    content = _pixels(20, 14, 4, seed)
+    sel = RawImage(20, 14, 1, "u8", bytes(20 * 14)) if selection else None
+    return StylizeJob("gatys", dict(params), content, [StyleRef(image=_pixels(12, 12, 3, seed + 1))], sel)
+
+
+def _session(server: Server) -> socket.socket:
+    sock, _ = open_session(server.address, server.config.token)
+    return sock
+
+
+def _events(sock: socket.socket, until: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> list:
+    """Read messages until one satisfies `until`; returns them all (header, blobs)."""
+    deadline = time.monotonic() + timeout
+    out = []
+
+    def on_idle() -> None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no final event within {timeout} s; got {[h for h, _ in out]}")
+
+    while True:
+        msg = read_message(sock, CLIENT_LIMITS, 5.0, on_idle)
+        out.append((msg.header, msg.blobs))
+        if until(msg.header):
+            return out
+
+
+def _final(header: dict[str, Any]) -> bool:
+    return header["type"] in ("result", "error")
+
+
+def test_hello_then_a_real_gatys_job_and_the_model_stays_cached(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    sock, hello = open_session(server.address, None)
+    with sock:
+        assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["pid"] == os.getpid()
+        assert "gatys" in hello["capabilities"]["methods"] and "cpu" in hello["capabilities"]["devices"]
+        for seed in (1, 2):
+            header, blobs = job_message(_job(TINY, seed))
+            send_message(sock, dict(header, ref=seed), blobs)
+            events = _events(sock, _final)
+            first, last = events[0][0], events[-1][0]
+            assert first == {"type": "accepted", "job": first["job"], "position": 0, "ref": seed, "blobs": []}
+            assert last["type"] == "result", last
+            assert any(h["type"] == "progress" and h["job"] == first["job"] for h, _ in events)
+            image = protocol.parse_image(last["image"], events[-1][1], CLIENT_LIMITS, "image")
+            assert (image.width, image.height, image.channels, image.dtype) == (20, 14, 4, "u8")
+            alpha = np.frombuffer(image.data, np.uint8).reshape(14, 20, 4)[..., 3]
+            sent = np.frombuffer(_job(TINY, seed).content.data, np.uint8).reshape(14, 20, 4)[..., 3]
+            assert np.array_equal(alpha, sent)
+    assert server.cache.loads == 1
+
+
+def test_user_errors_keep_the_connection(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    with _session(server) as sock:
+        for params, code in (
+            (dict(TINY, preset="nope"), "bad-option"),
+            (dict(TINY, device="tpu"), "bad-option"),
+        ):
+            header, blobs = job_message(_job(params))
+            send_message(sock, header, blobs)
+            last = _events(sock, lambda h: h["type"] == "error")[-1][0]
+            assert last["code"] == code and last["message"]
+        send_message(sock, {"type": "nonsense", "ref": "r1"})
+        assert _events(sock, lambda h: True)[0][0] == {
+            "type": "error",
+            "code": "unknown-type",
+            "message": "Unknown message type 'nonsense'.",
+            "ref": "r1",
+            "blobs": [],
+        }
+        send_message(sock, {"type": "jobs"})
+        assert _events(sock, lambda h: True)[0][0]["jobs"] == []
+
+
+def test_an_internal_error_is_reported_without_its_traceback(make_server: Callable[..., Server]) -> None:
+    def broken(*_: Any) -> RawImage:
+        raise RuntimeError("boom in the method")
+
+    server = make_server(runner=broken)
+    with _session(server) as sock:
+        for _ in range(2):  # and the server is still fine afterwards
+            header, blobs = job_message(_job(TINY))
+            send_message(sock, header, blobs)
+            last = _events(sock, _final)[-1][0]
+            assert last["code"] == "internal" and "boom in the method" in last["message"]
+            assert "Traceback" not in last["message"]
+
+
+def _wait_until_running(sock: socket.socket) -> str:
+    """The job id, once its optimisation (not just set-up) has reported progress."""
+    events = _events(sock, lambda h: h["type"] == "progress" and h["stage"] not in ("start", "prepare"))
+    return events[0][0]["job"]
+
+
+def test_cancel_running_and_queued_gatys_jobs(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    with _session(server) as a, _session(server) as b:
+        header, blobs = job_message(_job(LONG))
+        send_message(a, header, blobs)
+        running = _wait_until_running(a)
+        header, blobs = job_message(_job(TINY))
+        send_message(b, header, blobs)
+        accepted = _events(b, lambda h: True)[0][0]
+        assert accepted["type"] == "accepted" and accepted["position"] == 1
+
+        send_message(b, {"type": "jobs", "ref": 1})
+        jobs = _events(b, lambda h: h["type"] == "jobs")[-1][0]["jobs"]
+        assert [(j["job"], j["state"], j["position"]) for j in jobs] == [
+            (running, "running", 0),
+            (accepted["job"], "queued", 1),
+        ]
+
+        send_message(b, {"type": "cancel", "job": accepted["job"], "ref": 2})
+        replies = [h for h, _ in _events(b, lambda h: h["type"] == "ok")]
+        assert {"type": "error", "job": accepted["job"], "code": "cancelled"}.items() <= replies[-2].items()
+
+        start = time.monotonic()
+        send_message(b, {"type": "cancel", "job": running})
+        last = _events(a, _final)[-1][0]
+        assert last["type"] == "error" and last["code"] == "cancelled"
+        assert time.monotonic() - start < 1.0
+
+        send_message(b, {"type": "cancel", "job": running, "ref": 3})
+        assert _events(b, lambda h: h.get("ref") == 3)[-1][0]["code"] == "unknown-job"
+
+        # The engine is free at once for the next job.
+        header, blobs = job_message(_job(TINY))
+        send_message(a, header, blobs)
+        events = _events(a, _final)
+        assert events[0][0]["position"] == 0 and events[-1][0]["type"] == "result"
+
+
+def test_a_disconnecting_client_cancels_its_jobs(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    sock = _session(server)
+    header, blobs = job_message(_job(LONG))
+    send_message(sock, header, blobs)
+    _wait_until_running(sock)
+    assert not server.jobs.idle
+    sock.close()
+    deadline = time.monotonic() + 2.0
+    while not server.jobs.idle:
+        assert time.monotonic() < deadline, "the job outlived its client"
+        time.sleep(0.02)
+
+
+def test_progress_at_least_twice_a_second(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    with _session(server) as sock:
+        header, blobs = job_message(_job(dict(LONG, size=96)))
+        send_message(sock, header, blobs)
+        job = _wait_until_running(sock)
+        times = []
+        for _ in range(6):
+            msg = read_message(sock, CLIENT_LIMITS, 5.0)
+            assert msg.header["type"] == "progress"
+            times.append(time.monotonic())
+        send_message(sock, {"type": "cancel", "job": job})
+        assert max(np.diff(times)) < 0.5
+
+
+def test_stalled_and_silent_clients_are_dropped(make_server: Callable[..., Server]) -> None:
+    server = make_server(stall_timeout=0.3, hello_timeout=0.3)
+    with server.address.connect(1.0) as silent:
+        silent.settimeout(3.0)
+        msg = read_message(silent, CLIENT_LIMITS)
+        assert msg.header["code"] == "timeout"
+        assert silent.recv(1) == b""
+    with _session(server) as stalled:
+        stalled.sendall(protocol.encode_header({"type": "jobs"}, [])[:9])
+        stalled.settimeout(3.0)
+        assert read_message(stalled, CLIENT_LIMITS).header["code"] == "timeout"
+    with _session(server) as idle:  # between frames a client may wait as long as it likes
+        time.sleep(0.6)
+        send_message(idle, {"type": "jobs"})
+        assert _events(idle, lambda h: True)[0][0]["type"] == "jobs"
+
+
+def test_hello_is_required_and_protocol_checked(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    with server.address.connect(1.0) as sock:
+        send_message(sock, {"type": "jobs"})
+        sock.settimeout(3.0)
+        assert read_message(sock, CLIENT_LIMITS).header["code"] == "hello-required"
+    with server.address.connect(1.0) as sock:
+        send_message(sock, {"type": "hello", "protocol": 99})
+        sock.settimeout(3.0)
+        reply = read_message(sock, CLIENT_LIMITS).header
+        assert reply["code"] == "protocol-mismatch" and reply["protocol"] == protocol.PROTOCOL_VERSION
+
+
+def test_tcp_needs_the_token(make_server: Callable[..., Server]) -> None:
+    with pytest.raises(UserError):
+        make_server(endpoint=Endpoint("tcp", host="127.0.0.1", port=0))
+    server = make_server(endpoint=Endpoint("tcp", host="127.0.0.1", port=0), token="s3cret")
+    for wrong in (None, "", "s3cre", "s3cret2"):
+        with pytest.raises(ProtocolError) as info:
+            open_session(server.address, wrong)
+        assert info.value.code == "unauthorized"
+    sock, hello = open_session(server.address, "s3cret")
+    sock.close()
+    assert hello["type"] == "hello"
+
+
+def test_unix_socket_is_private_and_a_stale_one_is_replaced(
+    make_server: Callable[..., Server], short_dir: Path
+) -> None:
+    path = short_dir / "run" / "engine.sock"
+    path.parent.mkdir(mode=0o755)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a killed engine leaves behind
+    server = make_server(endpoint=Endpoint("unix", path=str(path)))
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(UserError) as info:
+        make_server(endpoint=Endpoint("unix", path=str(path)))
+    assert info.value.code == "already-running"
+    server.shutdown()
+    assert not path.exists()
+
+
+def test_one_engine_per_user_lock(short_dir: Path) -> None:
+    ep = Endpoint("unix", path="/x.sock")
+    first, second = EngineLock(short_dir / "engine.lock"), EngineLock(short_dir / "engine.lock")
+    assert first.acquire(ep)
+    assert not second.acquire(ep)
+    assert second.holder() == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
+    first.release()
+    assert second.acquire(ep)
+    second.release()
+
+
+def test_idle_timeout_and_shutdown_request(make_server: Callable[..., Server]) -> None:
+    idle = make_server(idle_timeout=0.5)
+    assert idle._thread is not None
+    idle._thread.join(5.0)
+    assert not idle._thread.is_alive() and not Path(idle.address.path).exists()
+
+    server = make_server()
+    with _session(server) as sock:
+        send_message(sock, {"type": "shutdown", "ref": 9})
+        assert _events(sock, lambda h: True)[0][0] == {"type": "ok", "ref": 9, "blobs": []}
+    assert server._thread is not None
+    server._thread.join(5.0)
+    assert not server._thread.is_alive()
+
+
+def _threads_and_fds() -> tuple[set[int], int]:
+    return {t.ident for t in threading.enumerate()}, len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts file descriptors through /proc")
+def test_load_8_clients_x_20_jobs_all_correct_and_nothing_leaks(make_server: Callable[..., Server]) -> None:
+    import client as plugin_client
+
+    threads_before, fds_before = _threads_and_fds()
+    server = make_server()
+    failures: list[str] = []
+
+    def one_client(n: int) -> None:
+        engine = plugin_client.EngineClient(config_path=os.devnull + ".none", endpoint=str(server.address))
+        for i in range(20):
+            seed = 1000 * n + i
+            # With an empty selection the pipeline must hand back the content exactly: any mix-up
+            # between the 160 jobs, or any corruption in transit, shows.
+            job = _job(TINY, seed, selection=True)
+            try:
+                result = engine.stylize(job, lambda f, m: None, lambda: False)
+            except plugin_client.EngineError as exc:
+                failures.append(f"client {n} job {i}: {exc.code}: {exc}")
+                continue
+            if bytes(result.data) != job.content.data:
+                failures.append(f"client {n} job {i}: wrong pixels")
+
+    workers = [threading.Thread(target=one_client, args=(n,)) for n in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    assert failures == []
+    server.shutdown()
+    threads_after, fds_after = _threads_and_fds()
+    assert threads_after == threads_before
+    assert fds_after == fds_before
+
+
+def _valid_frames() -> Iterator[bytes]:
+    """Seeds for the frame-level fuzzer."""
+    header, blobs = job_message(_job(TINY))
+    header["method"] = "no-such-method"  # whatever gets through validation fails fast
+    yield protocol.encode_header(header, blobs) + b"".join(bytes(b) for b in blobs)
+    for h in ({"type": "jobs"}, {"type": "cancel", "job": "1"}, {"type": "hello", "protocol": 1}):
+        yield protocol.encode_header(h, [])
+
+
+def _pick(rng: np.random.Generator, values: list[Any]) -> Any:
+    return values[int(rng.integers(len(values)))]
+
+
+def _mutate_frame(frame: bytes, rng: np.random.Generator) -> bytes:
+    kind = rng.integers(8)
+    data = bytearray(frame)
+    if kind == 0:  # truncated
+        return bytes(data[: rng.integers(1, len(data))])
+    if kind == 1:  # huge or odd declared header size
+        data[4:8] = _pick(rng, [0, 1, 2**31, 2**32 - 1, int(rng.integers(2**20, 2**32))]).to_bytes(4, "big")
+    elif kind == 2:  # huge or odd declared payload size
+        data[8:16] = _pick(rng, [0, 1, 2**40, 2**64 - 1, int(rng.integers(0, 2**63))]).to_bytes(8, "big")
+    elif kind == 3:  # flipped bytes anywhere
+        for pos in rng.integers(0, len(data), rng.integers(1, 8)):
+            data[pos] = rng.integers(256)
+    elif kind == 4:  # bytes flipped inside the JSON header only
+        end = 16 + int.from_bytes(data[4:8], "big")
+        for pos in rng.integers(16, end, rng.integers(1, 4)):
+            data[pos] = _pick(rng, list(b'{}[]",:0e-.\\ntfx\x00\xff'))
+    elif kind == 5:  # random bytes
+        return rng.bytes(int(rng.integers(1, 600)))
+    elif kind == 6:  # a valid frame followed by garbage
+        return frame + rng.bytes(int(rng.integers(1, 40)))
+    else:  # wrong magic
+        data[0:4] = rng.bytes(4)
+    return bytes(data)
+
+
+ODD_VALUES: list[Any] = [None, True, False, -1, 0, 1, 2**64, -(2**63), 0.5, 1e308, "", "x", "u8", "a" * 5000,
+                         [], [1], {}, {"a": 1}, [[[[[[[[[[[1]]]]]]]]]]]]  # fmt: skip
+
+
+def _mutate_fields(header: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Replace, delete or add a field somewhere in a (copied) header."""
+    import copy
+
+    out = copy.deepcopy(header)
+    target: Any = out
+    for _ in range(int(rng.integers(1, 4))):
+        keys = list(target) if isinstance(target, dict) else list(range(len(target)))
+        if not keys:
+            break
+        key = keys[int(rng.integers(len(keys)))]
+        if not isinstance(target[key], (dict, list)) or rng.random() < 0.4:
+            choice = rng.integers(3)
+            if choice == 0 and isinstance(target, dict):
+                del target[key]
+            elif choice == 1 and isinstance(target, dict):
+                target[f"k{rng.integers(9)}"] = _pick(rng, ODD_VALUES)
+            else:
+                target[key] = _pick(rng, ODD_VALUES)
+            break
+        target = target[key]
+    return out
+
+
+def _collect_until_end(sock: socket.socket, out: list[Any]) -> None:
+    try:
+        out.extend(h for h, _ in _events(sock, lambda h: h.get("ref") == "end"))
+    except Exception as exc:  # the main thread's assertion reports it
+        out.append(exc)
+
+
+def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[..., Server]) -> None:
+    """Framing-level damage closes the connection; field-level damage gets an error and the
+    connection lives on. Either way the server must never fail internally, and must still work."""
+    server = make_server(limits=protocol.Limits(max_payload=1 << 16, max_side=64), stall_timeout=0.5)
+    rng = np.random.default_rng(1234)
+    seeds = list(_valid_frames())
+    sent = 0
+    allowed = {"error", "accepted", "progress", "result", "ok", "jobs", "hello"}
+    seen: set[str] = set()
+
+    def check(headers: list[dict[str, Any]]) -> None:
+        for h in headers:
+            assert h["type"] in allowed, h
+            assert h.get("code") != "internal", h
+            seen.add(h.get("code", h["type"]))
+
+    def drain(sock: socket.socket) -> list[dict[str, Any]]:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5.0)
+        headers = []
+        while True:
+            try:
+                headers.append(read_message(sock, CLIENT_LIMITS, 5.0).header)
+            except (ConnectionClosed, ProtocolError):
+                return headers
+
+    # 1. Damaged frames, one per connection: after hello, or instead of it.
+    for i in range(4000):
+        frame = _mutate_frame(seeds[i % len(seeds)], rng)
+        with server.address.connect(2.0) as sock:
+            if i % 4:
+                send_message(sock, {"type": "hello", "protocol": 1})
+            sock.sendall(frame)
+            sent += 1
+            check(drain(sock))
+
+    # 2. Well-framed requests with damaged fields, many per connection, each answered.
+    job_header, job_blobs = job_message(_job(TINY))
+    job_header["method"] = "no-such-method"  # whatever gets through validation fails fast
+    requests = [
+        job_header,
+        {"type": "cancel", "job": "1"},
+        {"type": "jobs"},
+        {"type": "hello", "protocol": 1},
+    ]
+    for _ in range(65):
+        with _session(server) as sock:
+            # Read while writing: a client that stops reading is (rightly) dropped as stalled.
+            replies: list[Any] = []
+            reader = threading.Thread(target=_collect_until_end, args=(sock, replies))
+            reader.start()
+            for i in range(100):
+                header = _mutate_fields(requests[i % len(requests)], rng)
+                blobs = job_blobs if header.get("type") == "stylize" or rng.random() < 0.2 else []
+                if blobs and rng.random() < 0.3:
+                    blobs = [b[: len(b) - 1] for b in blobs]
+                send_message(sock, header, blobs)
+                sent += 1
+            send_message(sock, {"type": "jobs", "ref": "end"})
+            reader.join(30)
+            assert replies and isinstance(replies[-1], dict) and replies[-1].get("ref") == "end", replies[-1:]
+            check(replies)
+
+    assert sent >= 10000
+    assert {"bad-frame", "too-large", "bad-request", "hello-required", "unknown-type"} <= seen, seen
+
+    # The same server still serves a real job correctly.
+    with _session(server) as sock:
+        header, blobs = job_message(_job(TINY, 7, selection=True))
+        send_message(sock, header, blobs)
+        last, last_blobs = _events(sock, _final)[-1]
+        assert last["type"] == "result"
+        assert bytes(last_blobs[0]) == _job(TINY, 7).content.data
