@@ -219,7 +219,8 @@ def _dialog(
         usable = name in available and available[name] != []
         method_choice.set_sensitive(name, usable)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
-    dialog.get_label("engine-status", layers.describe_methods(available), False, False)
+    status = "Methods in the running engine:\n" + layers.describe_methods(available)
+    dialog.get_label("engine-status", status, False, False)
     dialog.get_label("style-title", "Style: an image file, or a layer of any open image", False, False)
     dialog.fill_box("style-box", ["style-file", "style-layer"])
     dialog.fill_frame("style-frame", "style-title", False, "style-box")

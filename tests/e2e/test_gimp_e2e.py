@@ -94,27 +94,19 @@ def install_plugin(work: Path, engine_config: dict) -> Path:
     return target
 
 
-def run_gimp_batch(work: Path, script: Path, args: dict, timeout: float = 240) -> dict:
-    """Run `script` in gimp-console inside the chroot; it reports through args["out"]."""
+def run_gimp_batch(work: Path, script: Path, args: dict, gui: bool = False, timeout: float = 240) -> dict:
+    """Run `script` in GIMP inside the chroot (gimp-console, or the GUI under Xvfb when `gui`);
+    it reports through args["out"]."""
     args_path = work / "args.json"
     args["out"] = str(work / "findings.json")
     args_path.write_text(json.dumps(args))
     text = f"ARGS_PATH = {str(args_path)!r}\n" + script.read_text()
     env = dict(os.environ, NST_CHROOT_BINDS=str(work))
+    gimp = ["gimp-3.0", "-n", "--no-splash"] if gui else ["gimp-console-3.0", "-idf"]
+    batch = ["--batch-interpreter", "python-fu-eval", "-b", "-"] + ([] if gui else ["--quit"])
+    xvfb = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"] if gui else []
     proc = subprocess.Popen(
-        [
-            str(CHROOT),
-            "run",
-            "env",
-            f"GIMP3_DIRECTORY={work / 'gimp3'}",
-            "gimp-console-3.0",
-            "-idf",
-            "--batch-interpreter",
-            "python-fu-eval",
-            "-b",
-            "-",
-            "--quit",
-        ],
+        [str(CHROOT), "run", *xvfb, "env", f"GIMP3_DIRECTORY={work / 'gimp3'}", *gimp, *batch],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -214,3 +206,15 @@ def test_transfer_on_two_layers_with_mask_and_selection(gimp_chroot: Path, work:
     assert gone["status"] == "execution-error"
     assert "engine" in gone["error"].lower(), gone["error"]
     assert gone["after"] == after
+
+
+def test_one_undo_removes_all_results(gimp_chroot: Path, work: Path, engine: Path) -> None:
+    """GIMP's PDB cannot undo, so this runs the GUI under Xvfb and presses Ctrl+Z (xdotool)."""
+    style = work / "style.png"
+    write_style(style)
+    install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    findings = run_gimp_batch(work, HERE / "batch_undo.py", {"style": str(style)}, gui=True)
+    assert findings["status"] == "success"
+    assert findings["after_run"] == ["Top (style, gatys)", "Top", "Base (style, gatys)", "Base"]
+    assert findings["windows"], "no image window found"
+    assert findings["after_undo"] == findings["before"]

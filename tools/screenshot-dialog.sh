@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Capture the Neural Style Transfer dialog from real GIMP 3 under Xvfb into docs/dialog.png.
+#
+#   tools/screenshot-dialog.sh [OUTPUT.png]
+#
+# Builds the GIMP 3 chroot if needed (tools/gimp3-chroot.sh), starts a real engine from the
+# project's .venv outside the chroot on a Unix socket in a bound directory, opens an image in
+# gimp-3.0 and runs the procedure interactively; the dialog is found with xwininfo and grabbed
+# with ImageMagick's import. Needs root.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$(realpath -m "${1:-$REPO/docs/dialog.png}")"
+PYTHON="${NST_PYTHON:-$REPO/.venv/bin/python}"
+CHROOT="$REPO/tools/gimp3-chroot.sh"
+
+"$CHROOT" ensure
+WORK="$(mktemp -d /tmp/nst-shot.XXXXXX)"
+ENGINE_PID=""
+cleanup() {
+    [[ -n $ENGINE_PID ]] && kill "$ENGINE_PID" 2>/dev/null && wait "$ENGINE_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PLUGIN="$WORK/gimp3/plug-ins/neural_style"
+mkdir -p "$PLUGIN" "$WORK/run" "$(dirname "$OUT")"
+for f in "$REPO"/plugin/neural_style/*.py; do cp -L "$f" "$PLUGIN/"; done
+chmod +x "$PLUGIN/neural_style.py"
+printf '{"python": "/nonexistent/python", "endpoint": "unix:%s"}\n' "$WORK/run/engine.sock" >"$PLUGIN/engine.json"
+
+(cd "$REPO" && NST_HOME="$WORK/home" exec "$PYTHON" -m engine serve --listen "unix:$WORK/run/engine.sock") \
+    >"$WORK/engine.log" 2>&1 &
+ENGINE_PID=$!
+for _ in $(seq 100); do [[ -S $WORK/run/engine.sock ]] && break; sleep 0.2; done
+[[ -S $WORK/run/engine.sock ]] || { cat "$WORK/engine.log" >&2; echo "engine did not start" >&2; exit 1; }
+
+# The batch script opens a display on a small image and runs the procedure interactively; it
+# blocks in the dialog until the capture below kills GIMP.
+cat >"$WORK/open-dialog.py" <<'PY'
+from gi.repository import Gimp
+image = Gimp.Image.new(320, 240, Gimp.ImageBaseType.RGB)
+layer = Gimp.Layer.new(image, "Photo", 320, 240, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(layer, None, 0)
+Gimp.Display.new(image)
+proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
+config = proc.create_config()
+config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+config.set_property("image", image)
+config.set_core_object_array("drawables", [layer])
+proc.run(config)
+PY
+
+cat >"$WORK/capture.sh" <<'SH'
+set -u
+WORK=$1 OUT=$2
+GIMP3_DIRECTORY=$WORK/gimp3 gimp-3.0 -n --no-splash --batch-interpreter python-fu-eval -b - \
+    <"$WORK/open-dialog.py" >"$WORK/gimp.log" 2>&1 &
+GIMP=$!
+id=""
+for _ in $(seq 180); do
+    id=$(xwininfo -root -tree | awk '/"Neural Style Transfer"/ {print $1; exit}')
+    [ -n "$id" ] && break
+    sleep 1
+done
+status=1
+if [ -n "$id" ]; then
+    sleep 3  # let the dialog finish its first layout and paint
+    import -window "$id" "$OUT" && status=0
+else
+    echo "the dialog never appeared; GIMP said:" >&2
+    tail -40 "$WORK/gimp.log" >&2
+fi
+kill "$GIMP" 2>/dev/null
+sleep 1
+kill -9 "$GIMP" 2>/dev/null
+exit $status
+SH
+
+NST_CHROOT_BINDS="$WORK:$(dirname "$OUT")" "$CHROOT" run \
+    xvfb-run -a -s "-screen 0 1280x1024x24" sh "$WORK/capture.sh" "$WORK" "$OUT"
+echo "wrote $OUT"
