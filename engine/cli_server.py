@@ -132,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     _setup_logging(log_file)
     lock = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME)
     if not lock.acquire(endpoint):
-        holder = lock.holder()
+        holder = protocol.lock_holder()
         raise UserError(
             "already-running",
             f"An engine is already running (pid {holder.get('pid', '?')}, {holder.get('endpoint', '?')}); "
@@ -211,9 +211,7 @@ def _target(args: argparse.Namespace) -> Endpoint:
     """--connect, else what the running engine wrote in its lock file, else the default."""
     if args.connect:
         return _parse(args.connect)
-    from engine.server import EngineLock
-
-    recorded = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME).holder().get("endpoint")
+    recorded = protocol.lock_holder().get("endpoint")
     if isinstance(recorded, str):
         try:
             return protocol.parse_endpoint(recorded)

@@ -502,6 +502,15 @@ def log_path(env: dict[str, str] | None = None) -> Path:
     return data_dir(env) / LOG_NAME
 
 
+def lock_holder(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the running engine wrote in its lock file: {"pid", "endpoint"} (may be stale)."""
+    try:
+        data = json.loads((runtime_dir(env) / LOCK_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_token(env: dict[str, str] | None = None) -> str | None:
     """The shared secret TCP clients present, or None when there is no token file."""
     try:

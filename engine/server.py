@@ -462,14 +462,6 @@ class EngineLock:
             os.close(self._fd)
             self._fd = None
 
-    def holder(self) -> dict[str, Any]:
-        """What the lock file says about the engine holding it (may be stale)."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
 
 def _answers(ep: Endpoint) -> bool:
     try:

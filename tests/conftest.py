@@ -66,3 +66,42 @@ def make_server(short_dir: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for server in servers:
         server.shutdown()
+
+
+@pytest.fixture
+def engine_config(nst_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
+    """An engine.json like install.py writes, for this venv; engines it starts are killed after."""
+    import json
+    import os
+    import signal
+    import time
+
+    from engine import __version__, protocol
+
+    path = tmp_path / "plugin" / "engine.json"
+    path.parent.mkdir()
+    config = {"python": sys.executable, "env": {**nst_env, "OMP_NUM_THREADS": "1"}, "version": __version__}
+    path.write_text(json.dumps(config), encoding="utf-8")
+    yield path
+    pid = protocol.lock_holder(nst_env).get("pid")
+    if isinstance(pid, int) and not _gone(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not _gone(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has exited (reaping it when it is our child)."""
+    import os
+
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not our child: ask the kernel whether it exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False

@@ -279,7 +279,8 @@ def test_one_engine_per_user_lock(short_dir: Path) -> None:
     first, second = EngineLock(short_dir / "engine.lock"), EngineLock(short_dir / "engine.lock")
     assert first.acquire(ep)
     assert not second.acquire(ep)
-    assert second.holder() == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
+    holder = protocol.lock_holder({"NST_RUNTIME_DIR": str(short_dir)})
+    assert holder == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
     first.release()
     assert second.acquire(ep)
     second.release()
@@ -313,7 +314,7 @@ def test_load_8_clients_x_20_jobs_all_correct_and_nothing_leaks(make_server: Cal
     failures: list[str] = []
 
     def one_client(n: int) -> None:
-        engine = plugin_client.EngineClient(config_path=os.devnull + ".none", endpoint=str(server.address))
+        engine = plugin_client.EngineClient("/nonexistent/engine.json", endpoint=str(server.address))
         for i in range(20):
             seed = 1000 * n + i
             # With an empty selection the pipeline must hand back the content exactly: any mix-up

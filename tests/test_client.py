@@ -1,0 +1,174 @@
+"""The plug-in's client against real engines: started detached by the client, killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import client as plugin_client
+import numpy as np
+import protocol as plugin_protocol
+import pytest
+from client import EngineClient, EngineError
+
+from engine.protocol import Endpoint
+from engine.server import Server
+
+TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
+LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
+NO_CONFIG = "/nonexistent/engine.json"  # no config: connect only, never start an engine
+
+
+def _job(params: dict[str, Any], seed: int = 0, selection: bool = False) -> Any:
+    """A job built from the plug-in's copy of the protocol module, as GIMP would."""
+    rng = np.random.default_rng(seed)
+    P = plugin_protocol
+    content = P.RawImage(20, 14, 4, "u8", rng.integers(0, 256, (14, 20, 4), dtype=np.uint8).tobytes())
+    style = P.RawImage(12, 12, 3, "u8", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8).tobytes())
+    sel = P.RawImage(20, 14, 1, "u8", bytes(20 * 14)) if selection else None
+    return P.StylizeJob("gatys", dict(params), content, [P.StyleRef(image=style)], sel)
+
+
+class Progress:
+    """Records progress and says when the optimisation (not just set-up) is under way."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.running = threading.Event()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.calls.append((fraction, message))
+        if "step" in message:
+            self.running.set()
+
+
+def _run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+        box["at"] = time.monotonic()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+def test_starts_the_engine_runs_jobs_cancels_and_survives_a_kill(engine_config: Path) -> None:
+    engine = EngineClient(engine_config)
+    caps = engine.hello()  # starts the engine: detached, from engine.json's python
+    assert "gatys" in caps["methods"]
+    first_pid = engine.last_hello["pid"]
+    assert first_pid != os.getpid() and os.getsid(first_pid) == first_pid  # its own session
+
+    job = _job(TINY, 1, selection=True)
+    progress = Progress()
+    result = engine.stylize(job, progress, lambda: False)
+    assert bytes(result.data) == job.content.data
+    assert progress.calls and all(0.0 <= f <= 1.0 for f, _ in progress.calls)
+
+    # Cancel a running job: prompt, and the engine is free for the next job.
+    progress, cancel = Progress(), threading.Event()
+    thread, box = _run_in_thread(lambda: engine.stylize(_job(LONG), progress, cancel.is_set))
+    assert progress.running.wait(30)
+    cancel.set()
+    asked = time.monotonic()
+    thread.join(10)
+    assert isinstance(box.get("error"), EngineError) and box["error"].code == "cancelled"
+    assert box["at"] - asked < 1.0
+    assert engine.stylize(_job(TINY, 2), Progress(), lambda: False).width == 20
+
+    # SIGKILL mid-job: a clear error within a second, then the next call starts a new engine.
+    progress = Progress()
+    thread, box = _run_in_thread(lambda: engine.stylize(_job(LONG), progress, lambda: False))
+    assert progress.running.wait(30)
+    os.kill(first_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    thread.join(10)
+    error = box.get("error")
+    assert isinstance(error, EngineError) and error.code == "engine-died", box
+    assert box["at"] - killed < 1.0
+    assert "stopped unexpectedly" in error.message and "next run" in error.message
+    assert str(plugin_protocol.log_path(engine.env)) in error.message
+
+    job = _job(TINY, 3, selection=True)
+    assert bytes(engine.stylize(job, Progress(), lambda: False).data) == job.content.data
+    assert engine.last_hello["pid"] != first_pid
+
+
+def test_a_protocol_mismatch_says_what_to_do(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server()
+    monkeypatch.setattr(plugin_protocol, "PROTOCOL_VERSION", 2)  # a newer plug-in, an older engine
+    with pytest.raises(EngineError) as info:
+        EngineClient(NO_CONFIG, endpoint=str(server.address)).hello()
+    assert info.value.code == "protocol-mismatch"
+    assert "protocol 1" in info.value.message and "install.py" in info.value.message
+
+
+def test_a_wrong_token_says_where_the_token_goes(
+    make_server: Callable[..., Server], tmp_path: Path, nst_env: dict[str, str]
+) -> None:
+    server = make_server(endpoint=Endpoint("tcp", host="127.0.0.1", port=0), token="right")
+    home = Path(nst_env["NST_HOME"])
+    home.mkdir()
+    (home / "token").write_text("wrong\n")
+    with pytest.raises(EngineError) as info:
+        EngineClient(NO_CONFIG, endpoint=str(server.address)).hello()
+    assert info.value.code == "unauthorized" and str(home / "token") in info.value.message
+    (home / "token").write_text("right\n")
+    assert "gatys" in EngineClient(NO_CONFIG, endpoint=str(server.address)).hello()["methods"]
+
+
+def test_no_engine_and_no_config(nst_env: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(EngineError) as info:
+        EngineClient(tmp_path / "missing.json").hello()
+    assert info.value.code == "engine-not-configured" and "install.py" in info.value.message
+
+    config = tmp_path / "engine.json"
+    config.write_text(json.dumps({"python": "/bin/sh", "env": {}, "version": "0"}))
+    with pytest.raises(EngineError) as info:
+        EngineClient(config, endpoint="tcp:192.0.2.1:9", connect_timeout=0.3).hello()
+    assert info.value.code == "engine-unreachable" and "docs/remote.md" in info.value.message
+
+    with pytest.raises(EngineError) as info:  # sh does not know `-m engine`: it exits at once
+        EngineClient(config).hello()
+    assert info.value.code == "engine-failed-to-start" and "engine.out" in info.value.message
+
+    config.write_text("{not json")
+    with pytest.raises(EngineError) as info:
+        EngineClient(config)
+    assert info.value.code == "bad-config"
+
+
+def test_too_large_for_the_engine_is_refused_before_sending(make_server: Callable[..., Server]) -> None:
+    from engine.protocol import Limits
+
+    server = make_server(limits=Limits(max_payload=1000))
+    with pytest.raises(EngineError) as info:
+        EngineClient(NO_CONFIG, endpoint=str(server.address)).stylize(_job(TINY), Progress(), lambda: False)
+    assert info.value.code == "too-large" and "--max-payload" in info.value.message
+
+
+def test_the_client_uses_only_the_standard_library() -> None:
+    import ast
+    import sys
+
+    tree = ast.parse(Path(plugin_client.__file__).read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "protocol"}, imported
