@@ -114,8 +114,6 @@ def _size(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.server import EngineLock, Server, ServerConfig, device_of
-
     endpoint = _parse(args.listen) if args.listen else protocol.default_endpoint()
     token = None
     if endpoint.kind == "tcp":
@@ -128,6 +126,8 @@ def _serve(args: argparse.Namespace) -> int:
             )
         token = token or ensure_token(protocol.token_path())
         check_private(protocol.token_path())
+    from engine.server import EngineLock, Server, ServerConfig, device_of
+
     log_file = args.log_file or protocol.log_path()
     _setup_logging(log_file)
     lock = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME)
@@ -153,6 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         server = Server(config, run_job, capabilities, device_of, ModelCache(args.cache_size))
         server.bind()
+        lock.record(server.address)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: server.shutdown(wait=False))
         print(f"nst: engine listening on {server.address} (log: {log_file})", file=sys.stderr, flush=True)

@@ -426,7 +426,7 @@ class Endpoint:
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """Accept `unix:PATH`, `tcp:HOST:PORT`, `HOST:PORT` or `[v6]:PORT`."""
+    """Accept `unix:PATH`, `tcp:HOST:PORT`, `HOST:PORT` or `[v6]:PORT` (port 0: any free port)."""
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
@@ -435,7 +435,7 @@ def parse_endpoint(text: str) -> Endpoint:
     rest = text[4:] if text.startswith("tcp:") else text
     host, sep, port_text = rest.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"expected HOST:PORT or unix:PATH, not {text!r}")
     return Endpoint("tcp", host=host, port=int(port_text))
 

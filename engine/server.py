@@ -452,10 +452,16 @@ class EngineLock:
         except OSError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "endpoint": str(endpoint)}).encode())
         self._fd = fd
+        self.record(endpoint)
         return True
+
+    def record(self, endpoint: Endpoint) -> None:
+        """Write who holds the lock: `nst ping` and friends find a non-default endpoint there."""
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.write(self._fd, json.dumps({"pid": os.getpid(), "endpoint": str(endpoint)}).encode())
 
     def release(self) -> None:
         if self._fd is not None:

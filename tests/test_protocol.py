@@ -252,7 +252,7 @@ def test_endpoints_parse_and_print(text: str, expected: str) -> None:
     assert protocol.parse_endpoint(expected) == protocol.parse_endpoint(text)
 
 
-@pytest.mark.parametrize("text", ["", "unix:", "host", "host:0", "host:65536", ":80", "host:http"])
+@pytest.mark.parametrize("text", ["", "unix:", "host", "host:65536", ":80", "host:http"])
 def test_bad_endpoints_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         protocol.parse_endpoint(text)
