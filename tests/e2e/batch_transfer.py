@@ -114,7 +114,20 @@ try:
         {"name": "success", "status": status, "error": error, "after": after, "parasites": results}
     )
 
-    # 3. No engine at all: an endpoint nobody listens on, and a python that cannot start one.
+    # 3. Re-run from the top result layer: its parasite's settings, applied to its source again.
+    rerun = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-rerun")
+    config = rerun.create_config()
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [image.get_layers()[0]])
+    result = rerun.run(config)
+    status = result.index(0)
+    error = result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
+    findings["steps"].append(
+        {"name": "rerun", "status": status.value_nick, "error": error, "after": snapshot(image)}
+    )
+
+    # 4. No engine at all: an endpoint nobody listens on, and a python that cannot start one.
     write_engine_config({"python": "/nonexistent/python", "endpoint": "unix:" + ARGS["dead_socket"]})
     status, error = run_transfer(image, [base, top], ARGS["style"])
     findings["steps"].append(

@@ -201,11 +201,19 @@ def test_transfer_on_two_layers_with_mask_and_selection(gimp_chroot: Path, work:
     assert parasites[0]["settings"]["preset"] == "draft" and parasites[0]["settings"]["size"] == 64
     assert parasites[1] is None and parasites[3] is None
 
+    # Re-run from the top result: the same settings, a fresh result right above its source.
+    rerun = steps["rerun"]
+    assert rerun["status"] == "success", rerun["error"]
+    fresh = rerun["after"][1]
+    assert fresh["name"] == "Top (style, gatys) #1"  # GIMP makes layer names unique
+    assert rerun["after"][:1] + rerun["after"][2:] == after
+    assert fresh["offsets"] == before[0]["offsets"] and fresh["mask"] == before[0]["mask"]
+
     # No engine: an execution error with a message, and nothing changes.
     gone = steps["engine-unreachable"]
     assert gone["status"] == "execution-error"
     assert "engine" in gone["error"].lower(), gone["error"]
-    assert gone["after"] == after
+    assert gone["after"] == rerun["after"]
 
 
 def test_one_undo_removes_all_results(gimp_chroot: Path, work: Path, engine: Path) -> None:
