@@ -226,3 +226,33 @@ def test_one_undo_removes_all_results(gimp_chroot: Path, work: Path, engine: Pat
     assert findings["after_run"] == ["Top (style, gatys)", "Top", "Base (style, gatys)", "Base"]
     assert findings["windows"], "no image window found"
     assert findings["after_undo"] == findings["before"]
+
+
+def test_grey_float_image_in_place_with_feathered_selection_and_a_group(
+    gimp_chroot: Path, work: Path, engine: Path
+) -> None:
+    style = work / "style.png"
+    write_style(style)
+    install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    findings = run_gimp_batch(work, HERE / "batch_kinds.py", {"style": str(style)})
+
+    status, error = findings["group"]
+    assert status == "execution-error" and "layer group" in error, error
+    assert findings["layers_after_group"] == ["Group", "Grey"]
+
+    status, error = findings["in_place"]
+    assert status == "success", error
+    assert findings["layers_after"] == ["Group", "Grey"]
+    assert (findings["precision"], findings["type"]) == ("float-linear", "graya-image")
+    assert findings["parasite"]["settings"]["output"] == "in-place"
+    before, after, sel = findings["before"], findings["after"], findings["selection"]
+    assert any(0.05 < s < 0.95 for s in sel), "the feathered selection has no soft edge"
+    change = [abs(after[2 * i] - before[2 * i]) for i in range(len(sel))]
+    alpha_kept = all(abs(after[2 * i + 1] - before[2 * i + 1]) < 1e-5 for i in range(len(sel)))
+    assert alpha_kept
+    assert max(c for c, s in zip(change, sel, strict=True) if s == 0.0) < 1e-4
+    assert max(c for c, s in zip(change, sel, strict=True) if s > 0.9) > 0.02
+    # Feathered edges blend (result = s*styled + (1-s)*content, all in 0..1): soft pixels change,
+    # but never by more than their selection value.
+    assert max(c for c, s in zip(change, sel, strict=True) if 0.0 < s < 0.5) > 0.0
+    assert all(c <= s + 1e-4 for c, s in zip(change, sel, strict=True))
