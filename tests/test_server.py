@@ -30,7 +30,7 @@ from engine.protocol import (
     read_message,
     send_message,
 )
-from engine.server import EngineLock, Server
+from engine.server import EngineLock, Server, preview_image
 
 TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
 LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
@@ -95,12 +95,26 @@ def test_hello_then_a_real_gatys_job_and_the_model_stays_cached(make_server: Cal
             assert first == {"type": "accepted", "job": first["job"], "position": 0, "ref": seed, "blobs": []}
             assert last["type"] == "result", last
             assert any(h["type"] == "progress" and h["job"] == first["job"] for h, _ in events)
+            for h, blobs in events:
+                if "preview" in h:
+                    preview = protocol.parse_image(h["preview"], blobs, CLIENT_LIMITS, "preview")
+                    assert (preview.channels, preview.dtype) == (3, "u8") and preview.width <= 256
             image = protocol.parse_image(last["image"], events[-1][1], CLIENT_LIMITS, "image")
             assert (image.width, image.height, image.channels, image.dtype) == (20, 14, 4, "u8")
             alpha = np.frombuffer(image.data, np.uint8).reshape(14, 20, 4)[..., 3]
             sent = np.frombuffer(_job(TINY, seed).content.data, np.uint8).reshape(14, 20, 4)[..., 3]
             assert np.array_equal(alpha, sent)
     assert server.cache.loads == 1
+
+
+def test_previews_are_small_u8() -> None:
+    big = np.linspace(0, 1, 600 * 400 * 3, dtype=np.float32).reshape(600, 400, 3)
+    big[0, 0] = [np.nan, -1.0, 2.0]
+    image = preview_image(big)
+    assert (image.width, image.height, image.channels, image.dtype) == (134, 200, 3, "u8")
+    pixels = np.frombuffer(image.data, np.uint8).reshape(200, 134, 3)
+    assert pixels[0, 0].tolist() == [0, 0, 255]  # NaN and out-of-range values clipped
+    assert pixels[-1, -1, -1] == round(float(big[597, 399, 2]) * 255)  # every third pixel
 
 
 def test_user_errors_keep_the_connection(make_server: Callable[..., Server]) -> None:
@@ -305,12 +319,13 @@ def _threads_and_fds() -> tuple[set[int], int]:
     return {t.ident for t in threading.enumerate()}, len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow  # 160 real Gatys jobs: 15-45 s on two shared cores
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts file descriptors through /proc")
 def test_load_8_clients_x_20_jobs_all_correct_and_nothing_leaks(make_server: Callable[..., Server]) -> None:
     import client as plugin_client
 
     threads_before, fds_before = _threads_and_fds()
-    server = make_server()
+    server = make_server(slots_per_device=2)  # two cores: two tiny jobs at a time
     failures: list[str] = []
 
     def one_client(n: int) -> None:
