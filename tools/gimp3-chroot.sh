@@ -27,8 +27,10 @@ need_root() { [[ $(id -u) == 0 ]] || die "must run as root (chroot, mount)"; }
 ensure() {
     need_root
     [[ -f $STAMP ]] && return 0
-    command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null \
-        || die "debootstrap is missing and could not be installed"
+    if ! command -v debootstrap >/dev/null; then
+        { apt-get install -y -qq debootstrap || { apt-get update -qq && apt-get install -y -qq debootstrap; }; } \
+            >/dev/null || die "debootstrap is missing and could not be installed"
+    fi
     mkdir -p "$(dirname "$ROOT")"
     # One builder at a time; a second caller waits and then finds the stamp.
     exec 9>"$ROOT.lock"

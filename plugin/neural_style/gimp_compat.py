@@ -326,10 +326,22 @@ def _transfer(
     engine, available = _hello()
     if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config, available):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    _execute(engine, available, image, list(drawables), config)
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def _execute(
+    engine: Any,
+    available: dict[str, list[str] | None],
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+    config: Gimp.ProcedureConfig,
+) -> None:
+    """Stylize every selected layer with the config's settings, then change the image once."""
     raw_settings, style_layers = _settings_from_config(config)
     try:
         settings = layers.validate(raw_settings, available)
-        sources = _check_drawables(list(drawables), settings)
+        sources = _check_drawables(drawables, settings)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
     styles = _prepare_styles(settings, style_layers)
@@ -362,7 +374,6 @@ def _transfer(
         image.undo_group_end()
     Gimp.progress_end()
     Gimp.displays_flush()
-    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
 def _rerun(
@@ -372,7 +383,11 @@ def _rerun(
     drawables: list[Gimp.Drawable],
     config: Gimp.ProcedureConfig,
 ) -> Gimp.ValueArray:
-    """Read the settings a result layer carries and run the transfer again on its source."""
+    """Read the settings a result layer carries and run the transfer again on its source.
+
+    It runs in this process with the transfer procedure's config: calling the transfer through
+    the PDB interactively would make GIMP replace the stored settings with its last-used values.
+    """
     if len(drawables) != 1:
         raise _Failure("Select exactly one layer made by Neural Style Transfer.")
     layer = drawables[0]
@@ -386,18 +401,14 @@ def _rerun(
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
     source = image.get_layer_by_tattoo(tattoo) if tattoo else None
-    target = source or layer
     transfer = Gimp.get_pdb().lookup_procedure(TRANSFER)
     transfer_config = transfer.create_config()
     _settings_to_config(settings, image, transfer_config)
-    transfer_config.set_property("run-mode", run_mode)
-    transfer_config.set_property("image", image)
-    transfer_config.set_core_object_array("drawables", [target])
-    result = transfer.run(transfer_config)
-    status = result.index(0)
-    if status == Gimp.PDBStatusType.EXECUTION_ERROR:
-        raise _Failure(Gimp.PDB.get_last_error(Gimp.get_pdb()) or "Neural Style Transfer failed.")
-    return procedure.new_return_values(status, GLib.Error())
+    engine, available = _hello()
+    if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(transfer, transfer_config, available):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    _execute(engine, available, image, [source or layer], transfer_config)
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
 def _guarded(
