@@ -48,6 +48,7 @@ from engine.protocol import (
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 256
+HELLO_LIMITS = Limits(max_header=64 << 10, max_payload=0)  # nobody gets memory before the token check
 
 
 @dataclass
@@ -315,7 +316,8 @@ class Connection:
     def _serve(self) -> None:
         cfg = self.server.config
         while True:
-            message = read_message(self.sock, cfg.limits, cfg.stall_timeout, self._on_idle)
+            limits = cfg.limits if self.authenticated else HELLO_LIMITS
+            message = read_message(self.sock, limits, cfg.stall_timeout, self._on_idle)
             self.server.touch()
             if not self.authenticated:
                 self._handshake(message.header)

@@ -250,6 +250,10 @@ def test_hello_is_required_and_protocol_checked(make_server: Callable[..., Serve
         send_message(sock, {"type": "jobs"})
         sock.settimeout(3.0)
         assert read_message(sock, CLIENT_LIMITS).header["code"] == "hello-required"
+    with server.address.connect(1.0) as sock:  # no payload before the handshake
+        sock.sendall(protocol.PREFIX.pack(protocol.MAGIC, 2, 1 << 20) + b"{}")
+        sock.settimeout(3.0)
+        assert read_message(sock, CLIENT_LIMITS).header["code"] == "too-large"
     with server.address.connect(1.0) as sock:
         send_message(sock, {"type": "hello", "protocol": 99})
         sock.settimeout(3.0)
@@ -456,7 +460,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
 
     # 1. Damaged frames, one per connection: after hello, or instead of it.
     for i in range(4000):
-        frame = _mutate_frame(seeds[i % len(seeds)], rng)
+        frame = _mutate_frame(_pick(rng, seeds), rng)
         with server.address.connect(2.0) as sock:
             if i % 4:
                 send_message(sock, {"type": "hello", "protocol": 1})
