@@ -65,7 +65,12 @@ def _run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, A
 
 def test_starts_the_engine_runs_jobs_cancels_and_survives_a_kill(engine_config: Path) -> None:
     engine = EngineClient(engine_config)
-    caps = engine.hello()  # starts the engine: detached, from engine.json's python
+    start = time.monotonic()  # cancelling while the engine starts does not wait for it
+    with pytest.raises(EngineError) as info:
+        engine.stylize(_job(TINY), Progress(), lambda: time.monotonic() - start > 0.3)
+    assert info.value.code == "cancelled" and time.monotonic() - start < 1.5
+
+    caps = engine.hello()  # starts a second engine, which loses the race for the lock and exits
     assert "gatys" in caps["methods"]
     first_pid = engine.last_hello["pid"]
     assert first_pid != os.getpid() and os.getsid(first_pid) == first_pid  # its own session

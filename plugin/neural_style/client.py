@@ -84,7 +84,7 @@ class EngineClient:
         """
         header, blobs = protocol.job_message(job)
         size = sum(memoryview(b).nbytes for b in blobs)
-        sock, hello = self._session()
+        sock, hello = self._session(is_cancelled)
         with sock:
             limit = hello.get("limits", {}).get("max_payload")
             if isinstance(limit, int) and size > limit:
@@ -101,14 +101,14 @@ class EngineClient:
 
     # --- Sessions --------------------------------------------------------------------------------
 
-    def _session(self) -> tuple[Any, dict[str, Any]]:
+    def _session(self, is_cancelled: Callable[[], bool] = lambda: False) -> tuple[Any, dict[str, Any]]:
         """A connected socket that has said hello, starting the engine when none answers."""
         try:
             return self._open()
         except (OSError, ConnectionClosed):
             pass
         self._start()
-        return self._wait_until_ready()
+        return self._wait_until_ready(is_cancelled)
 
     def _open(self) -> tuple[Any, dict[str, Any]]:
         token = None
@@ -156,6 +156,8 @@ class EngineClient:
             )
         out = self._output_path()
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists() and out.stat().st_size > 1 << 20:
+            out.replace(out.with_suffix(".out.old"))  # keep the start-up output from growing forever
         command = [python, "-m", "engine", "serve", "--listen", str(self.endpoint)]
         options: dict[str, Any] = {}
         if sys.platform == "win32":
@@ -181,13 +183,15 @@ class EngineClient:
                 f"Cannot run the engine's Python {python!r} ({exc}). Re-run install.py.",
             ) from None
 
-    def _wait_until_ready(self) -> tuple[Any, dict[str, Any]]:
+    def _wait_until_ready(self, is_cancelled: Callable[[], bool]) -> tuple[Any, dict[str, Any]]:
         deadline = time.monotonic() + self.start_timeout
         while True:
             try:
                 return self._open()
             except (OSError, ConnectionClosed):
                 pass
+            if is_cancelled():
+                raise EngineError("cancelled", "Cancelled (the engine goes on starting for the next run).")
             process = self._process
             if process is not None and process.poll() is not None and not self._lock_held():
                 raise EngineError(
