@@ -49,7 +49,7 @@ def gimp_chroot() -> Path:
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
+def work(tmp_path: Path) -> Iterator[Path]:
     """A short directory (Unix socket paths are limited to 107 bytes) bound into the chroot."""
     path = Path(f"/tmp/nst-e2e-{os.getpid()}-{tmp_path.name[-12:]}")
     path.mkdir()
