@@ -139,7 +139,11 @@ class Server:
                     log.exception("accept failed")
                     time.sleep(self.config.poll)
                     continue
-                self._start_connection(sock)
+                try:
+                    self._start_connection(sock)
+                except Exception:  # e.g. no thread to spare: drop this client, keep serving
+                    log.exception("could not serve a connection")
+                    sock.close()
         finally:
             self._teardown()
 
