@@ -177,7 +177,11 @@ class Server:
             conn = Connection(self, sock, next(self._ids))
             thread = threading.Thread(target=conn.run, name=f"nst-conn-{conn.number}", daemon=True)
             self._connections[conn] = thread
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self.forget(conn)
+            raise
 
     def forget(self, conn: Connection) -> None:
         with self._lock:
