@@ -90,7 +90,6 @@ class JobQueue:
         self._closing = False
         self.last_activity = time.monotonic()
         self._beat = threading.Thread(target=self._heartbeat_loop, name="nst-heartbeat", daemon=True)
-        self._beat.start()
 
     # --- API used by the server ------------------------------------------------------------------
 
@@ -105,6 +104,8 @@ class JobQueue:
             running = self._running.setdefault(device, [])
             position = len(queue) + (1 if len(running) >= self._slots else 0)
             queue.append(job)
+            if self._beat.ident is None:  # started with the first job: an unused queue has no threads
+                self._beat.start()
             if sum(1 for t in self._workers if t.name.startswith(f"nst-{device}-")) < self._slots:
                 worker = threading.Thread(
                     target=self._work, args=(device,), name=f"nst-{device}-{len(self._workers)}", daemon=True
@@ -170,6 +171,8 @@ class JobQueue:
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         for thread in [*self._workers, self._beat]:
+            if thread.ident is None:  # never started
+                continue
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("thread %s did not stop within %.0f s", thread.name, timeout)

@@ -262,8 +262,10 @@ def test_hello_is_required_and_protocol_checked(make_server: Callable[..., Serve
 
 
 def test_tcp_needs_the_token(make_server: Callable[..., Server]) -> None:
+    threads = threading.active_count()
     with pytest.raises(UserError):
         make_server(endpoint=Endpoint("tcp", host="127.0.0.1", port=0))
+    assert threading.active_count() == threads  # a server that never started left nothing running
     server = make_server(endpoint=Endpoint("tcp", host="127.0.0.1", port=0), token="s3cret")
     for wrong in (None, "", "s3cre", "s3cret2"):
         with pytest.raises(ProtocolError) as info:
