@@ -3,8 +3,8 @@
 Upstream: naoto0804/pytorch-AdaIN net.py (`vgg` and `decoder` Sequentials), test.py (the encoder is
 the first 31 layers of `vgg`; RGB 0..1 goes straight in). Both files are plain Sequential state
 dicts ("0.weight", ...). They load into upstream-shaped layer lists, which are then compiled into a
-`ConvStack`: the same maths with padding fused into upsampling and the 1x1 colour stem folded
-into the first 3x3 conv.
+`ConvStack`: the same maths with each upsampling conv run at the lower resolution (sub-pixel form)
+and the 1x1 colour stem folded into the first 3x3 conv.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from engine.backbones.adain import SPEC as VGG_NORMALISED
 from engine.backbones.base import build_vgg
-from engine.nets.ops import frozen, upsample2x_reflect_pad1
+from engine.nets.ops import UpsampleConv3x3, frozen, reflect_conv
 from engine.nets.state import load_strict, read_state_dict
 
 ENCODER_LAYERS = 31  # vgg[:31] ends at relu4_1
@@ -47,7 +47,7 @@ class ConvStack(nn.Module):
 
     def __init__(self, layers: nn.Sequential) -> None:
         super().__init__()
-        convs: list[nn.Conv2d] = []
+        convs: list[nn.Module] = []
         plan: list[tuple[str, int, bool]] = []
         stem: nn.Conv2d | None = None
         upsample = False
@@ -58,7 +58,7 @@ class ConvStack(nn.Module):
                 if stem is not None:
                     _fold_pointwise(stem, layer)
                     stem = None
-                convs.append(layer)
+                convs.append(UpsampleConv3x3(layer) if upsample else layer)
                 plan.append(("upconv" if upsample else "conv", len(convs) - 1, False))
                 upsample = False
             elif isinstance(layer, nn.ReLU):
@@ -78,8 +78,8 @@ class ConvStack(nn.Module):
             if op == "pool":
                 x = F.max_pool2d(x, 2, 2, ceil_mode=True)
                 continue
-            padded = upsample2x_reflect_pad1(x) if op == "upconv" else F.pad(x, (1, 1, 1, 1), mode="reflect")
-            x = self.convs[index](padded)
+            layer = self.convs[index]
+            x = layer(x) if op == "upconv" else reflect_conv(x, layer)
             if relu:
                 x = x.relu_()
         return x

@@ -33,17 +33,43 @@ def reflect_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return conv(x)
 
 
-def upsample2x_reflect_pad1(x: torch.Tensor) -> torch.Tensor:
-    """Nearest 2x upsampling followed by ReflectionPad2d(1), as one gather instead of two copies.
+class UpsampleConv3x3(nn.Module):
+    """Nearest 2x upsampling, ReflectionPad2d(1), then a 3x3 conv: computed on the small image.
 
-    Reflecting the upsampled image by one pixel repeats its edge rows, which come from the edge
-    rows of the input, so a clamped index maps every output row and column to its source.
+    Each output pixel of the upsampled conv sees only a 2x2 block of input pixels, so the 3x3
+    kernel collapses into four 2x2 kernels, one per output phase (row parity a, column parity b),
+    and 4 instead of 9 taps per output pixel are computed (2.25x fewer multiply-adds). Reflecting
+    the upsampled image by one pixel repeats its edge rows, which is a replicate pad of the input.
     """
-    _, _, height, width = x.shape
-    rows = (torch.arange(-1, 2 * height + 1, device=x.device).clamp(0, 2 * height - 1) // 2)[:, None]
-    cols = (torch.arange(-1, 2 * width + 1, device=x.device).clamp(0, 2 * width - 1) // 2)[None, :]
-    # Gathering on the NHWC view copies whole channel vectors and yields channels_last memory.
-    return x.permute(0, 2, 3, 1)[:, rows, cols, :].permute(0, 3, 1, 2)
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        weight = conv.weight.detach()
+        phases = [_collapse(_collapse(weight, a, dim=2), b, dim=3) for a in (0, 1) for b in (0, 1)]
+        self.out_channels = conv.out_channels
+        self.register_buffer("weight", torch.cat(phases))  # (4 * out, in, 2, 2), phase-major
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer("bias", bias.repeat(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        # Phase (a, b) of output pixel (i, j) is the 2x2 conv at (i + a, j + b) of the padded input.
+        z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.weight, self.bias)
+        z = z.permute(0, 2, 3, 1).unflatten(3, (4, self.out_channels))
+        out = z.new_empty(n, height, 2, width, 2, self.out_channels)
+        for a in (0, 1):
+            for b in (0, 1):
+                out[:, :, a, :, b] = z[:, a : a + height, b : b + width, 2 * a + b]
+        return out.view(n, 2 * height, 2 * width, self.out_channels).permute(0, 3, 1, 2)
+
+
+def _collapse(kernel: torch.Tensor, parity: int, dim: int) -> torch.Tensor:
+    """Fold a 3-tap axis of `kernel` into the 2 input pixels it reaches after 2x nearest upsampling.
+
+    Even outputs read input offsets (-1, 0) with taps (k0, k1 + k2); odd ones (0, +1) with (k0 + k1, k2).
+    """
+    k0, k1, k2 = kernel.unbind(dim)
+    return torch.stack([k0, k1 + k2] if parity == 0 else [k0 + k1, k2], dim)
 
 
 def frozen(module: nn.Module, device: torch.device) -> nn.Module:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.nets.ops import frozen, instance_norm, reflect_conv, upsample2x_reflect_pad1
+from engine.nets.ops import UpsampleConv3x3, frozen, instance_norm, reflect_conv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
 
@@ -46,7 +46,7 @@ class _ResidualBlock(nn.Module):
 
 
 class TransformerNet(nn.Module):
-    """RGB 0..1 in, RGB 0..1 out, once `fold_pixel_range` has run (the loader does it)."""
+    """RGB 0..1 in, RGB 0..1 out, once `prepare` has run (the loader does it)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,12 +63,15 @@ class TransformerNet(nn.Module):
         self.in5 = _norm(32)
         self.deconv3 = _ConvLayer(32, 3, 9)
 
-    def fold_pixel_range(self) -> None:
-        """Absorb upstream's 0..255 pixel range into the first and last convs (exact: both are linear)."""
+    def prepare(self) -> None:
+        """After loading: absorb upstream's 0..255 pixel range into the first and last convs (exact:
+        both are linear) and build the sub-pixel forms of the two upsampling convs."""
         with torch.no_grad():
             self.conv1.conv2d.weight.mul_(255.0)
             self.deconv3.conv2d.weight.div_(255.0)
             self.deconv3.conv2d.bias.div_(255.0)
+        self.up1 = UpsampleConv3x3(self.deconv1.conv2d)
+        self.up2 = UpsampleConv3x3(self.deconv2.conv2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)
@@ -76,8 +79,8 @@ class TransformerNet(nn.Module):
         y = _norm_relu(reflect_conv(y, self.conv3.conv2d), self.in3)
         for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
             y = block(y)
-        y = _norm_relu(self.deconv1.conv2d(upsample2x_reflect_pad1(y)), self.in4)
-        y = _norm_relu(self.deconv2.conv2d(upsample2x_reflect_pad1(y)), self.in5)
+        y = _norm_relu(self.up1(y), self.in4)
+        y = _norm_relu(self.up2(y), self.in5)
         return reflect_conv(y, self.deconv3.conv2d).clamp_(0.0, 1.0)
 
 
@@ -85,5 +88,5 @@ def load_transformer_net(path: Path, device: torch.device) -> TransformerNet:
     """A pytorch/examples fast-neural-style checkpoint (e.g. saved_models/candy.pth), ready to run."""
     net = TransformerNet()
     load_strict(net, without_norm_stats(read_state_dict(path)), path, "fast-neural-style TransformerNet")
-    net.fold_pixel_range()
+    net.prepare()
     return frozen(net, device)
