@@ -18,6 +18,7 @@ repetitions; the table gives median seconds and the max abs difference of the 0.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import itertools
 import json
@@ -333,10 +334,17 @@ def timed(fn: Callable[[], np.ndarray], device: torch.device) -> tuple[float, np
 
 
 def compare(
-    name: str, ref: Callable[[], np.ndarray], ours: Callable[[], np.ndarray], reps: int, device: torch.device
+    name: str,
+    ref: Callable[[], np.ndarray],
+    ours: Callable[[], np.ndarray],
+    reps: int,
+    device: torch.device,
+    warm_up: bool,
 ) -> dict:
-    """One untimed warm-up each, then `reps` interleaved timed runs; medians and the worst difference."""
-    ref(), ours()
+    """`reps` interleaved timed runs (after an untimed one each if `warm_up`); medians and the worst
+    difference. Only the first size warms up: later sizes reuse the loaded models and kernels."""
+    if warm_up:
+        ref(), ours()
     ref_times, our_times, diff = [], [], 0.0
     for _ in range(reps):
         t_ref, out_ref = timed(ref, device)
@@ -396,7 +404,7 @@ def bench(device: torch.device, sizes: list[int], reps: int, folder: Path) -> li
     style = synthetic_image(512, 512, seed=2)
     rows = []
     print(f"{'case (' + device.type + ')':<22} {'ref s':>9} {'ours s':>9} {'speedup':>9} {'max |diff|':>12}")
-    for size in sizes:
+    for i, size in enumerate(sizes):
         content = synthetic_image(size, size, seed=1)
         cases = [
             ("johnson", functools.partial(ref_johnson, johnson, content), functools.partial(ours_j, content)),
@@ -408,8 +416,16 @@ def bench(device: torch.device, sizes: list[int], reps: int, folder: Path) -> li
             ),
         ]
         for name, ref, ours in cases:
-            rows.append(compare(f"{name} {size}", ref, ours, reps, device))
+            rows.append(compare(f"{name} {size}", ref, ours, reps, device, warm_up=i == 0))
     return rows
+
+
+def keep_freed_memory() -> None:
+    """Big tensors are otherwise mmap'd fresh on every allocation and each page faults in again:
+    at 1024 px that is about a third of a Johnson forward pass on this CPU. Process-wide."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve big blocks from the heap
+    libc.mallopt(-1, 1 << 32)  # M_TRIM_THRESHOLD: keep freed heap memory for the next pass
 
 
 def main() -> None:
@@ -418,7 +434,14 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="make glibc malloc reuse freed blocks instead of returning them to the OS (both sides)",
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NST_HOME"] = str(Path(tmp) / "home")

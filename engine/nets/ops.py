@@ -5,9 +5,13 @@ Each one computes exactly what the upstream module chain computes, in fewer memo
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def instance_norm(
@@ -72,7 +76,7 @@ def _collapse(kernel: torch.Tensor, parity: int, dim: int) -> torch.Tensor:
     return torch.stack([k0, k1 + k2] if parity == 0 else [k0 + k1, k2], dim)
 
 
-def frozen(module: nn.Module, device: torch.device) -> nn.Module:
+def frozen(module: M, device: torch.device) -> M:
     """Eval mode, no gradients, channels_last on `device`: how every network is handed out."""
     module.eval().requires_grad_(False)
     return module.to(device=device, memory_format=torch.channels_last)
