@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import ModuleType
 
 from engine import __version__
 
@@ -17,19 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_modules() -> list:
+def _command_modules() -> list[ModuleType]:
     """Each area of the CLI lives in its own module with a `register(subparsers)` function."""
-    import importlib
+    from engine import cli_models, cli_server, cli_stylize
 
-    names = ["engine.cli_stylize", "engine.cli_server", "engine.cli_models"]
-    modules = []
-    for name in names:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return modules
+    return [cli_stylize, cli_server, cli_models]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,215 @@
+"""Gatys: losses against hand-computed values, and real optimisation runs on the offline backbone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engine import images
+from engine.backbones import load_backbone
+from engine.cache import ModelCache
+from engine.errors import Cancelled, CancelToken, UserError
+from engine.losses import Target, gram, total_variation
+from engine.methods import gatys
+from engine.methods.base import PreparedJob, Progress, RunContext, Style
+
+
+def synthetic_photo(height: int = 64, width: int = 80) -> np.ndarray:
+    """A 'photo' with structure: a bright disc and a dark bar on a smooth gradient."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([x / width, y / height, 0.5 * np.ones_like(x)], axis=2) * 0.6 + 0.2
+    disc = (x - width * 0.35) ** 2 + (y - height * 0.5) ** 2 < (height * 0.25) ** 2
+    img[disc] = [0.95, 0.9, 0.3]
+    img[int(height * 0.2) : int(height * 0.3), int(width * 0.55) : int(width * 0.9)] = [0.05, 0.1, 0.2]
+    return img
+
+
+def synthetic_painting(size: int = 64, seed: int = 1) -> np.ndarray:
+    """A 'painting': bold diagonal stripes in saturated colours with noise, nothing like the photo."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    stripes = np.sin((x + y) * 0.6)[..., None]
+    img = np.where(stripes > 0, [0.9, 0.2, 0.1], [0.1, 0.3, 0.9]).astype(np.float32)
+    return (img + rng.normal(0, 0.08, img.shape)).clip(0, 1).astype(np.float32)
+
+
+def run_gatys(
+    content: np.ndarray,
+    style: np.ndarray,
+    progress=lambda p: None,
+    cancel: CancelToken | None = None,
+    **settings,
+) -> np.ndarray:
+    method = gatys.METHOD
+    params = method.parse_params({"preset": "draft", "seed": 0, **settings})
+    job = PreparedJob(content=content, styles=[Style(style)], params=params)
+    ctx = RunContext(torch.device("cpu"), progress, cancel or CancelToken(), ModelCache())
+    return method.run(job, ctx)
+
+
+# --- Losses against hand-computed values ---------------------------------------------------------
+
+
+def test_gram_matches_hand_computation() -> None:
+    # Two channels over four positions: a = [1, 2, 0, 1], b = [0, 1, 3, 1].
+    f = torch.tensor([[1.0, 2.0, 0.0, 1.0], [0.0, 1.0, 3.0, 1.0]]).reshape(1, 2, 2, 2)
+    # aa = 1+4+0+1 = 6, ab = 0+2+0+1 = 3, bb = 0+1+9+1 = 11; averaged over 4 positions.
+    expected = torch.tensor([[6.0, 3.0], [3.0, 11.0]]) / 4
+    assert torch.allclose(gram(f)[0], expected)
+    # With a shift of -1: a' = [0, 1, -1, 0], b' = [-1, 0, 2, 0]: a'a' = 2, a'b' = -2, b'b' = 5.
+    assert torch.allclose(gram(f, shift=-1.0)[0], torch.tensor([[2.0, -2.0], [-2.0, 5.0]]) / 4)
+
+
+def test_relative_loss_and_total_variation_by_hand() -> None:
+    target = Target.of(torch.tensor([1.0, 3.0]))  # mean square = 5
+    assert target.loss(torch.tensor([2.0, 1.0])).item() == pytest.approx(((1 + 4) / 2) / 5, rel=1e-6)
+    image = torch.tensor([[0.0, 1.0], [2.0, 4.0]]).reshape(1, 1, 2, 2)
+    # vertical diffs: 2, 3 -> mean 6.5; horizontal: 1, 2 -> mean 2.5
+    assert total_variation(image).item() == pytest.approx(6.5 + 2.5)
+
+
+def test_schedule_is_coarse_to_fine_and_ends_at_the_requested_size() -> None:
+    assert gatys.schedule(1024, gatys.PRESETS["balanced"]) == [256, 512, 1024]
+    assert gatys.schedule(200, gatys.PRESETS["balanced"]) == [200]
+    best = gatys.schedule(1000, gatys.PRESETS["best"])
+    assert best[-1] == 1000 and best[0] >= 250 and best == sorted(best)
+    assert gatys.schedule(1024, gatys.PRESETS["balanced"], scales=2) == [512, 1024]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"preset": "fast"},
+        {"strength": float("nan")},
+        {"strength": -1},
+        {"size": 10**6},
+        {"style_layers": ["relu9_9"]},
+        {"init": "/no/such/file.png"},
+        {"optimiser": "lbfgs"},  # typo of optimizer: unknown settings are errors
+        {"seed": "7"},
+    ],
+)
+def test_bad_settings_are_rejected_with_the_setting_named(settings: dict) -> None:
+    with pytest.raises(UserError) as err:
+        gatys.METHOD.parse_params(settings)
+    assert err.value.code == "bad-option"
+    assert next(iter(settings)) in err.value.message
+
+
+# --- Real optimisation ---------------------------------------------------------------------------
+
+
+def style_loss(image: np.ndarray, style: np.ndarray) -> float:
+    """The style loss computed independently of the method's own objective."""
+    backbone = load_backbone("vgg16-hed")
+    layers = list(gatys.STYLE_LAYERS)
+    with torch.no_grad():
+        mine = backbone(images.to_tensor(image), layers)
+        theirs = backbone(images.to_tensor(style), layers)
+        return sum(Target.of(gram(theirs[n])).loss(gram(mine[n])).item() for n in layers)
+
+
+def structure_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of blurred luminance: large shapes agree, whatever texture covers them."""
+    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 3.0) ** 2)
+    kernel /= kernel.sum()
+
+    def blurred(img: np.ndarray) -> np.ndarray:
+        grey = img.mean(axis=2)
+        grey = np.apply_along_axis(np.convolve, 0, grey, kernel, mode="valid")
+        return np.apply_along_axis(np.convolve, 1, grey, kernel, mode="valid").ravel()
+
+    return float(np.corrcoef(blurred(a), blurred(b))[0, 1])
+
+
+def test_real_stylisation_moves_to_the_style_and_keeps_the_content() -> None:
+    # The style's long side equals the work size, so Gatys matches exactly the statistics measured here.
+    content, style = synthetic_photo(), synthetic_painting(80)
+    result = run_gatys(content, style, size=80, iterations=100, strength=10.0)
+    assert result.shape == content.shape and result.dtype == np.float32
+    before, after = style_loss(content, style), style_loss(result, style)
+    assert after <= 0.1 * before, f"style loss fell only from {before:.4g} to {after:.4g}"
+    assert np.abs(result - content).mean() > 0.05  # visibly changed
+    # The disc and bar are still where they were, far more than in an unrelated image.
+    assert structure_correlation(result, content) > 0.6
+    assert abs(structure_correlation(style[:64], content)) < 0.3
+
+
+def test_multiscale_output_has_exactly_the_content_size() -> None:
+    content, style = synthetic_photo(37, 53), synthetic_painting(40)
+    progress: list[Progress] = []
+    result = run_gatys(content, style, size=53, iterations=2, scales=3, progress=progress.append)
+    assert result.shape == (37, 53, 3)
+    seen_scales = {p.scale for p in progress}
+    assert len(seen_scales) >= 2, "expected a coarse-to-fine run over several scales"
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+
+def test_seeded_runs_are_deterministic_and_noise_init_depends_on_the_seed() -> None:
+    content, style = synthetic_photo(32, 32), synthetic_painting(32)
+    a = run_gatys(content, style, init="noise", iterations=3, seed=5)
+    b = run_gatys(content, style, init="noise", iterations=3, seed=5)
+    c = run_gatys(content, style, init="noise", iterations=3, seed=6)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_preserve_colors_keeps_the_content_chroma() -> None:
+    from engine.colors import rgb_to_ycc
+
+    content, style = synthetic_photo(48, 48), synthetic_painting(48)
+    result = run_gatys(content, style, iterations=10, preserve_colors="luminance")
+    chroma = lambda img: rgb_to_ycc(img)[..., 1:]  # noqa: E731
+    inside = np.all((content > 0.05) & (content < 0.95), axis=2)  # away from clipping
+    assert np.abs(chroma(result) - chroma(content))[inside].max() < 0.02
+    assert np.abs(rgb_to_ycc(result)[..., 0] - rgb_to_ycc(content)[..., 0]).mean() > 0.02
+
+
+def test_adam_and_several_styles_work() -> None:
+    content = synthetic_photo(40, 40)
+    method = gatys.METHOD
+    params = method.parse_params({"preset": "draft", "optimizer": "adam", "iterations": 15})
+    styles = [Style(synthetic_painting(40), 0.7), Style(np.full((40, 40, 3), 0.5, np.float32), 0.3)]
+    job = PreparedJob(content=content, styles=styles, params=params)
+    result = method.run(job, RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache()))
+    assert result.shape == content.shape and np.isfinite(result).all()
+    assert np.abs(result - content).mean() > 0.01
+
+
+def test_zero_strength_returns_the_content_unchanged() -> None:
+    content = synthetic_photo(32, 32)
+    assert np.array_equal(run_gatys(content, synthetic_painting(32), strength=0.0), content)
+
+
+def test_an_objective_that_cannot_improve_is_reported_not_returned_silently() -> None:
+    # Content init with only the content term: the start is already optimal, so neither L-BFGS nor
+    # the Adam fallback can lower the loss; the method must say so rather than hand back the input.
+    content = synthetic_photo(32, 32)
+    with pytest.raises(UserError) as err:
+        run_gatys(content, synthetic_painting(32), style_layers={"relu1_1": 0.0}, tv_weight=0.0, iterations=3)
+    assert err.value.code == "no-progress"
+
+
+def test_cancel_stops_within_one_step() -> None:
+    content, style = synthetic_photo(96, 96), synthetic_painting(96)
+    token = CancelToken()
+    steps_after_cancel: list[int] = []
+    cancelled_at: list[float] = []
+
+    def progress(p: Progress) -> None:
+        if token.cancelled:
+            steps_after_cancel.append(p.step)
+        elif p.step == 3:
+            cancelled_at.append(time.monotonic())
+            threading.Thread(target=token.cancel).start()
+            time.sleep(0.05)  # the cancel arrives from another thread while the step loop runs
+
+    with pytest.raises(Cancelled):
+        run_gatys(content, style, iterations=200, progress=progress, cancel=token)
+    assert len(steps_after_cancel) <= 1
+    assert time.monotonic() - cancelled_at[0] < 5.0
