@@ -252,6 +252,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         ids = [i for item in args.weights for i in item.replace(",", " ").split()]
         say(f"weights: pulling {' '.join(ids)}")
         run([str(python), "-I", "-m", "engine", "models", "pull", *ids], env=env)
+    nst = python.parent / ("nst.exe" if sys.platform == "win32" else "nst")
+    say(f"command line: {nst} stylize PHOTO -s PAINTING -o OUT.png")
     say("Done. Restart GIMP 3 to load the plug-in; check the install with: python3 install.py --check")
     return 0
 
