@@ -11,7 +11,7 @@ Both sides get the same fixed-seed random weights (saved in the upstream layouts
 through engine.weights) and the same synthetic images, in the same process, with interleaved
 repetitions; the table gives median seconds and the max abs difference of the 0..1 outputs.
 
-    .venv/bin/python bench/zoo.py            # 512 and 1024 px, about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/zoo.py            # 512 and 1024 px: ~4 min on 2 idle CPU cores, ~7 when shared
     .venv/bin/python bench/zoo.py --sizes 256 --reps 2
 """
 
@@ -386,7 +386,8 @@ def _adain_pair(
     return ref, lambda: ours(content, current[0])
 
 
-def bench(device: torch.device, sizes: list[int], reps: int, folder: Path) -> list[dict]:
+def bench(device: torch.device, sizes: list[int], reps: tuple[int, int], folder: Path) -> list[dict]:
+    """Every case at every size; `reps` is (up to 512 px, above)."""
     johnson = johnson_model()
     vgg, decoder = adain_models()
     cyclegan = cyclegan_model()
@@ -416,7 +417,7 @@ def bench(device: torch.device, sizes: list[int], reps: int, folder: Path) -> li
             ),
         ]
         for name, ref, ours in cases:
-            rows.append(compare(f"{name} {size}", ref, ours, reps, device, warm_up=i == 0))
+            rows.append(compare(f"{name} {size}", ref, ours, reps[size > 512], device, warm_up=i == 0))
     return rows
 
 
@@ -433,7 +434,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per case up to 512 px")
+    parser.add_argument("--reps-large", type=int, default=2, help="timed runs per case above 512 px")
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -453,7 +455,7 @@ def main() -> None:
             "results": {},
         }
         for device in devices:
-            rows = bench(device, args.sizes, args.reps, Path(tmp))
+            rows = bench(device, args.sizes, (args.reps, args.reps_large), Path(tmp))
             for row in rows:
                 summary["results"][f"{device.type}:{row['case'].replace(' ', '@')}"] = {
                     "speedup": round(row["speedup"], 3),

@@ -28,6 +28,7 @@ from engine.methods.cyclegan import METHOD as CYCLEGAN
 from engine.methods.johnson import METHOD as JOHNSON
 from engine.nets.adain_nets import load_encoder
 from engine.nets.inference import pad_to_multiple
+from engine.nets.ops import UpsampleConv3x3, instance_norm_
 from engine.nets.resnet_generator import load_resnet_generator
 from engine.nets.transformer_net import load_transformer_net
 
@@ -284,6 +285,36 @@ def test_pinned_output_statistics(name: str, home: Path) -> None:
     mean, std = PINNED[name]
     assert out.mean(axis=(0, 1)) == pytest.approx(mean, abs=5e-4)
     assert out.std(axis=(0, 1)) == pytest.approx(std, abs=5e-4)
+
+
+# --- the fused ops against the module chains they replace --------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw", "batch of two", "bfloat16"])
+def test_instance_norm_in_place_equals_instance_norm_then_relu(layout: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2 if layout == "batch of two" else 1, 16, 24, 20, generator=gen) * 3 + 1
+    weight, bias = torch.rand(16, generator=gen) + 0.5, torch.randn(16, generator=gen)
+    expected = torch.relu(torch.nn.functional.instance_norm(x, weight=weight, bias=bias))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "bfloat16":
+        x, expected = x.bfloat16(), expected.bfloat16()
+    out = instance_norm_(x.clone(), weight, bias, relu=True)
+    assert out.dtype == x.dtype
+    assert (out.float() - expected.float()).abs().max() < (0.05 if layout == "bfloat16" else 1e-5)
+
+
+def test_upsample_conv_equals_upsample_reflect_pad_conv() -> None:
+    """transformer_net.py UpsampleConvLayer, net.py decoder: Upsample(2), ReflectionPad2d(1), conv."""
+    gen = torch.Generator().manual_seed(1)
+    conv = torch.nn.Conv2d(6, 5, 3)
+    x = torch.randn(1, 6, 7, 9, generator=gen)
+    chain = torch.nn.Sequential(
+        torch.nn.Upsample(scale_factor=2, mode="nearest"), torch.nn.ReflectionPad2d(1), conv
+    )
+    with torch.no_grad():
+        assert (UpsampleConv3x3(conv)(x) - chain(x)).abs().max() < 1e-5
 
 
 # --- sizes --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.nets.ops import frozen, instance_norm, reflect_conv
+from engine.nets.ops import frozen, instance_norm_, reflect_conv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
 
@@ -29,8 +29,8 @@ class _ResnetBlock(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = instance_norm(reflect_conv(x, self.conv_block[1]), relu=True)
-        return instance_norm(reflect_conv(y, self.conv_block[5])).add_(x)
+        y = instance_norm_(reflect_conv(x, self.conv_block[1]), relu=True)
+        return instance_norm_(reflect_conv(y, self.conv_block[5])).add_(x)
 
 
 class ResnetGenerator(nn.Module):
@@ -72,13 +72,13 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stem, down1, down2, up1, up2, head = self._convs
-        y = instance_norm(reflect_conv(x, stem), relu=True)
-        y = instance_norm(down1(y), relu=True)
-        y = instance_norm(down2(y), relu=True)
+        y = instance_norm_(reflect_conv(x, stem), relu=True)
+        y = instance_norm_(down1(y), relu=True)
+        y = instance_norm_(down2(y), relu=True)
         for block in self._blocks:
             y = block(y)
-        y = instance_norm(up1(y), relu=True)
-        y = instance_norm(up2(y), relu=True)
+        y = instance_norm_(up1(y), relu=True)
+        y = instance_norm_(up2(y), relu=True)
         return torch.sigmoid(reflect_conv(y, head))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.nets.ops import UpsampleConv3x3, frozen, instance_norm, reflect_conv
+from engine.nets.ops import UpsampleConv3x3, frozen, instance_norm_, reflect_conv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
 
@@ -25,11 +25,11 @@ class _ConvLayer(nn.Module):
 
 
 def _norm(channels: int) -> nn.InstanceNorm2d:
-    return nn.InstanceNorm2d(channels, affine=True)  # a parameter holder; instance_norm() does the work
+    return nn.InstanceNorm2d(channels, affine=True)  # a parameter holder; instance_norm_() does the work
 
 
 def _norm_relu(x: torch.Tensor, norm: nn.InstanceNorm2d, relu: bool = True) -> torch.Tensor:
-    return instance_norm(x, norm.weight, norm.bias, relu=relu)
+    return instance_norm_(x, norm.weight, norm.bias, relu=relu)
 
 
 class _ResidualBlock(nn.Module):
