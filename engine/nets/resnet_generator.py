@@ -79,7 +79,7 @@ class ResnetGenerator(nn.Module):
             y = block(y)
         y = instance_norm_(up1(y), relu=True)
         y = instance_norm_(up2(y), relu=True)
-        return torch.sigmoid(reflect_conv(y, head))
+        return reflect_conv(y, head).sigmoid_()
 
 
 def load_resnet_generator(path: Path, device: torch.device) -> ResnetGenerator:
