@@ -73,7 +73,7 @@ class JobQueue:
         slots_per_device: int = 1,
         progress_interval: float = 0.05,
         preview_interval: float = 0.5,
-        heartbeat: float = 0.4,
+        heartbeat: float = 0.25,
     ) -> None:
         self._runner = runner
         self._cache = cache

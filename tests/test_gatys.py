@@ -78,6 +78,8 @@ def test_schedule_is_coarse_to_fine_and_ends_at_the_requested_size() -> None:
     best = gatys.schedule(1000, gatys.PRESETS["best"])
     assert best[-1] == 1000 and best[0] >= 250 and best == sorted(best)
     assert gatys.schedule(1024, gatys.PRESETS["balanced"], scales=2) == [512, 1024]
+    assert gatys.schedule(64, gatys.PRESETS["draft"], scales=3) == [16, 32, 64]
+    assert gatys.schedule(53, gatys.PRESETS["draft"], scales=3) == [26, 53]  # never below 16 px
 
 
 @pytest.mark.parametrize(
@@ -163,11 +165,11 @@ def test_preserve_colors_keeps_the_content_chroma() -> None:
     from engine.colors import rgb_to_ycc
 
     content, style = synthetic_photo(48, 48), synthetic_painting(48)
-    result = run_gatys(content, style, iterations=10, preserve_colors="luminance")
+    result = run_gatys(content, style, iterations=20, preserve_colors="luminance")
     chroma = lambda img: rgb_to_ycc(img)[..., 1:]  # noqa: E731
     inside = np.all((content > 0.05) & (content < 0.95), axis=2)  # away from clipping
     assert np.abs(chroma(result) - chroma(content))[inside].max() < 0.02
-    assert np.abs(rgb_to_ycc(result)[..., 0] - rgb_to_ycc(content)[..., 0]).mean() > 0.02
+    assert np.abs(rgb_to_ycc(result)[..., 0] - rgb_to_ycc(content)[..., 0]).mean() > 0.01
 
 
 def test_adam_and_several_styles_work() -> None:

@@ -31,6 +31,7 @@ TAPS = (
 CONTENT_LAYERS = {"relu4_2": 1.0}
 STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 MAX_SIZE = 8192
+MIN_SCALE = 16
 PREVIEW_SIDE = 256
 PREVIEW_EVERY_S = 2.0
 
@@ -64,13 +65,18 @@ PARAMS = (
 
 
 def schedule(long_side: int, preset: Preset, scales: int | None = None) -> list[int]:
-    """Long sides of the scales, coarse to fine, ending exactly at `long_side`."""
+    """Long sides of the scales, coarse to fine, ending exactly at `long_side`.
+
+    The preset's coarsest size decides the count unless `scales` asks for a number explicitly;
+    no scale goes below MIN_SCALE pixels.
+    """
     sides = [long_side]
-    while sides[-1] / preset.scale_step >= preset.coarsest * 0.99 and (scales is None or len(sides) < scales):
-        sides.append(round(sides[-1] / preset.scale_step))
-    if scales is not None:
-        sides = sides[:scales]
-    return sides[::-1]
+    while True:
+        smaller = round(sides[-1] / preset.scale_step)
+        wanted = len(sides) < scales if scales else smaller >= preset.coarsest * 0.99
+        if not wanted or smaller < MIN_SCALE:
+            return sides[::-1]
+        sides.append(smaller)
 
 
 class GatysMethod:

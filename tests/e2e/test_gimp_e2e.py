@@ -23,7 +23,6 @@ pytestmark = pytest.mark.gimp
 
 REPO = Path(__file__).resolve().parents[2]
 CHROOT = REPO / "tools" / "gimp3-chroot.sh"
-PLUGIN = REPO / "plugin" / "neural_style"
 HERE = Path(__file__).resolve().parent
 
 
@@ -84,13 +83,18 @@ def engine(work: Path) -> Iterator[Path]:
 
 
 def install_plugin(work: Path, engine_config: dict) -> Path:
-    """Copy the plug-in as GIMP would find it (the protocol symlink resolved) plus its engine.json."""
+    """Install the plug-in with the real install.py (into the test's venv and a private GIMP folder),
+    then point its engine.json at the engine outside the chroot: GIMP inside cannot run the host's
+    interpreter, so the config names the socket and an interpreter that cannot start."""
+    subprocess.run(
+        [sys.executable, str(REPO / "install.py"), "--venv", sys.prefix, "--gimp-dir", str(work / "gimp3")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     target = work / "gimp3" / "plug-ins" / "neural_style"
-    target.mkdir(parents=True)
-    for src in PLUGIN.glob("*.py"):
-        shutil.copyfile(src, target / src.name)  # follows the protocol.py symlink
-    (target / "neural_style.py").chmod(0o755)
-    (target / "engine.json").write_text(json.dumps(engine_config))
+    config = json.loads((target / "engine.json").read_text())
+    (target / "engine.json").write_text(json.dumps({**config, **engine_config}))
     return target
 
 
