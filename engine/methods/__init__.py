@@ -9,6 +9,9 @@ from engine.methods.base import Method
 
 _MODULES = {
     "gatys": "engine.methods.gatys",
+    "johnson": "engine.methods.johnson",
+    "adain": "engine.methods.adain",
+    "cyclegan": "engine.methods.cyclegan",
 }
 
 
