@@ -9,6 +9,7 @@ a coarse-to-fine run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,11 +22,36 @@ def gram(features: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
     `shift` adds a constant to the activations first (Novak & Nikulin 2016): ReLU features are
     sparse, and shifting them makes the Gram matrix carry more information about where they are zero.
     """
-    n, c, h, w = features.shape
-    flat = features.reshape(n, c, h * w)
-    if shift:
-        flat = flat + shift
-    return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+    return _Gram.apply(features, shift)
+
+
+class _Gram(torch.autograd.Function):
+    """F F^T / (H W) with a one-matmul backward in the features' own memory layout.
+
+    Autograd's bmm(F, F^T) backward does two matmuls and adds their results; on channels_last
+    features that add, and the tap's gradient sum after it, mix layouts and cost more than the
+    matmuls. Here dF = (dG + dG^T) F / (H W), written in the layout of F.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, shift: float) -> torch.Tensor:
+        n, c, h, w = features.shape
+        flat = features.reshape(n, c, h * w)
+        if shift:
+            flat = flat + shift
+        ctx.save_for_backward(flat)
+        ctx.shape = features.shape
+        return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (flat,) = ctx.saved_tensors
+        sym = (grad + grad.transpose(1, 2)) / flat.shape[2]
+        if flat.stride(1) == 1:  # channels_last: (N, HW, C) is the contiguous view
+            out = torch.bmm(flat.transpose(1, 2), sym).transpose(1, 2)
+        else:
+            out = torch.bmm(sym, flat)
+        return out.reshape(ctx.shape), None
 
 
 @dataclass

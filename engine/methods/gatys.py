@@ -189,7 +189,8 @@ class _Objective:
         styles: list[torch.Tensor],
         style_weights: np.ndarray,
     ) -> None:
-        self.backbone = backbone
+        # Input and weights in one layout, or every conv re-lays out its weights on every call.
+        self.backbone = backbone.to(memory_format=torch.channels_last)
         self.shift = p["activation_shift"]
         self.content_layers = _normalised(p["content_layers"], p["content_weight"])
         self.style_layers = _normalised(p["style_layers"], p["style_weight"] * p["strength"])
