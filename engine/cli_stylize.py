@@ -7,9 +7,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from engine.protocol import RawImage, StylizeJob
 
 # Options that map one-to-one onto method settings; only those the user gives are sent, so each
 # method validates exactly what it was asked to do.
@@ -49,6 +54,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--content-layers", help="expert: comma-separated layers, name or name:weight (Gatys)")
     p.add_argument("--style-layers", help="expert: comma-separated layers, name or name:weight (Gatys)")
+    p.add_argument("--mask", help="a grey image: style only where it is white (soft), keep the rest")
+    p.add_argument(
+        "--region", action="append", default=[], metavar="MASK=STYLE",
+        help="style the white of MASK with the image STYLE (repeat for several regions; the rest is kept)",
+    )  # fmt: skip
+    p.add_argument("--content-map", help="colour-coded label map of the content (semantic maps)")
+    p.add_argument(
+        "--style-map", action="append", default=[],
+        help="colour-coded label map of each style, in order: a label takes the same label's style",
+    )  # fmt: skip
+    p.add_argument("--map-weight", type=float, help="how strictly labels bind, 0 to 1 (default 1)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other method setting")
     for flag, _, kind, text in _SETTINGS:
@@ -81,6 +97,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["size"] = args.size
     if args.preserve_colors:
         settings["preserve_colors"] = args.preserve_colors
+    if args.map_weight is not None:
+        settings["map_weight"] = args.map_weight
     if args.content_layers:
         settings["content_layers"] = _layers(args.content_layers)
     if args.style_layers:
@@ -112,6 +130,49 @@ def _style_weights(args: argparse.Namespace) -> list[float]:
     return weights
 
 
+def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int]) -> None:
+    """--mask, --region and the maps, as the plug-in would send them: masks and maps are resized to
+    the (possibly --size'd) content; region styles are appended to the job's styles."""
+    from engine import images
+    from engine.protocol import StyleRef
+
+    def grey(path: str) -> RawImage:
+        picture = images.split_alpha(images.load_image(path))[0].mean(axis=2, keepdims=True)
+        return images.to_raw(images.resize(picture, size), "f32")
+
+    if args.mask and args.region:
+        raise UserError("bad-option", "use --mask or --region, not both")
+    if args.mask:
+        job.masks["mask"] = grey(args.mask)
+        job.params["regions"] = [{"mask": "mask"}]
+    regions = []
+    for i, item in enumerate(args.region):
+        mask, sep, style = item.partition("=")
+        if not sep or not mask or not style:
+            raise UserError("bad-option", f"--region expects MASK=STYLE (two image files), got {item!r}")
+        job.masks[f"r{i}"] = grey(mask)
+        regions.append({"mask": f"r{i}", "style": len(job.styles)})
+        job.styles.append(StyleRef(path=style))
+    if regions:
+        job.params["regions"] = regions
+    if args.style_map and len(args.style_map) != len(args.style):
+        raise UserError("bad-option", f"give one --style-map per --style ({len(args.style)})")
+    if args.content_map:
+        colour = images.split_alpha(images.load_image(args.content_map))[0]
+        job.content_map = images.to_raw(_nearest(colour, size), "u8")
+    for ref, path in zip(job.styles, args.style_map, strict=False):
+        ref.map = images.to_raw(images.split_alpha(images.load_image(path))[0], "u8")
+
+
+def _nearest(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a label map without inventing colours between labels."""
+    import numpy as np
+
+    rows = (np.arange(size[0]) * picture.shape[0] // size[0]).clip(0, picture.shape[0] - 1)
+    cols = (np.arange(size[1]) * picture.shape[1] // size[1]).clip(0, picture.shape[1] - 1)
+    return picture[rows][:, cols]
+
+
 def _stylize(args: argparse.Namespace) -> int:
     from engine import images
     from engine.cache import ModelCache
@@ -133,6 +194,7 @@ def _stylize(args: argparse.Namespace) -> int:
         StyleRef(path=str(path), weight=w) for path, w in zip(args.style, _style_weights(args), strict=True)
     ]
     job = StylizeJob(args.method, _settings(args), images.to_raw(content, "f32"), styles)
+    _add_masks(job, args, content.shape[:2])
     bar = _ProgressBar()
     started = time.monotonic()
     result = run_job(job, bar, CancelToken(), ModelCache())

@@ -10,13 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from engine import images, methods
+from engine import images, masks, methods, params
 from engine.backbones import find_backbones
 from engine.cache import ModelCache
 from engine.devices import available_devices, resolve_device
 from engine.errors import CancelToken, UserError
-from engine.methods.base import PreparedJob, Progress, ProgressFn, RunContext, Style
+from engine.methods.base import Guide, Method, PreparedJob, Progress, ProgressFn, RunContext, Style
 from engine.protocol import RawImage, StyleRef, StylizeJob
+
+MAX_REGIONS = 16
 
 
 def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: ModelCache) -> RawImage:
@@ -24,6 +26,9 @@ def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: M
     method = methods.get(job.method)
     raw_params = dict(job.params)
     device = resolve_device(str(raw_params.pop("device", "auto")))
+    strictness = params.number(raw_params, "map_weight", 1.0, 0.0, 1.0)
+    raw_params.pop("map_weight", None)
+    regions = _regions(raw_params.pop("regions", None), job, method)
     parsed = method.parse_params(raw_params)
     if method.needs_style and not job.styles:
         raise UserError("bad-input", f"method {job.method!r} needs at least one style image")
@@ -32,15 +37,22 @@ def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: M
 
     progress(Progress(0.0, "prepare", "reading images"))
     content, alpha = images.split_alpha(images.from_raw(job.content))
-    styles = [Style(_style_pixels(ref), ref.weight) for ref in job.styles if ref.weight > 0]
-    masks = {name: images.from_raw(m)[..., 0] for name, m in job.masks.items()}
+    referenced = {style for _, style in regions if style is not None}
+    kept = [i for i, ref in enumerate(job.styles) if ref.weight > 0 or i in referenced]
+    styles = [Style(_style_pixels(job.styles[i]), job.styles[i].weight) for i in kept]
+    wire_masks = {name: images.from_raw(m)[..., 0] for name, m in job.masks.items()}
+    guides = _guides(job, regions, wire_masks, kept, styles, strictness)
+    if job.content_map is not None and not method.guided:
+        raise UserError("bad-option", f"method {job.method!r} does not support semantic maps")
     cancel.raise_if_cancelled()
 
-    prepared = PreparedJob(content=content, styles=styles, params=parsed, masks=masks)
+    prepared = PreparedJob(content=content, styles=styles, params=parsed, masks=wire_masks, guides=guides)
     context = RunContext(device=device, progress=progress, cancel=cancel, cache=cache)
     result = method.run(prepared, context)
     if result.shape != content.shape:
         raise RuntimeError(f"method {job.method} returned {result.shape}, expected {content.shape}")
+    if guides and not method.guided:  # the style lives in a model: confine its output by the masks
+        result = masks.blend(result, content, guides)
 
     if job.selection is not None:
         selection = images.from_raw(job.selection)
@@ -48,6 +60,70 @@ def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: M
     out = images.merge_alpha(result.astype(np.float32), alpha, job.content.channels)
     progress(Progress(1.0, "done", "finished"))
     return images.to_raw(out, job.content.dtype)
+
+
+def _regions(raw: Any, job: StylizeJob, method: Method) -> list[tuple[str, int | None]]:
+    """The `regions` setting as (mask name, style index or None for all styles) pairs."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_REGIONS:
+        raise UserError("bad-option", f"setting 'regions' must be a list of 1 to {MAX_REGIONS} regions")
+    out = []
+    for item in raw:
+        name = item.get("mask") if isinstance(item, dict) else None
+        if not isinstance(name, str) or name not in job.masks or set(item) - {"mask", "style"}:
+            known = ", ".join(job.masks) or "none were sent"
+            raise UserError(
+                "bad-option",
+                f"each region is {{'mask': NAME, 'style': INDEX}} with a mask of the job ({known})",
+            )
+        style = item.get("style")
+        if style is not None and not method.needs_style:
+            raise UserError("bad-option", f"method {job.method!r} takes no style images to give to regions")
+        if style is not None and (
+            not isinstance(style, int) or isinstance(style, bool) or not 0 <= style < len(job.styles)
+        ):
+            raise UserError(
+                "bad-option",
+                f"region style {style!r} is not the index of one of the {len(job.styles)} style images",
+            )
+        out.append((name, style))
+    return out
+
+
+def _guides(
+    job: StylizeJob,
+    regions: list[tuple[str, int | None]],
+    wire_masks: dict[str, np.ndarray],
+    kept: list[int],
+    styles: list[Style],
+    strictness: float,
+) -> list[Guide]:
+    """Regions or semantic maps as guides over the prepared styles (`kept` maps them to the wire's)."""
+    weights = [s.weight for s in styles]
+    style_maps: list[np.ndarray | None] = []
+    for i, style in zip(kept, styles, strict=True):
+        label_map = job.styles[i].map
+        picture = None if label_map is None else images.split_alpha(images.from_raw(label_map))[0]
+        if picture is not None and picture.shape[:2] != style.image.shape[:2]:
+            raise UserError("bad-input", f"the map of style {i + 1} must have that style image's size")
+        style_maps.append(picture)
+    if job.content_map is not None:
+        if regions:
+            raise UserError("bad-option", "use either regions or semantic maps in one job, not both")
+        if all(m is None for m in style_maps):
+            raise UserError("bad-input", "a content map needs a map for at least one style image")
+        content_map = images.split_alpha(images.from_raw(job.content_map))[0]
+        return masks.semantic_guides(content_map, style_maps, weights, strictness)
+    if any(m is not None for m in style_maps):
+        raise UserError("bad-input", "style maps need a content map to match them to")
+    position = {wire: index for index, wire in enumerate(kept)}
+    pairs = []
+    for name, style in regions:
+        if wire_masks[name].max() < 0.5 / 255:
+            raise UserError("bad-input", f"mask {name!r} is empty: it selects no pixel")
+        pairs.append((wire_masks[name], None if style is None else position[style]))
+    return masks.region_guides(pairs, weights)
 
 
 def _style_pixels(ref: StyleRef) -> np.ndarray:
@@ -58,7 +134,10 @@ def _style_pixels(ref: StyleRef) -> np.ndarray:
 def capabilities() -> dict[str, Any]:
     """What this engine can do, for the protocol's `hello` and `nst info`."""
     return {
-        "methods": {name: {"needs_style": methods.get(name).needs_style} for name in methods.names()},
+        "methods": {
+            name: {"needs_style": methods.get(name).needs_style, "guided": methods.get(name).guided}
+            for name in methods.names()
+        },
         "backbones": {name: path is not None for name, path in find_backbones().items()},
         "devices": available_devices(),
     }

@@ -84,6 +84,7 @@ class StyleRef:
     path: str | None = None
     image: RawImage | None = None
     weight: float = 1.0
+    map: RawImage | None = None  # colour-coded label map of the style, for semantic maps
 
 
 @dataclass
@@ -94,6 +95,7 @@ class StylizeJob:
     styles: list[StyleRef] = field(default_factory=list)
     selection: RawImage | None = None  # 1 channel, 0..1: result = sel*styled + (1-sel)*content
     masks: dict[str, RawImage] = field(default_factory=dict)  # name -> 1-channel image
+    content_map: RawImage | None = None  # colour-coded label map, content-sized (semantic maps)
 
 
 @dataclass
@@ -324,6 +326,8 @@ def job_message(job: StylizeJob) -> tuple[dict[str, Any], list[Any]]:
             entry["image"] = image_header(ref.image, blobs)
         else:
             entry["path"] = ref.path
+        if ref.map is not None:
+            entry["map"] = image_header(ref.map, blobs)
         styles.append(entry)
     header: dict[str, Any] = {
         "type": "stylize",
@@ -336,6 +340,8 @@ def job_message(job: StylizeJob) -> tuple[dict[str, Any], list[Any]]:
         header["selection"] = image_header(job.selection, blobs)
     if job.masks:
         header["masks"] = {name: image_header(m, blobs) for name, m in job.masks.items()}
+    if job.content_map is not None:
+        header["content_map"] = image_header(job.content_map, blobs)
     return header, blobs
 
 
@@ -357,11 +363,16 @@ def parse_job(message: Message, limits: Limits) -> StylizeJob:
         if not isinstance(entry, dict) or ("path" in entry) == ("image" in entry):
             raise _bad(f"`{where}` must have exactly one of `path` or `image`")
         weight = get_number(entry, "weight", 1.0, 0.0, 1e6)
+        label_map = None
+        if entry.get("map") is not None:
+            label_map = parse_image(entry["map"], blobs, limits, f"{where}.map")
         if "path" in entry:
-            styles.append(StyleRef(path=get_str(entry, "path", limits), weight=weight))
+            styles.append(StyleRef(path=get_str(entry, "path", limits), weight=weight, map=label_map))
         else:
             image = parse_image(entry["image"], blobs, limits, f"{where}.image")
-            styles.append(StyleRef(image=image, weight=weight))
+            if label_map is not None and (label_map.width, label_map.height) != (image.width, image.height):
+                raise _bad(f"`{where}.map` must have the style image's width and height")
+            styles.append(StyleRef(image=image, weight=weight, map=label_map))
     selection = None
     if h.get("selection") is not None:
         selection = _parse_mask(h["selection"], blobs, limits, "selection", content)
@@ -373,7 +384,12 @@ def parse_job(message: Message, limits: Limits) -> StylizeJob:
         if not name or len(name) > 64:
             raise _bad("mask names must be 1 to 64 characters")
         masks[name] = _parse_mask(obj, blobs, limits, f"masks.{name}", content)
-    return StylizeJob(method, params, content, styles, selection, masks)
+    content_map = None
+    if h.get("content_map") is not None:
+        content_map = parse_image(h["content_map"], blobs, limits, "content_map")
+        if (content_map.width, content_map.height) != (content.width, content.height):
+            raise _bad("`content_map` must have the content's width and height")
+    return StylizeJob(method, params, content, styles, selection, masks, content_map)
 
 
 def _parse_mask(obj: Any, blobs: list[memoryview], limits: Limits, where: str, content: RawImage) -> RawImage:

@@ -82,7 +82,9 @@ def test_job_roundtrip_keeps_every_field_and_byte() -> None:
         styles=[StyleRef(path="/x/style.jpg", weight=0.25), StyleRef(image=_image(2, 2, 3, "f32", 3))],
         selection=_image(5, 3, 1, "f32", seed=2),
         masks={"sky": _image(5, 3, 1, "u8", seed=4)},
+        content_map=_image(5, 3, 3, "u8", seed=5),
     )
+    job.styles[1].map = _image(2, 2, 4, "u8", seed=6)
     header, blobs = job_message(job)
     got = parse_job(_roundtrip(header, blobs), LIMITS)
     assert got.method == "gatys" and got.params == job.params
@@ -93,6 +95,9 @@ def test_job_roundtrip_keeps_every_field_and_byte() -> None:
     assert got.styles[1].image is not None and bytes(got.styles[1].image.data) == job.styles[1].image.data
     assert got.selection is not None and bytes(got.selection.data) == job.selection.data
     assert bytes(got.masks["sky"].data) == job.masks["sky"].data
+    assert got.content_map is not None and bytes(got.content_map.data) == job.content_map.data
+    assert got.styles[0].map is None and got.styles[1].map is not None
+    assert bytes(got.styles[1].map.data) == job.styles[1].map.data and got.styles[1].map.channels == 4
 
 
 def test_large_payload_streams_intact() -> None:
@@ -209,6 +214,13 @@ def _content(**over: Any) -> dict[str, Any]:
         {"masks": []},
         {"masks": {"": _content(channels=1, blob=1)}},
         {"masks": {"sky": "x"}},
+        {"masks": {"sky": _content(channels=1, blob=1, width=4, height=1)}},  # not the content's size
+        {"content_map": _content(blob=1, width=4, height=1, channels=1)},  # not the content's size
+        {"content_map": "x"},
+        {
+            "styles": [{"image": _content(), "map": _content(blob=1, width=1, height=1)}]
+        },  # not the style's size
+        {"styles": [{"path": "/s.jpg", "map": {"blob": 1}}]},
     ],
 )
 def test_invalid_stylize_fields_are_rejected(over: dict[str, Any]) -> None:

@@ -13,15 +13,16 @@ and a trained decoder turns them back into an image. Follows naoto0804/pytorch-A
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine import images, params, weights
+from engine import images, masks, params, weights
 from engine.colors import luminance_transfer, match_color_histogram
 from engine.errors import UserError
-from engine.methods.base import PreparedJob, Progress, RunContext
+from engine.methods.base import Guide, PreparedJob, Progress, RunContext, Style
 from engine.nets.adain_nets import ConvStack, load_decoder, load_encoder
 from engine.nets.inference import (
     MIN_SIDE,
@@ -41,6 +42,7 @@ EPS = 1e-5  # upstream calc_mean_std: added to the (unbiased) variance
 class AdaINMethod:
     name = "adain"
     needs_style = True
+    guided = True
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, PARAMS)
@@ -82,17 +84,28 @@ class AdaINMethod:
         ctx.progress(Progress(0.2, "stylize", "stylising"))
         with precision_scope(ctx.device, p["precision"]):
             content_feat = encoder(pad_to_multiple(to_tensor(content, ctx.device), 8))
-            target = torch.zeros(2, content_feat.shape[1], device=ctx.device)
-            for style, entry in zip(styles, job.styles, strict=True):
+
+            def stats_of(style: np.ndarray, mask: np.ndarray | None = None) -> torch.Tensor:
                 ctx.cancel.raise_if_cancelled()
-                stats = ctx.cache.get(
-                    ("adain", "style-stats", _digest(style), p["style_size"], device, p["precision"]),
-                    lambda style=style: _style_stats(encoder, style, p["style_size"], ctx.device),
+                key = (_digest(style), None if mask is None else _digest(mask), p["style_size"])
+                return ctx.cache.get(
+                    ("adain", "style-stats", *key, device, p["precision"]),
+                    lambda: _style_stats(encoder, style, p["style_size"], ctx.device, mask),
                 )
-                target += stats * (entry.weight / total)
-            feat = adain(content_feat, target[0], target[1], p["alpha"])
+
+            if job.guides:
+                feat = _guided_adain(
+                    content_feat, content.shape[:2], job.guides, styles, job.styles, stats_of, p
+                )
+            else:
+                target = torch.zeros(2, content_feat.shape[1], device=ctx.device)
+                for style, entry in zip(styles, job.styles, strict=True):
+                    target += stats_of(style) * (entry.weight / total)
+                feat = adain(content_feat, target[0], target[1], p["alpha"])
             result = to_image(decoder(feat)[..., :height, :width].clamp_(0.0, 1.0))
         result = images.resize(result, job.content.shape[:2])
+        if job.guides:  # the decoder only approximates the content: unstyled pixels keep the original
+            result = masks.blend(result, job.content, job.guides)
         if p["preserve_colors"] == "luminance":
             result = luminance_transfer(result, job.content)
         return result
@@ -116,14 +129,55 @@ def adain(
     return torch.addcmul(shift.to(dtype)[:, None, None], content_feat, scale.to(dtype)[:, None, None])
 
 
-def _style_stats(
-    encoder: ConvStack, style: np.ndarray, style_size: int, device: torch.device
+def _guided_adain(
+    content_feat: torch.Tensor,
+    work: tuple[int, int],
+    guides: list[Guide],
+    styles: list[np.ndarray],
+    entries: list[Style],
+    stats_of: Callable[..., torch.Tensor],
+    p: dict[str, Any],
 ) -> torch.Tensor:
-    """(2, C): the mean and std of the style's relu4_1 features, at upstream's style size."""
+    """AdaIN per guide: each soft region's own feature statistics take its styles' (or, under
+    semantic maps, the styles' same-label) statistics; the results mix by the masks at relu4_1
+    resolution, and what no guide covers keeps the content's features."""
+    padded = pad_to_multiple(torch.zeros(1, 1, *work), 8).shape[-2:]
+    size, device = content_feat.shape[-2:], content_feat.device
+    feat_masks = []
+    for guide in guides:  # pad like the content, then average down to the feature grid
+        full = torch.zeros(1, 1, *padded)
+        full[..., : work[0], : work[1]] = torch.from_numpy(images.resize(guide.mask[..., None], work)[..., 0])
+        feat_masks.append(masks.layer_mask(full, size, device))
+    total = torch.stack(feat_masks).sum(dim=0)
+    out = content_feat.float() * (1.0 - total.clamp(max=1.0))
+    for guide, mask in zip(guides, feat_masks, strict=True):
+        share = sum(s.weight for s in guide.sources)
+        target = sum(stats_of(styles[s.index], s.mask) * (s.weight / share) for s in guide.sources)
+        mean, std = masks.masked_mean_std(content_feat, mask)
+        ratio = target[1] / std
+        scale = p["alpha"] * ratio + (1.0 - p["alpha"])
+        shift = p["alpha"] * (target[0] - mean * ratio)
+        styled = content_feat.float() * scale[:, None, None] + shift[:, None, None]
+        out = out + styled * (mask / total.clamp(min=1.0))
+    return out.to(content_feat.dtype)
+
+
+def _style_stats(
+    encoder: ConvStack,
+    style: np.ndarray,
+    style_size: int,
+    device: torch.device,
+    mask: np.ndarray | None = None,
+) -> torch.Tensor:
+    """(2, C): the mean and std of the style's relu4_1 features (within `mask`), at upstream's style size."""
     if style_size:
         scale = style_size / min(style.shape[:2])
         style = images.resize(style, (round(style.shape[0] * scale), round(style.shape[1] * scale)))
-    mean, std = mean_std(encoder(pad_to_multiple(to_tensor(style, device), 1)))
+    feat = encoder(pad_to_multiple(to_tensor(style, device), 1))
+    if mask is None:
+        mean, std = mean_std(feat)
+    else:
+        mean, std = masks.masked_mean_std(feat, masks.layer_mask(mask, feat.shape[-2:], device))
     return torch.stack([mean, std])
 
 

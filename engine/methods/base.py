@@ -40,11 +40,31 @@ class Style:
 
 
 @dataclass
+class StyleSource:
+    """One style's share of a guide: which style, how much, and (semantic maps) where in it."""
+
+    index: int  # into PreparedJob.styles
+    weight: float  # relative; each guide's weights are normalised by the method
+    mask: np.ndarray | None = None  # HxW float32 0..1 over that style image; None: all of it
+
+
+@dataclass
+class Guide:
+    """A soft region of the content and the style statistics it takes (regions, semantic labels)."""
+
+    mask: np.ndarray  # HxW float32 0..1 over the content
+    sources: list[StyleSource]
+
+
+@dataclass
 class PreparedJob:
     content: np.ndarray  # HxWx3 float32 RGB 0..1, alpha already split off
     styles: list[Style]
     params: dict[str, Any]  # validated by the method's `parse_params`
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # name -> HxW float32 0..1
+    # Empty: every style over the whole content. Otherwise only the guides' regions are styled and
+    # the rest (1 - the sum of their masks) keeps the content.
+    guides: list[Guide] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +78,7 @@ class RunContext:
 class Method(Protocol):
     name: str
     needs_style: bool  # False for methods whose style lives in the model (Johnson, CycleGAN)
+    guided: bool  # matches statistics per PreparedJob.guides itself; else the pipeline blends by mask
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Validate and complete the settings; raise UserError on a bad value."""

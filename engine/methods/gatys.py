@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import images, params
+from engine import images, masks, params
 from engine.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, load_backbone
 from engine.colors import luminance_transfer, match_color_histogram
 from engine.errors import UserError
 from engine.losses import Target, gram, total_variation
-from engine.methods.base import PreparedJob, Progress, RunContext
+from engine.methods.base import Guide, PreparedJob, Progress, RunContext
 
 TAPS = (
     "relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu4_1",
@@ -34,6 +34,7 @@ MAX_SIZE = 8192
 MIN_SCALE = 16
 PREVIEW_SIDE = 256
 PREVIEW_EVERY_S = 2.0
+KEEP_WEIGHT = 100.0  # the unstyled remainder's pixel term, relative to the style's total weight
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def schedule(long_side: int, preset: Preset, scales: int | None = None) -> list[
 class GatysMethod:
     name = "gatys"
     needs_style = True
+    guided = True
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, PARAMS)
@@ -155,7 +157,7 @@ class GatysMethod:
                 )
                 for s in styles
             ]
-            objective = _Objective(backbone, p, content_t, style_ts, weights)
+            objective = _Objective(backbone, p, content_t, style_ts, weights, job.guides)
             if image is None:
                 image = _initial_image(p["init"], content_t)
             else:
@@ -188,6 +190,7 @@ class _Objective:
         content: torch.Tensor,
         styles: list[torch.Tensor],
         style_weights: np.ndarray,
+        guides: list[Guide],
     ) -> None:
         # Input and weights in one layout, or every conv re-lays out its weights on every call.
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -199,13 +202,58 @@ class _Objective:
         with torch.no_grad():
             feats = self.features(content)
             self.content_targets = {name: Target.of(feats[name]) for name in self.content_layers}
-            grams: dict[str, torch.Tensor] = {}
-            for style, weight in zip(styles, style_weights, strict=True):
-                style_feats = self.features(style)
-                for name in self.style_layers:
-                    g = gram(style_feats[name], self.shift) * float(weight)
-                    grams[name] = grams[name] + g if name in grams else g
-            self.style_targets = {name: Target.of(g) for name, g in grams.items()}
+            style_feats = [self.features(style) for style in styles]
+            if not guides:
+                grams: dict[str, torch.Tensor] = {}
+                for one, weight in zip(style_feats, style_weights, strict=True):
+                    for name in self.style_layers:
+                        g = gram(one[name], self.shift) * float(weight)
+                        grams[name] = grams[name] + g if name in grams else g
+                self.style_targets = {name: Target.of(g) for name, g in grams.items()}
+            # Spatial control: each guide's region, at every style layer's resolution, matches its own
+            # target Gram; what no guide covers gets no style term and keeps the content.
+            self.guide_targets = [self._guide_targets(g, feats, style_feats) for g in guides]
+            self.keep = self._keep(guides, content, p) if guides else None
+
+    def _guide_targets(
+        self, guide: Guide, feats: dict[str, torch.Tensor], style_feats: list[dict[str, torch.Tensor]]
+    ) -> dict[str, tuple[torch.Tensor, Target]]:
+        """Layer -> (the guide's content mask at that layer, its target Gram)."""
+        total = sum(s.weight for s in guide.sources)
+        out = {}
+        for name in self.style_layers:
+            target = 0.0
+            for source in guide.sources:
+                f = style_feats[source.index][name]
+                if source.mask is None:
+                    g = gram(f, self.shift)
+                else:
+                    own = masks.layer_mask(source.mask, f.shape[-2:], f.device)
+                    g = masks.masked_gram(f, own, self.shift)
+                target = target + g * (source.weight / total)
+            mask = masks.layer_mask(guide.mask, feats[name].shape[-2:], feats[name].device)
+            out[name] = (mask, Target.of(target))
+        return out
+
+    def _keep(self, guides: list[Guide], content: torch.Tensor, p: dict[str, Any]) -> _Keep | None:
+        """What no guide covers keeps the content. The content term alone lets deep layers' wide
+        receptive fields (and Adam's per-pixel step sizes) drag the style across the edge, so the
+        remainder also gets a pixel term, as strong as the style and soft where the masks are."""
+        remainder = 1.0 - masks.layer_mask(masks.coverage(guides), content.shape[-2:], content.device)
+        if remainder.max() <= masks.EMPTY:
+            return None
+        norm = (remainder.mean() * content.pow(2).mean()).clamp_min(1e-8)
+        return _Keep(remainder, content.detach(), KEEP_WEIGHT * p["style_weight"] * p["strength"] / norm)
+
+    def _style_loss(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        layers = self.style_layers
+        if not self.guide_targets:
+            return sum(w * self.style_targets[n].loss(gram(feats[n], self.shift)) for n, w in layers.items())
+        return sum(
+            layers[n] * target.loss(masks.masked_gram(feats[n], mask, self.shift))
+            for guide in self.guide_targets
+            for n, (mask, target) in guide.items()
+        )
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.backbone(image.contiguous(memory_format=torch.channels_last), self.taps)
@@ -214,13 +262,20 @@ class _Objective:
         """Return (total loss, style loss); the style part is what the stall check watches."""
         feats = self.features(image)
         content = sum(w * self.content_targets[n].loss(feats[n]) for n, w in self.content_layers.items())
-        style = sum(
-            w * self.style_targets[n].loss(gram(feats[n], self.shift)) for n, w in self.style_layers.items()
-        )
+        style = self._style_loss(feats)
         total = content + style
+        if self.keep is not None:
+            total = total + self.keep.weight * (self.keep.mask * (image - self.keep.content).pow(2)).mean()
         if self.tv_weight:
             total = total + self.tv_weight * total_variation(image)
         return total, style
+
+
+@dataclass
+class _Keep:
+    mask: torch.Tensor  # 1x1xHxW: 1 where no guide styles the image
+    content: torch.Tensor
+    weight: torch.Tensor
 
 
 def _normalised(layers: dict[str, float], scale: float) -> dict[str, float]:

@@ -113,6 +113,7 @@ class SingleModelMethod:
     """
 
     needs_style = False
+    guided = False  # one model, one style: regions confine the output by the feathered masks
     PARAMS = ("model", "size", "precision", "strength", "preserve_colors")
 
     def __init__(
