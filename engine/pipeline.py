@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import images, masks, methods, params
+from engine import images, masks, methods, params, weights
 from engine.backbones import find_backbones
 from engine.cache import ModelCache
 from engine.devices import available_devices, resolve_device
@@ -131,13 +131,25 @@ def _style_pixels(ref: StyleRef) -> np.ndarray:
     return images.split_alpha(picture)[0]
 
 
+def _method_info(method: Method) -> dict[str, Any]:
+    """Whether a method can run with the weights installed now, and which of its models can."""
+
+    def installed(weight_ids: tuple[str, ...]) -> bool:
+        return all(weights.path_for(w) is not None for w in weight_ids)
+
+    info: dict[str, Any] = {"needs_style": method.needs_style, "guided": method.guided}
+    if method.models:
+        info["models"] = [m for m in method.models if installed(method.weight_ids(m))]
+        info["ready"] = bool(info["models"])
+    else:
+        info["ready"] = installed(method.weight_ids(None))
+    return info
+
+
 def capabilities() -> dict[str, Any]:
     """What this engine can do, for the protocol's `hello` and `nst info`."""
     return {
-        "methods": {
-            name: {"needs_style": methods.get(name).needs_style, "guided": methods.get(name).guided}
-            for name in methods.names()
-        },
+        "methods": {name: _method_info(methods.get(name)) for name in methods.names()},
         "backbones": {name: path is not None for name, path in find_backbones().items()},
         "devices": available_devices(),
     }

@@ -43,6 +43,10 @@ class AdaINMethod:
     name = "adain"
     needs_style = True
     guided = True
+    models = ()
+
+    def weight_ids(self, model: str | None) -> tuple[str, ...]:
+        return ("adain_vgg", "adain_decoder")
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, PARAMS)

@@ -79,6 +79,10 @@ class Method(Protocol):
     name: str
     needs_style: bool  # False for methods whose style lives in the model (Johnson, CycleGAN)
     guided: bool  # matches statistics per PreparedJob.guides itself; else the pipeline blends by mask
+    models: tuple[str, ...]  # the trained models to choose from (Johnson, CycleGAN); empty otherwise
+
+    def weight_ids(self, model: str | None) -> tuple[str, ...]:
+        """The weights (manifest ids) it needs to run, with `model` where it has models."""
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Validate and complete the settings; raise UserError on a bad value."""

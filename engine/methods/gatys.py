@@ -84,6 +84,10 @@ class GatysMethod:
     name = "gatys"
     needs_style = True
     guided = True
+    models = ()
+
+    def weight_ids(self, model: str | None) -> tuple[str, ...]:
+        return ()  # the default backbone ships with the engine; others are checked when chosen
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, PARAMS)

@@ -128,6 +128,9 @@ class SingleModelMethod:
         self._loader = loader
         self._multiple = multiple  # the net's total down-sampling: sides must divide by it
 
+    def weight_ids(self, model: str | None) -> tuple[str, ...]:
+        return (f"{self.name}_{model}",) if model else ()
+
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, self.PARAMS)
         return {
@@ -142,7 +145,7 @@ class SingleModelMethod:
         ctx.progress(Progress(0.05, "load", f"loading the {self.name} model {model}"))
         net = ctx.cache.get(
             (self.name, model, str(ctx.device)),
-            lambda: self._loader(weights.require(f"{self.name}_{model}"), ctx.device),
+            lambda: self._loader(weights.require(self.weight_ids(model)[0]), ctx.device),
         )
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.1, "stylize", "stylising"))

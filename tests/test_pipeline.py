@@ -1,0 +1,89 @@
+"""The pipeline around every method: alpha, grey, bit depth, selection, and what `hello` reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import images, weights
+from engine.cache import ModelCache
+from engine.errors import CancelToken, UserError
+from engine.pipeline import capabilities, run_job
+from engine.protocol import RawImage, StyleRef, StylizeJob
+
+GATYS_FAST = {"preset": "draft", "iterations": 3, "device": "cpu"}
+
+
+def raw(pixels: np.ndarray, dtype: str) -> RawImage:
+    return images.to_raw(pixels, dtype)
+
+
+def stripes(height: int, width: int, channels: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 0.5 + 0.4 * np.sin(x * 0.7)[..., None] * np.cos(y * 0.3)[..., None]
+    return np.repeat(base, channels, axis=2).astype(np.float32)
+
+
+def run(job: StylizeJob) -> RawImage:
+    return run_job(job, lambda p: None, CancelToken(), ModelCache())
+
+
+def style_ref() -> StyleRef:
+    rng = np.random.default_rng(0)
+    return StyleRef(image=raw(rng.random((24, 24, 3), dtype=np.float32), "u8"))
+
+
+@pytest.mark.parametrize(("channels", "dtype"), [(1, "u16"), (2, "u8"), (3, "f32"), (4, "u16")])
+def test_result_has_the_content_format_and_keeps_alpha(channels: int, dtype: str) -> None:
+    pixels = stripes(20, 28, channels)
+    if channels in (2, 4):
+        pixels[..., -1] = np.linspace(0, 1, 28, dtype=np.float32)[None, :]
+    content = raw(pixels, dtype)
+    result = run(StylizeJob("gatys", GATYS_FAST, content, [style_ref()]))
+    assert (result.width, result.height, result.channels, result.dtype) == (28, 20, channels, dtype)
+    out = images.from_raw(result)
+    if channels in (2, 4):
+        assert np.array_equal(out[..., -1], images.from_raw(content)[..., -1])
+    assert np.abs(out - images.from_raw(content)).max() > 0.02  # the colour did change
+
+
+def test_outside_the_selection_the_bytes_are_exactly_the_content() -> None:
+    content = raw(stripes(24, 24, 3), "u8")
+    selection = np.zeros((24, 24, 1), np.float32)
+    selection[6:18, 6:18] = 1.0
+    job = StylizeJob("gatys", GATYS_FAST, content, [style_ref()], selection=raw(selection, "f32"))
+    out = np.frombuffer(run(job).data, np.uint8).reshape(24, 24, 3)
+    original = np.frombuffer(content.data, np.uint8).reshape(24, 24, 3)
+    outside = selection[..., 0] == 0
+    assert np.array_equal(out[outside], original[outside])
+    assert np.abs(out[~outside].astype(int) - original[~outside]).mean() > 3
+
+
+def test_bad_jobs_are_user_errors() -> None:
+    content = raw(stripes(16, 16, 3), "u8")
+    with pytest.raises(UserError, match="needs at least one style"):
+        run(StylizeJob("gatys", GATYS_FAST, content, []))
+    with pytest.raises(UserError, match="unknown method"):
+        run(StylizeJob("nope", {}, content, [style_ref()]))
+    with pytest.raises(UserError, match="image not found"):
+        run(StylizeJob("gatys", GATYS_FAST, content, [StyleRef(path="/no/such/style.jpg")]))
+    with pytest.raises(UserError, match="device"):
+        run(StylizeJob("gatys", {**GATYS_FAST, "device": "tpu"}, content, [style_ref()]))
+
+
+def test_hello_lists_a_model_only_once_its_weights_are_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
+    before = capabilities()["methods"]
+    assert before["gatys"]["ready"] is True
+    assert before["johnson"] == {"needs_style": False, "guided": False, "models": [], "ready": False}
+    assert before["adain"]["ready"] is False and "models" not in before["adain"]
+
+    file = tmp_path / "candy.pth"
+    file.write_bytes(b"a user's own copy of the candy model")  # no published checksum: pinned on import
+    weights.import_file("johnson_candy", file)
+    after = capabilities()["methods"]["johnson"]
+    assert after["models"] == ["candy"] and after["ready"] is True
