@@ -53,11 +53,16 @@ def masked_gram(features: torch.Tensor, mask: torch.Tensor, shift: float = 0.0) 
 
 
 def masked_mean_std(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of (1, C, h, w) features weighted by a (1, 1, h, w) mask, in float32."""
+    """Per-channel mean and std of (1, C, h, w) features weighted by a (1, 1, h, w) mask, in float32.
+
+    The variance is the unbiased one for weighted samples, so a uniform mask gives exactly AdaIN's
+    own (unbiased) statistics.
+    """
     f, m = features[0].float(), mask[0].float()
     total = m.sum().clamp_min(_EPS)
     mean = (f * m).sum(dim=(1, 2)) / total
-    var = ((f - mean[:, None, None]).pow(2) * m).sum(dim=(1, 2)) / total
+    spread = total - m.pow(2).sum() / total  # N - 1 for a uniform mask of N ones
+    var = ((f - mean[:, None, None]).pow(2) * m).sum(dim=(1, 2)) / spread.clamp_min(_EPS)
     return mean, (var + _EPS).sqrt()
 
 

@@ -524,3 +524,28 @@ def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -
     assert np.abs(confined[:, :18] - content[:, :18]).mean() > 0.02  # white: styled
     if name != "adain":  # one model: inside the mask the result is the unconfined output
         assert np.abs(confined[:, :18] - whole[:, :18]).max() < 1e-6
+
+
+def test_adain_semantic_maps_take_each_labels_own_style_statistics(home: Path) -> None:
+    from engine import images
+    from engine.pipeline import run_job
+    from engine.protocol import StyleRef, StylizeJob
+
+    content, style = image(32, 32, seed=25), image(32, 32, seed=26)
+    style[:16] *= 0.3  # a dark top and a bright bottom: different statistics per label
+    top = np.zeros((32, 32, 3), np.float32)
+    top[:16] = [1.0, 0.0, 0.0]
+    swapped = top[::-1].copy()
+
+    def stylize(content_map: np.ndarray | None, style_map: np.ndarray | None, **params: float) -> np.ndarray:
+        ref = StyleRef(image=images.to_raw(style, "f32"))
+        if style_map is not None:
+            ref.map = images.to_raw(style_map, "u8")
+        raw_map = None if content_map is None else images.to_raw(content_map, "u8")
+        job = StylizeJob("adain", params, images.to_raw(content, "f32"), [ref], content_map=raw_map)
+        return images.from_raw(run_job(job, lambda p: None, CancelToken(), ModelCache()))
+
+    plain, same, crossed = stylize(None, None), stylize(top, top), stylize(top, swapped)
+    assert np.abs(same - plain).mean() > 1e-3 and np.abs(crossed - same).mean() > 1e-3
+    # map_weight 0: every label sees the whole images, which is plain AdaIN again.
+    assert np.abs(stylize(top, swapped, map_weight=0.0) - plain).max() < 2e-3
