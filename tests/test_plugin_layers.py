@@ -155,3 +155,18 @@ def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
     assert header["styles"][1]["weight"] == 0.25 and "image" in header["styles"][1]
     assert header["selection"]["channels"] == 1
     assert len(blobs) == 3
+
+
+def test_a_layer_mask_becomes_the_jobs_one_region() -> None:
+    from protocol import Limits, Message, parse_job
+
+    s = layers.validate(Settings(style_file="/a.png"), AVAILABLE)
+    content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
+    mask = RawImage(2, 1, 1, "f32", floats(1.0, 0.25))
+    header, blobs = job_message(layers.build_job(s, content, [("/a.png", 1.0)], None, mask))
+    assert header["params"]["regions"] == [{"mask": layers.LAYER_MASK}]
+    job = parse_job(Message(header, [memoryview(b) for b in blobs]), Limits())  # the engine's wire checks
+    assert bytes(job.masks[layers.LAYER_MASK].data) == floats(1.0, 0.25)
+    plain, _ = job_message(layers.build_job(s, content, [("/a.png", 1.0)], None))
+    assert "regions" not in plain["params"] and "masks" not in plain
+    assert Settings().layer_mask  # on by default: a masked layer is styled only where it shows

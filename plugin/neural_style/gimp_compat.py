@@ -166,6 +166,19 @@ def _read_selection(image: Gimp.Image, layer: Gimp.Layer) -> RawImage:
     return layers.raw_from_pixels(bytes(data), w, h, 1)
 
 
+def _read_layer_mask(layer: Gimp.Layer) -> RawImage | None:
+    """The layer's mask as 0..1 float over the layer, or None when it has none (linear "Y", like
+    the selection, so grey mask values keep their meaning as blend amounts)."""
+    mask = layer.get_mask()
+    if mask is None:
+        return None
+    w, h = layer.get_width(), layer.get_height()
+    data = mask.get_buffer().get(
+        Gegl.Rectangle.new(0, 0, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.CLAMP
+    )
+    return layers.raw_from_pixels(bytes(data), w, h, 1)
+
+
 # --- The engine ----------------------------------------------------------------------------------
 
 
@@ -227,7 +240,7 @@ def _dialog(
     dialog.get_label("style2-title", "Second style (optional)", False, False)
     dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
     dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
-    dialog.fill_box("output-box", ["output", "only-selection"])
+    dialog.fill_box("output-box", ["output", "only-selection", "layer-mask"])
     dialog.fill(
         [
             "engine-status",
@@ -357,9 +370,16 @@ def _execute(
                 continue
             if coverage == "full":
                 selection = None
-        jobs.append((layer, layers.build_job(settings, _read_pixels(layer), styles, selection)))
+        mask = _read_layer_mask(layer) if settings.layer_mask else None
+        if mask is not None:
+            coverage = layers.selection_coverage(mask)
+            if coverage == "none":
+                continue
+            if coverage == "full":
+                mask = None
+        jobs.append((layer, layers.build_job(settings, _read_pixels(layer), styles, selection, mask)))
     if not jobs:
-        raise _Failure("The selection does not overlap any of the selected layers.")
+        raise _Failure("The selection and the layer masks leave nothing to stylize in the selected layers.")
 
     results = [
         (layer, _stylize(engine, job, layer.get_name(), i, len(jobs))) for i, (layer, job) in enumerate(jobs)

@@ -22,6 +22,7 @@ SETTINGS_VERSION = 1
 # protocol wants. GEGL converts to and from whatever precision the drawable has.
 BABL_FORMATS = {1: "Y' float", 2: "Y'A float", 3: "R'G'B' float", 4: "R'G'B'A float"}
 MASK_FORMAT = "Y float"
+LAYER_MASK = "layer-mask"  # the job's mask name for a layer's own mask
 
 METHODS = ("gatys", "johnson", "adain", "cyclegan")
 METHOD_LABELS = {
@@ -88,6 +89,7 @@ class Settings:
     device: str = "auto"
     output: str = "new-layer"
     only_selection: bool = True
+    layer_mask: bool = True  # a layer's mask confines the style to where it is white (soft)
     seed: int = 0
     iterations: int = 0  # Gatys optimisation steps per scale; 0 = the preset's
 
@@ -306,17 +308,28 @@ def build_job(
     content: RawImage,
     styles: list[tuple[str | RawImage, float]],
     selection: RawImage | None,
+    layer_mask: RawImage | None = None,
 ) -> StylizeJob:
-    """The job for one layer; `styles` holds a file path or the pixels of a style layer each."""
+    """The job for one layer; `styles` holds a file path or the pixels of a style layer each.
+
+    A layer mask becomes the job's one region: the engine styles where it is white and keeps the
+    content where it is black, inside its loss rather than by pasting (see docs/protocol.md).
+    """
     refs = [
         StyleRef(path=s, weight=w) if isinstance(s, str) else StyleRef(image=s, weight=w) for s, w in styles
     ]
+    params = settings.engine_params()
+    masks = {}
+    if layer_mask is not None:
+        masks[LAYER_MASK] = layer_mask
+        params["regions"] = [{"mask": LAYER_MASK}]
     return StylizeJob(
         method=settings.method,
-        params=settings.engine_params(),
+        params=params,
         content=content,
         styles=refs,
         selection=selection,
+        masks=masks,
     )
 
 

@@ -68,6 +68,13 @@ TRANSFER_PARAMS = (
         True,
     ),
     Param(
+        "layer-mask",
+        "boolean",
+        "Confine to the layer _mask",
+        "Style where the layer's mask is white, keep it where black; grey blends",
+        True,
+    ),
+    Param(
         "iterations",
         "int",
         "_Iterations",

@@ -1,0 +1,74 @@
+# Runs inside gimp-console-3.0 (python-fu-eval), in the trixie chroot. The test prepends
+# ARGS_PATH = "...json" to this text. One layer whose mask is white on the left, black on the right
+# with a soft band between; the plug-in runs with its default "confine to the layer mask"; the
+# source's and the result's pixels and the mask go to ARGS["out"] as JSON.
+import json
+import traceback
+from array import array
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, Gio  # noqa: E402
+
+with open(ARGS_PATH) as f:  # noqa: F821 - prepended by the test
+    ARGS = json.load(f)
+W, H = 64, 48
+findings = {}
+
+
+def pixels(drawable, fmt):
+    w, h = drawable.get_width(), drawable.get_height()
+    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
+    values = array("f")
+    values.frombytes(bytes(data))
+    return values
+
+
+def fill(drawable, channels, fmt, pattern):
+    w, h = drawable.get_width(), drawable.get_height()
+    values = array("f", (pattern(x, y, c) for y in range(h) for x in range(w) for c in range(channels)))
+    buf = drawable.get_buffer()
+    buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, values.tobytes())
+    buf.flush()
+    drawable.update(0, 0, w, h)
+
+
+try:
+    image = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "Photo", W, H, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    fill(
+        layer, 3, "R'G'B' float", lambda x, y, c: 0.3 + 0.4 * x / W if c == 0 else 0.5 + 0.3 * y / H - 0.1 * c
+    )
+    mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+    layer.add_mask(mask)
+    fill(mask, 1, "Y float", lambda x, y, c: min(1.0, max(0.0, (36 - x) / 8)))  # 1 up to x=28, 0 from 36
+
+    proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
+    config = proc.create_config()
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    config.set_property("method", "gatys")
+    config.set_property("style-file", Gio.File.new_for_path(ARGS["style"]))
+    config.set_property("preset", "draft")
+    config.set_property("iterations", 10)
+    config.set_property("strength", 5.0)
+    result = proc.run(config)
+    status = result.index(0)
+    findings["status"] = status.value_nick
+    findings["error"] = (
+        result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
+    )
+    findings["layers"] = [item.get_name() for item in image.get_layers()]
+    findings["source"] = list(pixels(layer, "R'G'B' float"))
+    findings["result"] = list(pixels(image.get_layers()[0], "R'G'B' float"))
+    findings["mask"] = list(pixels(mask, "Y float"))
+    findings["width"] = W
+except Exception:
+    findings["exception"] = traceback.format_exc()
+
+with open(ARGS["out"], "w") as f:
+    json.dump(findings, f)
