@@ -1,0 +1,302 @@
+"""Gatys: our optimiser against the classic tutorial loop (bench/reference_gatys.py), in one process.
+
+Three figures (GitHub issue 2, item 6):
+- step: seconds per loss+gradient evaluation at 512 px, both sides on the same random-weight VGG19
+  (engine.backbones.random_backbone, copied conv by conv into the reference's torchvision stack).
+  A "step" is one evaluation, not one L-BFGS iteration: ours does a strong-Wolfe line search (often
+  more than one evaluation per iteration), the reference's default L-BFGS exactly one. Ours is timed
+  through engine.methods.gatys._Objective, the code every optimiser step runs. Interleaved, medians.
+- time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
+  odd landscape): the reference runs 200 L-BFGS iterations (T_ref, final objective L_ref); then the
+  real GatysMethod runs and the reference objective is evaluated on its image at every reported
+  iteration, its own cost excluded, until it reaches L_ref (T_ours). Ours minimises the same
+  function: its relative per-layer losses are weighted by the reference targets' energy, which turns
+  them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV).
+- wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
+  with evaluations and seconds per scale.
+
+    .venv/bin/python bench/gatys.py                   # all three; the 1024 px job alone: 30+ min, 2 cores
+    .venv/bin/python bench/gatys.py --parts step ttr  # skip the 1024 px run
+    .venv/bin/python bench/gatys.py --quick           # tiny sizes, a smoke test of the code paths
+The last line printed is one JSON object with the ratios and raw seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import reference_gatys as ref  # noqa: E402
+
+from engine import images  # noqa: E402
+from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, random_backbone, vgg  # noqa: E402
+from engine.backbones.base import Backbone  # noqa: E402
+from engine.cache import ModelCache  # noqa: E402
+from engine.errors import CancelToken  # noqa: E402
+from engine.methods import gatys  # noqa: E402
+from engine.methods.base import PreparedJob, Progress, RunContext, Style  # noqa: E402
+from engine.pipeline import run_job  # noqa: E402
+from engine.protocol import StyleRef, StylizeJob  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "images"
+CONTENT = "content/golden_gate.jpg"
+STYLE = "style/woman_with_hat_matisse.jpg"
+PARTS = ("step", "ttr", "balanced")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each part runs: the issue's figures, or tiny ones for --quick."""
+
+    step: int = 512
+    step_reps: int = 5
+    ttr: int = 256
+    ref_iterations: int = 200
+    ours_iteration_cap: int = 200
+    stall_iterations: int = 20  # give up on ours after this many iterations without a better judged loss
+    balanced: int = 1024
+    balanced_iterations: int | None = None  # None: the preset's own counts
+
+
+QUICK = Sizes(step=64, step_reps=2, ttr=64, ref_iterations=20, ours_iteration_cap=10, stall_iterations=5,
+              balanced=96, balanced_iterations=2)  # fmt: skip
+
+
+def load_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The content and style pictures as HxWx3 float32, read in place from the shared folder."""
+    content, style = (images.split_alpha(images.load_image(folder / name))[0] for name in (CONTENT, STYLE))
+    return content, style
+
+
+def at_long_side(picture: np.ndarray, side: int) -> torch.Tensor:
+    return images.to_tensor(images.resize(picture, images.fit_long_side(*picture.shape[:2], side)))
+
+
+def reference_for(
+    backbone: Backbone,
+    arch: str,
+    normalization: ref.Normalization,
+    content: torch.Tensor,
+    style: torch.Tensor,
+) -> ref.Reference:
+    """The tutorial loop on torchvision's `arch` stack carrying exactly the backbone's conv weights."""
+    cnn = ref.torchvision_features(arch, ceil_mode=backbone.layers[4].ceil_mode)
+    ref.copy_conv_weights(cnn, [m for m in backbone.layers if isinstance(m, nn.Conv2d)])
+    return ref.Reference(cnn, normalization, content, style)
+
+
+def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) -> dict[str, float]:
+    """Median seconds of one loss+gradient evaluation, ours and the reference's, interleaved."""
+    backbone = random_backbone("vgg19", seed)
+    content_t = at_long_side(content, sizes.step)
+    style_t = at_long_side(style, sizes.step)
+    objective = gatys._Objective(
+        backbone, gatys.METHOD.parse_params({"backbone": "vgg19"}), content_t, [style_t], np.ones(1), []
+    )
+    x = content_t.clone().requires_grad_(True)
+
+    def ours() -> None:
+        x.grad = None
+        total, _ = objective(x)
+        total.backward()
+
+    reference = reference_for(backbone, "vgg19", ref.Normalization(vgg.MEAN, vgg.STD), content_t, style_t)
+    runs: dict[str, Callable[[], Any]] = {"ours": ours, "reference": reference.closure}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up: oneDNN primitive caches, allocator
+        fn()
+    for _ in range(sizes.step_reps):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    ours_s, ref_s = (statistics.median(times[name]) for name in runs)
+    print(f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation; ours uses")
+    print("several per L-BFGS iteration for its strong-Wolfe line search, the reference exactly one)")
+    print(f"  {'':10} {'median s':>9}  all")
+    for name in runs:
+        each = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"  {name:10} {statistics.median(times[name]):9.3f}  {each}")
+    print(f"  ratio reference/ours: {ref_s / ours_s:.2f}")
+    return {"step_ours_s": ours_s, "step_reference_s": ref_s, "step_ratio_512": ref_s / ours_s}
+
+
+class _Stop(Exception):
+    """Raised from the progress callback: ours has matched the reference, or has stopped improving."""
+
+
+def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
+    """T_ref for 200 reference iterations against our time to the same reference loss."""
+    backbone = load_backbone("vgg16-hed")
+    content_t = at_long_side(content, sizes.ttr)
+    style_t = at_long_side(style, sizes.ttr)
+    normalization = ref.Normalization([m / 255 for m in hed.MEAN_BGR], [1 / 255] * 3, bgr=True)
+    reference = reference_for(backbone, "vgg16", normalization, content_t, style_t)
+    judge = reference_for(backbone, "vgg16", normalization, content_t, style_t)  # untouched optimiser
+
+    start = time.perf_counter()
+    reference.run(sizes.ref_iterations)
+    ref_s = time.perf_counter() - start
+    ref_loss = judge.loss_of(reference.image.detach())
+
+    # Relative loss x target energy = the reference's absolute MSE: the same objective (and gradient) as
+    # the reference's, up to one constant factor. Same content init as the reference, no TV.
+    style_energy = {
+        name: ref.STYLE_WEIGHT * float(m.target.pow(2).mean())
+        for name, m in zip(ref.STYLE_LAYERS, reference.style_losses, strict=True)
+    }
+    content_energy = ref.CONTENT_WEIGHT * float(reference.content_losses[0].target.pow(2).mean())
+    scale = max(content_energy, sum(style_energy.values()))
+    settings = {
+        "preset": "balanced",
+        "size": sizes.ttr,
+        "iterations": sizes.ours_iteration_cap,
+        "content_layers": {"relu4_2": 1.0},
+        "content_weight": content_energy / scale,
+        "style_layers": {name: e / max(style_energy.values()) for name, e in style_energy.items()},
+        "style_weight": sum(style_energy.values()) / scale,
+        "tv_weight": 0.0,
+    }
+    params = gatys.METHOD.parse_params(settings)
+    cache = ModelCache()
+    cache.get(("backbone", DEFAULT_BACKBONE, "max", "cpu"), lambda: backbone)  # loading is not timed
+    judged = {"seconds": 0.0, "iterations": 0, "best": float("inf"), "best_at": 0}
+
+    def progress(p: Progress) -> None:
+        if p.preview is None or p.stage != "optimise":
+            return
+        before = time.perf_counter()
+        loss = judge.loss_of(images.to_tensor(p.preview))
+        judged["seconds"] += time.perf_counter() - before
+        judged["iterations"] = p.step
+        if loss < judged["best"]:
+            judged["best"], judged["best_at"] = loss, p.step
+        if loss <= ref_loss or p.step - judged["best_at"] >= sizes.stall_iterations:
+            raise _Stop
+
+    job = PreparedJob(content=content, styles=[Style(style)], params=params)
+    preview_every = gatys.PREVIEW_EVERY_S
+    gatys.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
+    start = time.perf_counter()
+    try:
+        gatys.METHOD.run(job, RunContext(torch.device("cpu"), progress, CancelToken(), cache))
+    except _Stop:
+        pass
+    finally:
+        gatys.PREVIEW_EVERY_S = preview_every
+    ours_s = time.perf_counter() - start - judged["seconds"]
+    reached = judged["best"] <= ref_loss
+
+    print(f"\ntime to the reference's loss at {sizes.ttr} px, vgg16-hed (same weights both sides)")
+    print(f"  reference: {sizes.ref_iterations} iterations ({reference.evaluations} evaluations) "
+          f"in {ref_s:.1f} s, loss {ref_loss:.5g}")  # fmt: skip
+    best = f"best {judged['best']:.5g} at iteration {judged['best_at']}"
+    status = "reached" if reached else f"NOT reached ({best})"
+    print(f"  ours: {status} after {judged['iterations']} iterations in {ours_s:.1f} s "
+          f"(judging excluded: {judged['seconds']:.1f} s)")  # fmt: skip
+    ratio = ref_s / ours_s if reached else None
+    print(f"  ratio T_ref/T_ours: {ratio:.2f}" if ratio else "  ratio: none (not reached)")
+    return {
+        "time_to_ref_ratio_256": ratio,
+        "ttr_reference_s": ref_s,
+        "ttr_ours_s": ours_s,
+        "ttr_reference_loss": ref_loss,
+        "ttr_ours_best_reference_loss": judged["best"],
+        "ttr_ours_iterations": judged["iterations"],
+    }
+
+
+@contextlib.contextmanager
+def counting_evaluations() -> Iterator[dict[tuple[int, ...], list[float]]]:
+    """Per image shape: [evaluations, first start, last end] of _Objective calls (tiny overhead)."""
+    seen: dict[tuple[int, ...], list[float]] = {}
+    original = gatys._Objective.__call__
+
+    def counted(self: gatys._Objective, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        now = time.perf_counter()
+        entry = seen.setdefault(tuple(image.shape[-2:]), [0, now, now])
+        entry[0] += 1
+        result = original(self, image)
+        entry[2] = time.perf_counter()
+        return result
+
+    gatys._Objective.__call__ = counted  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        gatys._Objective.__call__ = original  # type: ignore[method-assign]
+
+
+def bench_balanced(folder: Path, sizes: Sizes) -> dict[str, Any]:
+    """Wall time of one `balanced` job at the given size through the real pipeline."""
+    content = images.load_image(folder / CONTENT)
+    settings: dict[str, Any] = {"preset": "balanced", "size": sizes.balanced}
+    if sizes.balanced_iterations:
+        settings["iterations"] = sizes.balanced_iterations
+    job = StylizeJob("gatys", settings, images.to_raw(content, "f32"), [StyleRef(path=str(folder / STYLE))])
+    iterations: dict[int, int] = {}
+
+    def progress(p: Progress) -> None:
+        if p.stage == "optimise":
+            iterations[p.scale] = p.total
+
+    with counting_evaluations() as seen:
+        start = time.perf_counter()
+        run_job(job, progress, CancelToken(), ModelCache())
+        wall = time.perf_counter() - start
+    print(f"\npreset balanced at {sizes.balanced} px, {DEFAULT_BACKBONE}, pipeline.run_job: {wall:.1f} s")
+    print(f"  {'scale':>11} {'iterations':>10} {'evaluations':>11} {'seconds':>8} {'s/eval':>7}")
+    scales = []
+    for index, ((h, w), (count, first, last)) in enumerate(seen.items(), start=1):
+        its = iterations.get(index, 0)
+        scales.append({"size": [h, w], "iterations": its, "evaluations": count, "seconds": last - first})
+        print(f"  {f'{h}x{w}':>11} {its:10d} {count:11d} {last - first:8.1f} {(last - first) / count:7.2f}")
+    return {"balanced_1024_s": wall, "balanced_scales": scales}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code paths, not speed")
+    parser.add_argument("--reps", type=int, help="timed evaluations per side for the step figure")
+    parser.add_argument("--images", type=Path, default=IMAGES, help="folder with content/ and style/")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    if args.reps:
+        sizes = Sizes(**{**sizes.__dict__, "step_reps": args.reps})
+    torch.manual_seed(args.seed)
+    content, style = load_pair(args.images)
+    style = images.resize(style, content.shape[:2])  # the tutorial needs style and content of one size
+    cpu = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
+    result: dict[str, Any] = {"quick": args.quick}
+    if "step" in args.parts:
+        result.update(bench_step(content, style, sizes, args.seed))
+    if "ttr" in args.parts:
+        result.update(bench_time_to_reference(content, style, sizes))
+    if "balanced" in args.parts:
+        result.update(bench_balanced(args.images, sizes))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
