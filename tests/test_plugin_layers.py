@@ -169,4 +169,28 @@ def test_a_layer_mask_becomes_the_jobs_one_region() -> None:
     assert bytes(job.masks[layers.LAYER_MASK].data) == floats(1.0, 0.25)
     plain, _ = job_message(layers.build_job(s, content, [("/a.png", 1.0)], None))
     assert "regions" not in plain["params"] and "masks" not in plain
-    assert Settings().layer_mask  # on by default: a masked layer is styled only where it shows
+    assert Settings().layer_mask == "confine"  # by default a masked layer is styled only where it shows
+
+
+def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
+    from protocol import Limits, Message, parse_job
+
+    with pytest.raises(SettingsError, match="second style"):
+        layers.validate(Settings(style_file="/a.png", layer_mask="split"), AVAILABLE)
+    s = layers.validate(Settings(style_file="/a.png", style2_file="/b.png", layer_mask="split"), AVAILABLE)
+    assert layers.style_weights(s) == (1.0, 1.0)
+    content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
+    styles = [("/a.png", 1.0), ("/b.png", 1.0)]
+    header, blobs = job_message(
+        layers.build_job(s, content, styles, None, RawImage(2, 1, 1, "f32", floats(1.0, 0.25)))
+    )
+    assert header["params"]["regions"] == [
+        {"mask": layers.LAYER_MASK, "style": 0},
+        {"mask": layers.LAYER_MASK_INVERSE, "style": 1},
+    ]
+    job = parse_job(Message(header, [memoryview(b) for b in blobs]), Limits())
+    assert bytes(job.masks[layers.LAYER_MASK_INVERSE].data) == floats(0.0, 0.75)
+    white, _ = job_message(
+        layers.build_job(s, content, styles, None, RawImage(2, 1, 1, "f32", floats(1.0, 1.0)))
+    )
+    assert white["params"]["regions"] == [{"mask": layers.LAYER_MASK, "style": 0}]  # no empty region

@@ -370,8 +370,8 @@ def _execute(
                 continue
             if coverage == "full":
                 selection = None
-        mask = _read_layer_mask(layer) if settings.layer_mask else None
-        if mask is not None:
+        mask = _read_layer_mask(layer) if settings.layer_mask != "ignore" else None
+        if mask is not None and settings.layer_mask == "confine":
             coverage = layers.selection_coverage(mask)
             if coverage == "none":
                 continue

@@ -23,6 +23,7 @@ SETTINGS_VERSION = 1
 BABL_FORMATS = {1: "Y' float", 2: "Y'A float", 3: "R'G'B' float", 4: "R'G'B'A float"}
 MASK_FORMAT = "Y float"
 LAYER_MASK = "layer-mask"  # the job's mask name for a layer's own mask
+LAYER_MASK_INVERSE = "layer-mask-inverse"  # its black part, the second style's region in "split"
 
 METHODS = ("gatys", "johnson", "adain", "cyclegan")
 METHOD_LABELS = {
@@ -37,6 +38,12 @@ PRESETS = ("draft", "balanced", "best")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_LABELS = {"auto": "Automatic", "cpu": "CPU", "cuda": "CUDA GPU"}
 OUTPUTS = ("new-layer", "in-place")
+MASK_MODES = ("confine", "split", "ignore")
+MASK_MODE_LABELS = {  # the dialog's one-line explanation of each mode
+    "confine": "Style only where the layer mask is white (grey blends)",
+    "split": "Two regions: the first style where the mask is white, the second where black",
+    "ignore": "Ignore the layer mask",
+}
 OUTPUT_LABELS = {"new-layer": "New layer above each source", "in-place": "Replace the layer's pixels"}
 
 
@@ -89,7 +96,7 @@ class Settings:
     device: str = "auto"
     output: str = "new-layer"
     only_selection: bool = True
-    layer_mask: bool = True  # a layer's mask confines the style to where it is white (soft)
+    layer_mask: str = "confine"  # what a layer's mask means: one of MASK_MODES
     seed: int = 0
     iterations: int = 0  # Gatys optimisation steps per scale; 0 = the preset's
 
@@ -152,6 +159,7 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
         (s.preset, PRESETS, "quality preset"),
         (s.device, DEVICES, "device"),
         (s.output, OUTPUTS, "output"),
+        (s.layer_mask, MASK_MODES, "layer-mask mode"),
     ):
         if value not in allowed:
             raise SettingsError(f"Unknown {what} {value!r}; choose one of {', '.join(allowed)}.")
@@ -172,6 +180,10 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
             )
     elif not (s.style_file or s.style_layer):
         raise SettingsError(f"{s.method} needs a style: pick an image file or a layer.")
+    if s.layer_mask == "split" and (models is not None or not (s.style2_file or s.style2_layer)):
+        raise SettingsError(
+            "Splitting by the layer mask needs Gatys or AdaIN and a second style for the black part."
+        )
     if not 0.0 <= s.style2_weight <= 1.0:
         raise SettingsError("The second style's weight must be between 0 and 1.")
     if s.style2_weight > 0 and not (s.style2_file or s.style2_layer):
@@ -207,7 +219,7 @@ def style_label(settings: Settings) -> str:
     if settings.method in MODEL_METHODS:
         return settings.model
     label = one(settings.style_file, settings.style_layer)
-    if settings.style2_weight > 0:
+    if settings.style2_weight > 0 or settings.layer_mask == "split":
         label += " + " + one(settings.style2_file, settings.style2_layer)
     return label
 
@@ -312,15 +324,28 @@ def build_job(
 ) -> StylizeJob:
     """The job for one layer; `styles` holds a file path or the pixels of a style layer each.
 
-    A layer mask becomes the job's one region: the engine styles where it is white and keeps the
-    content where it is black, inside its loss rather than by pasting (see docs/protocol.md).
+    A layer mask becomes regions (docs/protocol.md): "confine" styles where it is white and keeps
+    the content where black; "split" gives white to the first style and black to the second. The
+    engine does this inside its loss rather than by pasting.
     """
     refs = [
         StyleRef(path=s, weight=w) if isinstance(s, str) else StyleRef(image=s, weight=w) for s, w in styles
     ]
     params = settings.engine_params()
     masks = {}
-    if layer_mask is not None:
+    if layer_mask is not None and settings.layer_mask == "split":
+        inverse = array("f", (1.0 - v for v in _floats(layer_mask.data)))
+        coverage = selection_coverage(layer_mask)
+        params["regions"] = []
+        if coverage != "none":
+            masks[LAYER_MASK] = layer_mask
+            params["regions"].append({"mask": LAYER_MASK, "style": 0})
+        if coverage != "full":
+            masks[LAYER_MASK_INVERSE] = RawImage(
+                layer_mask.width, layer_mask.height, 1, "f32", _to_bytes(inverse)
+            )
+            params["regions"].append({"mask": LAYER_MASK_INVERSE, "style": 1})
+    elif layer_mask is not None:
         masks[LAYER_MASK] = layer_mask
         params["regions"] = [{"mask": LAYER_MASK}]
     return StylizeJob(
@@ -334,5 +359,8 @@ def build_job(
 
 
 def style_weights(settings: Settings) -> tuple[float, float]:
-    """Weights of the first and second style: the blend weight goes to the second."""
+    """Weights of the first and second style: the blend weight goes to the second. Split by the
+    layer mask, each style has its own region and both count fully."""
+    if settings.layer_mask == "split":
+        return 1.0, 1.0
     return 1.0 - settings.style2_weight, settings.style2_weight

@@ -5,6 +5,8 @@ import gimp_compat
 from layers import (
     DEVICE_LABELS,
     DEVICES,
+    MASK_MODE_LABELS,
+    MASK_MODES,
     METHOD_LABELS,
     METHODS,
     OUTPUT_LABELS,
@@ -69,10 +71,11 @@ TRANSFER_PARAMS = (
     ),
     Param(
         "layer-mask",
-        "boolean",
-        "Confine to the layer _mask",
-        "Style where the layer's mask is white, keep it where black; grey blends",
-        True,
+        "choice",
+        "Layer _mask",
+        "What a selected layer's mask means",
+        "confine",
+        choices=tuple((m, MASK_MODE_LABELS[m]) for m in MASK_MODES),
     ),
     Param(
         "iterations",

@@ -1,7 +1,7 @@
 # Runs inside gimp-console-3.0 (python-fu-eval), in the trixie chroot. The test prepends
 # ARGS_PATH = "...json" to this text. One layer whose mask is white on the left, black on the right
-# with a soft band between; the plug-in runs with its default "confine to the layer mask"; the
-# source's and the result's pixels and the mask go to ARGS["out"] as JSON.
+# with a soft band between; the plug-in runs with its default "confine to the layer mask", then
+# "split" with a second style; the source's and the results' pixels and the mask go to ARGS["out"].
 import json
 import traceback
 from array import array
@@ -67,6 +67,19 @@ try:
     findings["result"] = list(pixels(image.get_layers()[0], "R'G'B' float"))
     findings["mask"] = list(pixels(mask, "Y float"))
     findings["width"] = W
+
+    # Split: white takes the first style, black the second.
+    config.set_property("layer-mask", "split")
+    config.set_property("style2-file", Gio.File.new_for_path(ARGS["style2"]))
+    result = proc.run(config)
+    status = result.index(0)
+    findings["split_status"] = status.value_nick
+    findings["split_error"] = (
+        result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
+    )
+    split = image.get_layers()[image.get_item_position(layer) - 1]
+    findings["split_name"] = split.get_name()
+    findings["split"] = list(pixels(split, "R'G'B' float"))
 except Exception:
     findings["exception"] = traceback.format_exc()
 

@@ -266,7 +266,17 @@ def test_a_layer_mask_confines_the_style(gimp_chroot: Path, work: Path, engine: 
     style = work / "style.png"
     write_style(style)
     install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
-    findings = run_gimp_batch(work, HERE / "batch_layer_mask.py", {"style": str(style)})
+    from PIL import Image
+
+    style2 = work / "style2.png"
+    stripes = Image.new("RGB", (48, 48))
+    stripes.putdata(
+        [(20, 40, 200) if (x + y) % 6 < 3 else (200, 220, 255) for y in range(48) for x in range(48)]
+    )
+    stripes.save(style2)
+    findings = run_gimp_batch(
+        work, HERE / "batch_layer_mask.py", {"style": str(style), "style2": str(style2)}
+    )
     assert findings["status"] == "success", findings["error"]
     assert findings["layers"] == ["Photo (style, gatys)", "Photo"]
     source, result, mask = findings["source"], findings["result"], findings["mask"]
@@ -285,3 +295,14 @@ def test_a_layer_mask_confines_the_style(gimp_chroot: Path, work: Path, engine: 
     columns = [round(max(change[x::width]), 3) for x in range(width)]
     assert sum(black) / len(black) < 0.025 and max(black) < 0.12, f"largest change per column: {columns}"
     assert sum(black) / len(black) < 0.2 * sum(white) / len(white)
+
+    # Split: the black part is no longer kept but takes the second style.
+    assert findings["split_status"] == "success", findings["split_error"]
+    assert findings["split_name"].startswith("Photo (style + style2, gatys)")
+    split = findings["split"]
+    moved = [
+        max(abs(a - b) for a, b in zip(source[3 * i : 3 * i + 3], split[3 * i : 3 * i + 3], strict=True))
+        for i in range(len(mask))
+    ]
+    black_moved = [c for c, m in zip(moved, mask, strict=True) if m == 0.0]
+    assert sum(black_moved) / len(black_moved) > 0.05, "the black part did not take the second style"
