@@ -149,7 +149,7 @@ class GatysMethod:
             p["iterations"] or (preset.coarse_iterations if i == 0 else preset.fine_iterations)
             for i in range(len(sides))
         ]
-        run = _Run(backbone, p, ctx, sides, iterations)
+        run = _Run(p, ctx, sides, iterations)
         image: torch.Tensor | None = None
         for index, side in enumerate(sides):
             size = images.fit_long_side(height, width, side)
@@ -290,9 +290,7 @@ def _normalised(layers: dict[str, float], scale: float) -> dict[str, float]:
 class _Run:
     """Optimisation state across scales: progress accounting, previews, stall recovery."""
 
-    def __init__(
-        self, backbone: Backbone, p: dict[str, Any], ctx: RunContext, sides: list[int], iterations: list[int]
-    ) -> None:
+    def __init__(self, p: dict[str, Any], ctx: RunContext, sides: list[int], iterations: list[int]) -> None:
         self.p = p
         self.ctx = ctx
         self.sides = sides
@@ -308,10 +306,13 @@ class _Run:
             start_loss, start_style = (float(v) for v in objective(start))
         steps = self.iterations[index]
         if self.p["optimizer"] == "lbfgs":
-            result, loss = self._lbfgs(index, start, objective, steps)
-            if not _made_progress(start_loss, loss):
-                self._report(index, 0, steps, loss, "L-BFGS made no progress; continuing with Adam")
-                result, loss = self._adam(index, start, objective, steps)
+            result, loss, done = self._lbfgs(index, start, objective, steps)
+            if done < steps or not _made_progress(start_loss, loss):
+                self._report(index, done, steps, loss, "L-BFGS stalled; continuing with Adam")
+                remaining = steps - done if done < steps else steps
+                adam_result, adam_loss = self._adam(index, result, objective, remaining)
+                if adam_loss < loss:
+                    result, loss = adam_result, adam_loss
         else:
             result, loss = self._adam(index, start, objective, steps)
         if not _made_progress(start_loss, loss):
@@ -324,13 +325,23 @@ class _Run:
 
     def _lbfgs(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
-    ) -> tuple[torch.Tensor, float]:
+    ) -> tuple[torch.Tensor, float, int]:
+        """Run L-BFGS; return (best image, its loss, steps done).
+
+        A step that leaves the image where it was is the classic stall: the quasi-Newton direction
+        stopped being a descent direction, and every later step would repeat it. The history is
+        dropped once (a steepest-descent restart); a second stall in a row hands back early so the
+        caller can continue with Adam. NaN also hands back early, with the last good image.
+        """
         x = start.clone().requires_grad_(True)
-        optimiser = torch.optim.LBFGS(
-            [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
-            tolerance_grad=0.0, tolerance_change=0.0,
-        )  # fmt: skip
-        best = (float("inf"), start)
+
+        def fresh() -> torch.optim.LBFGS:
+            return torch.optim.LBFGS(
+                [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
+                tolerance_grad=0.0, tolerance_change=0.0,
+            )  # fmt: skip
+
+        optimiser = fresh()
 
         def closure() -> torch.Tensor:
             self.ctx.cancel.raise_if_cancelled()
@@ -339,14 +350,26 @@ class _Run:
             total.backward()
             return total.detach()
 
+        best_loss, best = float("inf"), start
+        stalls = 0
         for step in range(steps):
-            loss = float(optimiser.step(closure))
+            before = x.detach().clone()
+            loss = float(optimiser.step(closure))  # the loss at `before`, where the step started
             if not np.isfinite(loss):
-                return best[1], best[0]
-            if loss < best[0]:
-                best = (loss, x.detach().clone())
+                return best, best_loss, step
+            if loss < best_loss:
+                best_loss, best = loss, before
+            stalls = stalls + 1 if torch.equal(x.detach(), before) else 0
+            if stalls == 2:
+                return best, best_loss, step + 1
+            if stalls == 1:
+                optimiser = fresh()
             self._report(index, step + 1, steps, loss, None, x)
-        return best[1], best[0]
+        with torch.no_grad():
+            final = float(objective(x)[0])
+        if np.isfinite(final) and final < best_loss:
+            best_loss, best = final, x.detach()
+        return best, best_loss, steps
 
     def _adam(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
@@ -362,7 +385,7 @@ class _Run:
             optimiser.step()
             with torch.no_grad():
                 x.clamp_(0, 1)
-            loss = float(total)
+            loss = float(total.detach())
             self._report(index, step + 1, steps, loss, None, x)
         with torch.no_grad():
             loss = float(objective(x)[0])
