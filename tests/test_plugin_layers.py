@@ -194,3 +194,28 @@ def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
         layers.build_job(s, content, styles, None, RawImage(2, 1, 1, "f32", floats(1.0, 1.0)))
     )
     assert white["params"]["regions"] == [{"mask": layers.LAYER_MASK, "style": 0}]  # no empty region
+
+
+def test_semantic_maps_travel_with_the_content_and_the_first_style() -> None:
+    from protocol import Limits, Message, parse_job
+
+    for bad, fragment in [
+        (Settings(style_file="/a.png", content_map="Labels"), "two label-map layers"),
+        (Settings(method="johnson", content_map="L", style_map="S"), "Gatys or AdaIN"),
+        (Settings(style_file="/a.png", content_map="L", style_map="S", map_weight=2.0), "strictness"),
+    ]:
+        with pytest.raises(SettingsError, match=fragment):
+            layers.validate(bad, AVAILABLE)
+    s = layers.validate(
+        Settings(style_file="/a.png", content_map="L", style_map="S", map_weight=0.5), AVAILABLE
+    )
+    content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
+    content_map = RawImage(2, 1, 3, "f32", floats(1, 0, 0, 0, 0, 1))
+    style = RawImage(1, 1, 3, "f32", floats(0, 1, 0))
+    style_map = RawImage(1, 1, 3, "f32", floats(0, 0, 1))
+    job = layers.build_job(s, content, [(style, 1.0)], None, None, (content_map, style_map))
+    header, blobs = job_message(job)
+    assert header["params"]["map_weight"] == 0.5 and "regions" not in header["params"]
+    got = parse_job(Message(header, [memoryview(b) for b in blobs]), Limits())
+    assert got.content_map is not None and bytes(got.content_map.data) == content_map.data
+    assert got.styles[0].map is not None and bytes(got.styles[0].map.data) == style_map.data

@@ -94,7 +94,12 @@ def main(table: list[ProcedureSpec]) -> None:
 
 # --- Settings <-> procedure config ---------------------------------------------------------------
 
-_LAYER_PROPS = {"style_layer": "style-layer", "style2_layer": "style2-layer"}
+_LAYER_PROPS = {
+    "style_layer": "style-layer",
+    "style2_layer": "style2-layer",
+    "content_map": "content-map",
+    "style_map": "style-map",
+}  # the layers come back in this order from _settings_from_config
 _FILE_PROPS = {"style_file": "style-file", "style2_file": "style2-file"}
 
 
@@ -179,6 +184,16 @@ def _read_layer_mask(layer: Gimp.Layer) -> RawImage | None:
     return layers.raw_from_pixels(bytes(data), w, h, 1)
 
 
+def _read_maps(layer: Gimp.Layer, map_layers: list[Gimp.Layer | None]) -> tuple[RawImage, RawImage] | None:
+    """The content's and the style's label maps; the content's must cover the layer exactly."""
+    if not map_layers:
+        return None
+    content_map, style_map = (_read_pixels(m) for m in map_layers)
+    if (content_map.width, content_map.height) != (layer.get_width(), layer.get_height()):
+        raise _Failure(f"The content's label map must have the size of “{layer.get_name()}”.")
+    return content_map, style_map
+
+
 # --- The engine ----------------------------------------------------------------------------------
 
 
@@ -241,6 +256,15 @@ def _dialog(
     dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
     dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
     dialog.fill_box("output-box", ["output", "only-selection", "layer-mask"])
+    dialog.get_label(
+        "maps-title",
+        "Semantic maps (optional): label layers painted in matching colours; each colour of the content "
+        "takes the style of the same colour",
+        False,
+        False,
+    )
+    dialog.fill_box("maps-box", ["content-map", "style-map", "map-weight"])
+    dialog.fill_frame("maps-frame", "maps-title", False, "maps-box")
     dialog.fill(
         [
             "engine-status",
@@ -254,6 +278,7 @@ def _dialog(
             "preserve-colors",
             "device",
             "output-box",
+            "maps-frame",
             "iterations",
             "seed",
         ]
@@ -358,6 +383,7 @@ def _execute(
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
     styles = _prepare_styles(settings, style_layers)
+    map_layers = style_layers[2:] if settings.content_map else []
     use_selection = settings.only_selection and not Gimp.Selection.is_empty(image)
 
     jobs = []
@@ -371,13 +397,21 @@ def _execute(
             if coverage == "full":
                 selection = None
         mask = _read_layer_mask(layer) if settings.layer_mask != "ignore" else None
+        if mask is not None and settings.content_map:
+            raise _Failure(
+                f"“{layer.get_name()}” has a layer mask; semantic maps cannot be combined with it yet. "
+                "Set “Layer mask” to ignore it."
+            )
         if mask is not None and settings.layer_mask == "confine":
             coverage = layers.selection_coverage(mask)
             if coverage == "none":
                 continue
             if coverage == "full":
                 mask = None
-        jobs.append((layer, layers.build_job(settings, _read_pixels(layer), styles, selection, mask)))
+        job = layers.build_job(
+            settings, _read_pixels(layer), styles, selection, mask, _read_maps(layer, map_layers)
+        )
+        jobs.append((layer, job))
     if not jobs:
         raise _Failure("The selection and the layer masks leave nothing to stylize in the selected layers.")
 

@@ -97,6 +97,9 @@ class Settings:
     output: str = "new-layer"
     only_selection: bool = True
     layer_mask: str = "confine"  # what a layer's mask means: one of MASK_MODES
+    content_map: str = ""  # display name of the content's label-map layer (semantic maps)
+    style_map: str = ""  # display name of the first style's label-map layer
+    map_weight: float = 1.0  # how strictly labels bind, 0..1
     seed: int = 0
     iterations: int = 0  # Gatys optimisation steps per scale; 0 = the preset's
 
@@ -115,6 +118,8 @@ class Settings:
             params["model"] = self.model
         if self.method == "gatys" and self.iterations > 0:
             params["iterations"] = self.iterations
+        if self.content_map:
+            params["map_weight"] = self.map_weight
         return params
 
 
@@ -184,6 +189,16 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
         raise SettingsError(
             "Splitting by the layer mask needs Gatys or AdaIN and a second style for the black part."
         )
+    if bool(s.content_map) != bool(s.style_map):
+        raise SettingsError(
+            "Semantic maps need two label-map layers: one for the content, one for the style."
+        )
+    if s.content_map and (models is not None or s.layer_mask == "split"):
+        raise SettingsError(
+            "Semantic maps need Gatys or AdaIN, and cannot be combined with a split layer mask."
+        )
+    if not 0.0 <= s.map_weight <= 1.0:
+        raise SettingsError("The label strictness must be between 0 and 1.")
     if not 0.0 <= s.style2_weight <= 1.0:
         raise SettingsError("The second style's weight must be between 0 and 1.")
     if s.style2_weight > 0 and not (s.style2_file or s.style2_layer):
@@ -321,12 +336,14 @@ def build_job(
     styles: list[tuple[str | RawImage, float]],
     selection: RawImage | None,
     layer_mask: RawImage | None = None,
+    maps: tuple[RawImage, RawImage] | None = None,
 ) -> StylizeJob:
     """The job for one layer; `styles` holds a file path or the pixels of a style layer each.
 
     A layer mask becomes regions (docs/protocol.md): "confine" styles where it is white and keeps
     the content where black; "split" gives white to the first style and black to the second. The
-    engine does this inside its loss rather than by pasting.
+    engine does this inside its loss rather than by pasting. `maps` (content's, first style's)
+    are colour-coded label maps: each label of the content takes the style of the same label.
     """
     refs = [
         StyleRef(path=s, weight=w) if isinstance(s, str) else StyleRef(image=s, weight=w) for s, w in styles
@@ -348,14 +365,18 @@ def build_job(
     elif layer_mask is not None:
         masks[LAYER_MASK] = layer_mask
         params["regions"] = [{"mask": LAYER_MASK}]
-    return StylizeJob(
+    job = StylizeJob(
         method=settings.method,
         params=params,
         content=content,
         styles=refs,
         selection=selection,
         masks=masks,
+        content_map=maps[0] if maps else None,
     )
+    if maps:
+        job.styles[0].map = maps[1]
+    return job
 
 
 def style_weights(settings: Settings) -> tuple[float, float]:

@@ -77,6 +77,9 @@ TRANSFER_PARAMS = (
         "confine",
         choices=tuple((m, MASK_MODE_LABELS[m]) for m in MASK_MODES),
     ),
+    Param("content-map", "layer", "_Content label map", "A layer of colour-coded labels over the content"),
+    Param("style-map", "layer", "St_yle label map", "The same colours over the (first) style, same size"),
+    Param("map-weight", "double", "Label st_rictness", "How strictly labels bind (1 = fully)", 1.0, 0.0, 1.0),
     Param(
         "iterations",
         "int",

@@ -306,3 +306,26 @@ def test_a_layer_mask_confines_the_style(gimp_chroot: Path, work: Path, engine: 
     ]
     black_moved = [c for c, m in zip(moved, mask, strict=True) if m == 0.0]
     assert sum(black_moved) / len(black_moved) > 0.05, "the black part did not take the second style"
+
+
+def test_semantic_maps_from_label_layers(gimp_chroot: Path, work: Path, engine: Path) -> None:
+    from PIL import Image
+
+    style = work / "style.png"  # blue strokes on top, red below
+    picture = Image.new("RGB", (48, 48))
+    blue, red = ((20, 40, 200), (150, 180, 255)), ((200, 30, 20), (255, 150, 120))
+    picture.putdata([(blue if y < 24 else red)[(x + y) % 6 < 3] for y in range(48) for x in range(48)])
+    picture.save(style)
+    install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    findings = run_gimp_batch(work, HERE / "batch_semantic.py", {"style": str(style)})
+    assert findings["status"] == "success", findings["error"]
+    assert findings["name"] == "Photo (style, gatys)"
+    result, width = findings["result"], findings["width"]
+
+    def red_minus_blue(rows: range) -> float:
+        pixels = [result[3 * (y * width + x) : 3 * (y * width + x) + 3] for y in rows for x in range(width)]
+        return sum(p[0] - p[2] for p in pixels) / len(pixels)
+
+    # The content's top is labelled like the style's red bottom, so it turns redder than its bottom.
+    top, bottom = red_minus_blue(range(0, 20)), red_minus_blue(range(28, 48))
+    assert top > bottom + 0.1, (top, bottom)
