@@ -80,7 +80,7 @@ def test_schedule_is_coarse_to_fine_and_ends_at_the_requested_size() -> None:
     assert gatys.schedule(1024, gatys.PRESETS["balanced"], scales=2) == [512, 1024]
     assert gatys.schedule(64, gatys.PRESETS["draft"], scales=3) == [16, 32, 64]
     assert gatys.schedule(53, gatys.PRESETS["draft"], scales=3) == [26, 53]  # never below 16 px
-    assert gatys.PRESETS["balanced"].iterations([256, 512, 1024]) == [120, 30, 8]
+    assert gatys.PRESETS["balanced"].iterations([256, 512, 1024]) == [80, 20, 5]
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ class Preset:
 PRESETS = {
     # name: Preset(default_size, coarsest, scale_step, coarse_iterations, min_iterations)
     "draft": Preset(512, 256, 2.0, 60, 5),
-    "balanced": Preset(1024, 256, 2.0, 120, 8),
+    "balanced": Preset(1024, 256, 2.0, 80, 5),
     "best": Preset(2048, 256, 2**0.5, 250, 15),
 }
 
