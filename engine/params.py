@@ -54,6 +54,17 @@ def boolean(raw: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def preserve_colors(raw: Mapping[str, Any], modes: tuple[str, ...]) -> str | bool:
+    """`preserve_colors`: false, or one of `modes`; true means the first mode (luminance)."""
+    value = raw.get("preserve_colors", False)
+    if value is True:
+        value = modes[0]
+    if value is not False and value not in modes:
+        allowed = ", ".join(["false", "true", *(repr(m) for m in modes)])
+        raise _bad("preserve_colors", f"must be one of {allowed}; got {value!r}")
+    return value
+
+
 def layer_weights(
     raw: Mapping[str, Any], key: str, default: dict[str, float], known: Iterable[str]
 ) -> dict[str, float]:

@@ -50,13 +50,7 @@ class AdaINMethod:
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, PARAMS)
-        preserve = raw.get("preserve_colors", False)
-        if preserve is True:
-            preserve = "luminance"
-        if preserve not in (False, "luminance", "histogram"):
-            raise UserError(
-                "bad-option", "setting 'preserve_colors' must be false, true, 'luminance' or 'histogram'"
-            )
+        preserve = params.preserve_colors(raw, ("luminance", "histogram"))
         style_size = params.integer(raw, "style_size", DEFAULT_STYLE_SIZE, 0, images.MAX_SIDE)
         if 0 < style_size < MIN_SIDE:
             raise UserError("bad-option", f"setting 'style_size' must be 0 (keep) or at least {MIN_SIDE}")

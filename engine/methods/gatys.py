@@ -97,13 +97,7 @@ class GatysMethod:
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         params.reject_unknown(raw, PARAMS)
-        preserve = raw.get("preserve_colors", False)
-        if preserve is True:
-            preserve = "luminance"
-        if preserve not in (False, "luminance", "histogram"):
-            raise UserError(
-                "bad-option", "setting 'preserve_colors' must be false, true, 'luminance' or 'histogram'"
-            )
+        preserve = params.preserve_colors(raw, ("luminance", "histogram"))
         init = raw.get("init", "content")
         if not isinstance(init, str) or (init not in ("content", "noise") and not Path(init).is_file()):
             raise UserError(

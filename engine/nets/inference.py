@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from engine import images, params, weights
 from engine.colors import luminance_transfer
-from engine.errors import UserError
 from engine.methods.base import PreparedJob, Progress, RunContext
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -29,16 +28,6 @@ def parse_common(raw: Mapping[str, Any]) -> dict[str, Any]:
         "size": params.integer(raw, "size", None, MIN_SIDE, images.MAX_SIDE),
         "precision": params.choice(raw, "precision", "auto", PRECISIONS),
     }
-
-
-def parse_luminance_only(raw: Mapping[str, Any]) -> bool:
-    """preserve_colors for methods without a style image: only luminance transfer applies."""
-    value = raw.get("preserve_colors", False)
-    if value not in (False, True, "luminance"):
-        raise UserError(
-            "bad-option", f"setting 'preserve_colors' must be false, true or 'luminance'; got {value!r}"
-        )
-    return bool(value)
 
 
 @contextlib.contextmanager
@@ -136,7 +125,8 @@ class SingleModelMethod:
         return {
             "model": params.choice(raw, "model", self.models[0], self.models),
             "strength": params.number(raw, "strength", 1.0, 0.0, 1.0),
-            "preserve_colors": parse_luminance_only(raw),
+            # no style image to match histograms to: only luminance transfer applies
+            "preserve_colors": params.preserve_colors(raw, ("luminance",)),
             **parse_common(raw),
         }
 
