@@ -147,15 +147,35 @@ def test_default_folders_native_and_flatpak(home: Path) -> None:
     assert (home / ".config" / "GIMP" / "3.0" / "plug-ins" / "neural_style").is_dir()
 
 
-def test_uninstall_removes_the_plugin_but_not_a_foreign_venv(tmp_path: Path, home: Path) -> None:
+def _bare_venv(path: Path, created_by_install: bool) -> Path:
+    """A small real environment (no pip) to stand in for the engine's in uninstall tests.
+
+    Never the test's own environment: in CI install.py created that one, so --purge would delete it.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    if created_by_install:
+        (path / ".created-by-neural-style-install").touch()
+    return path
+
+
+@pytest.mark.parametrize("created_by_install", [False, True])
+def test_uninstall_purges_only_a_venv_install_py_created(
+    tmp_path: Path, home: Path, created_by_install: bool
+) -> None:
     gimp = tmp_path / "gimp"
     assert install("--venv", str(VENV), "--gimp-dir", str(gimp), home=home).returncode == 0
+    venv = _bare_venv(tmp_path / "engine-venv", created_by_install)
+    config = gimp / "plug-ins" / "neural_style" / "engine.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "python": str(venv / "bin" / "python")}))
 
     result = install("--uninstall", "--purge", "--gimp-dir", str(gimp), home=home)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (gimp / "plug-ins" / "neural_style").exists()
-    assert f"left {VENV} alone" in result.stdout
+    if created_by_install:
+        assert f"venv: removed {venv}" in result.stdout and not venv.exists()
+    else:
+        assert f"left {venv} alone" in result.stdout and (venv / "bin" / "python").exists()
     assert (VENV / "bin" / "python").exists()
 
 
