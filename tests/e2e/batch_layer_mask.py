@@ -3,36 +3,15 @@
 # with a soft band between; the plug-in runs with its default "confine to the layer mask", then
 # "split" with a second style; the source's and the results' pixels and the mask go to ARGS["out"].
 import json
+import sys
 import traceback
-from array import array
 
-import gi
+sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
+from batch_prelude import Gimp, Gio, fill, load_args, pixels
 
-gi.require_version("Gimp", "3.0")
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, Gio  # noqa: E402
-
-with open(ARGS_PATH) as f:  # noqa: F821 - prepended by the test
-    ARGS = json.load(f)
+ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H = 64, 48
 findings = {}
-
-
-def pixels(drawable, fmt):
-    w, h = drawable.get_width(), drawable.get_height()
-    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
-    values = array("f")
-    values.frombytes(bytes(data))
-    return values
-
-
-def fill(drawable, channels, fmt, pattern):
-    w, h = drawable.get_width(), drawable.get_height()
-    values = array("f", (pattern(x, y, c) for y in range(h) for x in range(w) for c in range(channels)))
-    buf = drawable.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, values.tobytes())
-    buf.flush()
-    drawable.update(0, 0, w, h)
 
 
 try:

@@ -3,17 +3,14 @@
 # a style file whose top is blue and bottom red, with a label map (a layer of a second image)
 # marking its top "B" and bottom "A". The result's rows go to ARGS["out"].
 import json
+import sys
 import traceback
 from array import array
 
-import gi
+sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
+from batch_prelude import Gegl, Gimp, Gio, load_args
 
-gi.require_version("Gimp", "3.0")
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, Gio  # noqa: E402
-
-with open(ARGS_PATH) as f:  # noqa: F821 - prepended by the test
-    ARGS = json.load(f)
+ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H, S = 48, 48, 48
 A, B = (1.0, 1.0, 0.0), (0.0, 1.0, 1.0)
 findings = {}

@@ -2,38 +2,17 @@
 # ARGS_PATH = "...json" to this text. It builds a two-layer image, runs the plug-in three times
 # (engine failure, success, engine unreachable) and writes what it saw to ARGS["out"] as JSON.
 import json
+import sys
 import traceback
-from array import array
 
-import gi
+sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
+from batch_prelude import Gimp, Gio, fill, load_args, pixels
 
-gi.require_version("Gimp", "3.0")
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, Gio  # noqa: E402
-
-with open(ARGS_PATH) as f:  # noqa: F821 - prepended by the test
-    ARGS = json.load(f)
+ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H = 64, 48
 SEL = (16, 12, 24, 20)  # x, y, w, h of the rectangular selection, image coordinates
 TOP_OFFSET, TOP_SIZE = (10, 8), (40, 30)
 findings = {"steps": []}
-
-
-def pixels(drawable, fmt):
-    w, h = drawable.get_width(), drawable.get_height()
-    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
-    values = array("f")
-    values.frombytes(bytes(data))
-    return values
-
-
-def fill(drawable, channels, fmt, pattern):
-    w, h = drawable.get_width(), drawable.get_height()
-    values = array("f", (pattern(x, y, c) for y in range(h) for x in range(w) for c in range(channels)))
-    buf = drawable.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, values.tobytes())
-    buf.flush()
-    drawable.update(0, 0, w, h)
 
 
 def snapshot(image):

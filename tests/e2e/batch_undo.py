@@ -3,18 +3,15 @@
 # (real X input, as a user would) and checks that one undo removes every result layer.
 import json
 import subprocess
+import sys
 import time
 import traceback
 from array import array
 
-import gi
+sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
+from batch_prelude import Gegl, Gimp, Gio, load_args
 
-gi.require_version("Gimp", "3.0")
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, Gio  # noqa: E402
-
-with open(ARGS_PATH) as f:  # noqa: F821 - prepended by the test
-    ARGS = json.load(f)
+ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 findings = {}
 
 

@@ -104,7 +104,7 @@ def run_gimp_batch(work: Path, script: Path, args: dict, gui: bool = False, time
     args_path = work / "args.json"
     args["out"] = str(work / "findings.json")
     args_path.write_text(json.dumps(args))
-    text = f"ARGS_PATH = {str(args_path)!r}\n" + script.read_text()
+    text = f"E2E_DIR = {str(HERE)!r}\nARGS_PATH = {str(args_path)!r}\n" + script.read_text()
     env = dict(os.environ, NST_CHROOT_BINDS=str(work))
     gimp = ["gimp-3.0", "-n", "--no-splash"] if gui else ["gimp-console-3.0", "-idf"]
     batch = ["--batch-interpreter", "python-fu-eval", "-b", "-"] + ([] if gui else ["--quit"])
