@@ -37,11 +37,25 @@ def register(subparsers: Any) -> None:
         help="exit after this long without jobs or requests; 0 never (default 1800)",
     )
     serve.add_argument(
+        "--max-message",
+        type=_size,
+        default=_DEFAULTS.max_message,
+        metavar="BYTES",
+        help="largest total of image data one request may carry (all its images), e.g. 8G (default 4G)",
+    )
+    serve.add_argument(
         "--max-payload",
         type=_size,
         default=_DEFAULTS.max_payload,
         metavar="BYTES",
-        help="largest binary payload a request may carry, e.g. 512M (default 1G)",
+        help="largest payload of one frame: a small message, or one chunk of a large one (default 64M)",
+    )
+    serve.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=_DEFAULTS.chunk_size,
+        metavar="BYTES",
+        help="bytes per chunk when the engine sends a large result (default 16M)",
     )
     serve.add_argument(
         "--max-header",
@@ -142,7 +156,13 @@ def _serve(args: argparse.Namespace) -> int:
         from engine.cache import ModelCache
         from engine.pipeline import capabilities, run_job
 
-        limits = Limits(max_header=args.max_header, max_payload=args.max_payload, max_side=args.max_side)
+        limits = Limits(
+            max_header=args.max_header,
+            max_payload=args.max_payload,
+            max_message=args.max_message,
+            max_side=args.max_side,
+            chunk_size=args.chunk_size,
+        )
         config = ServerConfig(
             endpoint=endpoint,
             limits=limits,

@@ -38,7 +38,9 @@ from engine.protocol import (
     Message,
     ProtocolError,
     RawImage,
+    Rejected,
     StylizeJob,
+    check_job,
     image_header,
     parse_job,
     read_message,
@@ -48,7 +50,8 @@ from engine.protocol import (
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 256
-HELLO_LIMITS = Limits(max_header=64 << 10, max_payload=0)  # nobody gets memory before the token check
+# Nobody gets memory before the token check.
+HELLO_LIMITS = Limits(max_header=64 << 10, max_payload=0, max_message=0)
 
 
 @dataclass
@@ -223,6 +226,7 @@ class Server:
             "limits": {
                 "max_header": limits.max_header,
                 "max_payload": limits.max_payload,
+                "max_message": limits.max_message,
                 "max_side": limits.max_side,
             },
         }
@@ -259,7 +263,8 @@ class Connection:
         if self.closed:
             return False
         try:
-            send_message(self.sock, header, blobs or [], self.server.config.stall_timeout)
+            config = self.server.config
+            send_message(self.sock, header, blobs or [], config.stall_timeout, config.limits.chunk_size)
             return True
         except (ConnectionClosed, TimeoutError, OSError) as exc:
             log.info("connection %d: cannot write (%s); dropping it", self.number, exc)
@@ -325,7 +330,14 @@ class Connection:
         cfg = self.server.config
         while True:
             limits = cfg.limits if self.authenticated else HELLO_LIMITS
-            message = read_message(self.sock, limits, cfg.stall_timeout, self._on_idle)
+            try:
+                message = read_message(self.sock, limits, cfg.stall_timeout, self._on_idle, self._check)
+            except Rejected as exc:  # refused before its images were allocated; the stream is intact
+                self.server.touch()
+                error = {"type": "error", "code": exc.code, "message": exc.message}
+                self.send(_with_ref(error, _ref(exc.header)))
+                exc.skip()
+                continue
             self.server.touch()
             if not self.authenticated:
                 self._handshake(message.header)
@@ -337,6 +349,15 @@ class Connection:
                 self._dispatch(message, ref)
             except (ProtocolError, UserError) as exc:
                 self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
+
+    def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
+        """Runs before a message's images are allocated: only a valid `stylize` gets memory."""
+        if not self.authenticated:
+            return  # HELLO_LIMITS allow no payload at all
+        if header.get("type") == "stylize":
+            check_job(header, sizes, self.server.config.limits)
+        elif any(sizes):
+            raise ProtocolError("bad-request", "Only `stylize` requests carry images.")
 
     def _handshake(self, header: dict[str, Any]) -> None:
         if header.get("type") != "hello":

@@ -114,11 +114,12 @@ def test_a_protocol_mismatch_says_what_to_do(
     make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = make_server()
-    monkeypatch.setattr(plugin_protocol, "PROTOCOL_VERSION", 2)  # a newer plug-in, an older engine
+    ours = plugin_protocol.PROTOCOL_VERSION
+    monkeypatch.setattr(plugin_protocol, "PROTOCOL_VERSION", ours + 1)  # a newer plug-in, an older engine
     with pytest.raises(EngineError) as info:
         EngineClient(NO_CONFIG, endpoint=str(server.address)).hello()
     assert info.value.code == "protocol-mismatch"
-    assert "protocol 1" in info.value.message and "install.py" in info.value.message
+    assert f"protocol {ours} " in info.value.message and "install.py" in info.value.message
 
 
 def test_a_wrong_token_says_where_the_token_goes(
@@ -159,10 +160,10 @@ def test_no_engine_and_no_config(nst_env: dict[str, str], tmp_path: Path) -> Non
 def test_too_large_for_the_engine_is_refused_before_sending(make_server: Callable[..., Server]) -> None:
     from engine.protocol import Limits
 
-    server = make_server(limits=Limits(max_payload=1000))
+    server = make_server(limits=Limits(max_message=1000))
     with pytest.raises(EngineError) as info:
         EngineClient(NO_CONFIG, endpoint=str(server.address)).stylize(_job(TINY), Progress(), lambda: False)
-    assert info.value.code == "too-large" and "--max-payload" in info.value.message
+    assert info.value.code == "too-large" and "--max-message" in info.value.message
 
 
 def test_the_client_uses_only_the_standard_library() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import socket
 import struct
 import sys
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from engine.protocol import (
     RawImage,
     StyleRef,
     StylizeJob,
+    encode_chunk,
     encode_header,
     job_message,
     parse_job,
@@ -306,3 +310,173 @@ def test_one_file_for_both_sides_and_stdlib_only() -> None:
         for alias in node.names
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+# --- Chunked messages ----------------------------------------------------------------------------
+
+SMALL = Limits(max_payload=4096, max_message=1 << 20, max_side=4096)
+
+
+def _chunked(sizes: list[int], *chunks: tuple[int, int, bytes]) -> bytes:
+    """A chunked message's header frame for blobs of `sizes`, then (blob, offset, bytes) chunks."""
+    head = encode_header({"type": "x"}, [bytes(n) for n in sizes], chunked=True)
+    return head + b"".join(encode_chunk(b, o, len(data)) + data for b, o, data in chunks)
+
+
+def test_a_message_larger_than_a_chunk_streams_into_one_buffer() -> None:
+    first, second = os.urandom(70_001), os.urandom(10_000)
+    a, b = _pair()
+    progress: list[tuple[int, int]] = []
+    with a, b:
+        sender = threading.Thread(
+            target=send_message,
+            args=(a, {"type": "x"}, [first, memoryview(second)]),
+            kwargs={"chunk_size": 4096},
+        )
+        sender.start()
+        try:
+            msg = read_message(b, SMALL, stall_timeout=2.0, on_chunk=lambda n, t: progress.append((n, t)))
+        finally:
+            sender.join()
+    assert msg.header["chunked"] is True and msg.header["blobs"] == [70_001, 10_000]
+    assert msg.blobs[0] == first and msg.blobs[1] == second
+    assert msg.blobs[0].obj is msg.blobs[1].obj and len(msg.blobs[0].obj) == 80_001  # one buffer
+    assert len(progress) == 18 + 3 and progress[-1] == (80_001, 80_001)  # ceil(70001/4096) + ceil(10000/4096)
+    assert all(x[0] < y[0] for x, y in itertools.pairwise(progress))
+
+
+def test_a_message_within_one_chunk_stays_inline() -> None:
+    frame = encode_header({"type": "x"}, [b"abcd"])
+    assert PREFIX.unpack(frame[:16])[2] == 4 and b"chunked" not in frame
+    a, b = _pair()
+    with a, b:
+        send_message(a, {"type": "x"}, [b"abcd"], chunk_size=4)
+        assert bytes(read_message(b, SMALL, 1.0).blobs[0]) == b"abcd"
+        send_message(a, {"type": "x"}, [b"abcde"], chunk_size=4)  # one byte more: two chunks
+        msg = read_message(b, Limits(max_payload=4), 1.0)
+        assert msg.header["chunked"] and bytes(msg.blobs[0]) == b"abcde"
+
+
+A8, B4 = bytes(range(8)), b"WXYZ"
+
+
+@pytest.mark.parametrize(
+    ("stream", "code"),
+    [
+        (_chunked([8], (0, 4, A8[4:]), (0, 0, A8[:4])), "bad-frame"),  # out of order
+        (_chunked([8], (0, 0, A8[:4]), (0, 2, A8[2:])), "bad-frame"),  # overlapping
+        (_chunked([8], (0, 0, A8[:2]), (0, 4, A8[4:])), "bad-frame"),  # a gap
+        (_chunked([8, 4], (1, 0, B4), (0, 0, A8)), "bad-frame"),  # blobs out of order
+        (_chunked([8, 4], (0, 0, A8[:4])) + encode_header({"type": "jobs"}, []), "bad-frame"),  # ended early
+        (_chunked([8], (0, 0, A8 + b"!")), "bad-frame"),  # longer than the blob
+        (_chunked([8, 4], (0, 0, A8 + B4)), "bad-frame"),  # one chunk across two blobs
+        (_chunked([8], (0, 0, b""), (0, 0, A8)), "bad-frame"),  # empty chunk
+        (_chunked([8]) + PREFIX.pack(MAGIC, 2, 8) + b"{}" + A8, "bad-frame"),  # not a chunk header
+        (_chunked([8]) + _raw_frame({"type": "chunk", "blob": 0, "offset": 0.0}, A8), "bad-frame"),
+        (_chunked([8]) + _raw_frame({"type": "chunk", "blob": False, "offset": 0}, A8), "bad-frame"),
+        (_chunked([8]) + _raw_frame({"type": "chunk", "blob": 0}, A8), "bad-frame"),
+        (_chunked([8]) + _raw_frame(b'{"type": "chunk", "blob": 0, "offset": 0', A8), "bad-frame"),
+        (_chunked([8]) + _raw_frame(b"x" * 1025, A8), "too-large"),  # chunk headers are small
+        (_chunked([1 << 13], (0, 0, bytes(4097))), "too-large"),  # over max_payload
+        (_chunked([(1 << 20) + 1]), "too-large"),  # over max_message, before anything is allocated
+        (_chunked([4, 4]).replace(b"[4,4]", b"[4,-4]"), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [4], "chunked": True}, b"abcd"), "bad-frame"),  # payload too
+        (_raw_frame({"type": "x", "blobs": [4], "chunked": 1}), "bad-frame"),
+        (_raw_frame({"type": "x", "blobs": [4], "chunked": "yes"}), "bad-frame"),
+        (encode_chunk(0, 0, 4) + b"abcd", "bad-frame"),  # a chunk with no message
+    ],
+)
+def test_malformed_chunk_streams_are_rejected(stream: bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        _read_raw(stream, SMALL)
+    assert info.value.code == code, info.value.message
+
+
+def test_too_many_chunks_the_extra_one_is_refused_and_a_truncated_one_is_a_closed_connection() -> None:
+    a, b = _pair()
+    with a, b:
+        a.sendall(_chunked([8], (0, 0, A8[:5]), (0, 5, A8[5:]), (0, 8, b"more")))
+        a.shutdown(socket.SHUT_WR)
+        assert bytes(read_message(b, SMALL, 0.5).blobs[0]) == A8
+        with pytest.raises(ProtocolError) as info:
+            read_message(b, SMALL, 0.5)
+        assert info.value.code == "bad-frame" and "outside a chunked message" in info.value.message
+    stream = _chunked([8], (0, 0, A8))
+    for cut in (len(stream) - 9, len(stream) - 3):  # inside the chunk's header, inside its bytes
+        with pytest.raises(ConnectionClosed):
+            _read_raw(stream[:cut], SMALL)
+
+
+def test_a_peer_stalling_between_chunks_times_out() -> None:
+    a, b = _pair()
+    with a, b:
+        a.sendall(_chunked([8], (0, 0, A8[:4])))
+        idle: list[int] = []
+        start = time.monotonic()
+        with pytest.raises(ProtocolError) as info:
+            read_message(b, SMALL, stall_timeout=0.3, on_idle=lambda: idle.append(1))
+        assert info.value.code == "timeout" and idle == [] and 0.3 <= time.monotonic() - start < 2.0
+
+
+def test_check_runs_before_allocation_and_a_rejected_message_can_be_skipped() -> None:
+    huge = Limits(max_message=1 << 44)
+    seen: list[Any] = []
+
+    def refuse(header: dict[str, Any], sizes: list[int]) -> None:
+        seen.append(sizes)
+        raise ProtocolError("bad-request", "no thanks")
+
+    a, b = _pair()
+    with a, b:
+        # 16 TiB declared: a receiver that allocated before asking `check` would die here.
+        a.sendall(_raw_frame({"type": "x", "ref": 5, "blobs": [1 << 44], "chunked": True}))
+        with pytest.raises(protocol.Rejected) as info:
+            read_message(b, huge, 0.5, check=refuse)
+        assert seen == [[1 << 44]] and info.value.code == "bad-request" and info.value.header["ref"] == 5
+
+        for chunk_size in (3, 100):  # chunked and inline, each skipped, then the next message is read
+            sender = threading.Thread(
+                target=send_message, args=(a, {"type": "x"}, [A8, B4]), kwargs={"chunk_size": chunk_size}
+            )
+            sender.start()
+            with pytest.raises(protocol.Rejected) as info:
+                read_message(b, SMALL, 0.5, check=refuse)
+            info.value.skip()
+            sender.join()
+            send_message(a, {"type": "after"}, [b"ok"])
+            msg = read_message(b, SMALL, 0.5, check=lambda h, s: None)
+            assert msg.header["type"] == "after" and bytes(msg.blobs[0]) == b"ok"
+
+
+def test_check_job_validates_a_stylize_header_without_its_blobs() -> None:
+    header, _ = _stylize_header()
+    protocol.check_job(header, [12, 4, 16], LIMITS)
+    for over, sizes in (({"content": _content(width=5000, height=1)}, [15000]), ({}, [13])):
+        bad, _ = _stylize_header(**over)
+        with pytest.raises(ProtocolError) as info:
+            protocol.check_job(bad, sizes, LIMITS)
+        assert info.value.code == "bad-request"
+
+
+def test_the_receiver_holds_one_copy_and_the_sender_none() -> None:
+    """A 64 MiB image in 256 KiB chunks: the traced peak of both sides together (the image itself
+    was allocated before tracing started) is the receiver's one buffer, plus small change."""
+    size = 64 << 20
+    image = bytearray(os.urandom(1 << 20)) * 64
+    limits = Limits(max_payload=256 << 10, max_message=size)
+    a, b = _pair()
+    with a, b:
+        tracemalloc.start()
+        try:
+            sender = threading.Thread(
+                target=send_message, args=(a, {"type": "x"}, [image]), kwargs={"chunk_size": 256 << 10}
+            )
+            sender.start()
+            msg = read_message(b, limits, stall_timeout=5.0)
+            sender.join()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert msg.blobs[0] == image
+    print(f"traced peak {peak / size:.3f} x the image ({peak >> 20} MiB)")
+    assert peak < size + (2 << 20), f"peak {peak >> 20} MiB for a {size >> 20} MiB image"

@@ -366,7 +366,11 @@ def _valid_frames() -> Iterator[bytes]:
     header, blobs = job_message(_job(TINY))
     header["method"] = "no-such-method"  # whatever gets through validation fails fast
     yield protocol.encode_header(header, blobs) + b"".join(bytes(b) for b in blobs)
-    for h in ({"type": "jobs"}, {"type": "cancel", "job": "1"}, {"type": "hello", "protocol": 1}):
+    for h in (
+        {"type": "jobs"},
+        {"type": "cancel", "job": "1"},
+        {"type": "hello", "protocol": protocol.PROTOCOL_VERSION},
+    ):
         yield protocol.encode_header(h, [])
 
 
@@ -465,7 +469,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
         frame = _mutate_frame(_pick(rng, seeds), rng)
         with server.address.connect(2.0) as sock:
             if i % 4:
-                send_message(sock, {"type": "hello", "protocol": 1})
+                send_message(sock, {"type": "hello", "protocol": protocol.PROTOCOL_VERSION})
             sock.sendall(frame)
             sent += 1
             check(drain(sock))
@@ -477,7 +481,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
         job_header,
         {"type": "cancel", "job": "1"},
         {"type": "jobs"},
-        {"type": "hello", "protocol": 1},
+        {"type": "hello", "protocol": protocol.PROTOCOL_VERSION},
     ]
     for _ in range(65):
         with _session(server) as sock:

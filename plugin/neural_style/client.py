@@ -86,17 +86,23 @@ class EngineClient:
         size = sum(memoryview(b).nbytes for b in blobs)
         sock, hello = self._session(is_cancelled)
         with sock:
-            limit = hello.get("limits", {}).get("max_payload")
+            limits = hello.get("limits", {})
+            limit = limits.get("max_message")
             if isinstance(limit, int) and size > limit:
                 raise EngineError(
                     "too-large",
                     f"The images add up to {size >> 20} MiB but the engine accepts {limit >> 20} MiB "
-                    "per job. Scale the image down, or start the engine with a larger --max-payload.",
+                    "per job. Scale the image down, or start the engine with a larger --max-message.",
                 )
+            chunk = protocol.CHUNK_SIZE
+            if isinstance(limits.get("max_payload"), int) and limits["max_payload"] > 0:
+                chunk = min(chunk, limits["max_payload"])
             try:
-                protocol.send_message(sock, header, blobs, self.silence_timeout)
+                protocol.send_message(
+                    sock, header, blobs, self.silence_timeout, chunk, _Meter(on_progress, is_cancelled)
+                )
             except (ConnectionClosed, TimeoutError):
-                raise self._died() from None
+                raise _refusal(sock) or self._died() from None
             return self._wait_for_result(sock, job, on_progress, is_cancelled)
 
     # --- Sessions --------------------------------------------------------------------------------
@@ -268,7 +274,14 @@ class EngineClient:
         while True:
             try:
                 check()
-                message = protocol.read_message(sock, protocol.CLIENT_LIMITS, self.silence_timeout, check)
+                message = protocol.read_message(
+                    sock,
+                    protocol.CLIENT_LIMITS,
+                    self.silence_timeout,
+                    check,
+                    lambda header, sizes: _check_incoming(header, sizes, job, state["job"]),
+                    _Meter(on_progress, lambda: False, receiving=True),
+                )
             except (ConnectionClosed, TimeoutError):
                 if state["cancel_sent_at"] is not None:
                     raise EngineError("cancelled", "Cancelled.") from None
@@ -294,6 +307,69 @@ class EngineClient:
             elif kind == "error" and h.get("job") in (None, state["job"]):
                 code = str(h.get("code", "error"))
                 raise EngineError(code, "Cancelled." if code == "cancelled" else str(h.get("message")))
+
+
+class _Meter:
+    """Transfer progress for `on_progress` (each whole percent), and cancellation while uploading."""
+
+    def __init__(
+        self,
+        on_progress: Callable[[float, str], None],
+        is_cancelled: Callable[[], bool],
+        receiving: bool = False,
+    ) -> None:
+        self.on_progress = on_progress
+        self.is_cancelled = is_cancelled
+        self.receiving = receiving
+        self.percent = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.is_cancelled():
+            raise EngineError("cancelled", "Cancelled.")  # the connection closes: no job was queued
+        percent = 100 * done // max(1, total)
+        if percent != self.percent:
+            self.percent = percent
+            if self.receiving:
+                self.on_progress(1.0, f"Receiving the result ({percent}% of {total >> 20} MiB)")
+            else:
+                self.on_progress(0.0, f"Sending the image to the engine ({percent}% of {total >> 20} MiB)")
+
+
+PREVIEW_BYTES = 1 << 20  # progress previews are at most 256 px u8 RGB: far below this
+
+
+def _check_incoming(header: dict[str, Any], sizes: list[int], job: StylizeJob, job_id: Any) -> None:
+    """Before the client allocates a message's images: a result must be the layer's size and format."""
+    total = sum(sizes)
+    if header.get("type") == "result" and header.get("job") == job_id:
+        image, c = header.get("image"), job.content
+        expected = {"width": c.width, "height": c.height, "channels": c.channels, "dtype": c.dtype}
+        if (
+            not isinstance(image, dict)
+            or any(image.get(k) != v for k, v in expected.items())
+            or total != c.nbytes
+        ):
+            raise ProtocolError("bad-frame", "the result does not match the layer's size or format")
+    elif total > PREVIEW_BYTES:
+        raise ProtocolError("too-large", f"a {header.get('type')!r} message with {total} bytes of images")
+
+
+def _refusal(sock: Any) -> EngineError | None:
+    """The engine's `error` reply, when it closed the connection on us while we were sending."""
+    deadline = time.monotonic() + 1.0
+
+    def on_idle() -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+
+    try:
+        header = protocol.read_message(sock, protocol.HEADER_ONLY_LIMITS, 1.0, on_idle).header
+    except (ConnectionClosed, ProtocolError, TimeoutError, OSError):
+        return None
+    if header.get("type") != "error":
+        return None
+    code = str(header.get("code", "error"))
+    return EngineError(code, f"The engine refused the job: {header.get('message')}")
 
 
 def _result_image(message: protocol.Message, job: StylizeJob) -> RawImage:
