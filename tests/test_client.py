@@ -178,3 +178,109 @@ def test_the_client_uses_only_the_standard_library() -> None:
         for alias in node.names
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__", "protocol"}, imported
+
+
+# --- Large layers in chunks ----------------------------------------------------------------------
+
+
+def _echo_server(make_server: Callable[..., Server], calls: list[int] | None = None, **limits: Any) -> Server:
+    """A real server whose runner hands the content back: what is tested is the transport."""
+    from engine.protocol import Limits
+
+    def echo(job: Any, progress: Any, cancel: Any, cache: Any) -> Any:
+        if calls is not None:
+            calls.append(1)
+        return job.content
+
+    return make_server(runner=echo, capabilities=lambda: {"methods": {"echo": {}}}, limits=Limits(**limits))
+
+
+def _layer(width: int, height: int, channels: int = 4, dtype: str = "u8", data: Any = None) -> Any:
+    P = plugin_protocol
+    size = width * height * channels * P.DTYPE_SIZES[dtype]
+    content = P.RawImage(width, height, channels, dtype, os.urandom(size) if data is None else data)
+    return P.StylizeJob("echo", {"device": "cpu"}, content)
+
+
+def test_a_layer_larger_than_a_chunk_goes_and_comes_back_in_chunks(
+    make_server: Callable[..., Server],
+) -> None:
+    server = _echo_server(make_server, max_payload=4096, chunk_size=4096)
+    job = _layer(64, 48, 4, "u16")  # 24 KiB: six 4 KiB chunks each way, each over max_payload alone
+    progress = Progress()
+    result = EngineClient(NO_CONFIG, endpoint=str(server.address)).stylize(job, progress, lambda: False)
+    assert (result.width, result.height, result.channels, result.dtype) == (64, 48, 4, "u16")
+    assert bytes(result.data) == job.content.data
+    sending = [m for f, m in progress.calls if m.startswith("Sending")]
+    receiving = [m for f, m in progress.calls if m.startswith("Receiving")]
+    assert len(sending) == 6 and sending[-1].startswith("Sending the image to the engine (100%")
+    assert len(receiving) == 6 and receiving[-1].startswith("Receiving the result (100%")
+    assert all(f == 0.0 for f, m in progress.calls if m.startswith("Sending"))
+
+
+def test_client_and_engine_each_hold_one_copy_of_a_64_mib_layer(make_server: Callable[..., Server]) -> None:
+    """Plug-in client and engine in one process, 1 MiB chunks: the traced peak over a whole job (the
+    layer itself was allocated before tracing started) is the engine's received copy plus the
+    client's received result, and small change: one copy per side, no more."""
+    import tracemalloc
+
+    size = 64 << 20
+    server = _echo_server(make_server, max_payload=1 << 20, chunk_size=1 << 20)
+    job = _layer(4096, 4096, 4, "u8", bytearray(os.urandom(1 << 20)) * 64)
+    engine = EngineClient(NO_CONFIG, endpoint=str(server.address))
+    engine.hello()
+    tracemalloc.start()
+    try:
+        result = engine.stylize(job, lambda f, m: None, lambda: False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.data == job.content.data
+    print(f"traced peak {peak / size:.3f} x the layer ({peak >> 20} MiB)")
+    assert peak < 2 * size + (4 << 20), f"peak {peak >> 20} MiB for a {size >> 20} MiB layer"
+
+
+def test_cancelling_during_the_upload_queues_nothing(make_server: Callable[..., Server]) -> None:
+    calls: list[int] = []
+    server = _echo_server(make_server, calls, max_payload=4096, chunk_size=4096)
+    job = _layer(256, 256)  # 256 KiB: 64 chunks
+    progress = Progress()
+
+    def cancelled() -> bool:
+        return any(m.startswith("Sending") for _, m in progress.calls)
+
+    engine = EngineClient(NO_CONFIG, endpoint=str(server.address))
+    with pytest.raises(EngineError) as info:
+        engine.stylize(job, progress, cancelled)
+    assert info.value.code == "cancelled"
+    assert len([m for _, m in progress.calls if m.startswith("Sending")]) == 1  # stopped after one chunk
+    assert engine.stylize(job, Progress(), lambda: False).data == job.content.data  # still serving
+    assert calls == [1]  # the cancelled upload never became a job
+
+
+def test_a_job_the_engine_refuses_mid_upload_is_reported_as_refused(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _echo_server(make_server, max_payload=4096, max_side=100)
+    with pytest.raises(EngineError) as info:  # refused and skipped: the connection stays usable
+        EngineClient(NO_CONFIG, endpoint=str(server.address)).stylize(
+            _layer(128, 8), Progress(), lambda: False
+        )
+    assert info.value.code == "bad-request" and "width" in info.value.message
+
+    # An engine that does not announce its max_message (so the client cannot check first) closes
+    # the connection in the middle of the upload: the client says why, not "engine-died".
+    server = _echo_server(make_server, max_payload=1 << 16, max_message=1 << 20)
+    announced = server.hello_reply
+
+    def without_max_message() -> dict[str, Any]:
+        reply = announced()
+        del reply["limits"]["max_message"]
+        return reply
+
+    monkeypatch.setattr(server, "hello_reply", without_max_message)
+    with pytest.raises(EngineError) as info:
+        EngineClient(NO_CONFIG, endpoint=str(server.address)).stylize(
+            _layer(1024, 1024), Progress(), lambda: False
+        )
+    assert info.value.code == "too-large" and "limit 1048576" in info.value.message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import stat
@@ -511,3 +513,259 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
         last, last_blobs = _events(sock, _final)[-1]
         assert last["type"] == "result"
         assert bytes(last_blobs[0]) == _job(TINY, 7).content.data
+
+
+# --- Chunked messages ----------------------------------------------------------------------------
+
+STREAM_LIMITS = protocol.Limits(max_payload=1024, max_message=64 << 10, max_side=256, chunk_size=1024)
+
+
+def _echo(job: StylizeJob, progress: Any, cancel: Any, cache: Any) -> RawImage:
+    """A runner that hands the content straight back: what is tested is the transport."""
+    return job.content
+
+
+def _echo_server(make_server: Callable[..., Server], **config: Any) -> Server:
+    config.setdefault("limits", STREAM_LIMITS)
+    return make_server(runner=_echo, capabilities=lambda: {"methods": {"echo": {}}}, **config)
+
+
+def _stream_job(seed: int = 0, side: int = 64) -> StylizeJob:
+    """A 64x32 RGBA u8 content (8 KiB, eight 1 KiB chunks) with a selection and a style image."""
+    content = _pixels(side, side // 2, 4, seed)
+    selection = RawImage(side, side // 2, 1, "u8", bytes(range(256)) * (side * side // 2 // 256))
+    return StylizeJob(
+        "echo", {"device": "cpu"}, content, [StyleRef(image=_pixels(16, 8, 3, seed))], selection
+    )
+
+
+def _stream_frames(job: StylizeJob, chunk: int = 1024, ref: Any = None) -> list[bytes]:
+    """The frames of a chunked `stylize`: its header frame, then one frame per chunk (with its bytes)."""
+    header, blobs = job_message(job)
+    if ref is not None:
+        header["ref"] = ref
+    frames = [protocol.encode_header(header, blobs, chunked=True)]
+    for index, blob in enumerate(blobs):
+        data = bytes(blob)
+        for offset in range(0, len(data), chunk):
+            piece = data[offset : offset + chunk]
+            frames.append(protocol.encode_chunk(index, offset, len(piece)) + piece)
+    return frames
+
+
+def test_a_job_larger_than_a_chunk_streams_both_ways(make_server: Callable[..., Server]) -> None:
+    server = _echo_server(make_server)
+    with _session(server) as sock:
+        job = _stream_job(1)
+        header, blobs = job_message(job)
+        sent: list[int] = []
+        send_message(sock, dict(header, ref=1), blobs, 5.0, 1000, lambda n, total: sent.append(n))
+        assert len(sent) == 1 + 9 + 3 and sent[-1] == 384 + 8192 + 2048  # style, content, selection
+        received: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 30
+        while True:
+            msg = read_message(sock, STREAM_LIMITS, 5.0, on_chunk=lambda n, t: received.append((n, t)))
+            assert time.monotonic() < deadline and msg.header["type"] != "error", msg.header
+            if msg.header["type"] == "result":
+                break
+        assert msg.header["chunked"] is True and received[-1] == (8192, 8192) and len(received) == 8
+        image = protocol.parse_image(msg.header["image"], msg.blobs, STREAM_LIMITS, "image")
+        assert (image.width, image.height, image.channels) == (64, 32, 4) and image.data == job.content.data
+
+
+def _stream_cases() -> list[tuple[str, Callable[[list[bytes]], list[bytes]], str]]:
+    def reorder(f: list[bytes]) -> list[bytes]:
+        return [f[0], f[2], f[1], *f[3:]]
+
+    def overlap(f: list[bytes]) -> list[bytes]:
+        return [*f[:3], f[2], *f[3:]]
+
+    def gap(f: list[bytes]) -> list[bytes]:
+        return [f[0], f[1], *f[3:]]
+
+    def ends_early(f: list[bytes]) -> list[bytes]:
+        return [*f[:4], protocol.encode_header({"type": "jobs"}, [])]
+
+    def too_many(f: list[bytes]) -> list[bytes]:
+        return [*f, protocol.encode_chunk(0, 8192, 4) + b"more"]
+
+    def too_long(f: list[bytes]) -> list[bytes]:
+        return [f[0], protocol.encode_chunk(0, 0, 8193) + bytes(8193)]  # and over max_payload
+
+    def past_the_blob(f: list[bytes]) -> list[bytes]:
+        return [*f[:8], protocol.encode_chunk(0, 7168, 1000) + bytes(1000)]  # 24 bytes too many
+
+    def too_large_in_all(f: list[bytes]) -> list[bytes]:
+        return [protocol.encode_header({"type": "stylize", "ref": 1}, [bytes(65537)], chunked=True), *f[1:]]
+
+    return [
+        ("chunks out of order", reorder, "bad-frame"),
+        ("a chunk sent twice (overlap)", overlap, "bad-frame"),
+        ("a chunk missing", gap, "bad-frame"),
+        ("the message ends early", ends_early, "bad-frame"),
+        ("too many chunks", too_many, "bad-frame"),
+        ("a chunk over max_payload", too_long, "too-large"),
+        ("a chunk past its blob's end", past_the_blob, "bad-frame"),
+        ("over max_message before any allocation", too_large_in_all, "too-large"),
+    ]
+
+
+@pytest.mark.parametrize(("case", "mutate", "code"), _stream_cases(), ids=[c[0] for c in _stream_cases()])
+def test_a_broken_chunk_stream_is_refused_and_others_are_served(
+    make_server: Callable[..., Server], case: str, mutate: Callable[[list[bytes]], list[bytes]], code: str
+) -> None:
+    server = _echo_server(make_server)
+    with _session(server) as other, _session(server) as sock:
+        with contextlib.suppress(OSError):  # the server may hang up before it has read everything
+            sock.sendall(b"".join(mutate(_stream_frames(_stream_job()))))
+        events = _events(sock, lambda h: h["type"] == "error" and "job" not in h, timeout=10)
+        error = events[-1][0]
+        assert error["code"] == code and "ref" not in error, (case, error)
+        sock.settimeout(3.0)
+        with pytest.raises((ConnectionClosed, ProtocolError, OSError)):
+            read_message(sock, CLIENT_LIMITS, 3.0)  # the connection is closed: the stream was broken
+        # A client that was connected all along is served as if nothing happened.
+        job = _stream_job(5)
+        header, blobs = job_message(job)
+        send_message(other, header, blobs, 5.0, 1024)
+        last, last_blobs = _events(other, _final)[-1]
+        assert last["type"] == "result" and bytes(last_blobs[0]) == job.content.data
+
+
+def test_a_client_stalling_mid_stream_times_out_while_another_is_served(
+    make_server: Callable[..., Server],
+) -> None:
+    server = _echo_server(make_server, stall_timeout=0.5)
+    with _session(server) as stalled, _session(server) as other:
+        frames = _stream_frames(_stream_job())
+        stalled.sendall(b"".join(frames[:3]))
+        started = time.monotonic()
+        job = _stream_job(2)
+        header, blobs = job_message(job)
+        send_message(other, header, blobs, 5.0, 1024)
+        assert _events(other, _final)[-1][0]["type"] == "result"
+        stalled.settimeout(5.0)
+        error = read_message(stalled, CLIENT_LIMITS, 5.0).header
+        assert error["code"] == "timeout" and 0.5 <= time.monotonic() - started < 3.0
+        assert "middle of a message" in error["message"]
+
+
+def test_a_refused_streamed_job_is_skipped_and_the_connection_goes_on(
+    make_server: Callable[..., Server],
+) -> None:
+    server = _echo_server(make_server)
+    wide = StylizeJob("echo", {"device": "cpu"}, _pixels(512, 4, 4, 0))  # over max_side, within max_message
+    with _session(server) as sock:
+        for bad, why in ((wide, "width"), (StylizeJob("echo", [], _stream_job().content), "params")):  # type: ignore[arg-type]
+            header, blobs = job_message(bad)
+            send_message(sock, dict(header, ref="bad"), blobs, 5.0, 1024)
+            error = _events(sock, lambda h: True)[0][0]
+            assert (error["type"], error["code"], error["ref"]) == ("error", "bad-request", "bad"), error
+            assert why in error["message"]
+        send_message(sock, {"type": "jobs"}, [bytes(3000)], 5.0, 1024)  # images where none go
+        error = _events(sock, lambda h: True)[0][0]
+        assert error["code"] == "bad-request" and "Only `stylize`" in error["message"]
+        job = _stream_job(3)
+        header, blobs = job_message(job)
+        send_message(sock, header, blobs, 5.0, 1024)
+        last, last_blobs = _events(sock, _final)[-1]
+        assert last["type"] == "result" and bytes(last_blobs[0]) == job.content.data
+
+
+def _mutate_stream(frames: list[bytes], rng: np.random.Generator) -> bytes:
+    """Damage a chunked message at the level of its frames."""
+    f = list(frames)
+    kind = int(rng.integers(10))
+    i = int(rng.integers(1, len(f)))
+    if kind == 0:  # a frame dropped
+        del f[i]
+    elif kind == 1:  # a frame repeated
+        f.insert(i, f[i])
+    elif kind == 2:  # two frames swapped
+        j = int(rng.integers(1, len(f)))
+        f[i], f[j] = f[j], f[i]
+    elif kind == 3:  # a chunk's blob or offset changed (its declared size and bytes kept)
+        payload = f[i][16 + int.from_bytes(f[i][4:8], "big") :]
+        blob = _pick(rng, [0, 1, 2, 3, 64, -1, 2**63])
+        offset = _pick(rng, [0, 1, 1023, 1024, 8191, 8192, 2**40, -5])
+        f[i] = protocol.encode_chunk(blob, offset, len(payload)) + payload
+    elif kind == 4:  # a chunk's declared size changed
+        frame = bytearray(f[i])
+        frame[8:16] = _pick(rng, [0, 1, 1023, 1025, 2**20, 2**64 - 1]).to_bytes(8, "big")
+        f[i] = bytes(frame)
+    elif kind == 5:  # a chunk's payload cut short or padded
+        f[i] = (
+            f[i][: -int(rng.integers(1, 50))]
+            if rng.random() < 0.5
+            else f[i] + rng.bytes(int(rng.integers(1, 50)))
+        )
+    elif kind == 6:  # bytes flipped in a chunk's header
+        frame = bytearray(f[i])
+        for pos in rng.integers(16, 16 + int.from_bytes(frame[4:8], "big"), int(rng.integers(1, 4))):
+            frame[pos] = _pick(rng, list(b'{}[]",:0-.9tfx\x00\xff'))
+        f[i] = bytes(frame)
+    elif kind == 7:  # the header frame's `blobs` or `chunked` damaged
+        f[0] = _pick(
+            rng, [f[0].replace(b'"chunked":true', b'"chunked":false'), f[0].replace(b"8192", b"8193")]
+        )
+    elif kind == 8:  # another message inside the stream
+        f.insert(i, protocol.encode_header(_pick(rng, [{"type": "jobs"}, {"type": "chunk"}]), []))
+    else:  # cut off anywhere
+        return b"".join(f)[: int(rng.integers(1, sum(map(len, f))))]
+    return b"".join(f)
+
+
+def test_fuzz_chunk_streams(make_server: Callable[..., Server]) -> None:
+    """1000 damaged chunk streams: each gets at most an error (never `internal`) or is cut off, and
+    the server still serves a streamed job correctly afterwards."""
+    server = _echo_server(make_server, stall_timeout=0.5)
+    rng = np.random.default_rng(4321)
+    frames = _stream_frames(_stream_job(), ref="r")
+    seen: set[str] = set()
+    for _ in range(1000):
+        stream = _mutate_stream(frames, rng)
+        with _session(server) as sock:
+            with contextlib.suppress(OSError):
+                sock.sendall(stream)
+                sock.shutdown(socket.SHUT_WR)
+            while True:
+                try:
+                    h = read_message(sock, CLIENT_LIMITS, 5.0).header
+                except (ConnectionClosed, ProtocolError):
+                    break
+                assert h["type"] in {"error", "accepted", "progress", "result", "jobs"}, h
+                assert h.get("code") != "internal", h
+                seen.add(h.get("code", h["type"]))
+    assert {"bad-frame", "too-large", "bad-request", "result"} <= seen, seen
+    with _session(server) as sock:
+        job = _stream_job(9)
+        header, blobs = job_message(job)
+        send_message(sock, header, blobs, 5.0, 1024)
+        last, last_blobs = _events(sock, _final)[-1]
+        assert last["type"] == "result" and bytes(last_blobs[0]) == job.content.data
+
+
+def test_an_image_over_max_side_is_refused_before_its_memory_is_allocated(
+    make_server: Callable[..., Server],
+) -> None:
+    """A 16 TiB content within a (silly) max_message: an engine that allocated before checking the
+    header would fail with out-of-memory; this one answers bad-request and keeps the connection."""
+    server = _echo_server(make_server, limits=protocol.Limits(max_message=1 << 46, max_side=256))
+    content = {"width": 1 << 22, "height": 1 << 20, "channels": 4, "dtype": "u8", "blob": 0}
+    header = {
+        "type": "stylize",
+        "ref": 7,
+        "method": "echo",
+        "params": {},
+        "content": content,
+        "blobs": [1 << 44],
+    }
+    with _session(server) as sock:
+        sock.sendall(_raw_header(dict(header, chunked=True)))
+        error = _events(sock, lambda h: True)[0][0]
+        assert (error["code"], error["ref"]) == ("bad-request", 7) and "content.width" in error["message"]
+
+
+def _raw_header(header: dict[str, Any]) -> bytes:
+    text = json.dumps(header).encode()
+    return protocol.PREFIX.pack(protocol.MAGIC, len(text), 0) + text
