@@ -266,6 +266,11 @@ def _ping(args: argparse.Namespace) -> int:
     if isinstance(caps, dict):
         print(f"  methods: {', '.join(caps.get('methods') or []) or '-'}")
         print(f"  devices: {', '.join(caps.get('devices') or []) or '-'}")
+    limits = hello.get("limits")
+    if isinstance(limits, dict) and all(isinstance(limits.get(k), int) for k in ("max_message", "max_side")):
+        print(
+            f"  limits: {limits['max_message'] >> 20} MiB of images per job, {limits['max_side']} px a side"
+        )
     return 0
 
 

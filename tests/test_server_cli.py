@@ -39,7 +39,10 @@ def test_token_file_is_private(nst_env: dict[str, str]) -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and locks")
 def test_serve_tcp_then_ping_jobs_refuse_a_second_engine_and_stop(nst_env: dict[str, str]) -> None:
     engine = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--listen", "127.0.0.1:0", "--idle-timeout", "120"],
+        [
+            *(sys.executable, "-m", "engine", "serve", "--listen", "127.0.0.1:0", "--idle-timeout", "120"),
+            *("--max-message", "512M", "--max-side", "20000", "--max-payload", "8M", "--chunk-size", "4M"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -51,6 +54,7 @@ def test_serve_tcp_then_ping_jobs_refuse_a_second_engine_and_stop(nst_env: dict[
             assert time.monotonic() < deadline, ping.stderr
             time.sleep(0.2)
         assert f"pid {engine.pid}" in ping.stdout and "tcp:127.0.0.1:" in ping.stdout
+        assert "limits: 512 MiB of images per job, 20000 px a side" in ping.stdout
         assert stat.S_IMODE((Path(nst_env["NST_HOME"]) / "token").stat().st_mode) == 0o600
 
         assert _nst("jobs").stdout.strip() == "no jobs"
