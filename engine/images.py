@@ -6,6 +6,7 @@ a 16-bit grey GIMP layer with alpha is undone here and redone on the way out.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from engine.errors import UserError
 from engine.protocol import RawImage
 
 MAX_SIDE = 32768
+BAND_ROWS = 256
 _DTYPES: dict[str, tuple[np.dtype, float]] = {
     "u8": (np.dtype("<u1"), 255.0),
     "u16": (np.dtype("<u2"), 65535.0),
@@ -70,23 +72,75 @@ def save_image(path: str | Path, image: np.ndarray, bits: int = 8) -> None:
         raise UserError("bad-output", f"cannot write {path}: {exc}") from None
 
 
+def bands(height: int, rows: int = BAND_ROWS) -> Iterator[slice]:
+    """Row ranges covering an image: full-size work done a band at a time needs no full-size
+    temporaries (an 8192x8192 float32 RGB copy is 805 MB)."""
+    for top in range(0, height, rows):
+        yield slice(top, min(top + rows, height))
+
+
+def _pixels(raw: RawImage) -> np.ndarray:
+    """The raw bytes as an HxWxC array of their own dtype, without a copy."""
+    dtype, _ = _DTYPES[raw.dtype]
+    flat = np.frombuffer(raw.data, dtype=dtype, count=raw.width * raw.height * raw.channels)
+    return flat.reshape(raw.height, raw.width, raw.channels)
+
+
+def _to_float(pixels: np.ndarray, out: np.ndarray, dtype: str) -> None:
+    """Scale integer pixels to 0..1 into `out`; NaN and infinities of float layers become 0 and 1."""
+    np.divide(pixels, _DTYPES[dtype][1], out=out, dtype=np.float32, casting="unsafe")
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+
+
 def from_raw(raw: RawImage) -> np.ndarray:
     """Raw layer bytes to HxWxC float32 0..1 (a copy: the caller's buffer is never touched)."""
-    dtype, scale = _DTYPES[raw.dtype]
-    flat = np.frombuffer(raw.data, dtype=dtype, count=raw.width * raw.height * raw.channels)
-    pixels = flat.reshape(raw.height, raw.width, raw.channels).astype(np.float32)
-    if scale != 1.0:
-        pixels /= scale
-    return np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
+    pixels = _pixels(raw)
+    out = np.empty(pixels.shape, np.float32)
+    for rows in bands(raw.height):
+        _to_float(pixels[rows], out[rows], raw.dtype)
+    return out
+
+
+def rgb_from_raw(raw: RawImage) -> tuple[np.ndarray, np.ndarray | None]:
+    """`split_alpha(from_raw(raw))` in one band-wise pass: only the RGB and alpha arrays are made."""
+    pixels = _pixels(raw)
+    rgb = np.empty((raw.height, raw.width, 3), np.float32)
+    alpha = np.empty((raw.height, raw.width), np.float32) if raw.channels in (2, 4) else None
+    colour = 3 if raw.channels >= 3 else 1
+    for rows in bands(raw.height):
+        _to_float(pixels[rows, :, :colour], rgb[rows, :, :colour], raw.dtype)
+        if colour == 1:
+            rgb[rows, :, 1:] = rgb[rows, :, :1]
+        if alpha is not None:
+            _to_float(pixels[rows, :, -1], alpha[rows], raw.dtype)
+    return rgb, alpha
 
 
 def to_raw(image: np.ndarray, dtype: str) -> RawImage:
     """HxWxC float32 0..1 to raw bytes of the given dtype, rounding to nearest."""
-    np_dtype, scale = _DTYPES[dtype]
-    clipped = image.clip(0.0, 1.0)
-    data = clipped.astype(np_dtype) if scale == 1.0 else (clipped * scale + 0.5).astype(np_dtype)
     height, width, channels = image.shape
-    return RawImage(width=width, height=height, channels=channels, dtype=dtype, data=data.tobytes())
+    return _encode(lambda rows: image[rows], height, width, channels, dtype)
+
+
+def rgb_to_raw(rgb: np.ndarray, alpha: np.ndarray | None, channels: int, dtype: str) -> RawImage:
+    """`to_raw(merge_alpha(rgb, alpha, channels), dtype)` a band at a time, into one buffer."""
+    height, width = rgb.shape[:2]
+    return _encode(
+        lambda rows: merge_alpha(rgb[rows], None if alpha is None else alpha[rows], channels),
+        height, width, channels, dtype,
+    )  # fmt: skip
+
+
+def _encode(
+    band_of: Callable[[slice], np.ndarray], height: int, width: int, channels: int, dtype: str
+) -> RawImage:
+    np_dtype, scale = _DTYPES[dtype]
+    data = bytearray(height * width * channels * np_dtype.itemsize)
+    out = np.frombuffer(data, dtype=np_dtype).reshape(height, width, channels)
+    for rows in bands(height):
+        clipped = band_of(rows).clip(0.0, 1.0)
+        out[rows] = clipped if scale == 1.0 else clipped * scale + 0.5  # the cast truncates: rounding
+    return RawImage(width=width, height=height, channels=channels, dtype=dtype, data=data)
 
 
 def split_alpha(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

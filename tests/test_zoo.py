@@ -458,11 +458,13 @@ def test_bad_settings_are_refused(method, settings: dict) -> None:
 
 def test_defaults() -> None:
     assert JOHNSON.parse_params({}) == {
-        "model": "candy", "strength": 1.0, "preserve_colors": False, "size": None, "precision": "auto"
+        "model": "candy", "strength": 1.0, "preserve_colors": False, "size": None, "precision": "auto",
+        "tile": None,
     }  # fmt: skip
     assert CYCLEGAN.parse_params({})["model"] == "style_monet"
     assert ADAIN.parse_params({"preserve_colors": True}) == {
-        "alpha": 1.0, "style_size": 512, "preserve_colors": "luminance", "size": None, "precision": "auto"
+        "alpha": 1.0, "style_size": 512, "preserve_colors": "luminance", "size": None, "precision": "auto",
+        "tile": None,
     }  # fmt: skip
 
 

@@ -13,30 +13,35 @@ and a trained decoder turns them back into an image. Follows naoto0804/pytorch-A
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine import images, masks, params, weights
-from engine.colors import luminance_transfer, match_color_histogram
+from engine import images, masks, params, tiling, weights
+from engine.colors import match_color_histogram
 from engine.errors import UserError
-from engine.methods.base import Guide, PreparedJob, Progress, RunContext, Style
+from engine.methods.base import Footprint, PreparedJob, Progress, RunContext, StyleSource
 from engine.nets.adain_nets import ConvStack, load_decoder, load_encoder
 from engine.nets.inference import (
     MIN_SIDE,
+    NetCost,
+    finish,
     pad_to_multiple,
     parse_common,
     precision_scope,
+    tile_progress,
     to_image,
     to_tensor,
     work_size,
 )
 
-PARAMS = ("alpha", "size", "style_size", "precision", "preserve_colors")
+PARAMS = ("alpha", "size", "style_size", "precision", "preserve_colors", "tile")
 DEFAULT_STYLE_SIZE = 512  # upstream test.py: the style's shorter side is resized to 512
 EPS = 1e-5  # upstream calc_mean_std: added to the (unbiased) variance
+# The encoder pools three times, so sides and tile offsets are multiples of 8. Receptive-field
+# radius 67 px: encoder convs 2 + 4 + 16 + 8 and pools 1 + 2 + 4 px, decoder convs 8 + 16 + 4 + 2 px.
+COST = NetCost(multiple=8, halo=72, bytes_per_pixel=1000, fixed_bytes=30 << 20)
 
 
 class AdaINMethod:
@@ -61,6 +66,9 @@ class AdaINMethod:
             **parse_common(raw),
         }
 
+    def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
+        return COST.footprint(work_size(size, p["size"]))
+
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         p = job.params
         device = str(ctx.device)
@@ -71,42 +79,59 @@ class AdaINMethod:
         decoder = ctx.cache.get(
             ("adain", "decoder", device), lambda: load_decoder(weights.require("adain_decoder"), ctx.device)
         )
-        content = images.resize(job.content, work_size(job.content, p["size"]))
-        height, width = content.shape[:2]
+        content = images.resize(job.content, work_size(job.content.shape[:2], p["size"]))
         styles = [s.image for s in job.styles]
         if p["preserve_colors"] == "histogram":  # upstream's --preserve_color recolours the style (coral)
             styles = [match_color_histogram(s, content) for s in styles]
-        total = sum(s.weight for s in job.styles)
 
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.2, "stylize", "stylising"))
         with precision_scope(ctx.device, p["precision"]):
-            content_feat = encoder(pad_to_multiple(to_tensor(content, ctx.device), 8))
 
-            def stats_of(style: np.ndarray, mask: np.ndarray | None = None) -> torch.Tensor:
+            def stats_of(index: int, mask: np.ndarray | None) -> torch.Tensor:
                 ctx.cancel.raise_if_cancelled()
-                key = (_digest(style), None if mask is None else _digest(mask), p["style_size"])
+                key = (_digest(styles[index]), None if mask is None else _digest(mask), p["style_size"])
                 return ctx.cache.get(
                     ("adain", "style-stats", *key, device, p["precision"]),
-                    lambda: _style_stats(encoder, style, p["style_size"], ctx.device, mask),
+                    lambda: _style_stats(encoder, styles[index], p["style_size"], ctx.device, mask),
                 )
 
-            if job.guides:
-                feat = _guided_adain(
-                    content_feat, content.shape[:2], job.guides, styles, job.styles, stats_of, p
-                )
+            def mix(sources: list[StyleSource]) -> torch.Tensor:
+                share = sum(s.weight for s in sources)
+                return sum(stats_of(s.index, s.mask) * (s.weight / share) for s in sources)
+
+            if job.guides:  # regions and semantic maps: each soft region takes its own styles
+                targets = [mix(g.sources) for g in job.guides]
+                regions = [images.resize(g.mask[..., None], content.shape[:2])[..., 0] for g in job.guides]
             else:
-                target = torch.zeros(2, content_feat.shape[1], device=ctx.device)
-                for style, entry in zip(styles, job.styles, strict=True):
-                    target += stats_of(style) * (entry.weight / total)
-                feat = adain(content_feat, target[0], target[1], p["alpha"])
-            result = to_image(decoder(feat)[..., :height, :width].clamp_(0.0, 1.0))
+                targets = [mix([StyleSource(i, s.weight) for i, s in enumerate(job.styles)])]
+                regions = []
+            transfer = _Transfer(encoder, decoder, targets, p["alpha"], ctx.device)
+            tiles = ctx.plan.tiles() if ctx.plan is not None else []
+            if not tiles:
+                result = transfer(content, regions, transfer.content_stats(content, regions))
+            else:  # every tile takes the content statistics of the downscaled whole image
+                small_size = images.fit_long_side(*content.shape[:2], ctx.plan.stats_side)
+                small_regions = [images.resize(r[..., None], small_size)[..., 0] for r in regions]
+                stats = transfer.content_stats(images.resize(content, small_size), small_regions)
+
+                def one_tile(pixels: np.ndarray, tile: tiling.Tile) -> np.ndarray:
+                    rows, cols = (
+                        slice(tile.rows.start, tile.rows.stop),
+                        slice(tile.cols.start, tile.cols.stop),
+                    )
+                    return transfer(pixels, [r[rows, cols] for r in regions], stats)
+
+                on_tile = tile_progress(ctx, len(tiles), 0.25, 0.95)
+                result = tiling.run_tiled(one_tile, content, tiles, on_tile)
         result = images.resize(result, job.content.shape[:2])
         if job.guides:  # the decoder only approximates the content: unstyled pixels keep the original
             result = masks.blend(result, job.content, job.guides)
-        if p["preserve_colors"] == "luminance":
-            result = luminance_transfer(result, job.content)
-        return result
+        luminance = p["preserve_colors"] == "luminance"
+        return finish(result, job.content, {"strength": 1.0, "preserve_colors": luminance})
+
+
+Stats = list[tuple[torch.Tensor, torch.Tensor]]  # (mean, std) of the content features, per region
 
 
 def mean_std(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,48 +141,89 @@ def mean_std(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def adain(
-    content_feat: torch.Tensor, style_mean: torch.Tensor, style_std: torch.Tensor, alpha: float
+    content_feat: torch.Tensor,
+    style_mean: torch.Tensor,
+    style_std: torch.Tensor,
+    alpha: float,
+    content_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """alpha * AdaIN(content, style) + (1 - alpha) * content, as one per-channel scale and shift."""
-    mean, std = mean_std(content_feat)
-    ratio = style_std / std
-    scale = alpha * ratio + (1.0 - alpha)
-    shift = alpha * (style_mean - mean * ratio)
+    """alpha * AdaIN(content, style) + (1 - alpha) * content, as one per-channel scale and shift.
+
+    `content_stats` (mean, std) replace the features' own, e.g. the whole image's for a tile.
+    """
+    scale, shift = _affine(content_stats or mean_std(content_feat), style_mean, style_std, alpha)
     dtype = content_feat.dtype
     return torch.addcmul(shift.to(dtype)[:, None, None], content_feat, scale.to(dtype)[:, None, None])
 
 
-def _guided_adain(
-    content_feat: torch.Tensor,
-    work: tuple[int, int],
-    guides: list[Guide],
-    styles: list[np.ndarray],
-    entries: list[Style],
-    stats_of: Callable[..., torch.Tensor],
-    p: dict[str, Any],
-) -> torch.Tensor:
-    """AdaIN per guide: each soft region's own feature statistics take its styles' (or, under
+def _affine(
+    content: tuple[torch.Tensor, torch.Tensor],
+    style_mean: torch.Tensor,
+    style_std: torch.Tensor,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaIN towards the style's (mean, std), with the alpha blend, as one per-channel (scale, shift)
+    of the content features, whose own statistics are `content`."""
+    ratio = style_std / content[1]
+    return alpha * ratio + (1.0 - alpha), alpha * (style_mean - content[0] * ratio)
+
+
+class _Transfer:
+    """Encode, AdaIN, decode one image or tile, with the content statistics given from outside, so
+    that every tile of an image can take the same (whole-image) statistics.
+
+    With regions (guides), each soft region's content statistics take its styles' (or, under
     semantic maps, the styles' same-label) statistics; the results mix by the masks at relu4_1
-    resolution, and what no guide covers keeps the content's features."""
-    padded = pad_to_multiple(torch.zeros(1, 1, *work), 8).shape[-2:]
-    size, device = content_feat.shape[-2:], content_feat.device
-    feat_masks = []
-    for guide in guides:  # pad like the content, then average down to the feature grid
-        full = torch.zeros(1, 1, *padded)
-        full[..., : work[0], : work[1]] = torch.from_numpy(images.resize(guide.mask[..., None], work)[..., 0])
-        feat_masks.append(masks.layer_mask(full, size, device))
-    total = torch.stack(feat_masks).sum(dim=0)
-    out = content_feat.float() * (1.0 - total.clamp(max=1.0))
-    for guide, mask in zip(guides, feat_masks, strict=True):
-        share = sum(s.weight for s in guide.sources)
-        target = sum(stats_of(styles[s.index], s.mask) * (s.weight / share) for s in guide.sources)
-        mean, std = masks.masked_mean_std(content_feat, mask)
-        ratio = target[1] / std
-        scale = p["alpha"] * ratio + (1.0 - p["alpha"])
-        shift = p["alpha"] * (target[0] - mean * ratio)
-        styled = content_feat.float() * scale[:, None, None] + shift[:, None, None]
-        out = out + styled * (mask / total.clamp(min=1.0))
-    return out.to(content_feat.dtype)
+    resolution, and what no region covers keeps the content's features.
+    """
+
+    def __init__(
+        self,
+        encoder: ConvStack,
+        decoder: ConvStack,
+        targets: list[torch.Tensor],
+        alpha: float,
+        device: torch.device,
+    ) -> None:
+        self.encoder, self.decoder = encoder, decoder
+        self.targets, self.alpha, self.device = targets, alpha, device
+
+    def content_stats(self, content: np.ndarray, regions: list[np.ndarray]) -> Stats:
+        """(mean, std) of the content's relu4_1 features: of the whole image, or per region."""
+        feat = self.encoder(pad_to_multiple(to_tensor(content, self.device), 8))
+        if not regions:
+            return [mean_std(feat)]
+        return [masks.masked_mean_std(feat, m) for m in self._feature_masks(regions, feat)]
+
+    def __call__(self, content: np.ndarray, regions: list[np.ndarray], stats: Stats) -> np.ndarray:
+        height, width = content.shape[:2]
+        feat = self.encoder(pad_to_multiple(to_tensor(content, self.device), 8))
+        if not regions:
+            target = self.targets[0]
+            feat = adain(feat, target[0], target[1], self.alpha, stats[0])
+        else:
+            feat = self._guided(feat, self._feature_masks(regions, feat), stats)
+        return to_image(self.decoder(feat)[..., :height, :width].clamp_(0.0, 1.0))
+
+    def _feature_masks(self, regions: list[np.ndarray], feat: torch.Tensor) -> list[torch.Tensor]:
+        """Each HxW region padded like the content, then averaged down to the feature grid."""
+        height, width = regions[0].shape
+        padded = pad_to_multiple(torch.zeros(1, 1, height, width), 8).shape[-2:]
+        out = []
+        for region in regions:
+            full = torch.zeros(1, 1, *padded)
+            full[..., :height, :width] = torch.from_numpy(np.ascontiguousarray(region))
+            out.append(masks.layer_mask(full, feat.shape[-2:], self.device))
+        return out
+
+    def _guided(self, feat: torch.Tensor, feat_masks: list[torch.Tensor], stats: Stats) -> torch.Tensor:
+        total = torch.stack(feat_masks).sum(dim=0)
+        out = feat.float() * (1.0 - total.clamp(max=1.0))
+        for mask, content, target in zip(feat_masks, stats, self.targets, strict=True):
+            scale, shift = _affine(content, target[0], target[1], self.alpha)
+            styled = feat.float() * scale[:, None, None] + shift[:, None, None]
+            out = out + styled * (mask / total.clamp(min=1.0))
+        return out.to(feat.dtype)
 
 
 def _style_stats(

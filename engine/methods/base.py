@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from engine.cache import ModelCache
 from engine.errors import CancelToken
+
+if TYPE_CHECKING:
+    from engine.planner import Plan
 
 
 @dataclass
@@ -73,6 +76,18 @@ class RunContext:
     progress: ProgressFn
     cancel: CancelToken
     cache: ModelCache
+    plan: Plan | None = None  # how to fit the job in memory (engine/planner.py); None: one pass
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one pass of a method costs in memory, for the planner to fit jobs to the device."""
+
+    work: tuple[int, int]  # (height, width) the method runs at, for this content and these settings
+    bytes_per_pixel: float  # peak working memory of one pass on the device, per pixel of its input
+    fixed_bytes: int  # weights and whatever else does not grow with the image
+    halo: int = 0  # context a tile needs on each side, in px; 0: the method does not tile
+    align: int = 1  # tile offsets and sides must be multiples of this (the net's total stride)
 
 
 class Method(Protocol):
@@ -89,3 +104,7 @@ class Method(Protocol):
 
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         """Return the stylised HxWx3 float32 RGB image, same height and width as the content."""
+
+    # Optional: `def footprint(self, params: dict[str, Any], size: tuple[int, int]) -> Footprint`,
+    # the memory one pass at content size `size` (h, w) takes. Without it the planner cannot
+    # estimate, and the job runs as one pass; with a halo, the planner may split it into tiles.

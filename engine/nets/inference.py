@@ -1,11 +1,12 @@
 """What the feed-forward methods share around a forward pass: settings, precision, padding,
-numpy <-> tensor without copies, the work size, and the whole method for single-model nets."""
+numpy <-> tensor without copies, the work size, tiles, and the whole method for single-model nets."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +14,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import images, params, weights
+from engine import images, params, tiling, weights
 from engine.colors import luminance_transfer
-from engine.methods.base import PreparedJob, Progress, RunContext
+from engine.methods.base import Footprint, PreparedJob, Progress, RunContext
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MIN_SIDE = 16  # the deepest reflection pads need at least 2 pixels at 1/8 scale
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+@dataclass(frozen=True)
+class NetCost:
+    """What a feed-forward net costs and needs, for the planner."""
+
+    multiple: int  # the net's total down-sampling: sides (and tile offsets) must divide by it
+    halo: int  # receptive-field radius in px, rounded up to `multiple`: a tile's thrown-away context
+    bytes_per_pixel: float  # peak float32 working memory of one pass, per input pixel (measured)
+    fixed_bytes: int  # the weights
+
+    def footprint(self, work: tuple[int, int]) -> Footprint:
+        return Footprint(work, self.bytes_per_pixel, self.fixed_bytes, self.halo, self.multiple)
+
+
 def parse_common(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings every feed-forward method takes: work size and numeric precision."""
+    """The settings every feed-forward method takes: work size, numeric precision, tile side."""
     return {
         "size": params.integer(raw, "size", None, MIN_SIDE, images.MAX_SIDE),
         "precision": params.choice(raw, "precision", "auto", PRECISIONS),
+        "tile": params.integer(raw, "tile", None, MIN_SIDE, images.MAX_SIDE),
     }
 
 
@@ -65,57 +80,98 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def work_size(content: np.ndarray, size: int | None) -> tuple[int, int]:
-    """(height, width) to run at: the content's, or scaled to the requested long side."""
-    height, width = content.shape[:2]
-    return (height, width) if size is None else images.fit_long_side(height, width, size)
+def work_size(size: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """(height, width) to run at: the content's `size`, or scaled to the requested long side."""
+    return size if long_side is None else images.fit_long_side(*size, long_side)
+
+
+def run_net(
+    net: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray, device: torch.device, multiple: int
+) -> np.ndarray:
+    """One forward pass over an HxWx3 image (padded to the net's multiple, cropped back)."""
+    height, width = image.shape[:2]
+    return to_image(net(pad_to_multiple(to_tensor(image, device), multiple))[..., :height, :width])
 
 
 def stylize_feedforward(
     net: Callable[[torch.Tensor], torch.Tensor],
     content: np.ndarray,
-    device: torch.device,
+    ctx: RunContext,
     p: Mapping[str, Any],
     multiple: int,
 ) -> np.ndarray:
     """Run an image-to-image net at the work size and return a result the size of `content`.
 
-    `p` holds size, precision, strength (blend towards the content) and preserve_colors.
+    `p` holds size, precision, strength (blend towards the content) and preserve_colors. When the
+    plan says tiles, the instance norms take the statistics of a pass over the downscaled whole
+    image (engine/tiling.py), so that every tile is normalised alike.
     """
-    work = images.resize(content, work_size(content, p["size"]))
-    height, width = work.shape[:2]
-    with precision_scope(device, p["precision"]):
-        out = net(pad_to_multiple(to_tensor(work, device), multiple))[..., :height, :width]
-        result = to_image(out)
-    result = images.resize(result, content.shape[:2])
-    if p["strength"] < 1.0:
-        result = content + p["strength"] * (result - content)
-    if p["preserve_colors"]:
-        result = luminance_transfer(result, content)
+    work = images.resize(content, work_size(content.shape[:2], p["size"]))
+    tiles = ctx.plan.tiles() if ctx.plan is not None else []
+    with precision_scope(ctx.device, p["precision"]):
+        if not tiles:
+            result = run_net(net, work, ctx.device, multiple)
+        else:
+            norms = tiling.SharedNorms()
+            small = images.resize(work, images.fit_long_side(*work.shape[:2], ctx.plan.stats_side))
+            with norms.recording():
+                net(pad_to_multiple(to_tensor(small, ctx.device), multiple))
+
+            def one_tile(pixels: np.ndarray, _: tiling.Tile) -> np.ndarray:
+                with norms.replaying():
+                    return run_net(net, pixels, ctx.device, multiple)
+
+            result = tiling.run_tiled(one_tile, work, tiles, tile_progress(ctx, len(tiles), 0.15, 0.95))
+    return finish(images.resize(result, content.shape[:2]), content, p)
+
+
+def tile_progress(ctx: RunContext, count: int, start: float, end: float) -> Callable[[int], None]:
+    """A tiled run's `on_tile`: a progress message per tile, and a chance to cancel."""
+
+    def report(index: int) -> None:
+        ctx.cancel.raise_if_cancelled()
+        fraction = start + (end - start) * index / count
+        message = f"stylising tile {index + 1} of {count}"
+        ctx.progress(Progress(fraction, "stylize", message, step=index + 1, total=count))
+
+    return report
+
+
+def finish(result: np.ndarray, content: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """Strength and preserve_colors, in place and a band of rows at a time: no full-size temporaries."""
+    for rows in images.bands(result.shape[0]):
+        if p["strength"] < 1.0:
+            band = result[rows]
+            band -= content[rows]
+            band *= p["strength"]
+            band += content[rows]
+        if p["preserve_colors"]:
+            result[rows] = luminance_transfer(result[rows], content[rows])
     return result.astype(np.float32, copy=False)
 
 
 class SingleModelMethod:
     """A method whose style lives in a choice of trained image-to-image models (Johnson, CycleGAN).
 
-    Settings: model, size, precision, strength (0..1 blend towards the content), preserve_colors.
+    Settings: model, size, precision, strength (0..1 blend towards the content), preserve_colors,
+    tile (force tiles of this side).
     """
 
     needs_style = False
     guided = False  # one model, one style: regions confine the output by the feathered masks
-    PARAMS = ("model", "size", "precision", "strength", "preserve_colors")
+    PARAMS = ("model", "size", "precision", "strength", "preserve_colors", "tile")
 
     def __init__(
         self,
         name: str,
         models: tuple[str, ...],
         loader: Callable[[Path, torch.device], torch.nn.Module],
-        multiple: int,
+        cost: NetCost,
     ) -> None:
         self.name = name
         self.models = models
         self._loader = loader
-        self._multiple = multiple  # the net's total down-sampling: sides must divide by it
+        self._cost = cost
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
         return (f"{self.name}_{model}",) if model else ()
@@ -130,6 +186,9 @@ class SingleModelMethod:
             **parse_common(raw),
         }
 
+    def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
+        return self._cost.footprint(work_size(size, p["size"]))
+
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         model = job.params["model"]
         ctx.progress(Progress(0.05, "load", f"loading the {self.name} model {model}"))
@@ -139,4 +198,4 @@ class SingleModelMethod:
         )
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.1, "stylize", "stylising"))
-        return stylize_feedforward(net, job.content, ctx.device, job.params, self._multiple)
+        return stylize_feedforward(net, job.content, ctx, job.params, self._cost.multiple)

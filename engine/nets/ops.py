@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import tiling
+
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -24,8 +26,18 @@ def instance_norm_(
     CPU in float32 its out= form writes over the input: no new tensor means no fresh pages to fault
     in, which is most of the cost for big activations (4x at 64 channels x 1024 px). The caller
     must own `x` (a conv output); tests/test_zoo.py checks the aliasing stays exact.
+
+    Under `tiling.SharedNorms` (tiled inference) the statistics are the image's, not `x`'s.
     """
-    if x.shape[0] != 1:
+    shared = tiling.active_norms()
+    if shared is not None:
+        mean, var = shared.stats(x)
+        scale = torch.rsqrt(var + 1e-5)
+        if weight is not None:
+            scale = scale * weight.float()
+        shift = -mean * scale if bias is None else bias.float() - mean * scale
+        y = x.mul_(scale.to(x.dtype)[:, None, None]).add_(shift.to(x.dtype)[:, None, None])
+    elif x.shape[0] != 1:
         y = F.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
     elif x.device.type == "cpu" and x.dtype == torch.float32:
         mean, invstd = torch.empty(2, x.shape[1]).unbind()

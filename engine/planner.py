@@ -1,0 +1,167 @@
+"""Fitting a job to the memory of its device: one pass, or tiles of a size that fit.
+
+Before a job runs, the method's footprint (engine/methods/base.py `Footprint`) and the image size
+give an estimate of the peak memory; the planner compares it with what the device has free (or the
+`memory` setting allows) and picks the largest tile that fits. When memory runs out anyway, the
+pipeline asks `shrink` for the next smaller tile, and in the end for the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from engine import devices, tiling
+from engine.errors import UserError
+from engine.methods.base import Footprint, Method
+
+TILE_SIDES = (4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256)  # tried largest first
+STATS_SIDE = 1024  # long side of the pass that measures whole-image norm statistics for tiles
+FEATHER = 32  # px over which neighbouring tiles blend
+HEADROOM = 0.8  # share of the free memory a plan may count on: allocator slack, other processes
+OUTPUT_BYTES_PER_PIXEL = 12  # the float32 RGB result, held in host memory for the whole job
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a job runs: on which device, at what size, in one pass or in tiles."""
+
+    method: str
+    device: torch.device
+    work: tuple[int, int]  # (height, width) of the pass(es)
+    tile: int | None  # tile side in px, halo included; None: one pass over the whole image
+    footprint: Footprint | None  # None: the method gives no estimate
+    budget: int  # bytes the job may use on the device
+    need: int | None  # estimated peak bytes
+
+    @property
+    def stats_side(self) -> int:
+        """Long side of the statistics pass: as large as STATS_SIDE, but no larger in area than a
+        tile, so that whenever a tile fits, the statistics pass fits too."""
+        long, short = max(self.work), min(self.work)
+        tile = self.tile or long
+        return min(long, STATS_SIDE, math.floor(tile * math.sqrt(long / short)))
+
+    def tiles(self) -> list[tiling.Tile]:
+        fp = self.footprint
+        if self.tile is None or fp is None:
+            return []
+        return tiling.grid(*self.work, self.tile, fp.halo, FEATHER, fp.align)
+
+    def describe(self) -> str:
+        height, width = self.work
+        where = f"{self.method} on {self.device.type}: {width}x{height} px"
+        if self.tile is None:
+            how = "in one pass"
+        else:
+            how = (
+                f"in {len(self.tiles())} tiles of {self.tile} px (halo {self.footprint.halo} px), "
+                f"norm statistics from a {self.stats_side} px pass"
+            )
+        if self.need is None:
+            return f"{where} {how} (no memory estimate for this method)"
+        need, budget = self.need / GIB, self.budget / GIB
+        return f"{where} {how}; estimated peak {need:.2f} GiB of {budget:.2f} GiB available"
+
+
+def plan(
+    method: Method,
+    params: dict[str, Any],
+    size: tuple[int, int],
+    device: torch.device,
+    memory_limit: int | None = None,
+) -> Plan:
+    """The plan for running `method` with parsed `params` on content of `size` (h, w).
+
+    `params["tile"]`, when a method takes it, forces a tile side; `memory_limit` (bytes, for the
+    whole process) caps what the device's free memory would allow.
+    """
+    budget = _budget(device, memory_limit)
+    hook = getattr(method, "footprint", None)
+    fp: Footprint | None = hook(params, size) if hook is not None else None
+    if fp is None:
+        return Plan(method.name, device, size, None, None, budget, None)
+    forced = params.get("tile")
+    if forced is not None:
+        return _with_tile(method.name, device, fp, budget, _checked_tile(forced, fp))
+    fitted = _fit(method.name, device, fp, budget)
+    if fitted is not None:
+        return fitted
+    if device.type != "cpu":
+        return plan(method, params, size, torch.device("cpu"), memory_limit)
+    smallest = _with_tile(method.name, device, fp, budget, _tile_sides(fp)[-1])
+    raise UserError(
+        "out-of-memory",
+        f"{method.name} at {fp.work[1]}x{fp.work[0]} px needs about {smallest.need / GIB:.2f} GiB even in "
+        f"tiles of {smallest.tile} px, and {budget / GIB:.2f} GiB is available: free memory or use a "
+        "smaller --size",
+    )
+
+
+def shrink(current: Plan, memory_limit: int | None = None) -> Plan | None:
+    """The plan to retry with after running out of memory: smaller tiles, then the CPU, else None."""
+    fp = current.footprint
+    if fp is not None and fp.halo:
+        largest = current.tile or max(current.work)
+        for side in _tile_sides(fp):
+            if side < largest:
+                return _with_tile(current.method, current.device, fp, current.budget, side)
+    if current.device.type == "cpu":
+        return None
+    cpu = torch.device("cpu")
+    budget = _budget(cpu, memory_limit)
+    if fp is None:
+        return replace(current, device=cpu, budget=budget)
+    return _fit(current.method, cpu, fp, budget) or _with_tile(current.method, cpu, fp, budget, current.tile)
+
+
+def _fit(name: str, device: torch.device, fp: Footprint, budget: int) -> Plan | None:
+    """One pass if it fits (or the method cannot tile), else the largest tile that fits, else None."""
+    whole = _with_tile(name, device, fp, budget, None)
+    if whole.need <= budget or not fp.halo:
+        return whole
+    for side in _tile_sides(fp):
+        candidate = _with_tile(name, device, fp, budget, side)
+        if candidate.need <= budget:
+            return candidate
+    return None
+
+
+def _with_tile(name: str, device: torch.device, fp: Footprint, budget: int, tile: int | None) -> Plan:
+    height, width = fp.work
+    if tile is not None and tile >= max(height, width):
+        tile = None  # one tile covers the image: that is one pass
+    pixels = height * width if tile is None else tile * tile
+    need = fp.fixed_bytes + math.ceil(fp.bytes_per_pixel * pixels)
+    if device.type == "cpu":
+        need += OUTPUT_BYTES_PER_PIXEL * height * width
+    return Plan(name, device, fp.work, tile, fp, budget, need)
+
+
+def _tile_sides(fp: Footprint) -> list[int]:
+    smallest = tiling.min_tile(fp.halo, FEATHER, fp.align)
+    return [side for side in TILE_SIDES if side >= smallest and side % fp.align == 0]
+
+
+def _checked_tile(tile: int, fp: Footprint) -> int:
+    if not fp.halo:
+        raise UserError("bad-option", "setting 'tile': this method does not run in tiles")
+    smallest = tiling.min_tile(fp.halo, FEATHER, fp.align)
+    if tile < smallest:
+        raise UserError(
+            "bad-option", f"setting 'tile' must be at least {smallest} px for this method, got {tile}"
+        )
+    return tile - tile % fp.align
+
+
+def _budget(device: torch.device, memory_limit: int | None) -> int:
+    """Bytes the job may still allocate: a share of the free memory, capped by `memory_limit`
+    minus what this process already holds."""
+    budget = int(devices.free_memory(device) * HEADROOM)
+    if memory_limit is not None:
+        budget = min(budget, memory_limit - devices.used_memory(device))
+    return max(0, budget)
