@@ -203,6 +203,7 @@ class JobQueue:
             with job.lock:
                 job.state = "done"
                 self._notify(job, report, *args)
+            del report, args  # the result's pixels: not kept alive while this worker waits for the next job
 
     def _run(self, job: Job) -> tuple[Callable[..., None], tuple[Any, ...]]:
         """Run the job; returns the listener call that reports how it ended."""

@@ -349,6 +349,7 @@ class Connection:
                 self._dispatch(message, ref)
             except (ProtocolError, UserError) as exc:
                 self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
+            del message  # a job holds its own images; waiting for the next message must not hold them too
 
     def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
         """Runs before a message's images are allocated: only a valid `stylize` gets memory."""

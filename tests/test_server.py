@@ -769,3 +769,40 @@ def test_an_image_over_max_side_is_refused_before_its_memory_is_allocated(
 def _raw_header(header: dict[str, Any]) -> bytes:
     text = json.dumps(header).encode()
     return protocol.PREFIX.pack(protocol.MAGIC, len(text), 0) + text
+
+
+def test_the_engine_holds_one_layer_at_a_time(make_server: Callable[..., Server]) -> None:
+    """Three 32 MiB jobs on one connection, the results read and thrown away in small pieces: the
+    traced peak is one job's pixels in the engine (and small change). An engine that kept the last
+    job's pixels while it waits for the next one (a reader or worker holding on to them) shows 2x."""
+    import tracemalloc
+
+    size = 32 << 20
+    server = _echo_server(make_server, limits=protocol.Limits(max_payload=1 << 20, chunk_size=1 << 20))
+    job = StylizeJob(
+        "echo", {"device": "cpu"}, RawImage(4096, 2048, 4, "u8", bytearray(os.urandom(1 << 20)) * 32)
+    )
+    header, blobs = job_message(job)
+
+    def discard(h: dict[str, Any], sizes: list[int]) -> None:
+        if h["type"] == "result":
+            raise ProtocolError("bad-request", "read it into nothing")
+
+    with _session(server) as sock:
+        tracemalloc.start()
+        try:
+            for _ in range(3):
+                send_message(sock, header, blobs, 5.0, 1 << 20)
+                while True:
+                    try:
+                        h = read_message(sock, CLIENT_LIMITS, 5.0, check=discard).header
+                        assert h["type"] in ("accepted", "progress"), h
+                    except protocol.Rejected as exc:
+                        exc.skip()
+                        break
+                time.sleep(0.1)  # the worker drops its reference a moment after the last byte went out
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    print(f"traced peak {peak / size:.3f} x the layer")
+    assert peak < size + (4 << 20), f"peak {peak >> 20} MiB for a {size >> 20} MiB layer"
