@@ -622,8 +622,10 @@ def test_a_broken_chunk_stream_is_refused_and_others_are_served(
         error = events[-1][0]
         assert error["code"] == code and "ref" not in error, (case, error)
         sock.settimeout(3.0)
-        with pytest.raises((ConnectionClosed, ProtocolError, OSError)):
-            read_message(sock, CLIENT_LIMITS, 3.0)  # the connection is closed: the stream was broken
+        with pytest.raises((ConnectionClosed, ProtocolError, OSError)):  # the stream was broken: closed
+            for _ in range(10):  # the job of a complete message may still report before the close
+                late = read_message(sock, CLIENT_LIMITS, 3.0).header
+                assert late["type"] in ("progress", "result") or late.get("code") == "cancelled", late
         # A client that was connected all along is served as if nothing happened.
         job = _stream_job(5)
         header, blobs = job_message(job)
