@@ -6,7 +6,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from engine import __version__
+from engine import __version__, allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def _command_modules() -> list[ModuleType]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.configure()  # before any thread allocates: see engine/allocator.py
     from engine.errors import UserError
 
     args = build_parser().parse_args(argv)
