@@ -219,3 +219,96 @@ def test_semantic_maps_travel_with_the_content_and_the_first_style() -> None:
     got = parse_job(Message(header, [memoryview(b) for b in blobs]), Limits())
     assert got.content_map is not None and bytes(got.content_map.data) == content_map.data
     assert got.styles[0].map is not None and bytes(got.styles[0].map.data) == style_map.data
+
+
+def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
+    regions = {"layer_mask": "regions"}
+    for bad, fragment in [
+        (Settings(**regions), "at least one region"),
+        (Settings(**regions, region2_source="channel", region2_style_file="/a.png"), "no channel is chosen"),
+        (Settings(**regions, region1_source="layer-mask"), "Region 1 needs a style"),
+        (Settings(**regions, region3_source="lasso", region3_style_file="/a.png"), "Unknown mask 'lasso'"),
+        (Settings(method="johnson", **regions, region1_source="layer-mask"), "Gatys or AdaIN"),
+        (
+            Settings(
+                **regions,
+                region1_source="layer-mask",
+                region1_style_file="/a",
+                content_map="L",
+                style_map="S",
+            ),
+            "regions",
+        ),
+    ]:
+        with pytest.raises(SettingsError, match=fragment):
+            layers.validate(bad, AVAILABLE)
+    # The first style is not needed: each region brings its own; an unused row is ignored.
+    s = layers.validate(
+        Settings(**regions, region2_source="channel", region2_channel="Sky", region2_style_layer="Paint",
+                 region4_style_file="/unused.png"),
+        AVAILABLE,
+    )  # fmt: skip
+    assert [(r.number, r.channel, r.style) for r in layers.regions(s)] == [(2, "Sky", ("", "Paint"))]
+    assert layers.regions(replace(s, layer_mask="confine")) == []
+
+
+def test_region_masks_come_from_channels_or_the_layer_mask_and_must_select_something() -> None:
+    s = layers.validate(
+        Settings(
+            layer_mask="regions",
+            region1_source="channel",
+            region1_channel="Left",
+            region1_style_file="/red.png",
+            region2_source="layer-mask-inverse",
+            region2_style_file="/blue.png",
+            region3_source="layer-mask",
+            region3_style_file="/red.png",
+        ),
+        AVAILABLE,
+    )
+    channel = RawImage(2, 1, 1, "f32", floats(1.0, 0.0))
+    layer_mask = RawImage(2, 1, 1, "f32", floats(0.25, 1.0))
+    got = layers.region_masks(s, "Photo", layer_mask, {1: channel})
+    assert {n: bytes(m.data) for n, m in got.items()} == {
+        1: floats(1.0, 0.0),
+        2: floats(0.75, 0.0),
+        3: floats(0.25, 1.0),
+    }
+    with pytest.raises(SettingsError, match="“Photo” has no mask"):
+        layers.region_masks(s, "Photo", None, {1: channel})
+    with pytest.raises(SettingsError, match="Region 1 \\(channel “Left”\\) selects nothing over “Photo”"):
+        layers.region_masks(s, "Photo", layer_mask, {1: RawImage(2, 1, 1, "f32", floats(0.0, 0.0))})
+    white = RawImage(2, 1, 1, "f32", floats(1.0, 1.0))
+    with pytest.raises(SettingsError, match="Region 2 \\(the layer mask inverted\\) selects nothing"):
+        layers.region_masks(s, "Photo", white, {1: channel})
+
+
+def test_regions_become_the_jobs_masks_each_with_its_own_style() -> None:
+    from protocol import Limits, Message, parse_job
+
+    s = layers.validate(
+        Settings(
+            layer_mask="regions",
+            region1_source="channel",
+            region1_channel="Left",
+            region1_style_file="/art/red.png",
+            region3_source="channel",
+            region3_channel="Right",
+            region3_style_layer="Blue",
+            region3_style_file="/ignored.png",  # a layer wins over the file
+            size=64,
+        ),
+        AVAILABLE,
+    )
+    assert layers.result_layer_name("Photo", s) == "Photo (red + Blue, gatys)"
+    content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
+    blue = RawImage(1, 1, 3, "f32", floats(0, 0, 1))
+    masks = {1: RawImage(2, 1, 1, "f32", floats(1.0, 0.0)), 3: RawImage(2, 1, 1, "f32", floats(0.0, 1.0))}
+    job = layers.build_job(s, content, [("/art/red.png", 1.0), (blue, 1.0)], None, None, None, masks)
+    header, blobs = job_message(job)
+    assert header["params"]["regions"] == [{"mask": "region-1", "style": 0}, {"mask": "region-3", "style": 1}]
+    got = parse_job(Message(header, [memoryview(b) for b in blobs]), Limits())  # the engine's wire checks
+    assert bytes(got.masks["region-3"].data) == floats(0.0, 1.0)
+    assert [st.path for st in got.styles] == ["/art/red.png", None]
+    back, _ = layers.settings_from_bytes(layers.settings_to_bytes(s, 1))
+    assert back == s  # regions survive the parasite, so a re-run finds its channels again by name

@@ -21,8 +21,9 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
+gi.require_version("Gtk", "3.0")
 import layers  # noqa: E402
-from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject  # noqa: E402
+from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
 from layers import Param, ProcedureSpec, RawImage, Settings, SettingsError  # noqa: E402
 
 TRANSFER = "plug-in-neural-style-transfer"
@@ -55,6 +56,8 @@ def _add_argument(procedure: Gimp.Procedure, p: Param) -> None:
         procedure.add_file_argument(p.name, p.label, blurb, Gimp.FileChooserAction.OPEN, True, None, _RW)
     elif p.kind == "layer":
         procedure.add_layer_argument(p.name, p.label, blurb, True, _RW)
+    elif p.kind == "channel":
+        procedure.add_channel_argument(p.name, p.label, blurb, True, _RW)
     else:
         raise ValueError(f"unknown parameter kind {p.kind!r}")
 
@@ -94,42 +97,48 @@ def main(table: list[ProcedureSpec]) -> None:
 
 # --- Settings <-> procedure config ---------------------------------------------------------------
 
-_LAYER_PROPS = {
-    "style_layer": "style-layer",
-    "style2_layer": "style2-layer",
-    "content_map": "content-map",
-    "style_map": "style-map",
-}  # the layers come back in this order from _settings_from_config
-_FILE_PROPS = {"style_file": "style-file", "style2_file": "style2-file"}
+# Settings fields held as GIMP objects in the config; the settings keep their display names.
+_REGION_NUMBERS = range(1, layers.REGION_COUNT + 1)
+_LAYER_FIELDS = frozenset(
+    {"style_layer", "style2_layer", "content_map", "style_map"}
+    | {f"region{n}_style_layer" for n in _REGION_NUMBERS}
+)
+_CHANNEL_FIELDS = frozenset(f"region{n}_channel" for n in _REGION_NUMBERS)
+_FILE_FIELDS = frozenset({"style_file", "style2_file"} | {f"region{n}_style_file" for n in _REGION_NUMBERS})
 
 
-def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, list[Gimp.Layer | None]]:
-    """The plain settings, plus the style layers (pixels are read later, only when needed)."""
+def _prop(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, dict[str, Any]]:
+    """The plain settings, plus the layers and channels they name by field (pixels are read
+    later, only when needed)."""
     values: dict[str, Any] = {}
-    style_layers: list[Gimp.Layer | None] = []
+    items: dict[str, Any] = {}
     for f in fields(Settings):
-        if f.name in _LAYER_PROPS:
-            layer = config.get_property(_LAYER_PROPS[f.name])
-            style_layers.append(layer)
-            values[f.name] = layer.get_name() if layer is not None else ""
-        elif f.name in _FILE_PROPS:
-            gfile = config.get_property(_FILE_PROPS[f.name])
-            values[f.name] = (gfile.get_path() or "") if gfile is not None else ""
+        value = config.get_property(_prop(f.name))
+        if f.name in _LAYER_FIELDS or f.name in _CHANNEL_FIELDS:
+            items[f.name] = value
+            values[f.name] = value.get_name() if value is not None else ""
+        elif f.name in _FILE_FIELDS:
+            values[f.name] = (value.get_path() or "") if value is not None else ""
         else:
-            values[f.name] = config.get_property(f.name.replace("_", "-"))
-    return Settings(**values), style_layers
+            values[f.name] = value
+    return Settings(**values), items
 
 
 def _settings_to_config(settings: Settings, image: Gimp.Image, config: Gimp.ProcedureConfig) -> None:
-    """Fill a config from stored settings; style layers are found again by name in `image`."""
+    """Fill a config from stored settings; layers and channels are found again by name in `image`."""
     for f in fields(Settings):
         value = getattr(settings, f.name)
-        if f.name in _LAYER_PROPS:
-            config.set_property(_LAYER_PROPS[f.name], image.get_layer_by_name(value) if value else None)
-        elif f.name in _FILE_PROPS:
-            config.set_property(_FILE_PROPS[f.name], Gio.File.new_for_path(value) if value else None)
-        else:
-            config.set_property(f.name.replace("_", "-"), value)
+        if f.name in _LAYER_FIELDS:
+            value = image.get_layer_by_name(value) if value else None
+        elif f.name in _CHANNEL_FIELDS:
+            value = image.get_channel_by_name(value) if value else None
+        elif f.name in _FILE_FIELDS:
+            value = Gio.File.new_for_path(value) if value else None
+        config.set_property(_prop(f.name), value)
 
 
 # --- Pixels --------------------------------------------------------------------------------------
@@ -169,6 +178,30 @@ def _read_selection(image: Gimp.Image, layer: Gimp.Layer) -> RawImage:
         .get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.NONE)
     )
     return layers.raw_from_pixels(bytes(data), w, h, 1)
+
+
+def _read_channel(channel: Gimp.Channel, layer: Gimp.Layer) -> RawImage:
+    """A channel (image-sized) over the layer's extent, 0..1 float: read like the selection, which
+    is a channel too, so an offset or smaller layer gets the part of the channel it covers."""
+    _, ox, oy = layer.get_offsets()
+    w, h = layer.get_width(), layer.get_height()
+    data = channel.get_buffer().get(
+        Gegl.Rectangle.new(ox, oy, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.NONE
+    )
+    return layers.raw_from_pixels(bytes(data), w, h, 1)
+
+
+def _read_regions(settings: Settings, items: dict[str, Any], layer: Gimp.Layer) -> dict[int, RawImage]:
+    """Each region's mask over `layer`, or a _Failure that names the region and what to do."""
+    channels = {
+        r.number: _read_channel(items[f"region{r.number}_channel"], layer)
+        for r in layers.regions(settings)
+        if r.source == "channel"
+    }
+    try:
+        return layers.region_masks(settings, layer.get_name(), _read_layer_mask(layer), channels)
+    except SettingsError as exc:
+        raise _Failure(str(exc)) from None
 
 
 def _read_layer_mask(layer: Gimp.Layer) -> RawImage | None:
@@ -247,25 +280,43 @@ def _dialog(
         usable = name in available and available[name] != []
         method_choice.set_sensitive(name, usable)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
+
+    def title(label_id: str, text: str) -> None:
+        dialog.get_label(label_id, text, False, False).set_line_wrap(True)
+
     status = "Methods in the running engine:\n" + layers.describe_methods(available)
     dialog.get_label("engine-status", status, False, False)
-    dialog.get_label("style-title", "Style: an image file, or a layer of any open image", False, False)
+    title("style-title", "Style: an image file, or a layer of any open image")
     dialog.fill_box("style-box", ["style-file", "style-layer"])
     dialog.fill_frame("style-frame", "style-title", False, "style-box")
-    dialog.get_label("style2-title", "Second style (optional)", False, False)
+    title("style2-title", "Second style (optional)")
     dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
     dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
     dialog.fill_box("output-box", ["output", "only-selection", "layer-mask"])
-    dialog.get_label(
+    for n in _REGION_NUMBERS:
+        dialog.get_label(f"region{n}-tab", f"Region {n}", False, False)
+        parts = ("source", "channel", "style-file", "style-layer")
+        dialog.fill_box(f"region{n}-box", [f"region{n}-{part}" for part in parts])
+    dialog.fill_notebook(
+        "regions-book",
+        [f"region{n}-tab" for n in _REGION_NUMBERS],
+        [f"region{n}-box" for n in _REGION_NUMBERS],
+    )
+    title(
+        "regions-title",
+        "Regions (Masks: Regions): each region's mask takes its own style; what no region covers "
+        "keeps the layer",
+    )
+    dialog.fill_frame("regions-frame", "regions-title", False, "regions-book")
+    title(
         "maps-title",
         "Semantic maps (optional): label layers painted in matching colours; each colour of the content "
         "takes the style of the same colour",
-        False,
-        False,
     )
     dialog.fill_box("maps-box", ["content-map", "style-map", "map-weight"])
     dialog.fill_frame("maps-frame", "maps-title", False, "maps-box")
-    dialog.fill(
+    dialog.fill_box(
+        "left-column",
         [
             "engine-status",
             "method",
@@ -277,21 +328,31 @@ def _dialog(
             "size",
             "preserve-colors",
             "device",
-            "output-box",
-            "maps-frame",
             "iterations",
             "seed",
-        ]
+        ],
     )
+    dialog.fill_box("right-column", ["output-box", "regions-frame", "maps-frame"])
+    columns = dialog.fill_box("columns", ["left-column", "right-column"])
+    columns.set_orientation(Gtk.Orientation.HORIZONTAL)
+    columns.set_spacing(18)
+    dialog.fill(["columns"])
     model_widget = dialog.get_widget("model", GObject.TYPE_NONE)
     style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
+    regions_widget = dialog.get_widget("regions-frame", GObject.TYPE_NONE)
+    channel_widgets = {n: dialog.get_widget(f"region{n}-channel", GObject.TYPE_NONE) for n in _REGION_NUMBERS}
 
     def sync(*_args: object) -> None:
         needs_model = config.get_property("method") in layers.MODEL_METHODS
+        regions = config.get_property("layer-mask") == "regions"
         model_widget.set_sensitive(needs_model)
-        style_widget.set_sensitive(not needs_model)
+        style_widget.set_sensitive(not needs_model and not regions)
+        regions_widget.set_sensitive(regions and not needs_model)
+        for n, widget in channel_widgets.items():
+            widget.set_sensitive(config.get_property(f"region{n}-source") == "channel")
 
-    config.connect("notify::method", sync)
+    for prop in ("method", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
+        config.connect(f"notify::{prop}", sync)
     sync()
     ok = dialog.run()
     dialog.destroy()
@@ -305,14 +366,21 @@ def _error(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
 
-def _prepare_styles(settings: Settings, style_layers: list[Gimp.Layer | None]) -> list[tuple[Any, float]]:
+def _prepare_styles(settings: Settings, items: dict[str, Any]) -> list[tuple[Any, float]]:
+    """The job's styles: a file path or a layer's pixels each, with its weight. In the regions mode
+    each region's own style, in region order, counting fully."""
     if settings.method in layers.MODEL_METHODS:
         return []
-    w1, w2 = layers.style_weights(settings)
-    chosen = [
-        (style_layers[0], settings.style_file, w1),
-        (style_layers[1], settings.style2_file, w2),
-    ]
+    if settings.layer_mask == "regions":
+        chosen = [
+            (items[f"region{r.number}_style_layer"], r.style_file, 1.0) for r in layers.regions(settings)
+        ]
+    else:
+        w1, w2 = layers.style_weights(settings)
+        chosen = [
+            (items["style_layer"], settings.style_file, w1),
+            (items["style2_layer"], settings.style2_file, w2),
+        ]
     styles: list[tuple[Any, float]] = []
     for layer, path, weight in chosen:
         if weight <= 0:
@@ -376,14 +444,14 @@ def _execute(
     config: Gimp.ProcedureConfig,
 ) -> None:
     """Stylize every selected layer with the config's settings, then change the image once."""
-    raw_settings, style_layers = _settings_from_config(config)
+    raw_settings, items = _settings_from_config(config)
     try:
         settings = layers.validate(raw_settings, available)
         sources = _check_drawables(drawables, settings)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
-    styles = _prepare_styles(settings, style_layers)
-    map_layers = style_layers[2:] if settings.content_map else []
+    styles = _prepare_styles(settings, items)
+    map_layers = [items["content_map"], items["style_map"]] if settings.content_map else []
     use_selection = settings.only_selection and not Gimp.Selection.is_empty(image)
 
     jobs = []
@@ -396,7 +464,8 @@ def _execute(
                 continue
             if coverage == "full":
                 selection = None
-        mask = _read_layer_mask(layer) if settings.layer_mask != "ignore" else None
+        regions = _read_regions(settings, items, layer) if settings.layer_mask == "regions" else None
+        mask = _read_layer_mask(layer) if settings.layer_mask in ("confine", "split") else None
         if mask is not None and settings.content_map:
             raise _Failure(
                 f"“{layer.get_name()}” has a layer mask; semantic maps cannot be combined with it yet. "
@@ -409,7 +478,7 @@ def _execute(
             if coverage == "full":
                 mask = None
         job = layers.build_job(
-            settings, _read_pixels(layer), styles, selection, mask, _read_maps(layer, map_layers)
+            settings, _read_pixels(layer), styles, selection, mask, _read_maps(layer, map_layers), regions
         )
         jobs.append((layer, job))
     if not jobs:

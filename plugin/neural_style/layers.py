@@ -38,11 +38,20 @@ PRESETS = ("draft", "balanced", "best")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_LABELS = {"auto": "Automatic", "cpu": "CPU", "cuda": "CUDA GPU"}
 OUTPUTS = ("new-layer", "in-place")
-MASK_MODES = ("confine", "split", "ignore")
+MASK_MODES = ("confine", "split", "ignore", "regions")
 MASK_MODE_LABELS = {  # the dialog's one-line explanation of each mode
-    "confine": "Style only where the layer mask is white (grey blends)",
-    "split": "Two regions: the first style where the mask is white, the second where black",
-    "ignore": "Ignore the layer mask",
+    "confine": "Confine: style only where the layer mask is white (grey blends)",
+    "split": "Split: the first style where the layer mask is white, the second where black",
+    "ignore": "Ignore: style the whole layer, whatever its mask",
+    "regions": "Regions: each region below (a channel or the layer mask) takes its own style",
+}
+REGION_COUNT = 4  # regions the dialog offers
+REGION_SOURCES = ("none", "channel", "layer-mask", "layer-mask-inverse")
+REGION_SOURCE_LABELS = {  # what marks a region, one line each
+    "none": "Not used",
+    "channel": "The channel chosen below (a saved selection)",
+    "layer-mask": "The layer mask: its white part",
+    "layer-mask-inverse": "The layer mask inverted: its black part",
 }
 OUTPUT_LABELS = {"new-layer": "New layer above each source", "in-place": "Replace the layer's pixels"}
 
@@ -102,6 +111,24 @@ class Settings:
     map_weight: float = 1.0  # how strictly labels bind, 0..1
     seed: int = 0
     iterations: int = 0  # Gatys optimisation steps per scale; 0 = the preset's
+    # Regions mode: what marks each region (one of REGION_SOURCES), the channel's display name, and
+    # the region's own style (a file, or a layer's display name as for the first style).
+    region1_source: str = "none"
+    region1_channel: str = ""
+    region1_style_file: str = ""
+    region1_style_layer: str = ""
+    region2_source: str = "none"
+    region2_channel: str = ""
+    region2_style_file: str = ""
+    region2_style_layer: str = ""
+    region3_source: str = "none"
+    region3_channel: str = ""
+    region3_style_file: str = ""
+    region3_style_layer: str = ""
+    region4_source: str = "none"
+    region4_channel: str = ""
+    region4_style_file: str = ""
+    region4_style_layer: str = ""
 
     def engine_params(self) -> dict[str, Any]:
         """The StylizeJob.params for these settings (common params from docs/architecture.md)."""
@@ -121,6 +148,45 @@ class Settings:
         if self.content_map:
             params["map_weight"] = self.map_weight
         return params
+
+
+@dataclass(frozen=True)
+class Region:
+    """One row of the dialog's regions: a mask (channel or layer mask) and the style it takes."""
+
+    number: int  # 1..REGION_COUNT, as the dialog shows it
+    source: str  # one of REGION_SOURCES
+    channel: str
+    style_file: str
+    style_layer: str
+
+    @property
+    def style(self) -> tuple[str, str]:
+        """The style as (file, layer name); a layer wins over the file, as for the first style."""
+        return ("", self.style_layer) if self.style_layer else (self.style_file, "")
+
+    def describe(self) -> str:
+        if self.source == "channel":
+            return f"Region {self.number} (channel “{self.channel}”)"
+        inverted = " inverted" if self.source == "layer-mask-inverse" else ""
+        return f"Region {self.number} (the layer mask{inverted})"
+
+
+def regions(settings: Settings) -> list[Region]:
+    """The regions in use (source not "none"), in dialog order; empty outside the regions mode."""
+    if settings.layer_mask != "regions":
+        return []
+    rows = (
+        Region(
+            n,
+            *(
+                getattr(settings, f"region{n}_{part}")
+                for part in ("source", "channel", "style_file", "style_layer")
+            ),
+        )
+        for n in range(1, REGION_COUNT + 1)
+    )
+    return [r for r in rows if r.source != "none"]
 
 
 def method_models(hello: dict[str, Any]) -> dict[str, list[str] | None]:
@@ -183,6 +249,8 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
             raise SettingsError(
                 f"The {s.method} model {s.model!r} is not installed; installed: {', '.join(models)}."
             )
+    elif s.layer_mask == "regions":
+        _validate_regions(s)
     elif not (s.style_file or s.style_layer):
         raise SettingsError(f"{s.method} needs a style: pick an image file or a layer.")
     if s.layer_mask == "split" and (models is not None or not (s.style2_file or s.style2_layer)):
@@ -193,10 +261,12 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
         raise SettingsError(
             "Semantic maps need two label-map layers: one for the content, one for the style."
         )
-    if s.content_map and (models is not None or s.layer_mask == "split"):
+    if s.content_map and (models is not None or s.layer_mask in ("split", "regions")):
         raise SettingsError(
-            "Semantic maps need Gatys or AdaIN, and cannot be combined with a split layer mask."
+            "Semantic maps need Gatys or AdaIN, and cannot be combined with a split layer mask or regions."
         )
+    if s.layer_mask == "regions" and models is not None:
+        raise SettingsError("Regions need Gatys or AdaIN: each region takes its own style image.")
     if not 0.0 <= s.map_weight <= 1.0:
         raise SettingsError("The label strictness must be between 0 and 1.")
     if not 0.0 <= s.style2_weight <= 1.0:
@@ -210,6 +280,27 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
     if s.size and not 16 <= s.size <= 16384:
         raise SettingsError("Size must be 0 (the layer's own) or from 16 to 16384 pixels.")
     return s
+
+
+def _validate_regions(s: Settings) -> None:
+    """Each region in use needs its mask and its style; at least one must be in use."""
+    for n in range(1, REGION_COUNT + 1):
+        source = getattr(s, f"region{n}_source")
+        if source not in REGION_SOURCES:
+            raise SettingsError(
+                f"Unknown mask {source!r} for region {n}; choose one of {', '.join(REGION_SOURCES)}."
+            )
+    used = regions(s)
+    if not used:
+        raise SettingsError(
+            "The regions mode needs at least one region: choose its mask (a channel or the layer mask) "
+            "and its style."
+        )
+    for region in used:
+        if region.source == "channel" and not region.channel:
+            raise SettingsError(f"Region {region.number} is marked by a channel, but no channel is chosen.")
+        if not any(region.style):
+            raise SettingsError(f"Region {region.number} needs a style: pick an image file or a layer.")
 
 
 def check_layer(name: str, *, is_group: bool, is_text: bool, settings: Settings) -> None:
@@ -233,6 +324,8 @@ def style_label(settings: Settings) -> str:
 
     if settings.method in MODEL_METHODS:
         return settings.model
+    if settings.layer_mask == "regions":
+        return " + ".join(dict.fromkeys(one(*region.style) for region in regions(settings)))
     label = one(settings.style_file, settings.style_layer)
     if settings.style2_weight > 0 or settings.layer_mask == "split":
         label += " + " + one(settings.style2_file, settings.style2_layer)
@@ -330,6 +423,37 @@ def selection_coverage(mask: RawImage) -> str:
     return "partial"
 
 
+def _inverse(mask: RawImage) -> RawImage:
+    inverse = array("f", (1.0 - v for v in _floats(mask.data)))
+    return RawImage(mask.width, mask.height, 1, "f32", _to_bytes(inverse))
+
+
+def region_masks(
+    settings: Settings, layer_name: str, layer_mask: RawImage | None, channels: dict[int, RawImage]
+) -> dict[int, RawImage]:
+    """Region number -> its mask over one layer: a channel (already cropped to the layer), the
+    layer mask or its inverse. A region that selects nothing there is an error the user can fix,
+    not a silently unstyled layer."""
+    out = {}
+    for region in regions(settings):
+        if region.source == "channel":
+            mask = channels[region.number]
+        elif layer_mask is None:
+            raise SettingsError(
+                f"Region {region.number} is marked by the layer mask, but “{layer_name}” has no mask. "
+                "Add one, or mark the region with a channel."
+            )
+        else:
+            mask = layer_mask if region.source == "layer-mask" else _inverse(layer_mask)
+        if selection_coverage(mask) == "none":
+            raise SettingsError(
+                f"{region.describe()} selects nothing over “{layer_name}”. "
+                "Paint the region into it, or choose another mask."
+            )
+        out[region.number] = mask
+    return out
+
+
 def build_job(
     settings: Settings,
     content: RawImage,
@@ -337,12 +461,15 @@ def build_job(
     selection: RawImage | None,
     layer_mask: RawImage | None = None,
     maps: tuple[RawImage, RawImage] | None = None,
+    region_mask: dict[int, RawImage] | None = None,
 ) -> StylizeJob:
     """The job for one layer; `styles` holds a file path or the pixels of a style layer each.
 
     A layer mask becomes regions (docs/protocol.md): "confine" styles where it is white and keeps
     the content where black; "split" gives white to the first style and black to the second. The
-    engine does this inside its loss rather than by pasting. `maps` (content's, first style's)
+    engine does this inside its loss rather than by pasting. In the regions mode `styles` holds
+    each region's style in the order of regions() and `region_mask` each region's mask
+    (region_masks); what no region covers keeps the content. `maps` (content's, first style's)
     are colour-coded label maps: each label of the content takes the style of the same label.
     """
     refs = [
@@ -350,17 +477,20 @@ def build_job(
     ]
     params = settings.engine_params()
     masks = {}
-    if layer_mask is not None and settings.layer_mask == "split":
-        inverse = array("f", (1.0 - v for v in _floats(layer_mask.data)))
+    if settings.layer_mask == "regions":
+        params["regions"] = []
+        for index, region in enumerate(regions(settings)):
+            name = f"region-{region.number}"
+            masks[name] = (region_mask or {})[region.number]
+            params["regions"].append({"mask": name, "style": index})
+    elif layer_mask is not None and settings.layer_mask == "split":
         coverage = selection_coverage(layer_mask)
         params["regions"] = []
         if coverage != "none":
             masks[LAYER_MASK] = layer_mask
             params["regions"].append({"mask": LAYER_MASK, "style": 0})
         if coverage != "full":
-            masks[LAYER_MASK_INVERSE] = RawImage(
-                layer_mask.width, layer_mask.height, 1, "f32", _to_bytes(inverse)
-            )
+            masks[LAYER_MASK_INVERSE] = _inverse(layer_mask)
             params["regions"].append({"mask": LAYER_MASK_INVERSE, "style": 1})
     elif layer_mask is not None:
         masks[LAYER_MASK] = layer_mask

@@ -12,9 +12,35 @@ from layers import (
     OUTPUT_LABELS,
     OUTPUTS,
     PRESETS,
+    REGION_COUNT,
+    REGION_SOURCE_LABELS,
+    REGION_SOURCES,
     Param,
     ProcedureSpec,
 )
+
+
+def region_params(n: int) -> tuple[Param, ...]:
+    """The four arguments of region n of the regions mode: its mask and its style."""
+    return (
+        Param(
+            f"region{n}-source",
+            "choice",
+            "Mask",
+            f"What marks region {n}",
+            "none",
+            choices=tuple((s, REGION_SOURCE_LABELS[s]) for s in REGION_SOURCES),
+        ),
+        Param(f"region{n}-channel", "channel", "Channel", f"The channel (a saved selection) of region {n}"),
+        Param(f"region{n}-style-file", "file", "Style file", f"Style image file of region {n}"),
+        Param(
+            f"region{n}-style-layer",
+            "layer",
+            "Style layer",
+            f"A layer as region {n}'s style; wins over the file",
+        ),
+    )
+
 
 TRANSFER_PARAMS = (
     Param(
@@ -72,8 +98,8 @@ TRANSFER_PARAMS = (
     Param(
         "layer-mask",
         "choice",
-        "Layer _mask",
-        "What a selected layer's mask means",
+        "_Masks",
+        "What a selected layer's mask means, or regions from channels",
         "confine",
         choices=tuple((m, MASK_MODE_LABELS[m]) for m in MASK_MODES),
     ),
@@ -90,6 +116,7 @@ TRANSFER_PARAMS = (
         100_000,
     ),
     Param("seed", "int", "S_eed", "Random seed, for repeatable results", 0, 0, 2**31 - 1),
+    *(param for n in range(1, REGION_COUNT + 1) for param in region_params(n)),
 )
 
 TABLE = [
