@@ -329,3 +329,47 @@ def test_semantic_maps_from_label_layers(gimp_chroot: Path, work: Path, engine: 
     # The content's top is labelled like the style's red bottom, so it turns redder than its bottom.
     top, bottom = red_minus_blue(range(0, 20)), red_minus_blue(range(28, 48))
     assert top > bottom + 0.1, (top, bottom)
+
+
+def test_regions_from_channels_and_from_the_layer_mask(gimp_chroot: Path, work: Path, engine: Path) -> None:
+    from PIL import Image
+
+    red = work / "red.png"  # near-flat red; the blue style is a layer the script paints
+    shades = [(220, 40, 25) if (x + y) % 6 < 3 else (130, 25, 15) for y in range(48) for x in range(48)]
+    picture = Image.new("RGB", (48, 48))
+    picture.putdata(shades)
+    picture.save(red)
+    install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    # Two Gatys runs of 20 iterations: about 140 s on a busy 2-core machine, hence the longer limit.
+    findings = run_gimp_batch(work, HERE / "batch_regions.py", {"red": str(red)}, timeout=420)
+    width = findings["width"]
+
+    def mean_colour(picture: list[float], columns: range) -> list[float]:
+        rows = len(picture) // (3 * width)
+        pixels = [
+            picture[3 * (y * width + x) : 3 * (y * width + x) + 3] for y in range(rows) for x in columns
+        ]
+        return [sum(p[c] for p in pixels) / len(pixels) for c in range(3)]
+
+    red_mean = [sum(p[c] for p in shades) / len(shades) / 255 for c in range(3)]
+    blue_mean = [0.08, 0.16, 0.68]  # the script's blue layer: (0.1, 0.2, 0.85) at full and 0.6 shade
+    for run in ("channels", "layer_mask"):
+        status, error, out = findings[run]
+        assert status == "success", (run, error, findings["gimp_output"])
+        assert out["name"].startswith("Photo (red + Blue, gatys)"), out["name"]
+        # The photo is grey, about as far from either style; each half (4 px clear of the split at
+        # the layer's x=32) must end up clearly nearer its own style's colour than the other's.
+        # Measured with 20 iterations: about 0.5 of the distance to the other style.
+        for columns, own, other in (
+            (range(0, 28), red_mean, blue_mean),
+            (range(36, width), blue_mean, red_mean),
+        ):
+            colour = mean_colour(out["pixels"], columns)
+            to_own = sum(abs(a - b) for a, b in zip(colour, own, strict=True))
+            to_other = sum(abs(a - b) for a, b in zip(colour, other, strict=True))
+            assert to_own < 0.75 * to_other, (run, columns, colour, to_own, to_other)
+
+    status, error, out = findings["empty"]
+    assert status == "execution-error" and out is None, (status, error)
+    assert "Region 1 (channel “Empty”) selects nothing over “Photo”" in error, error
+    assert findings["empty_unchanged"]
