@@ -34,6 +34,7 @@ MAX_SIZE = 8192
 MIN_SCALE = 16
 PREVIEW_SIDE = 256
 PREVIEW_EVERY_S = 2.0
+LINE_SEARCH_TRIALS = 25  # evaluations one strong-Wolfe search may spend beyond the budget
 KEEP_WEIGHT = 100.0  # the unstyled remainder's pixel term, relative to the style's total weight
 
 
@@ -272,6 +273,22 @@ class _Objective:
         return total, style
 
 
+class _NonFinite(Exception):
+    """The loss became NaN or infinite: stop this optimiser and keep the best image seen."""
+
+
+class _Best:
+    """The lowest-loss image an optimiser has evaluated, so a bad last trial is never handed back."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        self.image = image
+        self.loss = float("inf")
+
+    def offer(self, loss: float, image: torch.Tensor) -> None:
+        if np.isfinite(loss) and loss < self.loss:
+            self.loss, self.image = loss, image.detach().clone()
+
+
 @dataclass
 class _Keep:
     mask: torch.Tensor  # 1x1xHxW: 1 where no guide styles the image
@@ -323,50 +340,50 @@ class _Run:
     def _lbfgs(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
     ) -> tuple[torch.Tensor, float, int]:
-        """Run L-BFGS; return (best image, its loss, steps done).
+        """Run L-BFGS; return (best image, its loss, iterations done).
 
-        A step that leaves the image where it was is the classic stall: the quasi-Newton direction
-        stopped being a descent direction, and every later step would repeat it. The history is
-        dropped once (a steepest-descent restart); a second stall in a row hands back early so the
-        caller can continue with Adam. NaN also hands back early, with the last good image.
+        One `step()` call runs all the iterations, so every evaluation is either an iteration's
+        start or a line-search trial, never a repeat of the point the last search accepted (one
+        `step()` per iteration evaluates each accepted point twice). `max_eval` must be given:
+        torch derives the line search's budget from it, and its default for few iterations leaves
+        the search no trial at all, so an overshooting first trial is rejected and the image never
+        moves. An iteration that does not move the image ends `step()` early: that is the classic
+        stall, where the quasi-Newton direction stopped being a descent direction. The history is
+        dropped once (a steepest-descent restart); a second stall hands back early so the caller can
+        continue with Adam. NaN also hands back early, with the best image seen.
         """
         x = start.clone().requires_grad_(True)
-
-        def fresh() -> torch.optim.LBFGS:
-            return torch.optim.LBFGS(
-                [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
-                tolerance_grad=0.0, tolerance_change=0.0,
+        best = _Best(start)
+        done = 0
+        for _attempt in range(2):
+            optimiser = torch.optim.LBFGS(
+                [x], lr=1.0, max_iter=steps - done, max_eval=2 * (steps - done) + LINE_SEARCH_TRIALS,
+                history_size=50, line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0,
             )  # fmt: skip
 
-        optimiser = fresh()
+            def closure(optimiser: torch.optim.LBFGS = optimiser, before: int = done) -> torch.Tensor:
+                self.ctx.cancel.raise_if_cancelled()
+                optimiser.zero_grad(set_to_none=True)
+                total, _ = objective(x)
+                loss = float(total.detach())
+                if not np.isfinite(loss):
+                    raise _NonFinite
+                best.offer(loss, x)
+                total.backward()
+                step = min(before + optimiser.state[x].get("n_iter", 0) + 1, steps)
+                self._report(index, step, steps, best.loss, None, best.image)
+                return total.detach()
 
-        def closure() -> torch.Tensor:
-            self.ctx.cancel.raise_if_cancelled()
-            optimiser.zero_grad(set_to_none=True)
-            total, _ = objective(x)
-            total.backward()
-            return total.detach()
-
-        best_loss, best = float("inf"), start
-        stalls = 0
-        for step in range(steps):
-            before = x.detach().clone()
-            loss = float(optimiser.step(closure))  # the loss at `before`, where the step started
-            if not np.isfinite(loss):
-                return best, best_loss, step
-            if loss < best_loss:
-                best_loss, best = loss, before
-            stalls = stalls + 1 if torch.equal(x.detach(), before) else 0
-            if stalls == 2:
-                return best, best_loss, step + 1
-            if stalls == 1:
-                optimiser = fresh()
-            self._report(index, step + 1, steps, loss, None, x)
+            try:
+                optimiser.step(closure)
+            except _NonFinite:
+                return best.image, best.loss, done + optimiser.state[x].get("n_iter", 0)
+            done += optimiser.state[x]["n_iter"]
+            if done >= steps:
+                break
         with torch.no_grad():
-            final = float(objective(x)[0])
-        if np.isfinite(final) and final < best_loss:
-            best_loss, best = final, x.detach()
-        return best, best_loss, steps
+            best.offer(float(objective(x)[0]), x)
+        return best.image, best.loss, done
 
     def _adam(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
