@@ -263,12 +263,14 @@ def test_cancelling_during_the_upload_queues_nothing(make_server: Callable[..., 
 def test_a_job_the_engine_refuses_mid_upload_is_reported_as_refused(
     make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = _echo_server(make_server, max_payload=4096, max_side=100)
-    with pytest.raises(EngineError) as info:  # refused and skipped: the connection stays usable
-        EngineClient(NO_CONFIG, endpoint=str(server.address)).stylize(
-            _layer(128, 8), Progress(), lambda: False
-        )
+    server = _echo_server(make_server, max_payload=4096, max_side=1000)
+    progress = Progress()
+    engine = EngineClient(NO_CONFIG, endpoint=str(server.address))
+    with pytest.raises(EngineError) as info:  # 16 MiB in 4096 chunks; the engine answers after the header
+        engine.stylize(_layer(2048, 2048), progress, lambda: False)
     assert info.value.code == "bad-request" and "width" in info.value.message
+    sent = [m for _, m in progress.calls if m.startswith("Sending")]
+    assert not sent or "(100%" not in sent[-1], sent[-1]  # the client stopped sending when it heard
 
     # An engine that does not announce its max_message (so the client cannot check first) closes
     # the connection in the middle of the upload: the client says why, not "engine-died".

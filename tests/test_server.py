@@ -368,6 +368,9 @@ def _valid_frames() -> Iterator[bytes]:
     header, blobs = job_message(_job(TINY))
     header["method"] = "no-such-method"  # whatever gets through validation fails fast
     yield protocol.encode_header(header, blobs) + b"".join(bytes(b) for b in blobs)
+    yield b"".join(
+        _stream_frames(StylizeJob("no-such-method", {}, _pixels(32, 16, 4, 0)))
+    )  # 2 KiB in 1 KiB chunks
     for h in (
         {"type": "jobs"},
         {"type": "cancel", "job": "1"},

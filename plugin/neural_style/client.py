@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -86,7 +87,7 @@ class EngineClient:
         size = sum(memoryview(b).nbytes for b in blobs)
         sock, hello = self._session(is_cancelled)
         with sock:
-            limits = hello.get("limits", {})
+            limits = hello.get("limits") if isinstance(hello.get("limits"), dict) else {}
             limit = limits.get("max_message")
             if isinstance(limit, int) and size > limit:
                 raise EngineError(
@@ -99,7 +100,7 @@ class EngineClient:
                 chunk = min(chunk, limits["max_payload"])
             try:
                 protocol.send_message(
-                    sock, header, blobs, self.silence_timeout, chunk, _Meter(on_progress, is_cancelled)
+                    sock, header, blobs, self.silence_timeout, chunk, _Meter(on_progress, is_cancelled, sock)
                 )
             except (ConnectionClosed, TimeoutError):
                 raise _refusal(sock) or self._died() from None
@@ -280,7 +281,7 @@ class EngineClient:
                     self.silence_timeout,
                     check,
                     lambda header, sizes: _check_incoming(header, sizes, job, state["job"]),
-                    _Meter(on_progress, lambda: False, receiving=True),
+                    _Meter(on_progress, lambda: False),
                 )
             except (ConnectionClosed, TimeoutError):
                 if state["cancel_sent_at"] is not None:
@@ -310,22 +311,28 @@ class EngineClient:
 
 
 class _Meter:
-    """Transfer progress for `on_progress` (each whole percent), and cancellation while uploading."""
+    """Transfer progress for `on_progress` (each whole percent), and while uploading, cancellation
+    and an early refusal: the engine answers a request it refuses at once, before all of it came."""
 
     def __init__(
         self,
         on_progress: Callable[[float, str], None],
         is_cancelled: Callable[[], bool],
-        receiving: bool = False,
+        uploading: Any = None,
     ) -> None:
         self.on_progress = on_progress
         self.is_cancelled = is_cancelled
-        self.receiving = receiving
+        self.sock = uploading
+        self.receiving = uploading is None
         self.percent = -1
 
     def __call__(self, done: int, total: int) -> None:
         if self.is_cancelled():
             raise EngineError("cancelled", "Cancelled.")  # the connection closes: no job was queued
+        if self.sock is not None and select.select([self.sock], [], [], 0)[0]:
+            raise _refusal(self.sock) or EngineError(
+                "protocol-error", "The engine answered before the whole job had been sent."
+            )
         percent = 100 * done // max(1, total)
         if percent != self.percent:
             self.percent = percent
