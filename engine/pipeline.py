@@ -1,16 +1,19 @@
 """One job from plain data to plain data: decode, run the method, blend, encode.
 
 This is the only place that knows about alpha, grey layers, bit depth and the selection, so every
-method stays a pure RGB-to-RGB function.
+method stays a pure RGB-to-RGB function. It also fits the job to memory: it runs the method under
+the planner's plan (engine/planner.py), and retries with a smaller one when memory runs out.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from engine import images, masks, methods, params, weights
+from engine import images, masks, methods, params, planner, weights
 from engine.backbones import find_backbones
 from engine.cache import ModelCache
 from engine.devices import available_devices, resolve_device
@@ -19,13 +22,64 @@ from engine.methods.base import Guide, Method, PreparedJob, Progress, ProgressFn
 from engine.protocol import RawImage, StyleRef, StylizeJob
 
 MAX_REGIONS = 16
+MIN_MEMORY_MB, MAX_MEMORY_MB = 256, 1 << 24  # the `memory` setting: MiB the job may use on its device
 
 
 def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: ModelCache) -> RawImage:
     """Run a validated-at-the-wire job; raise UserError for anything the user can fix."""
+    s = _settings(job)
+    progress(Progress(0.0, "prepare", "reading images"))
+    content, alpha = images.rgb_from_raw(job.content)
+    referenced = {style for _, style in s.regions if style is not None}
+    kept = [i for i, ref in enumerate(job.styles) if ref.weight > 0 or i in referenced]
+    styles = [Style(_style_pixels(job.styles[i]), job.styles[i].weight) for i in kept]
+    wire_masks = {name: images.from_raw(m)[..., 0] for name, m in job.masks.items()}
+    guides = _guides(job, s.regions, wire_masks, kept, styles, s.strictness)
+    cancel.raise_if_cancelled()
+
+    prepared = PreparedJob(content=content, styles=styles, params=s.params, masks=wire_masks, guides=guides)
+    first = planner.plan(s.method, s.params, content.shape[:2], s.device, s.memory_limit)
+    result = _run_planned(s.method, prepared, first, progress, cancel, cache, s.memory_limit)
+    if result.shape != content.shape:
+        raise RuntimeError(f"method {job.method} returned {result.shape}, expected {content.shape}")
+    if guides and not s.method.guided:  # the style lives in a model: confine its output by the masks
+        result = masks.blend(result, content, guides)
+
+    if job.selection is not None:  # result = sel * result + (1 - sel) * content, in place
+        selection = images.from_raw(job.selection)
+        for rows in images.bands(result.shape[0]):
+            band = result[rows]
+            band -= content[rows]
+            band *= selection[rows]
+            band += content[rows]
+    out = images.rgb_to_raw(result, alpha, job.content.channels, job.content.dtype)
+    progress(Progress(1.0, "done", "finished"))
+    return out
+
+
+def plan_job(job: StylizeJob) -> planner.Plan:
+    """The plan `run_job` would start with, from the settings and sizes alone: nothing runs."""
+    s = _settings(job)
+    return planner.plan(s.method, s.params, (job.content.height, job.content.width), s.device, s.memory_limit)
+
+
+@dataclass
+class _Settings:
+    method: Method
+    params: dict[str, Any]  # the method's, validated
+    device: torch.device
+    memory_limit: int | None  # bytes, from the `memory` setting (MiB)
+    strictness: float
+    regions: list[tuple[str, int | None]]
+
+
+def _settings(job: StylizeJob) -> _Settings:
+    """Validate the job's settings: the pipeline's own, then the method's."""
     method = methods.get(job.method)
     raw_params = dict(job.params)
     device = resolve_device(str(raw_params.pop("device", "auto")))
+    memory = params.integer(raw_params, "memory", None, MIN_MEMORY_MB, MAX_MEMORY_MB)
+    raw_params.pop("memory", None)
     strictness = params.number(raw_params, "map_weight", 1.0, 0.0, 1.0)
     raw_params.pop("map_weight", None)
     regions = _regions(raw_params.pop("regions", None), job, method)
@@ -34,32 +88,48 @@ def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: M
         raise UserError("bad-input", f"method {job.method!r} needs at least one style image")
     if job.styles and sum(s.weight for s in job.styles) <= 0:
         raise UserError("bad-option", "style weights must not all be zero")
-
-    progress(Progress(0.0, "prepare", "reading images"))
-    content, alpha = images.split_alpha(images.from_raw(job.content))
-    referenced = {style for _, style in regions if style is not None}
-    kept = [i for i, ref in enumerate(job.styles) if ref.weight > 0 or i in referenced]
-    styles = [Style(_style_pixels(job.styles[i]), job.styles[i].weight) for i in kept]
-    wire_masks = {name: images.from_raw(m)[..., 0] for name, m in job.masks.items()}
-    guides = _guides(job, regions, wire_masks, kept, styles, strictness)
     if job.content_map is not None and not method.guided:
         raise UserError("bad-option", f"method {job.method!r} does not support semantic maps")
-    cancel.raise_if_cancelled()
+    memory_limit = None if memory is None else memory << 20
+    return _Settings(method, parsed, device, memory_limit, strictness, regions)
 
-    prepared = PreparedJob(content=content, styles=styles, params=parsed, masks=wire_masks, guides=guides)
-    context = RunContext(device=device, progress=progress, cancel=cancel, cache=cache)
-    result = method.run(prepared, context)
-    if result.shape != content.shape:
-        raise RuntimeError(f"method {job.method} returned {result.shape}, expected {content.shape}")
-    if guides and not method.guided:  # the style lives in a model: confine its output by the masks
-        result = masks.blend(result, content, guides)
 
-    if job.selection is not None:
-        selection = images.from_raw(job.selection)
-        result = selection * result + (1.0 - selection) * content
-    out = images.merge_alpha(result.astype(np.float32), alpha, job.content.channels)
-    progress(Progress(1.0, "done", "finished"))
-    return images.to_raw(out, job.content.dtype)
+def _run_planned(
+    method: Method,
+    job: PreparedJob,
+    plan: planner.Plan,
+    progress: ProgressFn,
+    cancel: CancelToken,
+    cache: ModelCache,
+    memory_limit: int | None,
+) -> np.ndarray:
+    """Run the method under `plan`; when memory runs out, again with smaller tiles, then on the CPU."""
+    progress(Progress(0.0, "plan", f"plan: {plan.describe()}"))
+    while True:
+        try:
+            return method.run(job, RunContext(plan.device, progress, cancel, cache, plan))
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not _out_of_memory(exc):
+                raise
+        # Out of the except block, so the failed attempt's tensors (held by the traceback) are freed.
+        failed, plan = plan, planner.shrink(plan, memory_limit)
+        if failed.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if plan is None:
+            raise UserError(
+                "out-of-memory",
+                f"ran out of memory with the smallest plan ({failed.describe()}): free memory, or use a "
+                "smaller --size",
+            )
+        progress(Progress(0.0, "plan", f"out of memory on {failed.device.type}; retrying: {plan.describe()}"))
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """torch raises OutOfMemoryError on GPUs and RuntimeError from the CPU allocator; numpy MemoryError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _regions(raw: Any, job: StylizeJob, method: Method) -> list[tuple[str, int | None]]:

@@ -19,7 +19,8 @@ from engine.errors import UserError
 from engine.methods.base import Footprint, Method
 
 TILE_SIDES = (4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256)  # tried largest first
-STATS_SIDE = 1024  # long side of the pass that measures whole-image norm statistics for tiles
+STATS_PIXELS = 4 << 20  # most pixels the pass that measures norm statistics for tiles looks at
+STATS_CROP = 256  # side of the full-resolution crops it looks at when the whole image is too large
 FEATHER = 32  # px over which neighbouring tiles blend
 HEADROOM = 0.8  # share of the free memory a plan may count on: allocator slack, other processes
 OUTPUT_BYTES_PER_PIXEL = 12  # the float32 RGB result, held in host memory for the whole job
@@ -39,12 +40,19 @@ class Plan:
     need: int | None  # estimated peak bytes
 
     @property
-    def stats_side(self) -> int:
-        """Long side of the statistics pass: as large as STATS_SIDE, but no larger in area than a
-        tile, so that whenever a tile fits, the statistics pass fits too."""
-        long, short = max(self.work), min(self.work)
-        tile = self.tile or long
-        return min(long, STATS_SIDE, math.floor(tile * math.sqrt(long / short)))
+    def stats_pixels(self) -> int:
+        """Pixels of the statistics pass: as many as the budget allows (at least a tile's), up to
+        STATS_PIXELS; when that covers the work size, the statistics are exactly the image's."""
+        fp = self.footprint
+        if fp is None or self.tile is None:
+            return self.work[0] * self.work[1]
+        room = self.budget - (self.need - math.ceil(fp.bytes_per_pixel * self.tile**2))
+        return min(STATS_PIXELS, max(self.tile**2, int(room / fp.bytes_per_pixel)))
+
+    def stats_crops(self) -> list[tuple[slice, slice]]:
+        """Where the statistics pass looks (engine/tiling.py `sample_crops`)."""
+        align = self.footprint.align if self.footprint is not None else 1
+        return tiling.sample_crops(*self.work, self.stats_pixels, STATS_CROP, align)
 
     def tiles(self) -> list[tiling.Tile]:
         fp = self.footprint
@@ -58,9 +66,15 @@ class Plan:
         if self.tile is None:
             how = "in one pass"
         else:
+            crops = self.stats_crops()
+            sample = (
+                "the whole image"
+                if len(crops) == 1 and crops[0][0].stop == height and crops[0][1].stop == width
+                else f"{len(crops)} crops of {STATS_CROP} px"
+            )
             how = (
                 f"in {len(self.tiles())} tiles of {self.tile} px (halo {self.footprint.halo} px), "
-                f"norm statistics from a {self.stats_side} px pass"
+                f"norm statistics from {sample}"
             )
         if self.need is None:
             return f"{where} {how} (no memory estimate for this method)"

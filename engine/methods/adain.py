@@ -30,6 +30,7 @@ from engine.nets.inference import (
     pad_to_multiple,
     parse_common,
     precision_scope,
+    stats_batch,
     tile_progress,
     to_image,
     to_tensor,
@@ -109,11 +110,11 @@ class AdaINMethod:
             transfer = _Transfer(encoder, decoder, targets, p["alpha"], ctx.device)
             tiles = ctx.plan.tiles() if ctx.plan is not None else []
             if not tiles:
-                result = transfer(content, regions, transfer.content_stats(content, regions))
-            else:  # every tile takes the content statistics of the downscaled whole image
-                small_size = images.fit_long_side(*content.shape[:2], ctx.plan.stats_side)
-                small_regions = [images.resize(r[..., None], small_size)[..., 0] for r in regions]
-                stats = transfer.content_stats(images.resize(content, small_size), small_regions)
+                result = transfer(content, regions)
+            else:  # every tile takes the content statistics of the image, or of a sample of it
+                crops = ctx.plan.stats_crops()
+                sample = [np.concatenate([r[crop] for crop in crops]) for r in regions]
+                stats = transfer.content_stats(stats_batch(content, ctx, 8), sample)
 
                 def one_tile(pixels: np.ndarray, tile: tiling.Tile) -> np.ndarray:
                     rows, cols = (
@@ -188,16 +189,26 @@ class _Transfer:
         self.encoder, self.decoder = encoder, decoder
         self.targets, self.alpha, self.device = targets, alpha, device
 
-    def content_stats(self, content: np.ndarray, regions: list[np.ndarray]) -> Stats:
-        """(mean, std) of the content's relu4_1 features: of the whole image, or per region."""
-        feat = self.encoder(pad_to_multiple(to_tensor(content, self.device), 8))
+    def content_stats(self, content: torch.Tensor, regions: list[np.ndarray]) -> Stats:
+        """(mean, std) of the content's relu4_1 features: over the whole image (or a batch of crops
+        of it, stacked in `regions` along the rows), or per region."""
+        return self._stats(self.encoder(content), regions)
+
+    def _stats(self, feat: torch.Tensor, regions: list[np.ndarray]) -> Stats:
+        if feat.shape[0] > 1:  # a batch of crops: one sample, one feature map
+            feat = torch.cat(feat.unbind(), dim=1)[None]
         if not regions:
             return [mean_std(feat)]
         return [masks.masked_mean_std(feat, m) for m in self._feature_masks(regions, feat)]
 
-    def __call__(self, content: np.ndarray, regions: list[np.ndarray], stats: Stats) -> np.ndarray:
+    def __call__(
+        self, content: np.ndarray, regions: list[np.ndarray], stats: Stats | None = None
+    ) -> np.ndarray:
+        """The stylised image (or tile): with the content statistics `stats`, else its own."""
         height, width = content.shape[:2]
         feat = self.encoder(pad_to_multiple(to_tensor(content, self.device), 8))
+        if stats is None:
+            stats = self._stats(feat, regions)
         if not regions:
             target = self.targets[0]
             feat = adain(feat, target[0], target[1], self.alpha, stats[0])

@@ -103,8 +103,8 @@ def stylize_feedforward(
     """Run an image-to-image net at the work size and return a result the size of `content`.
 
     `p` holds size, precision, strength (blend towards the content) and preserve_colors. When the
-    plan says tiles, the instance norms take the statistics of a pass over the downscaled whole
-    image (engine/tiling.py), so that every tile is normalised alike.
+    plan says tiles, the instance norms of every tile take the statistics of one pass over the
+    image or a sample of it (engine/tiling.py), so that all tiles are normalised alike.
     """
     work = images.resize(content, work_size(content.shape[:2], p["size"]))
     tiles = ctx.plan.tiles() if ctx.plan is not None else []
@@ -113,9 +113,8 @@ def stylize_feedforward(
             result = run_net(net, work, ctx.device, multiple)
         else:
             norms = tiling.SharedNorms()
-            small = images.resize(work, images.fit_long_side(*work.shape[:2], ctx.plan.stats_side))
             with norms.recording():
-                net(pad_to_multiple(to_tensor(small, ctx.device), multiple))
+                net(stats_batch(work, ctx, multiple))
 
             def one_tile(pixels: np.ndarray, _: tiling.Tile) -> np.ndarray:
                 with norms.replaying():
@@ -123,6 +122,12 @@ def stylize_feedforward(
 
             result = tiling.run_tiled(one_tile, work, tiles, tile_progress(ctx, len(tiles), 0.15, 0.95))
     return finish(images.resize(result, content.shape[:2]), content, p)
+
+
+def stats_batch(work: np.ndarray, ctx: RunContext, multiple: int) -> torch.Tensor:
+    """The plan's statistics sample of `work` (the image, or crops of it) as one padded batch."""
+    crops = [to_tensor(work[crop], ctx.device) for crop in ctx.plan.stats_crops()]
+    return pad_to_multiple(torch.cat(crops), multiple)
 
 
 def tile_progress(ctx: RunContext, count: int, start: float, end: float) -> Callable[[int], None]:
