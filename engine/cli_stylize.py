@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--map-weight", type=float, help="how strictly labels bind, 0 to 1 (default 1)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="print how the job would run (device, tiles, estimated memory) and stop",
+    )  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other method setting")
     for flag, _, kind, text in _SETTINGS:
         p.add_argument(flag, type=kind, help=text)
@@ -177,7 +181,7 @@ def _stylize(args: argparse.Namespace) -> int:
     from engine import images
     from engine.cache import ModelCache
     from engine.errors import CancelToken
-    from engine.pipeline import run_job
+    from engine.pipeline import plan_job, run_job
     from engine.protocol import StyleRef, StylizeJob
 
     output = Path(args.output)
@@ -195,6 +199,9 @@ def _stylize(args: argparse.Namespace) -> int:
     ]
     job = StylizeJob(args.method, _settings(args), images.to_raw(content, "f32"), styles)
     _add_masks(job, args, content.shape[:2])
+    if args.dry_run:
+        print(f"plan: {plan_job(job).describe()}")
+        return 0
     bar = _ProgressBar()
     started = time.monotonic()
     result = run_job(job, bar, CancelToken(), ModelCache())

@@ -42,7 +42,7 @@ DEFAULT_STYLE_SIZE = 512  # upstream test.py: the style's shorter side is resize
 EPS = 1e-5  # upstream calc_mean_std: added to the (unbiased) variance
 # The encoder pools three times, so sides and tile offsets are multiples of 8. Receptive-field
 # radius 67 px: encoder convs 2 + 4 + 16 + 8 and pools 1 + 2 + 4 px, decoder convs 8 + 16 + 4 + 2 px.
-COST = NetCost(multiple=8, halo=72, bytes_per_pixel=1000, fixed_bytes=30 << 20)
+COST = NetCost(multiple=8, halo=72, bytes_per_pixel=850, fixed_bytes=30 << 20)
 
 
 class AdaINMethod:

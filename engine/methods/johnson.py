@@ -13,5 +13,5 @@ MODELS = ("candy", "mosaic", "rain_princess", "udnie")
 # Two stride-2 convs and two 2x upsamplings: sides must be multiples of 4 to come back whole. The
 # receptive-field radius is 57 px: 9x9 conv (4), two stride-2 convs (1 + 2), ten 3x3 convs at
 # stride 4 (40), two upsampling convs (2 + 2 with the nearest upsampling) and the 9x9 output conv (4).
-COST = NetCost(multiple=4, halo=60, bytes_per_pixel=600, fixed_bytes=7 << 20)
+COST = NetCost(multiple=4, halo=60, bytes_per_pixel=450, fixed_bytes=7 << 20)
 METHOD = SingleModelMethod("johnson", MODELS, load_transformer_net, COST)
