@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engine.nets.ops import frozen, instance_norm_, reflect_conv
+from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
 
@@ -69,9 +70,10 @@ class ResnetGenerator(nn.Module):
             first.weight.mul_(2.0)
             last.weight.mul_(2.0)
             last.bias.mul_(2.0)
+        self.head = SpaceToDepthConv(last, factor=2)  # the 3-channel 7x7 conv, blocked (faster on CPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stem, down1, down2, up1, up2, head = self._convs
+        stem, down1, down2, up1, up2, _ = self._convs
         y = instance_norm_(reflect_conv(x, stem), relu=True)
         y = instance_norm_(down1(y), relu=True)
         y = instance_norm_(down2(y), relu=True)
@@ -79,7 +81,7 @@ class ResnetGenerator(nn.Module):
             y = block(y)
         y = instance_norm_(up1(y), relu=True)
         y = instance_norm_(up2(y), relu=True)
-        return reflect_conv(y, head).sigmoid_()
+        return self.head(y).sigmoid_()
 
 
 def load_resnet_generator(path: Path, device: torch.device) -> ResnetGenerator:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engine.nets.ops import UpsampleConv3x3, frozen, instance_norm_, reflect_conv
+from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
 
@@ -65,13 +66,15 @@ class TransformerNet(nn.Module):
 
     def prepare(self) -> None:
         """After loading: absorb upstream's 0..255 pixel range into the first and last convs (exact:
-        both are linear) and build the sub-pixel forms of the two upsampling convs."""
+        both are linear), build the sub-pixel forms of the two upsampling convs and the blocked form
+        of the 3-channel head."""
         with torch.no_grad():
             self.conv1.conv2d.weight.mul_(255.0)
             self.deconv3.conv2d.weight.div_(255.0)
             self.deconv3.conv2d.bias.div_(255.0)
         self.up1 = UpsampleConv3x3(self.deconv1.conv2d)
         self.up2 = UpsampleConv3x3(self.deconv2.conv2d)
+        self.head = SpaceToDepthConv(self.deconv3.conv2d, factor=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)
@@ -81,7 +84,7 @@ class TransformerNet(nn.Module):
             y = block(y)
         y = _norm_relu(self.up1(y), self.in4)
         y = _norm_relu(self.up2(y), self.in5)
-        return reflect_conv(y, self.deconv3.conv2d).clamp_(0.0, 1.0)
+        return self.head(y).clamp_(0.0, 1.0)
 
 
 def load_transformer_net(path: Path, device: torch.device) -> TransformerNet:

@@ -1,0 +1,58 @@
+"""A reflection-padded conv to a few output channels, computed on space-to-depth blocks.
+
+oneDNN runs a conv with 3 output channels (the RGB heads of Johnson's and CycleGAN's nets: 9x9 and
+7x7 kernels at full resolution) at a fifth of its usual throughput on this kind of CPU. Regrouping
+each f x f block of pixels into channels (pixel_unshuffle) turns it into a conv with f*f times the
+input and output channels and a small kernel, which oneDNN runs well; the outputs are regrouped
+back (pixel_shuffle). Same sums, more multiply-adds by zero, 1.5-1.7x faster for those two heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SpaceToDepthConv(nn.Module):
+    """ReflectionPad2d(k // 2) then `conv` (stride 1, odd square kernel, padding 0), blocked by `factor`.
+
+    Output pixel (f*I + a, f*J + b) reads padded input rows f*I + a + ky, i.e. block row I + qy at
+    offset r where a + ky = f*qy + r: kernel taps fold into a (taps x taps) conv between blocks.
+    """
+
+    def __init__(self, conv: nn.Conv2d, factor: int) -> None:
+        super().__init__()
+        kernel = conv.kernel_size[0]
+        self.factor, self.pad = factor, kernel // 2
+        self.taps = (factor + kernel - 2) // factor + 1
+        self.register_buffer("weight", _blocked_kernel(conv.weight.detach(), factor, self.taps))
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer("bias", bias.repeat_interleave(factor * factor))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        f = self.factor
+        padded = F.pad(x, (self.pad,) * 4, mode="reflect")
+        # Zero rows and columns so whole blocks cover every output; their outputs are cropped.
+        extra_h = f * (-(-height // f) + self.taps - 1) - padded.shape[-2]
+        extra_w = f * (-(-width // f) + self.taps - 1) - padded.shape[-1]
+        if extra_h or extra_w:
+            padded = F.pad(padded, (0, extra_w, 0, extra_h))
+        blocks = F.conv2d(F.pixel_unshuffle(padded, f), self.weight, self.bias)
+        return F.pixel_shuffle(blocks, f)[..., :height, :width]
+
+
+def _blocked_kernel(weight: torch.Tensor, f: int, taps: int) -> torch.Tensor:
+    """(out, in, k, k) to (out*f*f, in*f*f, taps, taps) in pixel_(un)shuffle's channel order:
+    entry [(o, a, b), (i, r, s), qy, qx] = weight[o, i, f*qy + r - a, f*qx + s - b], 0 outside."""
+    kernel = weight.shape[-1]
+    # Offset by f and zero-padded, so that every f*q + r - a in [-f, f*taps) indexes a tap or a zero.
+    padded = F.pad(weight, (f, f * taps - kernel, f, f * taps - kernel))
+    a, r, q = torch.meshgrid(torch.arange(f), torch.arange(f), torch.arange(taps), indexing="ij")
+    index = f * q + r - a + f  # (a, r, q)
+    rows = padded[:, :, index]  # (out, in, a, r, qy, K)
+    both = rows[..., index]  # (out, in, a, r, qy, b, s, qx)
+    out, inp = weight.shape[:2]
+    both = both.permute(0, 2, 5, 1, 3, 6, 4, 7)  # (out, a, b, in, r, s, qy, qx)
+    return both.reshape(out * f * f, inp * f * f, taps, taps).contiguous()
