@@ -7,24 +7,27 @@ The references follow the upstream inference code step by step, copies and conve
   and test.py style_transfer();
 - CycleGAN: junyanz/pytorch-CycleGAN-and-pix2pix models/networks.py ResnetGenerator (resnet_9blocks,
   instance norm, no dropout) and test.py (Normalize to -1..1, forward, util.tensor2im's (x + 1) / 2).
-Both sides get the same fixed-seed random weights (saved in the upstream layouts and installed
-through engine.weights) and the same synthetic images, in the same process, with interleaved
-repetitions; the table gives median seconds, the ratio of the medians and of the fastest runs, and
-the max abs difference of the 0..1 outputs.
+Both sides get the same fixed-seed random weights (saved in the upstream layouts; ours installs
+them through engine.weights) and the same synthetic images. Each side runs in its own fresh process,
+as its authors run it: the reference as upstream leaves the process, ours configured as the engine
+configures itself at start-up (engine.allocator). The processes alternate, reference and ours, for
+several rounds; each warms up once per size, then times `--reps` runs. The table gives median
+seconds over all rounds, the ratio of the medians and of the fastest runs, and the max abs
+difference of the 0..1 outputs.
 
-    .venv/bin/python bench/zoo.py            # 512 and 1024 px: ~4 min on 2 idle CPU cores, ~7 when shared
-    .venv/bin/python bench/zoo.py --sizes 256 --reps 2
+    .venv/bin/python bench/zoo.py            # 512 and 1024 px: ~15 min on 2 idle CPU cores
+    .venv/bin/python bench/zoo.py --sizes 256 --rounds 1 --reps 1
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -293,35 +296,74 @@ def synthetic_image(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(image, 0, 1).astype(np.float32)
 
 
-# --- ours ----------------------------------------------------------------------------------------
+# --- one side in its own process ------------------------------------------------------------------
+
+METHODS = ("johnson", "adain", "cyclegan")
+WEIGHT_FILES = {
+    "johnson": ("johnson_candy",),
+    "adain": ("adain_vgg", "adain_decoder"),
+    "cyclegan": ("cyclegan_style_monet",),
+}
 
 
-def install(weight_id: str, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """Save `state` as upstream does and import it through the weights manager (NST_HOME is private)."""
+def save_weights(folder: Path) -> None:
+    """The fixed-seed models' state dicts, saved as upstream saves them, and installed for ours."""
     from engine import weights
 
-    path = folder / f"{weight_id}.pth"
-    torch.save(state, path)
-    weights.import_file(weight_id, path)
+    vgg, decoder = adain_models()
+    states = {
+        "johnson_candy": johnson_state_dict(johnson_model()),
+        "adain_vgg": vgg.state_dict(),
+        "adain_decoder": decoder.state_dict(),
+        "cyclegan_style_monet": cyclegan_model().state_dict(),
+    }
+    for weight_id, state in states.items():
+        torch.save(state, folder / f"{weight_id}.pth")
+        weights.import_file(weight_id, folder / f"{weight_id}.pth")
 
 
-def our_runner(method_name: str, device: torch.device, **settings: object) -> Callable[..., np.ndarray]:
+def ref_runner(method: str, device: torch.device, folder: Path) -> Callable[..., np.ndarray]:
+    """The upstream model built and loaded from the saved file, as each project's test script does."""
+
+    def load(model: nn.Module, weight_id: str) -> nn.Module:
+        state = torch.load(folder / f"{weight_id}.pth", map_location="cpu", weights_only=True)
+        if method == "johnson":  # neural_style.py stylize(): drop the stale running-stat keys
+            state = {k: v for k, v in state.items() if not k.endswith((".running_mean", ".running_var"))}
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+    if method == "johnson":
+        net = load(RefTransformerNet(), "johnson_candy")
+        return lambda content: ref_johnson(net, content)
+    if method == "adain":
+        vgg = load(ref_adain_vgg(), "adain_vgg")
+        decoder = load(ref_adain_decoder(), "adain_decoder")
+        enc = nn.Sequential(*list(vgg.children())[:31])  # test.py: vgg[:31]
+        return lambda content, style: ref_adain(enc, decoder, content, style)
+    net = load(RefResnetGenerator(), "cyclegan_style_monet")
+    return lambda content: ref_cyclegan(net, content)
+
+
+def our_runner(method_name: str, device: torch.device) -> Callable[..., np.ndarray]:
+    """Ours through the method's own entry point, fp32, the style at its full size for AdaIN."""
     from engine.cache import ModelCache
     from engine.errors import CancelToken
     from engine.methods.base import PreparedJob, RunContext, Style
 
+    settings = {
+        "johnson": {"model": "candy"},
+        "adain": {"style_size": 0},
+        "cyclegan": {"model": "style_monet"},
+    }[method_name]
     method = __import__(f"engine.methods.{method_name}", fromlist=["METHOD"]).METHOD
     ctx = RunContext(device=device, progress=lambda _: None, cancel=CancelToken(), cache=ModelCache())
-    parsed = method.parse_params(dict(settings))
+    parsed = method.parse_params({**settings, "precision": "fp32"})
 
     def run(content: np.ndarray, *styles: np.ndarray) -> np.ndarray:
         job = PreparedJob(content=content, styles=[Style(s) for s in styles], params=parsed)
         return method.run(job, ctx)
 
     return run
-
-
-# --- timing --------------------------------------------------------------------------------------
 
 
 def timed(fn: Callable[[], np.ndarray], device: torch.device) -> tuple[float, np.ndarray]:
@@ -334,106 +376,81 @@ def timed(fn: Callable[[], np.ndarray], device: torch.device) -> tuple[float, np
     return time.perf_counter() - start, out
 
 
-def compare(
-    name: str,
-    ref: Callable[[], np.ndarray],
-    ours: Callable[[], np.ndarray],
-    reps: int,
-    device: torch.device,
-    warm_up: bool,
-) -> dict:
-    """`reps` interleaved timed runs (after an untimed one each if `warm_up`); medians and the worst
-    difference. Only the first size warms up: later sizes reuse the loaded models and kernels."""
-    if warm_up:
-        ref(), ours()
-    ref_times, our_times, diff = [], [], 0.0
-    for _ in range(reps):
-        t_ref, out_ref = timed(ref, device)
-        t_ours, out_ours = timed(ours, device)
-        ref_times.append(t_ref)
-        our_times.append(t_ours)
-        diff = max(diff, float(np.abs(out_ref - out_ours).max()))
-    row = {
-        "case": name,
-        "ref_s": statistics.median(ref_times),
-        "ours_s": statistics.median(our_times),
-        "max_abs_diff": diff,
-    }
-    row["speedup"] = row["ref_s"] / row["ours_s"]
-    # On a shared machine the fastest runs are the least disturbed: their ratio is shown too.
-    row["speedup_best"] = min(ref_times) / min(our_times)
-    print(
-        f"{name:<22} {row['ref_s']:>9.3f} {row['ours_s']:>9.3f} {row['speedup']:>8.2f}x "
-        f"{row['speedup_best']:>8.2f}x {diff:>12.2e}",
-        flush=True,
-    )
-    return row
+def worker(side: str, method: str, device: torch.device, sizes: list[int], reps: int, folder: Path) -> None:
+    """One side of one method: per size one untimed run, then `reps` timed ones; prints the times
+    as JSON and leaves the last output in `folder` for the parent to compare."""
+    if side == "ours":
+        from engine import allocator
 
-
-def _adain_pair(
-    enc: nn.Sequential,
-    decoder: nn.Sequential,
-    ours: Callable[..., np.ndarray],
-    content: np.ndarray,
-    style: np.ndarray,
-) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
-    """Each reference call nudges one style pixel and ours then gets the same style: our per-style
-    statistics cache never hits, so the comparison includes encoding the style, as upstream does."""
-    current = [style]
-    count = itertools.count(1)
-
-    def ref() -> np.ndarray:
-        current[0] = style.copy()
-        current[0][0, 0, 0] = next(count) * 1e-7
-        return ref_adain(enc, decoder, content, current[0])
-
-    return ref, lambda: ours(content, current[0])
-
-
-def bench(device: torch.device, sizes: list[int], reps: tuple[int, int], folder: Path) -> list[dict]:
-    """Every case at every size; `reps` is (up to 512 px, above)."""
-    johnson = johnson_model()
-    vgg, decoder = adain_models()
-    cyclegan = cyclegan_model()
-    install("johnson_candy", johnson_state_dict(johnson), folder)
-    install("adain_vgg", vgg.state_dict(), folder)
-    install("adain_decoder", decoder.state_dict(), folder)
-    install("cyclegan_style_monet", cyclegan.state_dict(), folder)
-    for model in (johnson, vgg, decoder, cyclegan):
-        model.to(device)
-    enc = nn.Sequential(*list(vgg.children())[:31])  # test.py: vgg[:31]
-
-    ours_j = our_runner("johnson", device, model="candy", precision="fp32")
-    ours_a = our_runner("adain", device, style_size=0, precision="fp32")
-    ours_c = our_runner("cyclegan", device, model="style_monet", precision="fp32")
+        allocator.configure()  # as engine.cli.main() does first
+    run = our_runner(method, device) if side == "ours" else ref_runner(method, device, folder)
     style = synthetic_image(512, 512, seed=2)
-    rows = []
-    print(
-        f"{'case (' + device.type + ')':<22} {'ref s':>9} {'ours s':>9} {'speedup':>9} {'best/best':>9} "
-        f"{'max |diff|':>12}"
-    )
-    for i, size in enumerate(sizes):
+    # Each call gets a new style (one pixel nudged, the same sequence on both sides): our per-style
+    # statistics cache never hits, so both sides encode the style every time, as upstream does.
+    nudges = itertools.count(1)
+
+    def call(content: np.ndarray) -> np.ndarray:
+        if method != "adain":
+            return run(content)
+        nudged = style.copy()
+        nudged[0, 0, 0] = next(nudges) * 1e-7
+        return run(content, nudged)
+
+    times: dict[int, list[float]] = {}
+    for size in sizes:
         content = synthetic_image(size, size, seed=1)
-        cases = [
-            ("johnson", functools.partial(ref_johnson, johnson, content), functools.partial(ours_j, content)),
-            ("adain", *_adain_pair(enc, decoder, ours_a, content, style)),
-            (
-                "cyclegan",
-                functools.partial(ref_cyclegan, cyclegan, content),
-                functools.partial(ours_c, content),
-            ),
-        ]
-        for name, ref, ours in cases:
-            rows.append(compare(f"{name} {size}", ref, ours, reps[size > 512], device, warm_up=i == 0))
+        call(content)
+        runs = [timed(functools.partial(call, content), device) for _ in range(reps)]
+        times[size] = [t for t, _ in runs]
+        np.save(folder / f"out-{side}-{method}-{size}.npy", runs[-1][1])
+    print(json.dumps(times))
+
+
+# --- the comparison ------------------------------------------------------------------------------
+
+
+def run_worker(side: str, method: str, args: argparse.Namespace, device: str, folder: Path) -> dict:
+    command = [sys.executable, __file__, "--worker", side, "--method", method, "--device", device]
+    command += ["--folder", str(folder), "--reps", str(args.reps), "--sizes", *map(str, args.sizes)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{side} {method} failed:\n{done.stderr[-3000:]}")
+    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def bench(device: str, args: argparse.Namespace, folder: Path) -> list[dict]:
+    """`args.rounds` rounds; in each, per method, a reference and an our process, alternating which
+    goes first. Returns one row per method and size."""
+    times = {(side, m, s): [] for side in ("ref", "ours") for m in METHODS for s in args.sizes}
+    diffs = {(m, s): 0.0 for m in METHODS for s in args.sizes}
+    for round_ in range(args.rounds):
+        for method in METHODS:
+            for side in ("ref", "ours") if round_ % 2 == 0 else ("ours", "ref"):
+                for size, runs in run_worker(side, method, args, device, folder).items():
+                    times[side, method, size] += runs
+            for size in args.sizes:
+                ref, ours = (np.load(folder / f"out-{side}-{method}-{size}.npy") for side in ("ref", "ours"))
+                diffs[method, size] = max(diffs[method, size], float(np.abs(ref - ours).max()))
+    rows = []
+    for size in args.sizes:
+        for method in METHODS:
+            ref, ours = times["ref", method, size], times["ours", method, size]
+            row = {
+                "case": f"{method} {size}",
+                "ref_s": statistics.median(ref),
+                "ours_s": statistics.median(ours),
+            }
+            row["speedup"] = row["ref_s"] / row["ours_s"]
+            # On a shared machine the fastest runs are the least disturbed: their ratio is shown too.
+            row["speedup_best"] = min(ref) / min(ours)
+            row["max_abs_diff"] = diffs[method, size]
+            rows.append(row)
+            print(
+                f"{device + ': ' + row['case']:<22} {row['ref_s']:>9.3f} {row['ours_s']:>9.3f} "
+                f"{row['speedup']:>8.2f}x {row['speedup_best']:>8.2f}x {row['max_abs_diff']:>12.2e}",
+                flush=True,
+            )
     return rows
-
-
-def keep_freed_memory() -> None:
-    """Big tensors are otherwise mmap'd fresh on every allocation and each page faults in again:
-    at 1024 px that is about a third of a Johnson forward pass on this CPU. Process-wide."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve big blocks from the heap
-    libc.mallopt(-1, 1 << 32)  # M_TRIM_THRESHOLD: keep freed heap memory for the next pass
 
 
 def main() -> None:
@@ -441,34 +458,41 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--reps", type=int, default=3, help="timed runs per case up to 512 px")
-    parser.add_argument("--reps-large", type=int, default=2, help="timed runs per case above 512 px")
-    parser.add_argument(
-        "--keep-freed-memory",
-        action="store_true",
-        help="make glibc malloc reuse freed blocks instead of returning them to the OS (both sides)",
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="reference/ours process pairs per method")
+    parser.add_argument("--reps", type=int, default=1, help="timed runs per size in each process")
+    parser.add_argument("--worker", choices=("ref", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    if args.worker:
+        worker(args.worker, args.method, torch.device(args.device), args.sizes, args.reps, args.folder)
+        return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["NST_HOME"] = str(Path(tmp) / "home")
-        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        os.environ["NST_HOME"] = str(Path(tmp) / "home")  # inherited by the workers
+        save_weights(Path(tmp))
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         summary = {
             "bench": "zoo",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "rounds": args.rounds,
+            "reps": args.reps,
+            "load_before": os.getloadavg(),
             "results": {},
         }
+        print(f"{'case':<22} {'ref s':>9} {'ours s':>9} {'speedup':>9} {'best/best':>9} {'max |diff|':>12}")
         for device in devices:
-            rows = bench(device, args.sizes, (args.reps, args.reps_large), Path(tmp))
-            for row in rows:
-                summary["results"][f"{device.type}:{row['case'].replace(' ', '@')}"] = {
+            for row in bench(device, args, Path(tmp)):
+                summary["results"][f"{device}:{row['case'].replace(' ', '@')}"] = {
+                    "ref_s": round(row["ref_s"], 3),
+                    "ours_s": round(row["ours_s"], 3),
                     "speedup": round(row["speedup"], 3),
                     "speedup_best": round(row["speedup_best"], 3),
                     "max_abs_diff": float(f"{row['max_abs_diff']:.3g}"),
                 }
+        summary["load_after"] = os.getloadavg()
         print(json.dumps(summary))
 
 

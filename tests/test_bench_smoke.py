@@ -1,4 +1,4 @@
-"""bench/gatys.py --quick end to end: every part runs, and its last line is the promised JSON."""
+"""The benches end to end: every part runs, and the last line is the promised JSON."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def test_gatys_bench_quick_prints_one_json_line() -> None:
     assert result["quick"] is True
     for key in ("step_ratio_512", "ttr_reference_s", "ttr_ours_s", "balanced_1024_s"):
         assert isinstance(result[key], float) and result[key] > 0, key
+
+
+@pytest.mark.slow
+def test_zoo_bench_runs_both_sides_and_they_agree() -> None:
+    """One round at a tiny size: every reference and our process runs, and their outputs match."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "zoo.py"), "--sizes", "32", "--rounds", "1", "--reps", "1"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])["results"]
+    assert set(results) >= {"cpu:johnson@32", "cpu:adain@32", "cpu:cyclegan@32"}
+    for case, row in results.items():
+        assert row["max_abs_diff"] <= 1e-4, case
+        assert row["ref_s"] > 0 and row["ours_s"] > 0, case
