@@ -46,7 +46,7 @@ class Plan:
         fp = self.footprint
         if fp is None or self.tile is None:
             return self.work[0] * self.work[1]
-        room = self.budget - (self.need - math.ceil(fp.bytes_per_pixel * self.tile**2))
+        room = self.budget - _fixed_need(self.device, fp)
         return min(STATS_PIXELS, max(self.tile**2, int(room / fp.bytes_per_pixel)))
 
     def stats_crops(self) -> list[tuple[slice, slice]]:
@@ -117,13 +117,17 @@ def plan(
 
 
 def shrink(current: Plan, memory_limit: int | None = None) -> Plan | None:
-    """The plan to retry with after running out of memory: smaller tiles, then the CPU, else None."""
+    """The plan to retry with after running out of memory, else None.
+
+    The estimate was too low, so the retry counts on half the memory the failed passes were to
+    take (smaller tiles, and a smaller statistics sample); below the smallest tile, the CPU.
+    """
     fp = current.footprint
-    if fp is not None and fp.halo:
-        largest = current.tile or max(current.work)
-        for side in _tile_sides(fp):
-            if side < largest:
-                return _with_tile(current.method, current.device, fp, current.budget, side)
+    if fp is not None and fp.halo and current.need is not None:
+        passes = current.need - _fixed_need(current.device, fp)
+        halved = _fit(current.method, current.device, fp, current.need - passes // 2)
+        if halved is not None and halved.tile is not None:
+            return halved
     if current.device.type == "cpu":
         return None
     cpu = torch.device("cpu")
@@ -150,10 +154,14 @@ def _with_tile(name: str, device: torch.device, fp: Footprint, budget: int, tile
     if tile is not None and tile >= max(height, width):
         tile = None  # one tile covers the image: that is one pass
     pixels = height * width if tile is None else tile * tile
-    need = fp.fixed_bytes + math.ceil(fp.bytes_per_pixel * pixels)
-    if device.type == "cpu":
-        need += OUTPUT_BYTES_PER_PIXEL * height * width
+    need = _fixed_need(device, fp) + math.ceil(fp.bytes_per_pixel * pixels)
     return Plan(name, device, fp.work, tile, fp, budget, need)
+
+
+def _fixed_need(device: torch.device, fp: Footprint) -> int:
+    """What a job holds on the device besides its passes: the weights, and on the CPU the result."""
+    output = OUTPUT_BYTES_PER_PIXEL * fp.work[0] * fp.work[1] if device.type == "cpu" else 0
+    return fp.fixed_bytes + output
 
 
 def _tile_sides(fp: Footprint) -> list[int]:
