@@ -125,11 +125,14 @@ def _run_planned(
 
 
 def _out_of_memory(exc: Exception) -> bool:
-    """torch raises OutOfMemoryError on GPUs and RuntimeError from the CPU allocator; numpy MemoryError."""
+    """torch raises OutOfMemoryError on GPUs and RuntimeError from the CPU allocator, and oneDNN
+    "could not create a primitive" when it cannot allocate its workspace; numpy MemoryError."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc)
-    return "out of memory" in text or "can't allocate memory" in text
+    return any(
+        sign in text for sign in ("out of memory", "can't allocate memory", "could not create a primitive")
+    )
 
 
 def _regions(raw: Any, job: StylizeJob, method: Method) -> list[tuple[str, int | None]]:
