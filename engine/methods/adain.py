@@ -128,8 +128,7 @@ class AdaINMethod:
         result = images.resize(result, job.content.shape[:2])
         if job.guides:  # the decoder only approximates the content: unstyled pixels keep the original
             result = masks.blend(result, job.content, job.guides)
-        luminance = p["preserve_colors"] == "luminance"
-        return finish(result, job.content, {"strength": 1.0, "preserve_colors": luminance})
+        return finish(result, job.content, 1.0, p["preserve_colors"] == "luminance")
 
 
 Stats = list[tuple[torch.Tensor, torch.Tensor]]  # (mean, std) of the content features, per region

@@ -122,7 +122,8 @@ def stylize_feedforward(
                     return run_net(net, pixels, ctx.device, multiple)
 
             result = tiling.run_tiled(one_tile, work, tiles, tile_progress(ctx, len(tiles), 0.15, 0.95))
-    return finish(images.resize(result, content.shape[:2]), content, p)
+    result = images.resize(result, content.shape[:2])
+    return finish(result, content, p["strength"], p["preserve_colors"] == "luminance")
 
 
 def stats_batch(work: np.ndarray, ctx: RunContext, multiple: int) -> torch.Tensor:
@@ -143,15 +144,16 @@ def tile_progress(ctx: RunContext, count: int, start: float, end: float) -> Call
     return report
 
 
-def finish(result: np.ndarray, content: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
-    """Strength and preserve_colors, in place and a band of rows at a time: no full-size temporaries."""
+def finish(result: np.ndarray, content: np.ndarray, strength: float, luminance: bool) -> np.ndarray:
+    """The blend towards the content (strength < 1) and luminance transfer (preserve_colors), in
+    place and a band of rows at a time: no full-size temporaries."""
     for rows in images.bands(result.shape[0]):
-        if p["strength"] < 1.0:
+        if strength < 1.0:
             band = result[rows]
             band -= content[rows]
-            band *= p["strength"]
+            band *= strength
             band += content[rows]
-        if p["preserve_colors"]:
+        if luminance:
             result[rows] = luminance_transfer(result[rows], content[rows])
     return result.astype(np.float32, copy=False)
 
