@@ -77,7 +77,7 @@ class Plan:
                 f"norm statistics from {sample}"
             )
         if self.need is None:
-            return f"{where} {how} (no memory estimate for this method)"
+            return f"{self.method} on {self.device.type}: one pass (no memory estimate for this method)"
         need, budget = self.need / GIB, self.budget / GIB
         return f"{where} {how}; estimated peak {need:.2f} GiB of {budget:.2f} GiB available"
 
