@@ -127,7 +127,7 @@ def run_tiled(
 
 def sample_crops(height: int, width: int, pixels: int, side: int, align: int) -> list[tuple[slice, slice]]:
     """Where to measure an image's statistics with about `pixels` pixels: the whole image if it
-    fits, else equal crops of `side` px on an even grid over it.
+    fits, else equal crops of `side` px, each centred in a cell of an even grid over it.
 
     Crops keep the full resolution, and with it the fine texture whose variance a downscaled copy
     loses (on random-weight nets, statistics of a 2x-downscaled pass moved the result 14/255 on
@@ -140,8 +140,11 @@ def sample_crops(height: int, width: int, pixels: int, side: int, align: int) ->
     cols = max(1, min(count, round(math.sqrt(count * width / height))))
     rows = max(1, count // cols)
 
-    def starts(n: int, length: int, crop: int) -> list[int]:
-        return [_round_down(round(i * (length - crop) / max(1, n - 1)), align) for i in range(n)]
+    def starts(n: int, length: int, crop: int) -> list[int]:  # centred in n equal cells
+        return [
+            _round_down(min(max(0, round((i + 0.5) * length / n - crop / 2)), length - crop), align)
+            for i in range(n)
+        ]
 
     return [
         (slice(y, y + crop_h), slice(x, x + crop_w))
