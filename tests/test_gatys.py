@@ -231,7 +231,7 @@ def test_an_lbfgs_stall_is_detected_and_adam_carries_on() -> None:
     messages: list[str] = []
     ctx = RunContext(torch.device("cpu"), lambda p: messages.append(p.message), CancelToken(), ModelCache())
     run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [50])
-    start = torch.zeros(1, 3, 8, 8)
+    start = torch.full((1, 3, 8, 8), 0.5)
     _, stalled_loss, done = run._lbfgs(0, start, objective, 50)
     assert done < 50, "expected this objective to stall L-BFGS"
     result = run.optimise_scale(0, start, objective)
@@ -240,18 +240,36 @@ def test_an_lbfgs_stall_is_detected_and_adam_carries_on() -> None:
 
 
 def test_lbfgs_line_search_rescues_an_overshooting_trial() -> None:
-    # A pseudo-Huber loss far from its minimum: the gradient barely changes along the first step, so
-    # the secant curvature is tiny and the next quasi-Newton trial overshoots a hundredfold. Without
-    # line-search trials (torch's default budget when step() runs one iteration leaves none) that trial
-    # is rejected, the image never moves again and the loss stays at 2024; with them, L-BFGS walks to
-    # the minimum (192) in a few iterations.
-    target = torch.linspace(0, 1, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    # A narrow pseudo-Huber loss far from its minimum: the gradient barely changes along the first step,
+    # so the secant curvature is tiny and the next quasi-Newton trial overshoots many times over.
+    # Without line-search trials (torch's default budget when step() runs one iteration leaves none)
+    # that trial is rejected, the image never moves again and the loss stays near 4294; with them,
+    # L-BFGS walks to the minimum (192) in a few iterations.
+    target = torch.linspace(0.5, 1, 3 * 8 * 8).reshape(1, 3, 8, 8)
 
     def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = (1 + (x - target - 10) ** 2).sqrt().sum()
+        loss = (1 + (30 * (x - target)) ** 2).sqrt().sum()
         return loss, loss
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
     run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [10])
     _, loss, _ = run._lbfgs(0, torch.zeros(1, 3, 8, 8), objective, 10)
-    assert loss < 193.0
+    assert loss < 200.0
+
+
+def test_lbfgs_keeps_the_image_displayable() -> None:
+    # The unconstrained minimum lies outside 0..1; every evaluated (and the returned) image is inside.
+    target = torch.linspace(-1, 2, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    seen: list[tuple[float, float]] = []
+
+    def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append((float(x.min()), float(x.max())))
+        loss = ((x - target) ** 2).sum()
+        return loss, loss
+
+    ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
+    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [10])
+    result, loss, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 10)
+    assert min(lo for lo, _ in seen) >= 0.0 and max(hi for _, hi in seen) <= 1.0
+    assert loss == pytest.approx(float(objective(target.clamp(0, 1))[0]), rel=1e-3)
+    assert 0.0 <= float(result.min()) and float(result.max()) <= 1.0

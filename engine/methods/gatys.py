@@ -351,6 +351,10 @@ class _Run:
         stall, where the quasi-Newton direction stopped being a descent direction. The history is
         dropped once (a steepest-descent restart); a second stall hands back early so the caller can
         continue with Adam. NaN also hands back early, with the best image seen.
+
+        Every evaluation first projects the image into 0..1. Unconstrained, the optimum of shallow
+        style layers lies far outside the displayable range (pixels at -0.5 and 1.5), and the clamped
+        result then scores no better than after a fifth of the iterations.
         """
         x = start.clone().requires_grad_(True)
         best = _Best(start)
@@ -363,6 +367,8 @@ class _Run:
 
             def closure(optimiser: torch.optim.LBFGS = optimiser, before: int = done) -> torch.Tensor:
                 self.ctx.cancel.raise_if_cancelled()
+                with torch.no_grad():
+                    x.clamp_(0, 1)  # projected: the loss is that of an image the user can get
                 optimiser.zero_grad(set_to_none=True)
                 total, _ = objective(x)
                 loss = float(total.detach())
