@@ -206,14 +206,20 @@ class _Transfer:
         """The stylised image (or tile): with the content statistics `stats`, else its own."""
         height, width = content.shape[:2]
         feat = self.encoder(pad_to_multiple(to_tensor(content, self.device), 8))
+        return to_image(
+            self.decoder(self.transform(feat, regions, stats))[..., :height, :width].clamp_(0.0, 1.0)
+        )
+
+    def transform(
+        self, feat: torch.Tensor, regions: list[np.ndarray], stats: Stats | None = None
+    ) -> torch.Tensor:
+        """AdaIN on the content's relu4_1 features (`regions`: HxW masks at the padded input's size)."""
         if stats is None:
             stats = self._stats(feat, regions)
         if not regions:
             target = self.targets[0]
-            feat = adain(feat, target[0], target[1], self.alpha, stats[0])
-        else:
-            feat = self._guided(feat, self._feature_masks(regions, feat), stats)
-        return to_image(self.decoder(feat)[..., :height, :width].clamp_(0.0, 1.0))
+            return adain(feat, target[0], target[1], self.alpha, stats[0])
+        return self._guided(feat, self._feature_masks(regions, feat), stats)
 
     def _feature_masks(self, regions: list[np.ndarray], feat: torch.Tensor) -> list[torch.Tensor]:
         """Each HxW region padded like the content, then averaged down to the feature grid."""
