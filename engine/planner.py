@@ -65,6 +65,8 @@ class Plan:
         where = f"{self.method} on {self.device.type}: {width}x{height} px"
         if self.tile is None:
             how = "in one pass"
+        elif not self.footprint.shared_norms:
+            how = f"in tiles of {self.tile} px (halo {self.footprint.halo} px), global statistics"
         else:
             crops = self.stats_crops()
             sample = (

@@ -88,6 +88,7 @@ class Footprint:
     fixed_bytes: int  # weights and whatever else does not grow with the image
     halo: int = 0  # context a tile needs on each side, in px; 0: the method does not tile
     align: int = 1  # tile offsets and sides must be multiples of this (the net's total stride)
+    shared_norms: bool = True  # tiles replay norm statistics measured first (False: Gatys's global Grams)
 
 
 class Method(Protocol):

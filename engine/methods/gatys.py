@@ -22,7 +22,8 @@ from engine.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, load_backbon
 from engine.colors import luminance_transfer, match_color_histogram
 from engine.errors import UserError
 from engine.losses import Target, gram, total_variation
-from engine.methods.base import Guide, PreparedJob, Progress, RunContext
+from engine.methods import gatys_tiles
+from engine.methods.base import Footprint, Guide, PreparedJob, Progress, RunContext
 
 TAPS = (
     "relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu4_1",
@@ -34,6 +35,13 @@ MAX_SIZE = 8192
 MIN_SCALE = 16
 PREVIEW_SIDE = 256
 PREVIEW_EVERY_S = 2.0
+# Measured with vgg16-hed on the CPU: an evaluation's activations and their gradients (~1550 B/px)
+# with allocator slack, plus L-BFGS's history (HISTORY pairs of image-sized vectors).
+HISTORY = 20
+EVAL_BYTES_PER_PIXEL = 2000 + HISTORY * 2 * 12
+WHOLE_IMAGE_BYTES_PER_PIXEL = 8 * 12  # image, gradient, Adam's two moments, content, best, temporaries
+BACKBONE_BYTES = 64 << 20
+MIN_TILE = 2 * gatys_tiles.HALO + gatys_tiles.ALIGN
 LINE_SEARCH_TRIALS = 25  # evaluations one strong-Wolfe search may spend beyond the budget
 KEEP_WEIGHT = 100.0  # the unstyled remainder's pixel term, relative to the style's total weight
 
@@ -68,7 +76,7 @@ PRESETS = {
 PARAMS = (
     "preset", "size", "strength", "content_weight", "style_weight", "tv_weight", "content_layers",
     "style_layers", "style_scale", "init", "optimizer", "iterations", "scales", "preserve_colors",
-    "activation_shift", "backbone", "pooling", "seed", "learning_rate",
+    "activation_shift", "backbone", "pooling", "seed", "learning_rate", "tile",
 )  # fmt: skip
 
 
@@ -124,7 +132,19 @@ class GatysMethod:
             "pooling": params.choice(raw, "pooling", "max", ("max", "avg")),
             "seed": params.integer(raw, "seed", 0, 0, 2**63 - 1),
             "learning_rate": params.number(raw, "learning_rate", 0.02, 1e-5, 1.0),
+            "tile": params.integer(raw, "tile", None, MIN_TILE, MAX_SIZE),
         }
+
+    def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
+        """The finest scale's memory: one evaluation's activations per pixel, plus what the whole
+        image holds (image, gradient, optimiser state, content) whatever the tiles."""
+        height, width = size
+        long_side = p["size"] or min(max(height, width), PRESETS[p["preset"]].default_size)
+        work = images.fit_long_side(height, width, long_side)
+        return Footprint(
+            work, EVAL_BYTES_PER_PIXEL, BACKBONE_BYTES + WHOLE_IMAGE_BYTES_PER_PIXEL * work[0] * work[1],
+            gatys_tiles.HALO, gatys_tiles.ALIGN, shared_norms=False,
+        )  # fmt: skip
 
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         p = job.params
@@ -159,7 +179,8 @@ class GatysMethod:
                 )
                 for s in styles
             ]
-            objective = _Objective(backbone, p, content_t, style_ts, weights, job.guides)
+            tile = gatys_tiles.tile_side_for(*size, ctx.plan.tile if ctx.plan else p["tile"])
+            objective = _Objective(backbone, p, content_t, style_ts, weights, job.guides, tile)
             if image is None:
                 image = _initial_image(p["init"], content_t)
             else:
@@ -193,6 +214,7 @@ class _Objective:
         styles: list[torch.Tensor],
         style_weights: np.ndarray,
         guides: list[Guide],
+        tile: int | None = None,
     ) -> None:
         # Input and weights in one layout, or every conv re-lays out its weights on every call.
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -201,6 +223,10 @@ class _Objective:
         self.style_layers = _normalised(p["style_layers"], p["style_weight"] * p["strength"])
         self.tv_weight = p["tv_weight"]
         self.taps = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
+        self.tile = None if guides else tile  # regions and semantic maps run in one pass
+        if self.tile is not None:
+            self._tiled(content, styles, style_weights)
+            return
         with torch.no_grad():
             feats = self.features(content)
             self.content_targets = {name: Target.of(feats[name]) for name in self.content_layers}
@@ -216,6 +242,32 @@ class _Objective:
             # target Gram; what no guide covers gets no style term and keeps the content.
             self.guide_targets = [self._guide_targets(g, feats, style_feats) for g in guides]
             self.keep = self._keep(guides, content, p) if guides else None
+
+    def _tiled(self, content: torch.Tensor, styles: list[torch.Tensor], style_weights: np.ndarray) -> None:
+        """Targets summed tile by tile (engine/methods/gatys_tiles.py): no full-size activations."""
+        strides = {name: 2 ** (int(name[4]) - 1) for name in self.taps}  # reluB_L: pooled B-1 times
+        self.grams = gatys_tiles.TiledGrams(self._features, strides, self.tile, self.shift)
+        plain = gatys_tiles.TiledGrams(self._features, strides, self.tile, 0.0)
+        squares, _ = plain(content, tuple(self.content_layers))  # trace / C: the mean square
+        style_names = tuple(self.style_layers)
+        targets: dict[str, torch.Tensor] = {}
+        for style, weight in zip(styles, style_weights, strict=True):
+            for name, g in self.grams(style, style_names)[0].items():
+                targets[name] = targets.get(name, 0) + g * float(weight)
+        self.terms = gatys_tiles.TiledTerms(
+            content=content,
+            content_layers={
+                n: (w, torch.diagonal(squares[n], dim1=-2, dim2=-1).mean() + 1e-8)
+                for n, w in self.content_layers.items()
+            },
+            style_layers={
+                n: (w, targets[n], targets[n].pow(2).mean() + 1e-8) for n, w in self.style_layers.items()
+            },
+            tv_weight=self.tv_weight,
+        )
+
+    def _features(self, image: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return self.backbone(image.contiguous(memory_format=torch.channels_last), taps)
 
     def _guide_targets(
         self, guide: Guide, feats: dict[str, torch.Tensor], style_feats: list[dict[str, torch.Tensor]]
@@ -258,10 +310,12 @@ class _Objective:
         )
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.backbone(image.contiguous(memory_format=torch.channels_last), self.taps)
+        return self._features(image, self.taps)
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (total loss, style loss); the style part is what the stall check watches."""
+        if self.tile is not None:
+            return gatys_tiles.evaluate(self.grams, self.terms, image)
         feats = self.features(image)
         content = sum(w * self.content_targets[n].loss(feats[n]) for n, w in self.content_layers.items())
         style = self._style_loss(feats)
@@ -319,7 +373,8 @@ class _Run:
         with torch.no_grad():
             start_loss, start_style = (float(v) for v in objective(start))
         steps = self.iterations[index]
-        if self.p["optimizer"] == "lbfgs":
+        # In tiles, L-BFGS's history would be the largest thing in memory: Adam keeps two moments.
+        if self.p["optimizer"] == "lbfgs" and getattr(objective, "tile", None) is None:
             result, loss, done = self._lbfgs(index, start, objective, steps)
             if done < steps or not _made_progress(start_loss, loss):
                 self._report(index, done, steps, loss, "L-BFGS stalled; continuing with Adam")
@@ -362,7 +417,7 @@ class _Run:
         for _attempt in range(2):
             optimiser = torch.optim.LBFGS(
                 [x], lr=1.0, max_iter=steps - done, max_eval=2 * (steps - done) + LINE_SEARCH_TRIALS,
-                history_size=50, line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0,
+                history_size=HISTORY, line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0,
             )  # fmt: skip
 
             def closure(optimiser: torch.optim.LBFGS = optimiser, before: int = done) -> torch.Tensor:
