@@ -263,7 +263,7 @@ def test_lbfgs_keeps_the_image_displayable() -> None:
     seen: list[tuple[float, float]] = []
 
     def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seen.append((float(x.min()), float(x.max())))
+        seen.append((float(x.detach().min()), float(x.detach().max())))
         loss = ((x - target) ** 2).sum()
         return loss, loss
 
