@@ -3,8 +3,9 @@
 Three figures (GitHub issue 2, item 6):
 - step: seconds per loss+gradient evaluation at 512 px, both sides on the same random-weight VGG19
   (engine.backbones.random_backbone, copied conv by conv into the reference's torchvision stack).
-  A "step" is one evaluation, not one L-BFGS iteration: ours does a strong-Wolfe line search (often
-  more than one evaluation per iteration), the reference's default L-BFGS exactly one. Ours is timed
+  A "step" is one evaluation, not one L-BFGS iteration: ours does a strong-Wolfe line search (one
+  evaluation per iteration once under way, more when a trial overshoots), the reference's default
+  L-BFGS exactly one. Ours is timed
   through engine.methods.gatys._Objective, the code every optimiser step runs. Interleaved, medians.
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
   odd landscape): the reference runs 200 L-BFGS iterations (T_ref, final objective L_ref); then the
@@ -130,8 +131,7 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
             fn()
             times[name].append(time.perf_counter() - start)
     ours_s, ref_s = (statistics.median(times[name]) for name in runs)
-    print(f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation; ours uses")
-    print("several per L-BFGS iteration for its strong-Wolfe line search, the reference exactly one)")
+    print(f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation)")
     print(f"  {'':10} {'median s':>9}  all")
     for name in runs:
         each = ", ".join(f"{t:.2f}" for t in times[name])
