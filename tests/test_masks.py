@@ -153,12 +153,8 @@ def test_guided_adain_gives_each_region_its_own_statistics() -> None:
     content_feat = torch.rand(1, 3, 4, 8, generator=gen) * 2
     targets = {0: torch.tensor([[1.0, -2.0, 3.0], [0.5, 2.0, 0.1]]), 1: torch.tensor([[5.0] * 3, [1.0] * 3])}
     guides = [Guide(half(32)[:16], [StyleSource(0, 1.0)]), Guide(1 - half(32)[:16], [StyleSource(1, 1.0)])]
-    styles = [np.zeros((1, 1, 3), np.float32), np.ones((1, 1, 3), np.float32)]
-
-    def stats_of(style: np.ndarray, mask: np.ndarray | None = None) -> torch.Tensor:
-        return targets[int(style.max())]
-
-    out = adain._guided_adain(content_feat, (16, 32), guides, styles, [], stats_of, {"alpha": 1.0})
+    transfer = adain._Transfer(None, None, [targets[0], targets[1]], 1.0, torch.device("cpu"))
+    out = transfer.transform(content_feat, [g.mask for g in guides])
     for index, cols in ((0, slice(0, 4)), (1, slice(4, 8))):
         region = out[0, :, :, cols].reshape(3, -1)
         assert torch.allclose(region.mean(dim=1), targets[index][0], atol=1e-4)
