@@ -37,17 +37,32 @@ for _ in $(seq 100); do [[ -S $WORK/run/engine.sock ]] && break; sleep 0.2; done
 
 # The batch script opens a display on a small image and runs the procedure interactively; it
 # blocks in the dialog until the capture below kills GIMP.
+# Two saved selections ("Sky", "Sea") and the regions mode, so the picture shows region 1 in use.
 cat >"$WORK/open-dialog.py" <<'PY'
 from gi.repository import Gimp
 image = Gimp.Image.new(320, 240, Gimp.ImageBaseType.RGB)
 layer = Gimp.Layer.new(image, "Photo", 320, 240, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
 image.insert_layer(layer, None, 0)
+layer.fill(Gimp.FillType.WHITE)
+channels = []
+for name, top in (("Sky", 0), ("Sea", 120)):
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, top, 320, 120)
+    channel = Gimp.Selection.save(image)
+    channel.set_name(name)
+    channels.append(channel)
+Gimp.Selection.none(image)
 Gimp.Display.new(image)
 proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
 config = proc.create_config()
 config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
 config.set_property("image", image)
 config.set_core_object_array("drawables", [layer])
+config.set_property("layer-mask", "regions")
+config.set_property("region1-source", "channel")
+config.set_property("region1-channel", channels[0])
+config.set_property("region1-style-layer", layer)
+config.set_property("region2-source", "channel")
+config.set_property("region2-channel", channels[1])
 proc.run(config)
 PY
 

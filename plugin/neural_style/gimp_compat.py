@@ -282,7 +282,9 @@ def _dialog(
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
 
     def title(label_id: str, text: str) -> None:
-        dialog.get_label(label_id, text, False, False).set_line_wrap(True)
+        label = dialog.get_label(label_id, text, False, False)
+        label.set_line_wrap(True)
+        label.set_max_width_chars(64)
 
     status = "Methods in the running engine:\n" + layers.describe_methods(available)
     dialog.get_label("engine-status", status, False, False)
