@@ -299,21 +299,19 @@ def test_tiled_objective_gives_the_whole_image_loss_and_gradient() -> None:
     assert float((tiled_grad - grad).abs().max()) < 1e-3 * float(grad.abs().max())
 
 
-def test_a_scale_larger_than_the_tile_runs_in_tiles_with_adam() -> None:
-    # 288 px in tiles of 256: the finest scale is optimised tile by tile (Adam: no L-BFGS history for
-    # an image that large), and the coarse scale in one pass; the style still moves the picture.
-    content, style = synthetic_photo(288, 224), synthetic_painting(160)
-    messages: list[str] = []
-    result = run_gatys(
-        content,
-        style,
-        progress=lambda p: messages.append(p.message),
-        size=288,
-        scales=2,
-        iterations=3,
-        tile=256,
-    )
+def test_a_scale_larger_than_the_tile_runs_in_tiles_and_lowers_its_loss() -> None:
+    # A 272 px strip in tiles of 256: the finest scale is optimised tile by tile by projected descent
+    # (no image-sized optimiser state), the coarse one in one pass. Every kept step must lower the
+    # loss (a scale that does not raises no-progress), and the style still moves the picture.
+    content, style = synthetic_photo(96, 272), synthetic_painting(160)
+    losses: list[float] = []
+
+    def progress(p: Progress) -> None:
+        if p.scale == 2 and p.loss is not None:
+            losses.append(p.loss)
+
+    result = run_gatys(content, style, progress, size=272, scales=2, iterations=3, tile=256)
     assert result.shape == content.shape
     assert result.min() >= 0.0 and result.max() <= 1.0
-    assert np.abs(result - content).mean() > 0.01
-    assert not any("stalled" in m for m in messages)
+    assert np.abs(result - content).mean() > 0.005
+    assert len(losses) == 3 and losses == sorted(losses, reverse=True)

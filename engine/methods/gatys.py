@@ -45,6 +45,7 @@ WHOLE_IMAGE_BYTES_PER_PIXEL = 8 * 12  # image, gradient, Adam's two moments, con
 BACKBONE_BYTES = 64 << 20
 MIN_TILE = 2 * gatys_tiles.HALO + gatys_tiles.ALIGN
 LINE_SEARCH_TRIALS = 25  # evaluations one strong-Wolfe search may spend beyond the budget
+DESCENT_REJECTIONS = 6  # rejected steps in a row (a 4096-fold smaller step) before descent gives up
 KEEP_WEIGHT = 100.0  # the unstyled remainder's pixel term, relative to the style's total weight
 
 
@@ -378,8 +379,9 @@ class _Run:
         with torch.no_grad():
             start_loss, start_style = (float(v) for v in objective(start))
         steps = self.iterations[index]
-        # In tiles, L-BFGS's history would be the largest thing in memory: Adam keeps two moments.
-        if self.p["optimizer"] == "lbfgs" and getattr(objective, "tile", None) is None:
+        if getattr(objective, "tile", None) is not None:
+            result, loss = self._descent(index, start, objective, steps)
+        elif self.p["optimizer"] == "lbfgs":
             result, loss, done = self._lbfgs(index, start, objective, steps)
             if done < steps or not _made_progress(start_loss, loss):
                 self._report(index, done, steps, loss, "L-BFGS stalled; continuing with Adam")
@@ -451,6 +453,40 @@ class _Run:
         with torch.no_grad():
             best.offer(float(objective(x)[0]), x)
         return best.image, best.loss, done
+
+    def _descent(
+        self, index: int, start: torch.Tensor, objective: _Objective, steps: int
+    ) -> tuple[torch.Tensor, float]:
+        """Projected gradient descent with an adaptive step, for images optimised in tiles.
+
+        L-BFGS's history and Adam's moments would be the largest things in memory there, and the
+        few iterations a fine scale gets are too few for Adam, whose first steps move every pixel by
+        the learning rate whatever its gradient and raise the loss. Here a step is kept only if it
+        lowers the loss (its size then doubles; a rejected one quarters it), so every kept iteration
+        refines the upsampled result, with four image-sized tensors in memory.
+        """
+
+        def value_and_grad(image: torch.Tensor) -> tuple[float, torch.Tensor]:
+            self.ctx.cancel.raise_if_cancelled()
+            x = image.requires_grad_(True)
+            total, _ = objective(x)
+            total.backward()
+            return float(total.detach()), x.grad.detach()
+
+        x = start.clone()
+        loss, grad = value_and_grad(x)
+        size = self.p["learning_rate"] / max(float(grad.abs().max()), 1e-12)
+        done = rejected = 0
+        while done < steps and rejected < DESCENT_REJECTIONS:
+            trial = (x.detach() - size * grad).clamp_(0, 1)
+            trial_loss, trial_grad = value_and_grad(trial)
+            if np.isfinite(trial_loss) and trial_loss < loss:
+                x, loss, grad, size = trial, trial_loss, trial_grad, size * 2
+                done, rejected = done + 1, 0
+                self._report(index, done, steps, loss, None, x)
+            else:
+                size, rejected = size / 4, rejected + 1
+        return x.detach(), loss
 
     def _adam(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
