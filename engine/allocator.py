@@ -31,8 +31,8 @@ def configure() -> bool:
     heap, and up to TRIM_THRESHOLD of free memory at its top stays mapped. The trade-off: after a job
     the process stays at about that job's peak memory (free blocks inside the heap are reused, not
     returned), where the default returns most of it; in exchange the next pass at the same size
-    faults in no pages (from about the third pass: torch's aligned allocations reuse a freed block
-    only once it has merged with its neighbours). Memory is bounded by the largest job's peak, and
+    faults in no pages (after a few passes: torch's aligned allocations reuse a freed block only
+    once it has merged with its neighbours). Memory is bounded by the largest job's peak, and
     single blocks bigger than MMAP_THRESHOLD (huge images) are not held. Call it once at start-up,
     before other threads allocate: threads that already have an arena keep it. Elsewhere (musl,
     macOS, Windows) it does nothing.

@@ -292,7 +292,7 @@ def test_tiled_objective_gives_the_whole_image_loss_and_gradient() -> None:
         x = image.clone().requires_grad_(True)
         total, style_part = objective(x)
         total.backward()
-        results.append((float(total), float(style_part), x.grad))
+        results.append((total.item(), style_part.item(), x.grad))
     (loss, style_loss, grad), (tiled_loss, tiled_style, tiled_grad) = results
     assert tiled_loss == pytest.approx(loss, rel=1e-4)
     assert tiled_style == pytest.approx(style_loss, rel=1e-4)
