@@ -69,6 +69,9 @@ PY
 cat >"$WORK/capture.sh" <<'SH'
 set -u
 WORK=$1 OUT=$2
+# Xvfb starts with the pointer in the middle of the screen, where the dialog opens: a widget
+# under it shows its tooltip, which import grabs with the dialog. Park it in a corner first.
+xdotool mousemove 0 0
 GIMP3_DIRECTORY=$WORK/gimp3 gimp-3.0 -n --no-splash --batch-interpreter python-fu-eval -b - \
     <"$WORK/open-dialog.py" >"$WORK/gimp.log" 2>&1 &
 GIMP=$!
@@ -80,8 +83,21 @@ for _ in $(seq 180); do
 done
 status=1
 if [ -n "$id" ]; then
-    sleep 3  # let the dialog finish its first layout and paint
-    import -window "$id" "$OUT" && status=0
+    # Should the dialog cover the corner, move the pointer to the screen corner it leaves free.
+    eval "$(xdotool getwindowgeometry --shell "$id")"
+    if [ "$X" -le 0 ] && [ "$Y" -le 0 ]; then
+        xdotool mousemove "$(xdotool getdisplaygeometry | cut -d' ' -f1)" 0
+    fi
+    # Grab until two frames a second apart are the same (the dialog has done its layout and
+    # painted), then at most 30 s; PPM frames carry no timestamps, so cmp compares pixels.
+    import -window "$id" "$WORK/a.ppm"
+    for _ in $(seq 30); do
+        sleep 1
+        import -window "$id" "$WORK/b.ppm"
+        cmp -s "$WORK/a.ppm" "$WORK/b.ppm" && break
+        mv "$WORK/b.ppm" "$WORK/a.ppm"
+    done
+    convert "$WORK/b.ppm" -define png:exclude-chunk=date,time "$OUT" && status=0
 else
     echo "the dialog never appeared; GIMP said:" >&2
     tail -40 "$WORK/gimp.log" >&2
