@@ -11,6 +11,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,69 +30,29 @@ def register(subparsers: Any) -> None:
         help="serve TCP on HOST:PORT (needs a token; the default on Windows) or a Unix socket at PATH "
         "(default: engine.sock in the user runtime directory)",
     )
-    serve.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=1800.0,
-        metavar="SECONDS",
-        help="exit after this long without jobs or requests; 0 never (default 1800)",
-    )
-    serve.add_argument(
-        "--max-message",
-        type=_size,
-        default=_DEFAULTS.max_message,
-        metavar="BYTES",
-        help="largest total of image data one request may carry (all its images), e.g. 8G (default 4G)",
-    )
-    serve.add_argument(
-        "--max-payload",
-        type=_size,
-        default=_DEFAULTS.max_payload,
-        metavar="BYTES",
-        help="largest payload of one frame: a small message, or one chunk of a large one (default 64M)",
-    )
-    serve.add_argument(
-        "--chunk-size",
-        type=_size,
-        default=_DEFAULTS.chunk_size,
-        metavar="BYTES",
-        help="bytes per chunk when the engine sends a large result (default 16M)",
-    )
-    serve.add_argument(
-        "--max-header",
-        type=_size,
-        default=_DEFAULTS.max_header,
-        metavar="BYTES",
-        help="largest JSON header (default 1M)",
-    )
-    serve.add_argument(
-        "--max-side",
-        type=int,
-        default=_DEFAULTS.max_side,
-        metavar="PX",
-        help="largest image width or height (default 32768)",
-    )
-    serve.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="drop a client that stops sending or reading mid-message (default 30)",
-    )
-    serve.add_argument(
-        "--jobs-per-device",
-        type=int,
-        default=1,
-        metavar="N",
-        help="jobs run at once on each device (default 1)",
-    )
-    serve.add_argument(
-        "--cache-size",
-        type=_size,
-        default=4 << 30,
-        metavar="BYTES",
-        help="memory for cached models before the least recently used go (default 4G)",
-    )
+    # The limits and timeouts: (flag, type, default, metavar, help).
+    options: tuple[tuple[str, Callable[[str], Any], float, str, str], ...] = (
+        ("--idle-timeout", float, 1800.0, "SECONDS",
+         "exit after this long without jobs or requests; 0 never (default 1800)"),
+        ("--max-message", _size, _DEFAULTS.max_message, "BYTES",
+         "largest total of image data one request may carry (all its images), e.g. 8G (default 4G)"),
+        ("--max-payload", _size, _DEFAULTS.max_payload, "BYTES",
+         "largest payload of one frame: a small message, or one chunk of a large one (default 64M)"),
+        ("--chunk-size", _size, _DEFAULTS.chunk_size, "BYTES",
+         "bytes per chunk when the engine sends a large result (default 16M)"),
+        ("--max-header", _size, _DEFAULTS.max_header, "BYTES",
+         "largest JSON header (default 1M)"),
+        ("--max-side", int, _DEFAULTS.max_side, "PX",
+         "largest image width or height (default 32768)"),
+        ("--stall-timeout", float, 30.0, "SECONDS",
+         "drop a client that stops sending or reading mid-message (default 30)"),
+        ("--jobs-per-device", int, 1, "N",
+         "jobs run at once on each device (default 1)"),
+        ("--cache-size", _size, 4 << 30, "BYTES",
+         "memory for cached models before the least recently used go (default 4G)"),
+    )  # fmt: skip
+    for flag, kind, default, metavar, text in options:
+        serve.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     serve.add_argument("--log-file", type=Path, help=f"default: {protocol.LOG_NAME} in the data directory")
     serve.set_defaults(handler=_serve)
 
