@@ -1,12 +1,14 @@
-"""Shared fixtures: throwaway engine homes, and real engine servers on real sockets."""
+"""Shared fixtures: throwaway engine homes, real engine servers on real sockets, and bench/zoo.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,6 +19,17 @@ PLUGIN_DIR = ROOT / "plugin" / "neural_style"
 # GIMP runs the plug-in as a script, so its modules import each other as top-level siblings.
 if str(PLUGIN_DIR) not in sys.path:
     sys.path.insert(0, str(PLUGIN_DIR))
+
+
+@pytest.fixture(scope="session")
+def zoo() -> ModuleType:
+    """bench/zoo.py, loaded once (bench/ is no package): fixed-seed Johnson, AdaIN and CycleGAN nets
+    in the upstream checkpoint layouts, their upstream forward passes, and synthetic images."""
+    spec = importlib.util.spec_from_file_location("bench_zoo", ROOT / "bench" / "zoo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ seam test: a tiled run against an untiled run of the same job, through the real 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,22 +22,11 @@ from engine.nets.transformer_net import load_transformer_net
 from engine.pipeline import run_job
 from engine.protocol import StyleRef, StylizeJob
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-def _zoo():
-    spec = importlib.util.spec_from_file_location("bench_zoo", ROOT / "bench" / "zoo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-zoo = _zoo()
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def home(tmp_path_factory: pytest.TempPathFactory, zoo: ModuleType) -> Iterator[Path]:
     """A private NST_HOME with bench/zoo.py's fixed-seed Johnson, AdaIN and CycleGAN installed."""
     vgg, decoder = zoo.adain_models()
     states = {
@@ -107,7 +96,7 @@ def test_statistics_crops_are_the_image_when_it_fits_else_spread_over_it() -> No
     assert min(c.start for _, c in crops) < 3000 / 4 and max(c.stop for _, c in crops) > 3000 * 3 / 4
 
 
-def test_replayed_norms_must_follow_the_recorded_net(tmp_path: Path) -> None:
+def test_replayed_norms_must_follow_the_recorded_net(tmp_path: Path, zoo: ModuleType) -> None:
     torch.save(zoo.johnson_state_dict(zoo.johnson_model()), tmp_path / "j.pth")
     torch.save(zoo.cyclegan_model().state_dict(), tmp_path / "c.pth")
     johnson = load_transformer_net(tmp_path / "j.pth", CPU)
@@ -127,7 +116,7 @@ def test_replayed_norms_must_follow_the_recorded_net(tmp_path: Path) -> None:
 # --- seams ---------------------------------------------------------------------------------------
 
 
-def _run(method: str, content: np.ndarray, **settings) -> tuple[np.ndarray, list[str]]:
+def _run(zoo: ModuleType, method: str, content: np.ndarray, **settings) -> tuple[np.ndarray, list[str]]:
     messages: list[str] = []
     styles = (
         [StyleRef(image=images.to_raw(zoo.synthetic_image(96, 96, seed=2), "f32"))]
@@ -162,12 +151,12 @@ def _border_energy_ratio(image: np.ndarray, tiles: list[tiling.Tile]) -> float:
     [("johnson", (320, 384), 256), ("adain", (256, 320), 256), ("cyclegan", (288, 288), 256)],
 )
 def test_a_tiled_run_matches_the_untiled_run(
-    method: str, size: tuple[int, int], tile: int, home: Path
+    method: str, size: tuple[int, int], tile: int, home: Path, zoo: ModuleType
 ) -> None:
     content = zoo.synthetic_image(*size, seed=1)
-    whole, messages = _run(method, content)
+    whole, messages = _run(zoo, method, content)
     assert any("in one pass" in m for m in messages)
-    tiled, messages = _run(method, content, tile=tile)
+    tiled, messages = _run(zoo, method, content, tile=tile)
     plan = next(m for m in messages if m.startswith("plan:"))
     assert "tiles of" in plan and "statistics from the whole image" in plan
     diff = np.abs(tiled - whole)
@@ -182,7 +171,7 @@ def test_a_tiled_run_matches_the_untiled_run(
     assert ratio <= 1.1 * reference  # the content's own edges may lie there: tiling adds no energy
 
 
-def test_with_sampled_statistics_the_result_does_not_depend_on_the_tiles(home: Path) -> None:
+def test_with_sampled_statistics_the_result_does_not_depend_on_the_tiles(home: Path, zoo: ModuleType) -> None:
     """When the whole image is too large for the statistics pass, the tiles share the statistics of
     crops. The result moves from the untiled one (random nets are sensitive to it), but every tile
     moves alike: two different tile grids give the same picture, which a seam (a tile normalised
