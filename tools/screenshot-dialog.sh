@@ -38,8 +38,11 @@ for _ in $(seq 100); do [[ -S $WORK/run/engine.sock ]] && break; sleep 0.2; done
 # The batch script opens a display on a small image and runs the procedure interactively; it
 # blocks in the dialog until the capture below kills GIMP.
 # Two saved selections ("Sky", "Sea") and the regions mode, so the picture shows region 1 in use.
-cat >"$WORK/open-dialog.py" <<'PY'
-from gi.repository import Gimp
+{
+    printf 'import sys\nsys.path.insert(0, "%s")\n' "$REPO/tests/e2e"  # the e2e scripts' shared prelude
+    cat <<'PY'
+from batch_prelude import Gimp, procedure_config
+
 image = Gimp.Image.new(320, 240, Gimp.ImageBaseType.RGB)
 layer = Gimp.Layer.new(image, "Photo", 320, 240, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
 image.insert_layer(layer, None, 0)
@@ -52,19 +55,20 @@ for name, top in (("Sky", 0), ("Sea", 120)):
     channels.append(channel)
 Gimp.Selection.none(image)
 Gimp.Display.new(image)
-proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
-config = proc.create_config()
-config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-config.set_property("image", image)
-config.set_core_object_array("drawables", [layer])
-config.set_property("layer-mask", "regions")
-config.set_property("region1-source", "channel")
-config.set_property("region1-channel", channels[0])
-config.set_property("region1-style-layer", layer)
-config.set_property("region2-source", "channel")
-config.set_property("region2-channel", channels[1])
+proc, config = procedure_config(
+    image,
+    [layer],
+    run_mode=Gimp.RunMode.INTERACTIVE,
+    layer_mask="regions",
+    region1_source="channel",
+    region1_channel=channels[0],
+    region1_style_layer=layer,
+    region2_source="channel",
+    region2_channel=channels[1],
+)
 proc.run(config)
 PY
+} >"$WORK/open-dialog.py"
 
 cat >"$WORK/capture.sh" <<'SH'
 set -u

@@ -7,7 +7,7 @@ import sys
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, Gio, fill, load_args, pixels
+from batch_prelude import Gimp, Gio, configure, fill, load_args, pixels, procedure_config, run_procedure
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H = 64, 48
@@ -25,22 +25,16 @@ try:
     layer.add_mask(mask)
     fill(mask, 1, "Y float", lambda x, y, c: min(1.0, max(0.0, (36 - x) / 8)))  # 1 up to x=28, 0 from 36
 
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
-    config.set_property("method", "gatys")
-    config.set_property("style-file", Gio.File.new_for_path(ARGS["style"]))
-    config.set_property("preset", "draft")
-    config.set_property("iterations", 10)
-    config.set_property("strength", 5.0)
-    result = proc.run(config)
-    status = result.index(0)
-    findings["status"] = status.value_nick
-    findings["error"] = (
-        result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
+    proc, config = procedure_config(
+        image,
+        [layer],
+        method="gatys",
+        style_file=Gio.File.new_for_path(ARGS["style"]),
+        preset="draft",
+        iterations=10,
+        strength=5.0,
     )
+    findings["status"], findings["error"] = run_procedure(proc, config)
     findings["layers"] = [item.get_name() for item in image.get_layers()]
     findings["source"] = list(pixels(layer, "R'G'B' float"))
     findings["result"] = list(pixels(image.get_layers()[0], "R'G'B' float"))
@@ -48,14 +42,8 @@ try:
     findings["width"] = W
 
     # Split: white takes the first style, black the second.
-    config.set_property("layer-mask", "split")
-    config.set_property("style2-file", Gio.File.new_for_path(ARGS["style2"]))
-    result = proc.run(config)
-    status = result.index(0)
-    findings["split_status"] = status.value_nick
-    findings["split_error"] = (
-        result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
-    )
+    configure(config, layer_mask="split", style2_file=Gio.File.new_for_path(ARGS["style2"]))
+    findings["split_status"], findings["split_error"] = run_procedure(proc, config)
     split = image.get_layers()[image.get_item_position(layer) - 1]
     findings["split_name"] = split.get_name()
     findings["split"] = list(pixels(split, "R'G'B' float"))

@@ -10,7 +10,7 @@ import sys
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, Gio, fill, load_args, pixels
+from batch_prelude import Gimp, Gio, fill, load_args, pixels, procedure_config, run_procedure
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 IW, W, H, OX = 80, 64, 48, 16
@@ -19,27 +19,23 @@ findings = {"width": W}
 
 def run(image, layer, **props):
     """Run the transfer in the regions mode; (status, error, the new layer's pixels or None)."""
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
-    config.set_property("method", "gatys")
-    config.set_property("layer-mask", "regions")
-    config.set_property("preset", "draft")
-    config.set_property("iterations", 20)
-    config.set_property("strength", 10.0)
-    for key, value in props.items():
-        config.set_property(key.replace("_", "-"), value)
+    proc, config = procedure_config(
+        image,
+        [layer],
+        method="gatys",
+        layer_mask="regions",
+        preset="draft",
+        iterations=20,
+        strength=10.0,
+        **props,
+    )
     before = len(image.get_layers())
-    result = proc.run(config)
-    status = result.index(0)
-    error = result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
+    status, error = run_procedure(proc, config)
     out = None
     if len(image.get_layers()) > before:
         new = image.get_layers()[image.get_item_position(layer) - 1]
         out = {"name": new.get_name(), "pixels": list(pixels(new, "R'G'B' float"))}
-    return status.value_nick, error, out
+    return status, error, out
 
 
 def saved_selection(image, name, x, w):

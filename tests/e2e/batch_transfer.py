@@ -6,7 +6,7 @@ import sys
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, Gio, fill, load_args, pixels
+from batch_prelude import Gimp, Gio, fill, load_args, pixels, procedure_config, run_procedure, transfer
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H = 64, 48
@@ -34,23 +34,16 @@ def snapshot(image):
 
 
 def run_transfer(image, drawables, style_path):
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", drawables)
-    config.set_property("method", "gatys")
-    config.set_property("style-file", Gio.File.new_for_path(style_path))
-    config.set_property("preset", "draft")
-    config.set_property("size", 64)
-    config.set_property("iterations", 3)  # a few steps change the pixels; the preset's take minutes
-    config.set_property("only-selection", True)
-    result = proc.run(config)
-    status = result.index(0)
-    # On failure GIMP 3 puts the message in the second return value (the PDB's last error
-    # reads "success" from a batch script).
-    error = result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
-    return status.value_nick, error
+    return transfer(
+        image,
+        drawables,
+        method="gatys",
+        style_file=Gio.File.new_for_path(style_path),
+        preset="draft",
+        size=64,
+        iterations=3,  # a few steps change the pixels; the preset's take minutes
+        only_selection=True,
+    )
 
 
 def write_engine_config(config):
@@ -94,17 +87,10 @@ try:
     )
 
     # 3. Re-run from the top result layer: its parasite's settings, applied to its source again.
-    rerun = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-rerun")
-    config = rerun.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [image.get_layers()[0]])
-    result = rerun.run(config)
-    status = result.index(0)
-    error = result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
-    findings["steps"].append(
-        {"name": "rerun", "status": status.value_nick, "error": error, "after": snapshot(image)}
+    status, error = run_procedure(
+        *procedure_config(image, [image.get_layers()[0]], procedure="plug-in-neural-style-rerun")
     )
+    findings["steps"].append({"name": "rerun", "status": status, "error": error, "after": snapshot(image)})
 
     # 4. No engine at all: an endpoint nobody listens on, and a python that cannot start one.
     write_engine_config({"python": "/nonexistent/python", "endpoint": "unix:" + ARGS["dead_socket"]})

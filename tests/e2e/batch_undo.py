@@ -6,26 +6,19 @@ import subprocess
 import sys
 import time
 import traceback
-from array import array
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gegl, Gimp, Gio, load_args
+from batch_prelude import Gimp, Gio, fill, load_args, pixels, transfer
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 findings = {}
 
 
 def state(image):
-    out = []
-    for layer in image.get_layers():
-        w, h = layer.get_width(), layer.get_height()
-        data = layer.get_buffer().get(
-            Gegl.Rectangle.new(0, 0, w, h), 1.0, "R'G'B'A float", Gegl.AbyssPolicy.CLAMP
-        )
-        values = array("f")
-        values.frombytes(bytes(data))
-        out.append({"name": layer.get_name(), "pixels": list(values)})
-    return out
+    return [
+        {"name": layer.get_name(), "pixels": list(pixels(layer, "R'G'B'A float"))}
+        for layer in image.get_layers()
+    ]
 
 
 def xdotool(*args):
@@ -38,35 +31,21 @@ try:
     for name, shade in (("Base", 0.2), ("Top", 0.7)):
         layer = Gimp.Layer.new(image, name, 48, 32, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
         image.insert_layer(layer, None, 0)
-        values = array(
-            "f",
-            (
-                ((x * 5 + y * 3 + c * 7) % 16) / 16.0 * shade
-                for y in range(32)
-                for x in range(48)
-                for c in range(3)
-            ),
+        fill(
+            layer,
+            3,
+            "R'G'B' float",
+            lambda x, y, c, shade=shade: ((x * 5 + y * 3 + c * 7) % 16) / 16.0 * shade,
         )
-        buf = layer.get_buffer()
-        buf.set(Gegl.Rectangle.new(0, 0, 48, 32), "R'G'B' float", values.tobytes())
-        buf.flush()
         layers.append(layer)
     image.undo_enable()
     image.clean_all()
     display = Gimp.Display.new(image)
     findings["before"] = state(image)
 
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-neural-style-transfer")
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", layers)
-    config.set_property("style-file", Gio.File.new_for_path(ARGS["style"]))
-    config.set_property("preset", "draft")
-    config.set_property("size", 48)
-    config.set_property("iterations", 2)
-    result = proc.run(config)
-    findings["status"] = result.index(0).value_nick
+    findings["status"], _ = transfer(
+        image, layers, style_file=Gio.File.new_for_path(ARGS["style"]), preset="draft", size=48, iterations=2
+    )
     findings["after_run"] = [entry["name"] for entry in state(image)]
     Gimp.displays_flush()
 
