@@ -126,8 +126,11 @@ RETRY = textwrap.dedent(
     """
     import resource, sys
     import torch
+    import importlib.util
     sys.path.insert(0, {root!r})
-    from tests.test_tiling import zoo
+    spec = importlib.util.spec_from_file_location("bench_zoo", {root!r} + "/bench/zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
     from engine import devices, images, weights
     from engine.cache import ModelCache
     from engine.errors import CancelToken

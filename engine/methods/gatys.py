@@ -41,7 +41,11 @@ HISTORY = 100
 HISTORY_BYTES = 512 << 20
 # Measured with vgg16-hed on the CPU: an evaluation's activations and gradients, ~1550 B/px, + slack.
 EVAL_BYTES_PER_PIXEL = 2000
-WHOLE_IMAGE_BYTES_PER_PIXEL = 8 * 12  # image, gradient, Adam's two moments, content, best, temporaries
+# Held for the whole image however it is tiled: image, gradient, trial step (12 B each), the content
+# features kept in half precision (16), one more image during set-up. A pass over the whole image
+# adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
+WHOLE_IMAGE_BYTES_PER_PIXEL = 4 * 12 + 16
+ONE_PASS_BYTES_PER_PIXEL = 3 * 12
 BACKBONE_BYTES = 64 << 20
 MIN_TILE = 2 * gatys_tiles.HALO + gatys_tiles.ALIGN
 LINE_SEARCH_TRIALS = 25  # evaluations one strong-Wolfe search may spend beyond the budget
@@ -139,15 +143,15 @@ class GatysMethod:
         }
 
     def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
-        """The finest scale's memory: one evaluation's activations per pixel, plus what the whole
-        image holds (image, gradient, optimiser state, content) whatever the tiles."""
+        """The finest scale's memory: per pixel of a pass, one evaluation's activations (and what a
+        pass over the whole image adds); plus what the whole image holds, whatever the tiles."""
         height, width = size
         long_side = p["size"] or min(max(height, width), PRESETS[p["preset"]].default_size)
         work = images.fit_long_side(height, width, long_side)
         pixels = work[0] * work[1]
-        history = min(HISTORY_BYTES, HISTORY * 2 * 12 * pixels)  # one pass only: tiles use Adam
+        history = min(HISTORY_BYTES, HISTORY * 2 * 12 * pixels)  # one pass only: tiles use plain descent
         return Footprint(
-            work, EVAL_BYTES_PER_PIXEL + history / pixels,
+            work, EVAL_BYTES_PER_PIXEL + ONE_PASS_BYTES_PER_PIXEL + history / pixels,
             BACKBONE_BYTES + WHOLE_IMAGE_BYTES_PER_PIXEL * pixels,
             gatys_tiles.HALO, gatys_tiles.ALIGN, shared_norms=False,
         )  # fmt: skip
@@ -191,6 +195,7 @@ class GatysMethod:
                 image = _initial_image(p["init"], content_t)
             else:
                 image = images.resize_tensor(image, size).clamp(0, 1)
+            del content_t, style_ts  # tiled objectives keep only what they need of them
             image = run.optimise_scale(index, image, objective)
 
         result = images.to_numpy(image)
@@ -252,24 +257,13 @@ class _Objective:
     def _tiled(self, content: torch.Tensor, styles: list[torch.Tensor], style_weights: np.ndarray) -> None:
         """Targets summed tile by tile (engine/methods/gatys_tiles.py): no full-size activations."""
         strides = {name: 2 ** (int(name[4]) - 1) for name in self.taps}  # reluB_L: pooled B-1 times
-        self.grams = gatys_tiles.TiledGrams(self._features, strides, self.tile, self.shift)
-        plain = gatys_tiles.TiledGrams(self._features, strides, self.tile, 0.0)
-        squares, _ = plain(content, tuple(self.content_layers))  # trace / C: the mean square
-        style_names = tuple(self.style_layers)
+        tiler = gatys_tiles.Tiler(self._features, strides, self.tile)
         targets: dict[str, torch.Tensor] = {}
         for style, weight in zip(styles, style_weights, strict=True):
-            for name, g in self.grams(style, style_names)[0].items():
+            for name, g in tiler.grams(style, tuple(self.style_layers), self.shift)[0].items():
                 targets[name] = targets.get(name, 0) + g * float(weight)
-        self.terms = gatys_tiles.TiledTerms(
-            content=content,
-            content_layers={
-                n: (w, torch.diagonal(squares[n], dim1=-2, dim2=-1).mean() + 1e-8)
-                for n, w in self.content_layers.items()
-            },
-            style_layers={
-                n: (w, targets[n], targets[n].pow(2).mean() + 1e-8) for n, w in self.style_layers.items()
-            },
-            tv_weight=self.tv_weight,
+        self.tiled = gatys_tiles.TiledObjective(
+            tiler, content, self.content_layers, self.style_layers, targets, self.shift, self.tv_weight
         )
 
     def _features(self, image: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -321,7 +315,7 @@ class _Objective:
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (total loss, style loss); the style part is what the stall check watches."""
         if self.tile is not None:
-            return gatys_tiles.evaluate(self.grams, self.terms, image)
+            return self.tiled(image)
         feats = self.features(image)
         content = sum(w * self.content_targets[n].loss(feats[n]) for n, w in self.content_layers.items())
         style = self._style_loss(feats)
@@ -375,13 +369,17 @@ class _Run:
         self.last_preview = 0.0
 
     def optimise_scale(self, index: int, image: torch.Tensor, objective: _Objective) -> torch.Tensor:
+        steps = self.iterations[index]
+        if getattr(objective, "tile", None) is not None:  # tests hand in plain functions too
+            result, (start_loss, start_style), loss = self._descent(
+                index, image.detach(), objective.tiled, steps
+            )
+            self._check_progress(index, start_loss, start_style, loss)
+            return result.clamp_(0, 1)
         start = image.detach().clone()
         with torch.no_grad():
             start_loss, start_style = (float(v) for v in objective(start))
-        steps = self.iterations[index]
-        if getattr(objective, "tile", None) is not None:
-            result, loss = self._descent(index, start, objective, steps)
-        elif self.p["optimizer"] == "lbfgs":
+        if self.p["optimizer"] == "lbfgs":
             result, loss, done = self._lbfgs(index, start, objective, steps)
             if done < steps or not _made_progress(start_loss, loss):
                 self._report(index, done, steps, loss, "L-BFGS stalled; continuing with Adam")
@@ -391,13 +389,16 @@ class _Run:
                     result, loss = adam_result, adam_loss
         else:
             result, loss = self._adam(index, start, objective, steps)
+        self._check_progress(index, start_loss, start_style, loss)
+        return result.detach().clamp(0, 1)
+
+    def _check_progress(self, index: int, start_loss: float, start_style: float, loss: float) -> None:
         if not _made_progress(start_loss, loss):
             raise UserError(
                 "no-progress",
                 f"the optimisation did not lower the loss at {self.sides[index]} px (loss {start_loss:.4g}, "
                 f"style part {start_style:.4g}); try a higher strength or another style image",
             )
-        return result.detach().clamp(0, 1)
 
     def _lbfgs(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
@@ -455,38 +456,42 @@ class _Run:
         return best.image, best.loss, done
 
     def _descent(
-        self, index: int, start: torch.Tensor, objective: _Objective, steps: int
-    ) -> tuple[torch.Tensor, float]:
-        """Projected gradient descent with an adaptive step, for images optimised in tiles.
+        self, index: int, x: torch.Tensor, objective: gatys_tiles.TiledObjective, steps: int
+    ) -> tuple[torch.Tensor, tuple[float, float], float]:
+        """Projected gradient descent with an adaptive step, for images optimised in tiles; returns
+        (image, (start loss, its style part), final loss).
 
         L-BFGS's history and Adam's moments would be the largest things in memory there, and the
         few iterations a fine scale gets are too few for Adam, whose first steps move every pixel by
         the learning rate whatever its gradient and raise the loss. Here a step is kept only if it
         lowers the loss (its size then doubles; a rejected one quarters it), so every kept iteration
-        refines the upsampled result, with four image-sized tensors in memory.
+        refines the upsampled result. A trial costs one forward pass over the tiles; only a kept
+        one pays for its gradient. Three image-sized tensors are in memory: image, gradient, trial.
         """
-
-        def value_and_grad(image: torch.Tensor) -> tuple[float, torch.Tensor]:
-            self.ctx.cancel.raise_if_cancelled()
-            x = image.requires_grad_(True)
-            total, _ = objective(x)
-            total.backward()
-            return float(total.detach()), x.grad.detach()
-
-        x = start.clone()
-        loss, grad = value_and_grad(x)
+        self.ctx.cancel.raise_if_cancelled()
+        now = objective.loss(x)
+        loss, start = float(now.total), (float(now.total), float(now.style))
+        if not np.isfinite(loss):
+            return x, start, loss
+        grad = objective.gradient(x, now)
         size = self.p["learning_rate"] / max(float(grad.abs().max()), 1e-12)
         done = rejected = 0
         while done < steps and rejected < DESCENT_REJECTIONS:
-            trial = (x.detach() - size * grad).clamp_(0, 1)
-            trial_loss, trial_grad = value_and_grad(trial)
-            if np.isfinite(trial_loss) and trial_loss < loss:
-                x, loss, grad, size = trial, trial_loss, trial_grad, size * 2
+            self.ctx.cancel.raise_if_cancelled()
+            trial = (x - size * grad).clamp_(0, 1)
+            now = objective.loss(trial)
+            if np.isfinite(float(now.total)) and float(now.total) < loss:
+                x, loss, size = trial, float(now.total), size * 2
                 done, rejected = done + 1, 0
                 self._report(index, done, steps, loss, None, x)
+                del grad  # before the next one is made: two would be one image too many
+                if done < steps:
+                    self.ctx.cancel.raise_if_cancelled()
+                    grad = objective.gradient(x, now)
             else:
                 size, rejected = size / 4, rejected + 1
-        return x.detach(), loss
+            del trial
+        return x, start, loss
 
     def _adam(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int

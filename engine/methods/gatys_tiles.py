@@ -2,13 +2,16 @@
 
 A Gram matrix is a sum over positions, so the whole image's style statistics are the sum of its
 tiles' (each tile counting only the positions it owns). The loss is a function of those global
-Grams, so its gradient with respect to one tile's features is (dL/dG) F / N: a small C x C matrix,
-the same for every tile, times the tile's own features. Each evaluation therefore makes two passes:
-the first sums the Grams without building a graph, the second back-propagates every tile with the
-global dL/dG held fixed. Content and total-variation terms are local. With a halo wider than the
-backbone's receptive field, every owned feature is computed exactly as over the whole image, and the
-gradients summed over the tiles are the whole image's gradient: style never drifts between tiles
-(Galerne et al. 2023, "Scaling Painting Style Transfer", make the same split).
+Grams, so its gradient with respect to one tile's features is (dL/dG + dL/dG^T) F / N: a small
+C x C matrix, the same for every tile, times the tile's own features. An evaluation is therefore
+two passes: `loss` sums the Grams (and the content and total-variation terms, which are local)
+without building a graph, and `gradient` back-propagates every tile with the global dL/dG fixed.
+An optimiser that only needs the loss of a trial step pays the first pass alone. The content
+image's features are computed once per scale and kept (owned positions only, in half precision).
+With a halo at least the backbone's receptive radius, every owned feature is computed exactly as
+over the whole image, and the gradients summed over the tiles are the whole image's gradient:
+style never drifts between tiles (Galerne et al. 2023, "Scaling Painting Style Transfer", make
+the same split).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from engine.losses import gram
 
-HALO = 96  # px of context per side: the receptive field of relu5_1 reaches 66 px (VGG16), 90 (VGG19)
+HALO = 80  # px of context per side: relu5_1's receptive radius is 66 px in VGG16, 78 in VGG19
 ALIGN = 16  # the backbone's total stride: tiles start on pooling-grid boundaries
 
 Features = Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
@@ -63,20 +66,19 @@ def tile_side_for(height: int, width: int, tile: int | None) -> int | None:
     return tile if tile is not None and max(height, width) > tile else None
 
 
-class TiledGrams:
-    """Global Gram matrices of an image too large for one pass, summed tile by tile."""
+class Tiler:
+    """The backbone's features of one image, window by window, each cut to the positions it owns."""
 
-    def __init__(self, features: Features, strides: dict[str, int], tile: int, shift: float) -> None:
+    def __init__(self, features: Features, strides: dict[str, int], tile: int) -> None:
         self.features = features
         self.strides = strides
         self.tile = tile
-        self.shift = shift
 
     def owned(self, feats: dict[str, torch.Tensor], name: str, window: Window) -> torch.Tensor:
         return feats[name][(..., *window.owned_at(self.strides[name]))]
 
-    def __call__(
-        self, image: torch.Tensor, layers: tuple[str, ...]
+    def grams(
+        self, image: torch.Tensor, layers: tuple[str, ...], shift: float
     ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """(layer -> the whole image's Gram, layer -> its number of feature positions)."""
         sums: dict[str, torch.Tensor] = {}
@@ -87,45 +89,183 @@ class TiledGrams:
                 for name in layers:
                     owned = self.owned(feats, name, window)
                     positions = owned.shape[-2] * owned.shape[-1]
-                    partial = gram(owned, self.shift) * positions
+                    if not positions:  # floor pooling drops an image's last rows: none owned here
+                        continue
+                    partial = gram(owned, shift) * positions
                     sums[name] = sums[name] + partial if name in sums else partial
                     counts[name] += positions
         return {name: sums[name] / counts[name] for name in layers}, counts
 
 
 @dataclass
-class TiledTerms:
-    """What one tiled evaluation needs besides the image: the weighted targets and the layers."""
+class Evaluation:
+    """One image's loss from the first pass, with what the gradient pass needs of it."""
 
-    content: torch.Tensor  # the content image at this scale
-    content_layers: dict[str, tuple[float, torch.Tensor]]  # layer -> (weight, target energy)
-    style_layers: dict[str, tuple[float, torch.Tensor, torch.Tensor]]  # layer -> (weight, Gram, energy)
-    tv_weight: float
+    total: torch.Tensor  # content + style + total variation, no graph
+    style: torch.Tensor
+    d_gram: dict[str, torch.Tensor]  # layer -> d style / d Gram, at this image's global Grams
 
 
-def evaluate(grams: TiledGrams, terms: TiledTerms, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total loss, style loss) of `image`, as `engine.methods.gatys._Objective` defines them.
+class TiledObjective:
+    """Content, style and total-variation loss of images of one size, evaluated in tiles.
 
-    The total carries the exact gradient for `image` (a leaf that requires grad, or call under
-    no_grad): its value is the loss and its graph is the one product image * gradient, so the
-    caller's backward() holds nothing larger than the image.
+    `content_layers`/`style_layers` map layer names to weights; `style_grams` are the blended target
+    Grams (computed with `shift`). Terms are normalised as `engine.methods.gatys._Objective`'s.
     """
-    taps = tuple(dict.fromkeys([*terms.content_layers, *terms.style_layers]))
-    current, positions = grams(image.detach(), taps)
-    style = image.new_zeros(())
-    d_gram: dict[str, torch.Tensor] = {}
-    for name, (weight, target, energy) in terms.style_layers.items():
-        diff = current[name] - target
-        style = style + weight * diff.pow(2).mean() / energy
-        d_gram[name] = weight * 2 * diff / (diff.numel() * energy)  # d style / d Gram
-    want_grad = torch.is_grad_enabled() and image.requires_grad
-    content, grad = _local_pass(grams, terms, image.detach(), d_gram, positions, want_grad)
-    total = content + style
-    if terms.tv_weight:
-        total = total + _total_variation_(image.detach(), terms.tv_weight, grad)
-    if grad is None:
-        return total, style
-    return _Precomputed.apply(image, total, grad), style
+
+    def __init__(
+        self,
+        tiler: Tiler,
+        content: torch.Tensor,
+        content_layers: dict[str, float],
+        style_layers: dict[str, float],
+        style_grams: dict[str, torch.Tensor],
+        shift: float,
+        tv_weight: float,
+    ) -> None:
+        self.tiler = tiler
+        self.shape = content.shape
+        self.windows = windows(*content.shape[-2:], tiler.tile)
+        self.content_layers = content_layers
+        self.shift = shift
+        self.tv_weight = tv_weight
+        self.taps = tuple(dict.fromkeys([*content_layers, *style_layers]))
+        self.style_targets = {
+            n: (w, style_grams[n], style_grams[n].pow(2).mean() + 1e-8) for n, w in style_layers.items()
+        }
+        self.content_cache: list[dict[str, _Half]] = []
+        squares = dict.fromkeys(content_layers, 0.0)
+        self.counts = dict.fromkeys(self.taps, 0)  # feature values per layer (positions x channels)
+        with torch.no_grad():
+            for window in self.windows:
+                feats = tiler.features(content[(..., *window.read)], self.taps)
+                kept = {}
+                for name in self.taps:
+                    owned = tiler.owned(feats, name, window)
+                    self.counts[name] += owned.numel()
+                    if name in content_layers:
+                        squares[name] += float(owned.pow(2).sum())
+                        kept[name] = _Half.of(owned)
+                self.content_cache.append(kept)
+                del feats
+        self.content_energy = {n: squares[n] / self.counts[n] + 1e-8 for n in content_layers}
+
+    def loss(self, image: torch.Tensor) -> Evaluation:
+        """The first pass: global Grams, content and total-variation terms; no graph is kept."""
+        image = image.detach()
+        sums: dict[str, torch.Tensor] = {}
+        content = image.new_zeros(())
+        with torch.no_grad():
+            for window, kept in zip(self.windows, self.content_cache, strict=True):
+                feats = self.tiler.features(image[(..., *window.read)], self.taps)
+                for name in self.taps:
+                    owned = self.tiler.owned(feats, name, window)
+                    if name in self.style_targets and owned.numel():
+                        partial = gram(owned, self.shift) * (owned.shape[-2] * owned.shape[-1])
+                        sums[name] = sums[name] + partial if name in sums else partial
+                    if name in kept:
+                        error = (owned - kept[name].value()).pow(2).sum()
+                        weight = self.content_layers[name]
+                        content = content + weight * error / (self.counts[name] * self.content_energy[name])
+                del feats
+        style = image.new_zeros(())
+        d_gram: dict[str, torch.Tensor] = {}
+        for name, (weight, target, energy) in self.style_targets.items():
+            positions = self.counts[name] // target.shape[-1]
+            diff = sums[name] / positions - target
+            style = style + weight * diff.pow(2).mean() / energy
+            d_gram[name] = weight * 2 * diff / (diff.numel() * energy)
+        total = content + style
+        if self.tv_weight:
+            total = total + _total_variation_(image, self.tv_weight, None)
+        return Evaluation(total, style, d_gram)
+
+    def gradient(self, image: torch.Tensor, evaluation: Evaluation) -> torch.Tensor:
+        """The second pass: d total / d image, each tile back-propagating its features' share.
+
+        With dL/dG fixed, the style gradient of a tile's owned features is (D + D^T)(F + shift) / N
+        and the content gradient 2 w (F - T) / (count * energy). Each is added to its tap's gradient
+        when backward reaches that tap, so no Gram or loss graph is built and no tap's gradient
+        exists before backward needs it.
+        """
+        grad = torch.zeros_like(image)
+        for window, kept in zip(self.windows, self.content_cache, strict=True):
+            piece = image.detach()[(..., *window.read)].clone().requires_grad_(True)
+            with torch.enable_grad():
+                feats = self.tiler.features(piece, self.taps)
+            *shallower, deepest = feats  # the backbone returns its taps in forward order
+            for name in shallower:
+                feats[name].register_hook(self._adder(name, feats[name].detach(), window, kept, evaluation))
+            root = feats[deepest]
+            torch.autograd.backward(
+                root, self._adder(deepest, root.detach(), window, kept, evaluation)(torch.zeros_like(root))
+            )
+            grad[(..., *window.read)] += piece.grad
+            del feats, root, piece
+        if self.tv_weight:
+            _total_variation_(image.detach(), self.tv_weight, grad)
+        return grad
+
+    def _adder(
+        self,
+        name: str,
+        tap: torch.Tensor,
+        window: Window,
+        kept: dict[str, _Half],
+        evaluation: Evaluation,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A gradient hook for `tap` (detached: a hook that held its own tensor would be a reference
+        cycle, keeping every tile's activations until the garbage collector ran): what flows back
+        from deeper layers plus this layer's own terms."""
+
+        def add(upstream: torch.Tensor) -> torch.Tensor:
+            where = window.owned_at(self.tiler.strides[name])
+            owned = tap[(..., *where)]
+            total = upstream.clone()
+            own_part = total[(..., *where)]
+            if name in evaluation.d_gram:
+                d = evaluation.d_gram[name]
+                n, c, h, w = owned.shape
+                flat = owned.reshape(n, c, h * w)
+                if self.shift:
+                    flat = flat + self.shift
+                own_part += (torch.bmm(d + d.transpose(1, 2), flat) / (self.counts[name] // c)).view(
+                    n, c, h, w
+                )
+            if name in kept:
+                scale = 2 * self.content_layers[name] / (self.counts[name] * self.content_energy[name])
+                own_part += (owned - kept[name].value()) * scale
+            return total
+
+        return add
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, style loss), as `engine.methods.gatys._Objective` returns them.
+
+        When `image` requires grad, the total carries the exact gradient: its graph is the one
+        product image * gradient, so the caller's backward() holds nothing larger than the image.
+        """
+        evaluation = self.loss(image)
+        if not (torch.is_grad_enabled() and image.requires_grad):
+            return evaluation.total, evaluation.style
+        grad = self.gradient(image, evaluation)
+        return _Precomputed.apply(image, evaluation.total, grad), evaluation.style
+
+
+@dataclass
+class _Half:
+    """Features kept in half precision, scaled so that their largest value cannot overflow it."""
+
+    data: torch.Tensor
+    scale: float
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> _Half:
+        scale = max(float(features.abs().max()), 1e-30) / 2**14
+        return cls((features / scale).to(torch.float16, memory_format=torch.channels_last), scale)
+
+    def value(self) -> torch.Tensor:
+        return self.data.float() * self.scale
 
 
 class _Precomputed(torch.autograd.Function):
@@ -154,43 +294,3 @@ def _total_variation_(image: torch.Tensor, weight: float, grad: torch.Tensor | N
             grad.narrow(dim, 0, length - 1).sub_(diff)
         del diff
     return value
-
-
-def _local_pass(
-    grams: TiledGrams,
-    terms: TiledTerms,
-    image: torch.Tensor,
-    d_gram: dict[str, torch.Tensor],
-    positions: dict[str, int],
-    want_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The content loss and, when asked, the gradient of content + style loss, tile by tile.
-
-    Each tile's surrogate is its share of the loss with the global dL/dG held fixed: back-propagated,
-    it gives exactly that tile's part of the whole image's gradient.
-    """
-    taps = tuple(dict.fromkeys([*terms.content_layers, *terms.style_layers])) if want_grad else ()
-    taps = taps or tuple(terms.content_layers)
-    content = image.new_zeros(())
-    grad = torch.zeros_like(image) if want_grad else None
-    for window in windows(*image.shape[-2:], grams.tile):
-        with torch.no_grad():
-            targets = grams.features(terms.content[(..., *window.read)], tuple(terms.content_layers))
-        with torch.enable_grad():
-            piece = image[(..., *window.read)].clone().requires_grad_(want_grad)
-            feats = grams.features(piece, taps)
-            surrogate = piece.new_zeros(())
-            for name, (weight, energy) in terms.content_layers.items():
-                owned = grams.owned(feats, name, window)
-                error = (owned - grams.owned(targets, name, window)).pow(2).sum()
-                surrogate = surrogate + weight * error / (positions[name] * owned.shape[1] * energy)
-            content = content + surrogate.detach()
-            if want_grad:
-                for name, d in d_gram.items():
-                    owned = grams.owned(feats, name, window)
-                    share = owned.shape[-2] * owned.shape[-1] / positions[name]
-                    surrogate = surrogate + (d * gram(owned, grams.shift)).sum() * share
-                surrogate.backward()
-                grad[(..., *window.read)] += piece.grad  # type: ignore[index]
-        del feats, piece, surrogate, targets
-    return content, grad
