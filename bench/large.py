@@ -99,15 +99,21 @@ def run_part(part: str, side: int, memory_mb: int) -> dict:
         params["size"] = side
     plan: list[str] = []
     last = [0.0]
+    started = time.perf_counter()
 
     def progress(p) -> None:
         if p.stage == "plan":
             plan.append(p.message)
         if p.stage == "plan" or time.monotonic() - last[0] > 30:
             last[0] = time.monotonic()
-            print(f"  [{part}] {p.fraction:4.0%} {p.message}", file=sys.stderr, flush=True)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            elapsed = time.perf_counter() - started
+            print(
+                f"  [{part}] {elapsed:7.0f}s {p.fraction:4.0%} peak {peak:.2f} GiB  {p.message}",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    started = time.perf_counter()
     result = run_job(StylizeJob(part, params, content, styles), progress, CancelToken(), ModelCache())
     seconds = time.perf_counter() - started
     out = np.frombuffer(result.data, np.uint8)[:: 997 * 3]  # a sample: the result is not blank

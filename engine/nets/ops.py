@@ -50,11 +50,13 @@ def instance_norm_(
     return y.relu_() if relu else y
 
 
-def reflect_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def reflect_conv(x: torch.Tensor, conv: nn.Conv2d, winograd: bool = False) -> torch.Tensor:
     """ReflectionPad2d(k // 2) then `conv` (which has padding 0), as the upstream nets chain them."""
     pad = conv.kernel_size[0] // 2
     if pad:
         x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    if winograd and x.device.type == "cpu" and x.dtype == torch.float32 and torch._nnpack_available():
+        return torch._nnpack_spatial_convolution(x, conv.weight, conv.bias, [0, 0])
     return conv(x)
 
 

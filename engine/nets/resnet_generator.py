@@ -30,8 +30,8 @@ class _ResnetBlock(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = instance_norm_(reflect_conv(x, self.conv_block[1]), relu=True)
-        return instance_norm_(reflect_conv(y, self.conv_block[5])).add_(x)
+        y = instance_norm_(reflect_conv(x, self.conv_block[1], True), relu=True)
+        return instance_norm_(reflect_conv(y, self.conv_block[5], True)).add_(x)
 
 
 class ResnetGenerator(nn.Module):
@@ -77,8 +77,10 @@ class ResnetGenerator(nn.Module):
         y = instance_norm_(reflect_conv(x, stem), relu=True)
         y = instance_norm_(down1(y), relu=True)
         y = instance_norm_(down2(y), relu=True)
+        y = y.contiguous()
         for block in self._blocks:
             y = block(y)
+        y = y.contiguous(memory_format=torch.channels_last)
         y = instance_norm_(up1(y), relu=True)
         y = instance_norm_(up2(y), relu=True)
         return self.head(y).sigmoid_()
