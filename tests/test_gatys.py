@@ -308,13 +308,35 @@ def test_a_scale_larger_than_the_tile_runs_in_tiles_and_lowers_its_loss() -> Non
     # loss (a scale that does not raises no-progress), and the style still moves the picture.
     content, style = synthetic_photo(96, 272), synthetic_painting(160)
     losses: list[float] = []
+    tile_messages: list[str] = []
 
     def progress(p: Progress) -> None:
         if p.scale == 2 and p.loss is not None:
             losses.append(p.loss)
+        elif p.scale == 2 and "tile" in p.message:
+            tile_messages.append(p.message)
 
     result = run_gatys(content, style, progress, size=272, scales=2, iterations=3, tile=256)
     assert result.shape == content.shape
     assert result.min() >= 0.0 and result.max() <= 1.0
     assert np.abs(result - content).mean() > 0.005
     assert len(losses) == 3 and losses == sorted(losses, reverse=True)
+    # A pass over a large image takes minutes: the user sees it advance tile by tile.
+    assert "scale 2/2 (272 px), step 0/3: tile 3/3" in tile_messages  # the 3 windows of one pass
+    assert any(m.startswith("scale 2/2 (272 px), step 2/3: tile") for m in tile_messages)
+
+
+def test_cancel_in_tiles_stops_within_one_tile() -> None:
+    content, style = synthetic_photo(96, 400), synthetic_painting(160)
+    token = CancelToken()
+    after_cancel: list[str] = []
+
+    def progress(p: Progress) -> None:
+        if token.cancelled:
+            after_cancel.append(p.message)
+        elif "tile 1/" in p.message:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        run_gatys(content, style, progress, cancel=token, size=400, scales=1, iterations=3, tile=208)
+    assert after_cancel == []

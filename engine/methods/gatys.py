@@ -35,6 +35,7 @@ MAX_SIZE = 8192
 MIN_SCALE = 16
 PREVIEW_SIDE = 256
 PREVIEW_EVERY_S = 2.0
+TILE_REPORT_EVERY_S = 1.0
 # L-BFGS keeps up to HISTORY pairs of image-sized vectors, within HISTORY_BYTES: a long history
 # converges in fewer iterations (100 pairs: 99 instead of 122 at 256 px in bench/gatys.py).
 HISTORY = 100
@@ -190,7 +191,8 @@ class GatysMethod:
                 for s in styles
             ]
             tile = gatys_tiles.tile_side_for(*size, ctx.plan.tile if ctx.plan else p["tile"])
-            objective = _Objective(backbone, p, content_t, style_ts, weights, job.guides, tile)
+            on_tile = run.tile_progress(index) if tile else None
+            objective = _Objective(backbone, p, content_t, style_ts, weights, job.guides, tile, on_tile)
             if image is None:
                 image = _initial_image(p["init"], content_t)
             else:
@@ -226,6 +228,7 @@ class _Objective:
         style_weights: np.ndarray,
         guides: list[Guide],
         tile: int | None = None,
+        on_tile: gatys_tiles.TileDone | None = None,
     ) -> None:
         # Input and weights in one layout, or every conv re-lays out its weights on every call.
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -236,7 +239,7 @@ class _Objective:
         self.taps = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
         self.tile = None if guides else tile  # regions and semantic maps run in one pass
         if self.tile is not None:
-            self._tiled(content, styles, style_weights)
+            self._tiled(content, styles, style_weights, on_tile)
             return
         with torch.no_grad():
             feats = self.features(content)
@@ -254,10 +257,16 @@ class _Objective:
             self.guide_targets = [self._guide_targets(g, feats, style_feats) for g in guides]
             self.keep = self._keep(guides, content, p) if guides else None
 
-    def _tiled(self, content: torch.Tensor, styles: list[torch.Tensor], style_weights: np.ndarray) -> None:
+    def _tiled(
+        self,
+        content: torch.Tensor,
+        styles: list[torch.Tensor],
+        style_weights: np.ndarray,
+        on_tile: gatys_tiles.TileDone | None,
+    ) -> None:
         """Targets summed tile by tile (engine/methods/gatys_tiles.py): no full-size activations."""
         strides = {name: 2 ** (int(name[4]) - 1) for name in self.taps}  # reluB_L: pooled B-1 times
-        tiler = gatys_tiles.Tiler(self._features, strides, self.tile)
+        tiler = gatys_tiles.Tiler(self._features, strides, self.tile, on_tile)
         targets: dict[str, torch.Tensor] = {}
         for style, weight in zip(styles, style_weights, strict=True):
             for name, g in tiler.grams(style, tuple(self.style_layers), self.shift)[0].items():
@@ -367,6 +376,8 @@ class _Run:
         self.total_cost = float(sum(costs))
         self.cost_before = [float(sum(costs[:i])) for i in range(len(costs))]
         self.last_preview = 0.0
+        self.last_tile_report = 0.0
+        self.step_at = dict.fromkeys(range(len(sides)), 0)  # scale -> the last step reported
 
     def optimise_scale(self, index: int, image: torch.Tensor, objective: _Objective) -> torch.Tensor:
         steps = self.iterations[index]
@@ -513,6 +524,22 @@ class _Run:
             loss = float(objective(x)[0])
         return x.detach(), loss
 
+    def tile_progress(self, index: int) -> gatys_tiles.TileDone:
+        """Per tile of a scale optimised in tiles: cancel within a tile, and a message every second."""
+
+        def done(count: int, total: int) -> None:
+            self.ctx.cancel.raise_if_cancelled()
+            now = time.monotonic()
+            if now - self.last_tile_report < TILE_REPORT_EVERY_S and count < total:
+                return
+            self.last_tile_report = now
+            step, steps = self.step_at[index], self.iterations[index]
+            message = f"{self._scale_name(index)}, step {step}/{steps}: tile {count}/{total}"
+            fraction = self._fraction(index, step, steps)
+            self.ctx.progress(Progress(fraction, "optimise", message, None, index + 1, step, steps))
+
+        return done
+
     def _report(
         self,
         index: int,
@@ -522,16 +549,23 @@ class _Run:
         note: str | None,
         image: torch.Tensor | None = None,
     ) -> None:
-        done = self.cost_before[index] + self.sides[index] ** 2 * self.iterations[index] * step / steps
-        scale = f"scale {index + 1}/{len(self.sides)} ({self.sides[index]} px)"
-        message = note or f"{scale}, step {step}/{steps}, loss {loss:.4g}"
+        self.step_at[index] = step
+        message = note or f"{self._scale_name(index)}, step {step}/{steps}, loss {loss:.4g}"
         preview = None
         now = time.monotonic()
         if image is not None and now - self.last_preview >= PREVIEW_EVERY_S:
             self.last_preview = now
             preview = _preview(image)
-        fraction = min(done / self.total_cost, 1.0)
+        fraction = self._fraction(index, step, steps)
         self.ctx.progress(Progress(fraction, "optimise", message, preview, index + 1, step, steps, loss))
+
+    def _scale_name(self, index: int) -> str:
+        return f"scale {index + 1}/{len(self.sides)} ({self.sides[index]} px)"
+
+    def _fraction(self, index: int, step: int, steps: int) -> float:
+        """Share of the job done: scales weigh by pixels times iterations."""
+        done = self.cost_before[index] + self.sides[index] ** 2 * self.iterations[index] * step / steps
+        return min(done / self.total_cost, 1.0)
 
 
 def _made_progress(start: float, end: float) -> bool:

@@ -28,6 +28,7 @@ HALO = 80  # px of context per side: relu5_1's receptive radius is 66 px in VGG1
 ALIGN = 16  # the backbone's total stride: tiles start on pooling-grid boundaries
 
 Features = Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
+TileDone = Callable[[int, int], None]  # (tiles done, tiles in the pass): may raise to cancel
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,17 @@ def tile_side_for(height: int, width: int, tile: int | None) -> int | None:
 class Tiler:
     """The backbone's features of one image, window by window, each cut to the positions it owns."""
 
-    def __init__(self, features: Features, strides: dict[str, int], tile: int) -> None:
+    def __init__(
+        self, features: Features, strides: dict[str, int], tile: int, on_tile: TileDone | None = None
+    ) -> None:
         self.features = features
         self.strides = strides
         self.tile = tile
+        self.on_tile = on_tile  # a pass over a large image takes minutes: progress and cancel per tile
+
+    def done(self, count: int, total: int) -> None:
+        if self.on_tile is not None:
+            self.on_tile(count, total)
 
     def owned(self, feats: dict[str, torch.Tensor], name: str, window: Window) -> torch.Tensor:
         return feats[name][(..., *window.owned_at(self.strides[name]))]
@@ -83,8 +91,9 @@ class Tiler:
         """(layer -> the whole image's Gram, layer -> its number of feature positions)."""
         sums: dict[str, torch.Tensor] = {}
         counts = dict.fromkeys(layers, 0)
+        tiles = windows(*image.shape[-2:], self.tile)
         with torch.no_grad():
-            for window in windows(*image.shape[-2:], self.tile):
+            for count, window in enumerate(tiles, start=1):
                 feats = self.features(image[(..., *window.read)], layers)
                 for name in layers:
                     owned = self.owned(feats, name, window)
@@ -94,6 +103,7 @@ class Tiler:
                     partial = gram(owned, shift) * positions
                     sums[name] = sums[name] + partial if name in sums else partial
                     counts[name] += positions
+                self.done(count, len(tiles))
         return {name: sums[name] / counts[name] for name in layers}, counts
 
 
@@ -137,7 +147,7 @@ class TiledObjective:
         squares = dict.fromkeys(content_layers, 0.0)
         self.counts = dict.fromkeys(self.taps, 0)  # feature values per layer (positions x channels)
         with torch.no_grad():
-            for window in self.windows:
+            for count, window in enumerate(self.windows, start=1):
                 feats = tiler.features(content[(..., *window.read)], self.taps)
                 kept = {}
                 for name in self.taps:
@@ -148,6 +158,7 @@ class TiledObjective:
                         kept[name] = _Half.of(owned)
                 self.content_cache.append(kept)
                 del feats
+                tiler.done(count, len(self.windows))
         self.content_energy = {n: squares[n] / self.counts[n] + 1e-8 for n in content_layers}
 
     def loss(self, image: torch.Tensor) -> Evaluation:
@@ -156,7 +167,7 @@ class TiledObjective:
         sums: dict[str, torch.Tensor] = {}
         content = image.new_zeros(())
         with torch.no_grad():
-            for window, kept in zip(self.windows, self.content_cache, strict=True):
+            for count, (window, kept) in enumerate(zip(self.windows, self.content_cache, strict=True), 1):
                 feats = self.tiler.features(image[(..., *window.read)], self.taps)
                 for name in self.taps:
                     owned = self.tiler.owned(feats, name, window)
@@ -168,6 +179,7 @@ class TiledObjective:
                         weight = self.content_layers[name]
                         content = content + weight * error / (self.counts[name] * self.content_energy[name])
                 del feats
+                self.tiler.done(count, len(self.windows))
         style = image.new_zeros(())
         d_gram: dict[str, torch.Tensor] = {}
         for name, (weight, target, energy) in self.style_targets.items():
@@ -189,7 +201,7 @@ class TiledObjective:
         exists before backward needs it.
         """
         grad = torch.zeros_like(image)
-        for window, kept in zip(self.windows, self.content_cache, strict=True):
+        for count, (window, kept) in enumerate(zip(self.windows, self.content_cache, strict=True), 1):
             piece = image.detach()[(..., *window.read)].clone().requires_grad_(True)
             with torch.enable_grad():
                 feats = self.tiler.features(piece, self.taps)
@@ -202,6 +214,7 @@ class TiledObjective:
             )
             grad[(..., *window.read)] += piece.grad
             del feats, root, piece
+            self.tiler.done(count, len(self.windows))
         if self.tv_weight:
             _total_variation_(image.detach(), self.tv_weight, grad)
         return grad
