@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.nets.ops import frozen, instance_norm_, reflect_conv
+from engine.nets.ops import channels_last, frozen, instance_norm_, nnpack_layout, reflect_conv
 from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
@@ -30,8 +30,8 @@ class _ResnetBlock(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = instance_norm_(reflect_conv(x, self.conv_block[1], True), relu=True)
-        return instance_norm_(reflect_conv(y, self.conv_block[5], True)).add_(x)
+        y = instance_norm_(reflect_conv(x, self.conv_block[1], nnpack=True), relu=True)
+        return instance_norm_(reflect_conv(y, self.conv_block[5], nnpack=True)).add_(x)
 
 
 class ResnetGenerator(nn.Module):
@@ -77,10 +77,10 @@ class ResnetGenerator(nn.Module):
         y = instance_norm_(reflect_conv(x, stem), relu=True)
         y = instance_norm_(down1(y), relu=True)
         y = instance_norm_(down2(y), relu=True)
-        y = y.contiguous()
+        y = nnpack_layout(y)
         for block in self._blocks:
             y = block(y)
-        y = y.contiguous(memory_format=torch.channels_last)
+        y = channels_last(y)
         y = instance_norm_(up1(y), relu=True)
         y = instance_norm_(up2(y), relu=True)
         return self.head(y).sigmoid_()

@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.nets.ops import UpsampleConv3x3, frozen, instance_norm_, reflect_conv
+from engine.nets.ops import (
+    UpsampleConv3x3,
+    channels_last,
+    frozen,
+    instance_norm_,
+    nnpack_layout,
+    reflect_conv,
+)
 from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
@@ -42,8 +49,8 @@ class _ResidualBlock(nn.Module):
         self.in2 = _norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)
-        return _norm_relu(reflect_conv(y, self.conv2.conv2d), self.in2, relu=False).add_(x)
+        y = _norm_relu(reflect_conv(x, self.conv1.conv2d, nnpack=True), self.in1)
+        return _norm_relu(reflect_conv(y, self.conv2.conv2d, nnpack=True), self.in2, relu=False).add_(x)
 
 
 class TransformerNet(nn.Module):
@@ -80,8 +87,10 @@ class TransformerNet(nn.Module):
         y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)
         y = _norm_relu(reflect_conv(y, self.conv2.conv2d), self.in2)
         y = _norm_relu(reflect_conv(y, self.conv3.conv2d), self.in3)
+        y = nnpack_layout(y)
         for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
             y = block(y)
+        y = channels_last(y)
         y = _norm_relu(self.up1(y), self.in4)
         y = _norm_relu(self.up2(y), self.in5)
         return self.head(y).clamp_(0.0, 1.0)
