@@ -1,4 +1,5 @@
-"""SpaceToDepthConv computes exactly ReflectionPad2d + conv, for any image size and block factor."""
+"""SpaceToDepthConv computes exactly ReflectionPad2d + conv, for any image size and block factor
+(float64: the blocked conv), and in float32 on the CPU (NNPACK where it applies)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ def test_matches_reflect_padded_conv(
         got = SpaceToDepthConv(conv, factor)(x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_float32_matches_reflect_padded_conv() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 3, 9).requires_grad_(False)
+    x = torch.randn(1, 32, 36, 44).contiguous(memory_format=torch.channels_last)
+    expected = conv.double()(F.pad(x.double(), (4,) * 4, mode="reflect"))
+    got = SpaceToDepthConv(conv.float(), 4)(x)
+    assert got.shape == expected.shape
+    assert (got.double() - expected).abs().max() < 1e-5 * expected.abs().max()

@@ -28,7 +28,7 @@ from engine.methods.cyclegan import METHOD as CYCLEGAN
 from engine.methods.johnson import METHOD as JOHNSON
 from engine.nets.adain_nets import load_encoder
 from engine.nets.inference import pad_to_multiple
-from engine.nets.ops import UpsampleConv3x3, instance_norm_
+from engine.nets.ops import UpsampleConv3x3, channels_last, instance_norm_, nchw, reflect_conv
 from engine.nets.resnet_generator import load_resnet_generator
 from engine.nets.transformer_net import load_transformer_net
 
@@ -315,6 +315,31 @@ def test_upsample_conv_equals_upsample_reflect_pad_conv() -> None:
     )
     with torch.no_grad():
         assert (UpsampleConv3x3(conv)(x) - chain(x)).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="NNPACK does not support this CPU")
+@pytest.mark.parametrize(("cin", "cout", "kernel"), [(16, 16, 3), (8, 3, 9)])
+def test_nnpack_conv_equals_reflect_pad_conv(cin: int, cout: int, kernel: int) -> None:
+    """The res blocks' Winograd 3x3 and the heads' FFT conv, from either layout, against float64."""
+    gen = torch.Generator().manual_seed(2)
+    conv = torch.nn.Conv2d(cin, cout, kernel).requires_grad_(False)
+    x = torch.randn(1, cin, 21, 26, generator=gen)
+    expected = conv.double()(torch.nn.functional.pad(x.double(), (kernel // 2,) * 4, mode="reflect"))
+    conv.float()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = reflect_conv(x.contiguous(memory_format=layout), conv, nnpack=True)
+        assert got.is_contiguous()  # NNPACK's NCHW, not oneDNN's output
+        assert (got.double() - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_layout_conversions_keep_the_values(batch: int) -> None:
+    x = torch.randn(batch, 5, 7, 3)
+    cl = channels_last(x)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, x)
+    back = nchw(cl)
+    assert back.is_contiguous() and torch.equal(back, x)
+    assert channels_last(cl) is cl and nchw(back) is back
 
 
 # --- sizes --------------------------------------------------------------------------------------
