@@ -1,5 +1,5 @@
 """SpaceToDepthConv computes exactly ReflectionPad2d + conv, for any image size and block factor
-(float64: the blocked conv), and in float32 on the CPU (NNPACK where it applies)."""
+(float64), and in float32 from channels_last, the layout the nets hand it."""
 
 from __future__ import annotations
 

@@ -318,9 +318,9 @@ def test_upsample_conv_equals_upsample_reflect_pad_conv() -> None:
 
 
 @pytest.mark.skipif(not torch._nnpack_available(), reason="NNPACK does not support this CPU")
-@pytest.mark.parametrize(("cin", "cout", "kernel"), [(16, 16, 3), (8, 3, 9)])
+@pytest.mark.parametrize(("cin", "cout", "kernel"), [(16, 16, 3), (24, 8, 3)])
 def test_nnpack_conv_equals_reflect_pad_conv(cin: int, cout: int, kernel: int) -> None:
-    """The res blocks' Winograd 3x3 and the heads' FFT conv, from either layout, against float64."""
+    """The res blocks' Winograd 3x3, from either layout, against float64."""
     gen = torch.Generator().manual_seed(2)
     conv = torch.nn.Conv2d(cin, cout, kernel).requires_grad_(False)
     x = torch.randn(1, cin, 21, 26, generator=gen)

@@ -1,4 +1,5 @@
-"""Inference building blocks shared by the feed-forward networks, tuned for CPU and channels_last.
+"""Inference building blocks shared by the feed-forward networks, tuned for CPU: channels_last for
+oneDNN, NCHW around NNPACK.
 
 Each one computes exactly what the upstream module chain computes, in fewer memory passes.
 """
@@ -58,10 +59,11 @@ def instance_norm_(
 def reflect_conv(x: torch.Tensor, conv: nn.Conv2d, nnpack: bool = False) -> torch.Tensor:
     """ReflectionPad2d(k // 2) then `conv` (which has padding 0), as the upstream nets chain them.
 
-    With `nnpack` (a stride-1 conv), where `nnpack_applies`, the conv runs in NNPACK on NCHW: for
-    3x3 its Winograd kernel needs 2.25x fewer multiplications than oneDNN's direct conv (1.5x faster
-    at 128 channels, 3x at 256 on this AVX-512 CPU), for a 3-channel output its FFT kernel beats
-    oneDNN's poor few-channel conv 3-6x; the sums are the same in another order (1e-5 relative).
+    With `nnpack` (a 3x3 stride-1 conv), where `nnpack_applies`, the conv runs in NNPACK on NCHW: its
+    Winograd kernel needs 2.25x fewer multiplications than oneDNN's direct conv, 1.5x faster at 128
+    channels and 3x at 256 on this AVX-512 CPU; the sums are the same in another order (1e-5
+    relative). Its workspace holds the transforms of the whole input and output, about 3.5x the
+    output's size; the nets' NetCost counts it.
     """
     if nnpack:
         x = nnpack_layout(x)
