@@ -6,6 +6,7 @@ Each one computes exactly what the upstream module chain computes, in fewer memo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TypeVar
 
 import torch
@@ -147,7 +148,11 @@ def _collapse(kernel: torch.Tensor, parity: int, dim: int) -> torch.Tensor:
     return torch.stack([k0, k1 + k2] if parity == 0 else [k0 + k1, k2], dim)
 
 
-def frozen(module: M, device: torch.device) -> M:
-    """Eval mode, no gradients, channels_last on `device`: how every network is handed out."""
+def frozen(module: M, device: torch.device, nchw: Iterable[nn.Module] = ()) -> M:
+    """Eval mode, no gradients, channels_last on `device`: how every network is handed out. The
+    `nchw` parts (NNPACK's layers) keep NCHW weights, which NNPACK would otherwise copy every call."""
     module.eval().requires_grad_(False)
-    return module.to(device=device, memory_format=torch.channels_last)
+    module.to(device=device, memory_format=torch.channels_last)
+    for part in nchw:
+        part.to(memory_format=torch.contiguous_format)
+    return module

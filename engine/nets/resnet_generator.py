@@ -91,4 +91,4 @@ def load_resnet_generator(path: Path, device: torch.device) -> ResnetGenerator:
     net = ResnetGenerator()
     load_strict(net, without_norm_stats(read_state_dict(path)), path, "CycleGAN resnet_9blocks generator")
     net.fold_pixel_range()
-    return frozen(net, device)
+    return frozen(net, device, nchw=net._blocks)

@@ -101,4 +101,4 @@ def load_transformer_net(path: Path, device: torch.device) -> TransformerNet:
     net = TransformerNet()
     load_strict(net, without_norm_stats(read_state_dict(path)), path, "fast-neural-style TransformerNet")
     net.prepare()
-    return frozen(net, device)
+    return frozen(net, device, nchw=(net.res1, net.res2, net.res3, net.res4, net.res5))
