@@ -287,15 +287,19 @@ def test_tiled_objective_gives_the_whole_image_loss_and_gradient(name: str) -> N
     content = torch.rand(1, 3, 192, 240)
     style = torch.rand(1, 3, 150, 170)
     p = gatys.METHOD.parse_params({"activation_shift": 1.5, "tv_weight": 2.0})
-    whole = gatys._Objective(backbone, p, content, [style], np.ones(1), [])
-    tiled = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile=240)
     image = (content + 0.2 * torch.randn_like(content)).clamp(0, 1)
     results = []
-    for objective in (whole, tiled):
-        x = image.clone().requires_grad_(True)
-        total, style_part = objective(x)
-        total.backward()
-        results.append((total.item(), style_part.item(), x.grad))
+    # oneDNN's direct convolutions: NNPACK's Winograd rounds differently in a tile than over the
+    # whole image, and where a ReLU's input lies within that rounding of zero the gradient takes
+    # another way (tests/test_backbones.py compares the two convolutions).
+    with torch.backends.nnpack.flags(enabled=False):
+        whole = gatys._Objective(backbone, p, content, [style], np.ones(1), [])
+        tiled = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile=240)
+        for objective in (whole, tiled):
+            x = image.clone().requires_grad_(True)
+            total, style_part = objective(x)
+            total.backward()
+            results.append((total.item(), style_part.item(), x.grad))
     (loss, style_loss, grad), (tiled_loss, tiled_style, tiled_grad) = results
     assert tiled_loss == pytest.approx(loss, rel=1e-4)
     assert tiled_style == pytest.approx(style_loss, rel=1e-4)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.backbones import winograd
 from engine.errors import UserError
 
 POOLINGS = ("max", "avg")
@@ -98,6 +99,8 @@ class Backbone(nn.Module):
         self.layers.to_empty(device="cpu")
         self.tap_names = tuple(self._tap_index)
         self._flat = list(self.layers)  # plain list: indexing an nn.Sequential builds objects
+        # conv index -> (its weight's storage and version, the input-gradient kernel made from it)
+        self._rotated: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
 
     def forward(self, image: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         """image: (N,3,H,W) float RGB in 0..1. Runs the layers only up to the deepest requested tap."""
@@ -113,10 +116,26 @@ class Backbone(nn.Module):
             return out
         x = self.transform(image)
         for index in range(max(wanted) + 1):
-            x = self._flat[index](x)
+            layer = self._flat[index]
+            if isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
+                x = winograd.conv(layer, x, self._rotated_kernel(index))
+            else:
+                x = layer(x)
             if index in wanted:
                 out[wanted[index]] = x
         return out
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """The layout its convolutions run fastest in on `device`: NNPACK's NCHW where it runs."""
+        probe = torch.empty(0, device=device)
+        return torch.contiguous_format if winograd.available(probe) else torch.channels_last
+
+    def _rotated_kernel(self, index: int) -> torch.Tensor:
+        weight = self._flat[index].weight
+        key = (weight.data_ptr(), weight._version)  # loading or moving the weights makes a new one
+        if index not in self._rotated or self._rotated[index][0] != key:
+            self._rotated[index] = (key, winograd.rotated_kernel(self._flat[index]))
+        return self._rotated[index][1]
 
     def convs(self) -> dict[str, nn.Conv2d]:
         """The conv that feeds each tap, keyed by tap name (loaders fill these in depth order)."""

@@ -231,7 +231,8 @@ class _Objective:
         on_tile: gatys_tiles.TileDone | None = None,
     ) -> None:
         # Input and weights in one layout, or every conv re-lays out its weights on every call.
-        self.backbone = backbone.to(memory_format=torch.channels_last)
+        self.layout = backbone.memory_format(content.device)
+        self.backbone = backbone.to(memory_format=self.layout)
         self.shift = p["activation_shift"]
         self.content_layers = _normalised(p["content_layers"], p["content_weight"])
         self.style_layers = _normalised(p["style_layers"], p["style_weight"] * p["strength"])
@@ -276,7 +277,7 @@ class _Objective:
         )
 
     def _features(self, image: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        return self.backbone(image.contiguous(memory_format=torch.channels_last), taps)
+        return self.backbone(image.contiguous(memory_format=self.layout), taps)
 
     def _guide_targets(
         self, guide: Guide, feats: dict[str, torch.Tensor], style_feats: list[dict[str, torch.Tensor]]

@@ -275,7 +275,7 @@ class _Half:
     @classmethod
     def of(cls, features: torch.Tensor) -> _Half:
         scale = max(float(features.abs().max()), 1e-30) / 2**14
-        return cls((features / scale).to(torch.float16, memory_format=torch.channels_last), scale)
+        return cls((features / scale).to(torch.float16), scale)
 
     def value(self) -> torch.Tensor:
         return self.data.float() * self.scale
