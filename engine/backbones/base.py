@@ -115,9 +115,10 @@ class Backbone(nn.Module):
         if not wanted:
             return out
         x = self.transform(image)
+        fast = winograd.pays(image)
         for index in range(max(wanted) + 1):
             layer = self._flat[index]
-            if isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
+            if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
                 x = winograd.conv(layer, x, self._rotated_kernel(index))
             else:
                 x = layer(x)
@@ -125,10 +126,9 @@ class Backbone(nn.Module):
                 out[wanted[index]] = x
         return out
 
-    def memory_format(self, device: torch.device) -> torch.memory_format:
-        """The layout its convolutions run fastest in on `device`: NNPACK's NCHW where it runs."""
-        probe = torch.empty(0, device=device)
-        return torch.contiguous_format if winograd.available(probe) else torch.channels_last
+    def memory_format(self, image: torch.Tensor) -> torch.memory_format:
+        """The layout its convolutions run fastest in for `image`: NNPACK's NCHW where it pays."""
+        return torch.contiguous_format if winograd.pays(image) else torch.channels_last
 
     def _rotated_kernel(self, index: int) -> torch.Tensor:
         weight = self._flat[index].weight

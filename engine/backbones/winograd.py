@@ -18,16 +18,33 @@ from torch import nn
 
 from engine.nets.ops import nnpack_applies
 
+# Below 64x64 positions NNPACK loses to oneDNN (measured on this AVX-512 CPU, 64-512 channels: 1.2-4x
+# slower at 16x16 and 32x32, 1.6-2.5x faster from 64x64 up at 128 channels and more): its cost per
+# call of transforming the kernel no longer pays for itself.
+MIN_PIXELS = 64 * 64
+
+
+# Images smaller than this run on oneDNN alone: hand-overs between NNPACK's thread pool and
+# torch's cost more than Winograd saves (a vgg16-hed evaluation: 1.5x slower at 128 px, even at
+# 256, 1.2x faster at 512).
+MIN_IMAGE_PIXELS = 512 * 512
+
 
 def available(x: torch.Tensor) -> bool:
     """NNPACK runs on `x` (float32 on a CPU it supports) and `torch.backends.nnpack.flags` allows it."""
     return nnpack_applies(x) and torch._C._get_nnpack_enabled()
 
 
+def pays(image: torch.Tensor) -> bool:
+    """A backbone pass over `image` should use NNPACK: it is `available` and the image large enough."""
+    return image.shape[-2] * image.shape[-1] >= MIN_IMAGE_PIXELS and available(image)
+
+
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """A frozen square stride-1 conv on input where NNPACK is `available`."""
+    """A frozen square stride-1 conv on input of at least MIN_PIXELS where NNPACK is `available`."""
     return (
-        conv.stride == (1, 1)
+        x.shape[-2] * x.shape[-1] >= MIN_PIXELS
+        and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.kernel_size[0] == conv.kernel_size[1] > 1

@@ -231,15 +231,16 @@ class _Objective:
         tile: int | None = None,
         on_tile: gatys_tiles.TileDone | None = None,
     ) -> None:
-        # Input and weights in one layout, or every conv re-lays out its weights on every call.
-        self.layout = backbone.memory_format(content.device)
-        self.backbone = backbone.to(memory_format=self.layout)
         self.shift = p["activation_shift"]
         self.content_layers = _normalised(p["content_layers"], p["content_weight"])
         self.style_layers = _normalised(p["style_layers"], p["style_weight"] * p["strength"])
         self.tv_weight = p["tv_weight"]
         self.taps = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
         self.tile = None if guides else tile  # regions and semantic maps run in one pass
+        # Input and weights in one layout, or every conv re-lays out its weights on every call.
+        one_pass = content if self.tile is None else content[..., : self.tile, : self.tile]
+        self.layout = backbone.memory_format(one_pass)
+        self.backbone = backbone.to(memory_format=self.layout)
         if self.tile is not None:
             self._tiled(content, styles, style_weights, on_tile)
             return
