@@ -273,7 +273,7 @@ class _Objective:
         tiler = gatys_tiles.Tiler(self._features, strides, self.tile, on_tile)
         targets: dict[str, torch.Tensor] = {}
         for style, weight in zip(styles, style_weights, strict=True):
-            for name, g in tiler.grams(style, tuple(self.style_layers), self.shift)[0].items():
+            for name, g in tiler.grams(style, tuple(self.style_layers), self.shift).items():
                 targets[name] = targets.get(name, 0) + g * float(weight)
         self.tiled = gatys_tiles.TiledObjective(
             tiler, content, self.content_layers, self.style_layers, targets, self.shift, self.tv_weight

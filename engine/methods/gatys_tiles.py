@@ -85,10 +85,8 @@ class Tiler:
     def owned(self, feats: dict[str, torch.Tensor], name: str, window: Window) -> torch.Tensor:
         return feats[name][(..., *window.owned_at(self.strides[name]))]
 
-    def grams(
-        self, image: torch.Tensor, layers: tuple[str, ...], shift: float
-    ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-        """(layer -> the whole image's Gram, layer -> its number of feature positions)."""
+    def grams(self, image: torch.Tensor, layers: tuple[str, ...], shift: float) -> dict[str, torch.Tensor]:
+        """Layer -> the whole image's Gram matrix, summed tile by tile."""
         sums: dict[str, torch.Tensor] = {}
         counts = dict.fromkeys(layers, 0)
         tiles = windows(*image.shape[-2:], self.tile)
@@ -104,7 +102,7 @@ class Tiler:
                     sums[name] = sums[name] + partial if name in sums else partial
                     counts[name] += positions
                 self.done(count, len(tiles))
-        return {name: sums[name] / counts[name] for name in layers}, counts
+        return {name: sums[name] / counts[name] for name in layers}
 
 
 @dataclass
