@@ -41,7 +41,7 @@ def pays(image: torch.Tensor) -> bool:
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """A frozen square stride-1 conv on input of at least MIN_PIXELS where NNPACK is `available`."""
+    """A frozen square stride-1 conv on input of at least MIN_PIXELS (the caller checked `pays`)."""
     return (
         x.shape[-2] * x.shape[-1] >= MIN_PIXELS
         and conv.stride == (1, 1)
@@ -51,7 +51,6 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and conv.padding[0] == conv.padding[1]
         and conv.padding_mode == "zeros"
         and not conv.weight.requires_grad
-        and available(x)
     )
 
 
