@@ -81,12 +81,13 @@ def run_part(part: str, side: int, memory_mb: int) -> dict:
     """One job in this process; returns its figures (call it in a fresh process: RSS is per process)."""
     import numpy as np
 
-    from engine import images
+    from engine import allocator, images
     from engine.cache import ModelCache
     from engine.errors import CancelToken
     from engine.pipeline import run_job
     from engine.protocol import RawImage, StyleRef, StylizeJob
 
+    allocator.configure()  # as `nst serve` and `nst stylize` do
     folder = Path(os.environ["NST_HOME"])
     _install_weights(part, folder)
     content = RawImage(side, side, 3, "u8", synthetic_u8(side))

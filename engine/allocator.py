@@ -10,6 +10,7 @@ faults per Johnson pass, 15-20% of its CPU time, and more wall time when two thr
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -48,16 +49,42 @@ def configure() -> bool:
     return _configured
 
 
+def release() -> bool:
+    """Hand the heap's free pages back to the OS now; True where that happened (glibc).
+
+    For long passes over a large image in tiles: big image-sized tensors made and freed between
+    passes leave holes that the next tile's activations only partly reuse, and resident memory then
+    grows well past what is in use (a 2048 px Gatys job: 1.7 GiB of heap for 0.9 GiB live). After
+    a pass of minutes, re-faulting one tile's pages costs milliseconds.
+    """
+    glibc = _glibc()
+    if glibc is None:
+        return False
+    glibc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    glibc.malloc_trim(0)
+    return True
+
+
 def _glibc_mallopt() -> ctypes._CFuncPtr | None:
     """glibc's mallopt, or None where the C library is not glibc."""
+    glibc = _glibc()
+    if glibc is None:
+        return None
+    mallopt = glibc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
             return None
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ValueError, OSError, AttributeError):  # musl: no such confstr name, or no mallopt
+        glibc = ctypes.CDLL(None)
+    except (ValueError, OSError):  # musl: no such confstr name
         return None
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    return glibc if all(hasattr(glibc, name) for name in ("mallopt", "malloc_trim")) else None

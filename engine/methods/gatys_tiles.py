@@ -298,7 +298,8 @@ def _total_variation_(image: torch.Tensor, weight: float, grad: torch.Tensor | N
     for dim in (-2, -1):
         length = image.shape[dim]
         diff = image.narrow(dim, 1, length - 1) - image.narrow(dim, 0, length - 1)
-        value = value + weight * diff.pow(2).mean()
+        flat = diff.view(-1)  # a dot product: no image-sized square (200 MiB at 4096 px)
+        value = value + weight * torch.dot(flat, flat) / flat.numel()
         if grad is not None:
             diff.mul_(2 * weight / diff.numel())
             grad.narrow(dim, 1, length - 1).add_(diff)
