@@ -164,13 +164,16 @@ def install_engine(python: Path, args: argparse.Namespace) -> None:
 
     engine = have.get(DIST_NAME)
     dev_missing = args.dev and not ("pytest" in have and "ruff" in have)
-    wanted_mode_ok = engine is not None and (engine["editable"] or not args.editable)
-    if engine and engine["version"] == engine_version() and wanted_mode_ok and not dev_missing:
-        editable = engine["editable"]
-        mode = "editable" if editable else "regular"
-        say(f"engine: {DIST_NAME} {engine['version']} already installed ({mode})")
+    current = engine is not None and engine["version"] == engine_version() and not dev_missing
+    editable = args.editable
+    if current and engine["editable"] and engine["url"] == REPO.as_uri():
+        editable = True
+        say(f"engine: {DIST_NAME} {engine['version']} already installed (editable, from this checkout)")
+    elif current and not engine["editable"] and not args.editable:
+        # The same version number may hold older code: copy this checkout's over it (seconds).
+        say(f"engine: reinstalling {DIST_NAME} {engine_version()} from {REPO}")
+        run([*pip, "--force-reinstall", "--no-deps", str(REPO)])
     else:
-        editable = args.editable
         target = f"{REPO}[dev]" if args.dev else str(REPO)
         say(f"engine: installing {DIST_NAME} {engine_version()} from {REPO}")
         run([*pip, *(["--editable"] if args.editable else []), target])

@@ -1,4 +1,4 @@
-"""engine.allocator: after configure(), a worker thread re-allocating a big tensor faults in no pages."""
+"""engine.allocator: after configure(), a worker thread re-allocating a big tensor faults in no pages;\nrelease() hands freed heap pages back."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ print(out[-1])
 """
 
 
-def _last_pass_faults(configure: bool) -> int:
-    code = PROBE.format(root=str(ROOT), configure=configure)
+def _probe(code: str) -> int:
+    """The last number `code` prints, run in a fresh process (the settings are process-wide)."""
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
@@ -47,8 +47,39 @@ def _last_pass_faults(configure: bool) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+def _last_pass_faults(configure: bool) -> int:
+    return _probe(PROBE.format(root=str(ROOT), configure=configure))
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_configured_worker_thread_reuses_freed_tensor_memory() -> None:
     pages = (128 << 20) // 4096
     assert _last_pass_faults(configure=False) > pages // 2  # the default maps every block afresh
     assert _last_pass_faults(configure=True) < pages // 100
+
+
+# Configured, freed heap blocks stay resident (that is the point); release() hands them back.
+RELEASE_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+from engine import allocator
+assert allocator.configure()
+import torch
+
+def resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+blocks = [torch.ones(16 << 20) for _ in range(12)]  # 64 MiB each, from the heap
+keep = blocks[-1]  # the top block stays in use, so trimming the top alone could not shrink the heap
+del blocks
+held = resident()
+assert allocator.release()
+print(held - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_release_returns_freed_heap_pages_below_a_live_block() -> None:
+    released = _probe(RELEASE_PROBE.format(root=str(ROOT)))
+    assert released > 600 << 20  # 11 freed blocks of 64 MiB, about 704 MiB

@@ -40,10 +40,11 @@ TILE_REPORT_EVERY_S = 1.0
 # converges in fewer iterations (100 pairs: 99 instead of 122 at 256 px in bench/gatys.py).
 HISTORY = 100
 HISTORY_BYTES = 512 << 20
-# Measured with vgg16-hed on the CPU: an evaluation's activations and gradients take ~2000 B/px
-# with oneDNN's convolutions; NNPACK's Winograd transforms (engine/backbones/winograd.py) and the
-# allocator's slack add the rest: at 3000 a 2048 px job in tiles of 768 px peaked 0.37 GiB above plan.
-EVAL_BYTES_PER_PIXEL = 4000
+# Measured with vgg16-hed on the CPU: a tile's loss pass takes ~750 B/px of its window at its peak,
+# its gradient pass ~1500 (NNPACK's Winograd transforms included). Higher figures measured earlier
+# (a 2048 px job 1.1 GiB over a plan made with 2000) were heap fragmentation, which tile_progress
+# now hands back once the process grows past the plan.
+EVAL_BYTES_PER_PIXEL = 2000
 # Held for the whole image however it is tiled: image, gradient, trial step (12 B each), the content
 # features kept in half precision (16), one more image during set-up. A pass over the whole image
 # adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
@@ -201,6 +202,9 @@ class GatysMethod:
                 image = images.resize_tensor(image, size).clamp_(0, 1)
             del content_t, style_ts  # tiled objectives keep only what they need of them
             image = run.optimise_scale(index, image, objective)
+            del objective
+            if ctx.device.type == "cpu":  # this scale's L-BFGS history and passes: the next one is larger
+                allocator.release()
 
         result = images.to_numpy(image)
         result = images.resize(result, (height, width))
