@@ -1,4 +1,5 @@
-"""engine.allocator: after configure(), a worker thread re-allocating a big tensor faults in no pages;\nrelease() hands freed heap pages back."""
+"""engine.allocator: after configure(), a worker thread re-allocating a big tensor faults in no pages;
+release() hands freed heap pages back."""
 
 from __future__ import annotations
 
