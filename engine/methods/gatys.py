@@ -41,9 +41,9 @@ TILE_REPORT_EVERY_S = 1.0
 HISTORY = 100
 HISTORY_BYTES = 512 << 20
 # Measured with vgg16-hed on the CPU: a tile's loss pass takes ~750 B/px of its window at its peak,
-# its gradient pass ~1500 (NNPACK's Winograd transforms included). Higher figures measured earlier
-# (a 2048 px job 1.1 GiB over a plan made with 2000) were heap fragmentation, which tile_progress
-# now hands back once the process grows past the plan.
+# its gradient pass ~1500 (NNPACK's Winograd transforms included). The 3000-4000 once needed here
+# was heap fragmentation (a 2048 px job held 1.8 GiB of heap for 0.9 GiB in use), which
+# _Run.tile_progress now hands back once the process grows past the plan.
 EVAL_BYTES_PER_PIXEL = 2000
 # Held for the whole image however it is tiled: image, gradient, trial step (12 B each), the content
 # features kept in half precision (16), one more image during set-up. A pass over the whole image
