@@ -293,16 +293,23 @@ class _Precomputed(torch.autograd.Function):
 
 
 def _total_variation_(image: torch.Tensor, weight: float, grad: torch.Tensor | None) -> torch.Tensor:
-    """`weight * losses.total_variation(image)`, adding its gradient into `grad` in place."""
+    """`weight * losses.total_variation(image)`, adding its gradient into `grad` in place.
+
+    Plane by plane, so that the differences take a third of an image (64 MiB at 4096 px), not all of it.
+    """
     value = image.new_zeros(())
     for dim in (-2, -1):
         length = image.shape[dim]
-        diff = image.narrow(dim, 1, length - 1) - image.narrow(dim, 0, length - 1)
-        flat = diff.view(-1)  # a dot product: no image-sized square (200 MiB at 4096 px)
-        value = value + weight * torch.dot(flat, flat) / flat.numel()
-        if grad is not None:
-            diff.mul_(2 * weight / diff.numel())
-            grad.narrow(dim, 1, length - 1).add_(diff)
-            grad.narrow(dim, 0, length - 1).sub_(diff)
-        del diff
+        count = image.numel() // length * (length - 1)  # differences along `dim` in the whole image
+        for plane in range(image.shape[-3]):
+            pixels = image.select(-3, plane)
+            diff = pixels.narrow(dim, 1, length - 1) - pixels.narrow(dim, 0, length - 1)
+            flat = diff.view(-1)  # a dot product: no squared copy
+            value = value + weight * torch.dot(flat, flat) / count
+            if grad is not None:
+                diff.mul_(2 * weight / count)
+                target = grad.select(-3, plane)
+                target.narrow(dim, 1, length - 1).add_(diff)
+                target.narrow(dim, 0, length - 1).sub_(diff)
+            del diff
     return value
