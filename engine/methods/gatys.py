@@ -489,8 +489,9 @@ class _Run:
         the learning rate whatever its gradient and raise the loss. Here a step is kept only if it
         lowers the loss (its size then doubles; a rejected one quarters it), so every kept iteration
         refines the upsampled result. A trial costs one forward pass over the tiles; only a kept
-        one pays for its gradient. Three image-sized tensors are in memory: image, gradient, trial;
-        `x` is one of them (its storage is reused, so the caller's start image is no fourth).
+        one pays for its gradient. Image-sized tensors in memory: the image and its gradient, and
+        during a trial the trial too. `x` is updated in place (a kept trial is copied into it and
+        freed before the gradient pass), so the caller's start image is no extra one.
         """
         self.ctx.cancel.raise_if_cancelled()
         now = objective.loss(x)
@@ -499,24 +500,23 @@ class _Run:
             return x, start, loss
         grad = objective.gradient(x, now)
         size = self.p["learning_rate"] / max(float(grad.abs().max()), 1e-12)
-        spare = torch.empty_like(x)  # trials are made here; a kept one swaps places with x
         done = rejected = 0
         while done < steps and rejected < DESCENT_REJECTIONS:
             self.ctx.cancel.raise_if_cancelled()
-            trial = torch.add(x, grad, alpha=-size, out=spare).clamp_(0, 1)
+            trial = torch.add(x, grad, alpha=-size).clamp_(0, 1)
             now = objective.loss(trial)
             if np.isfinite(float(now.total)) and float(now.total) < loss:
-                x, spare = trial, x
+                x.copy_(trial)
                 loss, size = float(now.total), size * 2
                 done, rejected = done + 1, 0
                 self._report(index, done, steps, loss, None, x)
-                del grad  # before the next one is made: two would be one image too many
+                del trial, grad  # before the next gradient is made: the pass needs their room
                 if done < steps:
                     self.ctx.cancel.raise_if_cancelled()
                     grad = objective.gradient(x, now)
             else:
                 size, rejected = size / 4, rejected + 1
-            del trial
+                del trial
         return x, start, loss
 
     def _adam(
