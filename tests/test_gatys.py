@@ -14,7 +14,7 @@ from engine.backbones import load_backbone, random_backbone
 from engine.cache import ModelCache
 from engine.errors import Cancelled, CancelToken, UserError
 from engine.losses import Target, gram, total_variation
-from engine.methods import gatys
+from engine.methods import gatys, gatys_tiles
 from engine.methods.base import PreparedJob, Progress, RunContext, Style
 
 
@@ -304,6 +304,30 @@ def test_tiled_objective_gives_the_whole_image_loss_and_gradient(name: str) -> N
     assert tiled_loss == pytest.approx(loss, rel=1e-4)
     assert tiled_style == pytest.approx(style_loss, rel=1e-4)
     assert float((tiled_grad - grad).abs().max()) < 1e-3 * float(grad.abs().max())
+
+
+def test_a_trial_made_tile_by_tile_scores_as_the_trial_image_and_is_taken_exactly() -> None:
+    # The descent never builds its trial image: each window computes clamp(x - size * d) where it is
+    # read, total variation plane by plane. The loss must be the trial image's, and taking the step
+    # must give that image bit for bit (the next gradient is computed there from this evaluation).
+    torch.manual_seed(0)
+    backbone = random_backbone("vgg16-hed", seed=1)
+    content = torch.rand(1, 3, 192, 240)
+    p = gatys.METHOD.parse_params({"tv_weight": 2.0})
+    with torch.backends.nnpack.flags(enabled=False):
+        style = torch.rand(1, 3, 150, 170)
+        objective = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile=240)
+        x = (content + 0.2 * torch.randn_like(content)).clamp(0, 1)
+        direction = torch.randn_like(x)
+        step = gatys_tiles.Step(direction, 0.3)
+        trial = step.apply(x)  # the whole trial image, as one tensor
+        at_trial = objective.tiled.loss(x, step)
+        expected = objective.tiled.loss(trial)
+        assert float(at_trial.total) == pytest.approx(float(expected.total), rel=1e-6)
+        assert float(at_trial.style) == pytest.approx(float(expected.style), rel=1e-6)
+        assert float(at_trial.total) != pytest.approx(float(objective.tiled.loss(x).total), rel=1e-3)
+        step.take(x)
+    assert torch.equal(x, trial)
 
 
 def test_a_scale_larger_than_the_tile_runs_in_tiles_and_lowers_its_loss() -> None:

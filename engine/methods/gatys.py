@@ -45,8 +45,9 @@ HISTORY_BYTES = 512 << 20
 # was heap fragmentation (a 2048 px job held 1.8 GiB of heap for 0.9 GiB in use), which
 # _Run.tile_progress now hands back once the process grows past the plan.
 EVAL_BYTES_PER_PIXEL = 2000
-# Held for the whole image however it is tiled: image, gradient, trial step (12 B each), the content
-# features kept in half precision (16), one more image during set-up. A pass over the whole image
+# Held for the whole image however it is tiled: image and gradient (12 B each), the content features
+# kept in half precision (16), and during set-up the scale's content and style (12 each). A pass over
+# the whole image
 # adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
 WHOLE_IMAGE_BYTES_PER_PIXEL = 4 * 12 + 16
 ONE_PASS_BYTES_PER_PIXEL = 3 * 12
@@ -489,9 +490,9 @@ class _Run:
         the learning rate whatever its gradient and raise the loss. Here a step is kept only if it
         lowers the loss (its size then doubles; a rejected one quarters it), so every kept iteration
         refines the upsampled result. A trial costs one forward pass over the tiles; only a kept
-        one pays for its gradient. Image-sized tensors in memory: the image and its gradient, and
-        during a trial the trial too. `x` is updated in place (a kept trial is copied into it and
-        freed before the gradient pass), so the caller's start image is no extra one.
+        one pays for its gradient. Two image-sized tensors are in memory, the image and its gradient:
+        a trial is made tile by tile where the pass reads it, and a kept one is taken in place (the
+        caller's start image is that image).
         """
         self.ctx.cancel.raise_if_cancelled()
         now = objective.loss(x)
@@ -503,20 +504,19 @@ class _Run:
         done = rejected = 0
         while done < steps and rejected < DESCENT_REJECTIONS:
             self.ctx.cancel.raise_if_cancelled()
-            trial = torch.add(x, grad, alpha=-size).clamp_(0, 1)
-            now = objective.loss(trial)
+            step = gatys_tiles.Step(grad, size)
+            now = objective.loss(x, step)
             if np.isfinite(float(now.total)) and float(now.total) < loss:
-                x.copy_(trial)
+                step.take(x)
                 loss, size = float(now.total), size * 2
                 done, rejected = done + 1, 0
                 self._report(index, done, steps, loss, None, x)
-                del trial, grad  # before the next gradient is made: the pass needs their room
+                del step, grad  # before the next gradient is made: the pass needs their room
                 if done < steps:
                     self.ctx.cancel.raise_if_cancelled()
                     grad = objective.gradient(x, now)
             else:
                 size, rejected = size / 4, rejected + 1
-                del trial
         return x, start, loss
 
     def _adam(

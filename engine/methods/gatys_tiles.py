@@ -159,14 +159,22 @@ class TiledObjective:
                 tiler.done(count, len(self.windows))
         self.content_energy = {n: squares[n] / self.counts[n] + 1e-8 for n in content_layers}
 
-    def loss(self, image: torch.Tensor) -> Evaluation:
-        """The first pass: global Grams, content and total-variation terms; no graph is kept."""
+    def loss(self, image: torch.Tensor, step: Step | None = None) -> Evaluation:
+        """The first pass: global Grams, content and total-variation terms; no graph is kept.
+
+        With `step`, the loss of the trial point `step.apply(image)`, made window by window: a
+        trial needs no image-sized tensor of its own (192 MiB at 4096 px).
+        """
         image = image.detach()
         sums: dict[str, torch.Tensor] = {}
         content = image.new_zeros(())
         with torch.no_grad():
             for count, (window, kept) in enumerate(zip(self.windows, self.content_cache, strict=True), 1):
-                feats = self.tiler.features(image[(..., *window.read)], self.taps)
+                piece = image[(..., *window.read)]
+                if step is not None:
+                    piece = step.apply(piece, window.read)
+                feats = self.tiler.features(piece, self.taps)
+                del piece
                 for name in self.taps:
                     owned = self.tiler.owned(feats, name, window)
                     if name in self.style_targets and owned.numel():
@@ -187,7 +195,7 @@ class TiledObjective:
             d_gram[name] = weight * 2 * diff / (diff.numel() * energy)
         total = content + style
         if self.tv_weight:
-            total = total + _total_variation_(image, self.tv_weight, None)
+            total = total + _total_variation_(image, self.tv_weight, None, step)
         return Evaluation(total, style, d_gram)
 
     def gradient(self, image: torch.Tensor, evaluation: Evaluation) -> torch.Tensor:
@@ -292,8 +300,28 @@ class _Precomputed(torch.autograd.Function):
         return ctx.grad * upstream if float(upstream) != 1.0 else ctx.grad, None, None
 
 
-def _total_variation_(image: torch.Tensor, weight: float, grad: torch.Tensor | None) -> torch.Tensor:
-    """`weight * losses.total_variation(image)`, adding its gradient into `grad` in place.
+@dataclass(frozen=True)
+class Step:
+    """A trial point, image - size * direction projected into 0..1, computed where it is read."""
+
+    direction: torch.Tensor
+    size: float
+
+    def apply(self, image: torch.Tensor, where: tuple[slice, ...] | None = None) -> torch.Tensor:
+        """The trial's pixels at `where` (`image` is already cut to it), or of the whole image."""
+        direction = self.direction if where is None else self.direction[(..., *where)]
+        return torch.add(image, direction, alpha=-self.size).clamp_(0, 1)
+
+    def take(self, image: torch.Tensor) -> None:
+        """Move `image` to the trial point in place: exactly the values `apply` gave."""
+        image.add_(self.direction, alpha=-self.size).clamp_(0, 1)
+
+
+def _total_variation_(
+    image: torch.Tensor, weight: float, grad: torch.Tensor | None, step: Step | None = None
+) -> torch.Tensor:
+    """`weight * losses.total_variation(image)` (at `step`'s trial point if given), adding its
+    gradient into `grad` in place.
 
     Plane by plane, so that the differences take a third of an image (64 MiB at 4096 px), not all of it.
     """
@@ -303,7 +331,10 @@ def _total_variation_(image: torch.Tensor, weight: float, grad: torch.Tensor | N
         count = image.numel() // length * (length - 1)  # differences along `dim` in the whole image
         for plane in range(image.shape[-3]):
             pixels = image.select(-3, plane)
+            if step is not None:
+                pixels = torch.add(pixels, step.direction.select(-3, plane), alpha=-step.size).clamp_(0, 1)
             diff = pixels.narrow(dim, 1, length - 1) - pixels.narrow(dim, 0, length - 1)
+            del pixels
             flat = diff.view(-1)  # a dot product: no squared copy
             value = value + weight * torch.dot(flat, flat) / count
             if grad is not None:
