@@ -47,8 +47,7 @@ HISTORY_BYTES = 512 << 20
 EVAL_BYTES_PER_PIXEL = 2000
 # Held for the whole image however it is tiled: image and gradient (12 B each), the content features
 # kept in half precision (16), and during set-up the scale's content and style (12 each). A pass over
-# the whole image
-# adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
+# the whole image adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
 WHOLE_IMAGE_BYTES_PER_PIXEL = 4 * 12 + 16
 ONE_PASS_BYTES_PER_PIXEL = 3 * 12
 BACKBONE_BYTES = 64 << 20
