@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import allocator, devices, images, masks, params
+from engine import allocator, images, masks, params
 from engine.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, load_backbone
 from engine.colors import luminance_transfer, match_color_histogram
 from engine.errors import UserError
@@ -386,10 +386,6 @@ class _Run:
         self.last_preview = 0.0
         self.last_tile_report = 0.0
         self.step_at = dict.fromkeys(range(len(sides)), 0)  # scale -> the last step reported
-        plan = ctx.plan
-        tiled_on_cpu = ctx.device.type == "cpu" and plan is not None and plan.tile and plan.need
-        # Resident memory above which freed heap pages go back to the OS (see tile_progress).
-        self.release_above = devices.used_memory(ctx.device) + plan.need if tiled_on_cpu else None
 
     def optimise_scale(self, index: int, image: torch.Tensor, objective: _Objective) -> torch.Tensor:
         steps = self.iterations[index]
@@ -539,19 +535,12 @@ class _Run:
         return x.detach(), loss
 
     def tile_progress(self, index: int) -> gatys_tiles.TileDone:
-        """Per tile of a scale optimised in tiles: cancel within a tile, a message every second, and
-        memory kept to the plan.
-
-        Image-sized tensors made and freed between tiles leave holes in the heap that the next tile's
-        activations only partly reuse: a 2048 px job held 1.8 GiB of heap for 0.9 GiB in use. Once
-        the process is above the plan's estimate, the free pages go back after each tile (a tile's
-        pages then fault in again, about 15% of its time, so not before that).
-        """
+        """Per tile of a scale optimised in tiles: cancel within a tile, memory kept to the plan
+        (RunContext.tile_done), and a message every second."""
 
         def done(count: int, total: int) -> None:
             self.ctx.cancel.raise_if_cancelled()
-            if self.release_above is not None and devices.used_memory(self.ctx.device) > self.release_above:
-                allocator.release()
+            self.ctx.tile_done()
             now = time.monotonic()
             if now - self.last_tile_report < TILE_REPORT_EVERY_S and count < total:
                 return

@@ -133,10 +133,12 @@ def stats_batch(work: np.ndarray, ctx: RunContext, multiple: int) -> torch.Tenso
 
 
 def tile_progress(ctx: RunContext, count: int, start: float, end: float) -> Callable[[int], None]:
-    """A tiled run's `on_tile`: a progress message per tile, and a chance to cancel."""
+    """A tiled run's `on_tile`: a progress message per tile, a chance to cancel, and memory kept to
+    the plan (RunContext.tile_done)."""
 
     def report(index: int) -> None:
         ctx.cancel.raise_if_cancelled()
+        ctx.tile_done()
         fraction = start + (end - start) * index / count
         message = f"stylising tile {index + 1} of {count}"
         ctx.progress(Progress(fraction, "stylize", message, step=index + 1, total=count))
