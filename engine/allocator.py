@@ -54,7 +54,7 @@ def release() -> bool:
 
     For long passes over a large image in tiles: big image-sized tensors made and freed between
     passes leave holes that the next tile's activations only partly reuse, and resident memory then
-    grows well past what is in use (a 2048 px Gatys job: 1.7 GiB of heap for 0.9 GiB live). After
+    grows well past what is in use (a 2048 px Gatys job: 1.8 GiB of heap for 0.9 GiB in use). After
     a pass of minutes, re-faulting one tile's pages costs milliseconds.
     """
     glibc = _glibc()

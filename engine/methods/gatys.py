@@ -43,7 +43,7 @@ HISTORY_BYTES = 512 << 20
 # Measured with vgg16-hed on the CPU: a tile's loss pass takes ~750 B/px of its window at its peak,
 # its gradient pass ~1500 (NNPACK's Winograd transforms included). The 3000-4000 once needed here
 # was heap fragmentation (a 2048 px job held 1.8 GiB of heap for 0.9 GiB in use), which
-# _Run.tile_progress now hands back once the process grows past the plan.
+# RunContext.tile_done now hands back once the process grows past the plan.
 EVAL_BYTES_PER_PIXEL = 2000
 # Held for the whole image however it is tiled: image and gradient (12 B each), the content features
 # kept in half precision (16), and during set-up the scale's content and style (12 each). A pass over
