@@ -170,9 +170,7 @@ class TiledObjective:
         content = image.new_zeros(())
         with torch.no_grad():
             for count, (window, kept) in enumerate(zip(self.windows, self.content_cache, strict=True), 1):
-                piece = image[(..., *window.read)]
-                if step is not None:
-                    piece = step.apply(piece, window.read)
+                piece = image[(..., *window.read)] if step is None else step.apply(image, window.read)
                 feats = self.tiler.features(piece, self.taps)
                 del piece
                 for name in self.taps:
@@ -307,10 +305,9 @@ class Step:
     direction: torch.Tensor
     size: float
 
-    def apply(self, image: torch.Tensor, where: tuple[slice, ...] | None = None) -> torch.Tensor:
-        """The trial's pixels at `where` (`image` is already cut to it), or of the whole image."""
-        direction = self.direction if where is None else self.direction[(..., *where)]
-        return torch.add(image, direction, alpha=-self.size).clamp_(0, 1)
+    def apply(self, image: torch.Tensor, where: tuple[int | slice, ...] = ()) -> torch.Tensor:
+        """The trial's pixels at `where` (trailing indices), or of the whole image."""
+        return torch.add(image[(..., *where)], self.direction[(..., *where)], alpha=-self.size).clamp_(0, 1)
 
     def take(self, image: torch.Tensor) -> None:
         """Move `image` to the trial point in place: exactly the values `apply` gave."""
@@ -330,9 +327,8 @@ def _total_variation_(
         length = image.shape[dim]
         count = image.numel() // length * (length - 1)  # differences along `dim` in the whole image
         for plane in range(image.shape[-3]):
-            pixels = image.select(-3, plane)
-            if step is not None:
-                pixels = torch.add(pixels, step.direction.select(-3, plane), alpha=-step.size).clamp_(0, 1)
+            where = (plane, slice(None), slice(None))
+            pixels = image[(..., *where)] if step is None else step.apply(image, where)
             diff = pixels.narrow(dim, 1, length - 1) - pixels.narrow(dim, 0, length - 1)
             del pixels
             flat = diff.view(-1)  # a dot product: no squared copy
