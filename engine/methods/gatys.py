@@ -40,10 +40,10 @@ TILE_REPORT_EVERY_S = 1.0
 # converges in fewer iterations (100 pairs: 99 instead of 122 at 256 px in bench/gatys.py).
 HISTORY = 100
 HISTORY_BYTES = 512 << 20
-# Measured with vgg16-hed on the CPU: a tile of 512 px peaks at ~750 B/px in its loss pass and ~1500
-# in its gradient pass, but larger windows cost more per pixel (NNPACK's Winograd workspace): with
-# 2000 here a 2048 px job planned tiles of 768 px for 2.14 GiB and peaked at 3.24 GiB; 4000 kept the
-# same job in tiles of 512 px at 2.52 GiB. Heap fragmentation on top goes back via RunContext.tile_done.
+# Per pixel of a tile, the heap above what the image holds through loss, gradient and trial passes
+# (bench/gatys_memory.py, vgg16-hed on the CPU, glibc as `nst` sets it): 3620 at 384 px, 3340 at 512,
+# 2820 at 640, 3310 at 768 (with 2000 here, a 2048 px job planned tiles of 768 px for 2.14 GiB and
+# peaked at 3.24 GiB, as 3310 predicts). Fragmentation between tiles goes back via RunContext.tile_done.
 EVAL_BYTES_PER_PIXEL = 4000
 # Held for the whole image however it is tiled: image and gradient (12 B each), the content features
 # kept in half precision (16), and during set-up the scale's content and style (12 each). A pass over
