@@ -43,8 +43,8 @@ HISTORY_BYTES = 512 << 20
 # Per pixel of a tile, the heap above what the image holds through loss, gradient and trial passes
 # (bench/gatys_memory.py, vgg16-hed on the CPU, glibc as `nst` sets it): 3620 at 384 px, 3340 at 512,
 # 2820 at 640, 3310 at 768 (with 2000 here, a 2048 px job planned tiles of 768 px for 2.14 GiB and
-# peaked at 3.24 GiB, as 3310 predicts). Fragmentation between tiles goes back via RunContext.tile_done.
-EVAL_BYTES_PER_PIXEL = 4000
+# peaked at 3.24 GiB, as 3310 predicts). Fragmentation between tiles goes back (_Run.tile_progress).
+EVAL_BYTES_PER_PIXEL = 3650
 # Held for the whole image however it is tiled: image and gradient (12 B each), the content features
 # kept in half precision (16), and during set-up the scale's content and style (12 each). A pass over
 # the whole image adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
@@ -535,12 +535,19 @@ class _Run:
         return x.detach(), loss
 
     def tile_progress(self, index: int) -> gatys_tiles.TileDone:
-        """Per tile of a scale optimised in tiles: cancel within a tile, memory kept to the plan
-        (RunContext.tile_done), and a message every second."""
+        """Per tile of a scale optimised in tiles: cancel within a tile, memory kept to the plan,
+        and a message every second.
+
+        On the CPU the heap's free pages go back after every tile, not only above the plan as
+        RunContext.tile_done does: image-sized tensors made between passes (the gradient) leave
+        holes that a tile's activations only partly reuse, and a Gatys tile takes seconds, so
+        faulting its pages in again costs little next to a process that grows past its bound.
+        """
 
         def done(count: int, total: int) -> None:
             self.ctx.cancel.raise_if_cancelled()
-            self.ctx.tile_done()
+            if self.ctx.device.type == "cpu":
+                allocator.release()
             now = time.monotonic()
             if now - self.last_tile_report < TILE_REPORT_EVERY_S and count < total:
                 return
@@ -587,7 +594,8 @@ def _made_progress(start: float, end: float) -> bool:
 def _preview(image: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         size = images.fit_long_side(*image.shape[-2:], min(PREVIEW_SIDE, max(image.shape[-2:])))
-        return images.to_numpy(images.resize_tensor(image.detach().clamp(0, 1), size))
+        # resized first: a clamped copy of a 4096 px image would be 192 MiB for a 256 px preview
+        return images.to_numpy(images.resize_tensor(image.detach(), size).clamp(0, 1))
 
 
 METHOD = GatysMethod()
