@@ -92,7 +92,8 @@ class RunContext:
         image-sized arrays leave between tiles are only partly reused: a 2048 px Gatys job held 1.8
         GiB of heap for 0.9 GiB in use, Johnson at 8192 px went 0.2 GiB past its plan. Once the
         process is above what the plan counted on, the free pages go back after each tile (the next
-        tile's pages then fault in again, up to 15% of its time, so not before that).
+        tile's pages then fault in again, up to 15% of a feed-forward tile's time, so not before
+        that; Gatys, whose tiles take seconds, hands them back after every tile instead).
         """
         if self.release_above is not None and devices.used_memory(self.device) > self.release_above:
             allocator.release()
