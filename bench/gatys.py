@@ -9,11 +9,12 @@ Three figures (GitHub issue 2, item 6):
   through engine.methods.gatys._Objective, the code every optimiser step runs. Interleaved, medians.
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
   odd landscape): the reference runs 200 L-BFGS iterations (T_ref, final objective L_ref); then the
-  real GatysMethod runs coarse to fine (60 iterations at half size, whose result is the start at full
-  size) and the reference objective is evaluated on its full-size image at every reported iteration,
-  its own cost excluded, until it reaches L_ref (T_ours, the coarse run included). Ours minimises the same
-  function: its relative per-layer losses are weighted by the reference targets' energy, which turns
-  them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV).
+  real GatysMethod runs coarse to fine (60 iterations at a quarter of the size, 60 at half, each
+  result the start of the next size) and the reference objective is evaluated on its full-size
+  image at every reported iteration, its own cost excluded, until it reaches L_ref (T_ours, the
+  coarse runs included). Ours minimises the same function: its relative per-layer losses are
+  weighted by the reference targets' energy, which turns them into the reference's absolute MSE
+  terms (style weight 1e6, content 1, no TV).
 - wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
   with evaluations and seconds per scale.
 
@@ -73,13 +74,13 @@ class Sizes:
     ref_iterations: int = 200
     ours_iteration_cap: int = 200
     stall_iterations: int = 20  # give up on ours after this many iterations without a better judged loss
-    coarse: int = 60  # iterations of ours at half size first
+    coarse: tuple[int, ...] = (60, 60)  # iterations of ours at smaller sizes first, each half the next
     balanced: int = 1024
     balanced_iterations: int | None = None  # None: the preset's own counts
 
 
 QUICK = Sizes(step=64, step_reps=2, ttr=64, ref_iterations=20, ours_iteration_cap=10, stall_iterations=5,
-              coarse=5, balanced=96, balanced_iterations=2)  # fmt: skip
+              coarse=(5,), balanced=96, balanced_iterations=2)  # fmt: skip
 
 
 def load_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +145,12 @@ class _Stop(Exception):
     """Raised from the progress callback: ours has matched the reference, or has stopped improving."""
 
 
+def coarse_stages(sizes: Sizes) -> list[tuple[int, int]]:
+    """(side, iterations) of ours' coarse runs before the full size, coarsest first."""
+    count = len(sizes.coarse)
+    return [(sizes.ttr >> (count - i), its) for i, its in enumerate(sizes.coarse)]
+
+
 def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
     """T_ref for 200 reference iterations against our time to the same reference loss."""
     backbone = load_backbone("vgg16-hed")
@@ -197,17 +204,21 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
     gatys.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
     start = time.perf_counter()
     try:
-        # Coarse to fine: a few cheap iterations at half size form the style patterns, and their
-        # result is the start at full size (a scale costs a quarter per iteration at half the side).
-        coarse = gatys.METHOD.parse_params({**settings, "size": sizes.ttr // 2, "iterations": sizes.coarse})
+        # Coarse to fine: cheap iterations at a quarter and at half the size form the style patterns,
+        # and each result starts the next size (an iteration at half the side costs about a quarter).
         coarse_context = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), cache)
-        seed = gatys.METHOD.run(
-            PreparedJob(content=content, styles=[Style(style)], params=coarse), coarse_context
-        )
+        init: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as folder:
-            init = Path(folder) / "coarse.png"
-            images.save_image(init, seed, bits=16)
-            params = gatys.METHOD.parse_params({**settings, "init": str(init)})
+            for side, iterations in coarse_stages(sizes):
+                stage = {**settings, **init, "size": side, "iterations": iterations}
+                coarse = gatys.METHOD.parse_params(stage)
+                seed = gatys.METHOD.run(
+                    PreparedJob(content=content, styles=[Style(style)], params=coarse), coarse_context
+                )
+                path = Path(folder) / f"coarse{side}.png"
+                images.save_image(path, seed, bits=16)
+                init = {"init": str(path)}
+            params = gatys.METHOD.parse_params({**settings, **init})
             gatys.METHOD.run(PreparedJob(content=content, styles=[Style(style)], params=params), context)
     except _Stop:
         pass
@@ -221,7 +232,8 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
           f"in {ref_s:.1f} s, loss {ref_loss:.5g}")  # fmt: skip
     best = f"best {judged['best']:.5g} at iteration {judged['best_at']}"
     status = "reached" if reached else f"NOT reached ({best})"
-    print(f"  ours: {status} after {sizes.coarse} iterations at {sizes.ttr // 2} px and "
+    stages = ", ".join(f"{its} iterations at {side} px" for side, its in coarse_stages(sizes))
+    print(f"  ours: {status} after {stages} and "
           f"{judged['iterations']} at {sizes.ttr} px in {ours_s:.1f} s "
           f"(judging excluded: {judged['seconds']:.1f} s)")  # fmt: skip
     ratio = ref_s / ours_s if reached else None
