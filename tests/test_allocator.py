@@ -84,3 +84,27 @@ print(held - resident())
 def test_release_returns_freed_heap_pages_below_a_live_block() -> None:
     released = _probe(RELEASE_PROBE.format(root=str(ROOT)))
     assert released > 600 << 20  # 11 freed blocks of 64 MiB, about 704 MiB
+
+
+# RunContext.tile_done: with no plan to keep to, a tile keeps its pages, unless the method asks for
+# a release after every tile (Gatys on the CPU, whose tiles take seconds).
+TILE_DONE_PROBE = RELEASE_PROBE.replace(
+    "held = resident()\nassert allocator.release()\nprint(held - resident())",
+    """from engine.cache import ModelCache
+from engine.errors import CancelToken
+from engine.methods.base import RunContext
+
+ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
+held = resident()
+ctx.tile_done()
+assert held - resident() < 16 << 20, "released with no plan and no every_tile"
+ctx.tile_done(every_tile=True)
+print(held - resident())""",
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_tile_done_every_tile_hands_freed_heap_pages_back_on_the_cpu() -> None:
+    assert "RunContext" in TILE_DONE_PROBE  # the replacement above found its place
+    released = _probe(TILE_DONE_PROBE.format(root=str(ROOT)))
+    assert released > 600 << 20

@@ -85,7 +85,7 @@ class RunContext:
         if self.device.type == "cpu" and plan is not None and plan.tile and plan.need:
             self.release_above = devices.used_memory(self.device) + plan.need
 
-    def tile_done(self) -> None:
+    def tile_done(self, every_tile: bool = False) -> None:
         """After each tile: keep host memory to the plan.
 
         glibc keeps freed heap memory for the next pass (engine/allocator.py), and the holes that
@@ -93,9 +93,10 @@ class RunContext:
         GiB of heap for 0.9 GiB in use, Johnson at 8192 px went 0.2 GiB past its plan. Once the
         process is above what the plan counted on, the free pages go back after each tile (the next
         tile's pages then fault in again, up to 15% of a feed-forward tile's time, so not before
-        that; Gatys, whose tiles take seconds, hands them back after every tile instead).
+        that). `every_tile`: on the CPU, after every tile, for tiles that take seconds (Gatys).
         """
-        if self.release_above is not None and devices.used_memory(self.device) > self.release_above:
+        above = self.release_above is not None and devices.used_memory(self.device) > self.release_above
+        if above or (every_tile and self.device.type == "cpu"):
             allocator.release()
 
 

@@ -538,16 +538,15 @@ class _Run:
         """Per tile of a scale optimised in tiles: cancel within a tile, memory kept to the plan,
         and a message every second.
 
-        On the CPU the heap's free pages go back after every tile, not only above the plan as
-        RunContext.tile_done does: image-sized tensors made between passes (the gradient) leave
-        holes that a tile's activations only partly reuse, and a Gatys tile takes seconds, so
-        faulting its pages in again costs little next to a process that grows past its bound.
+        On the CPU the heap's free pages go back after every tile, not only above the plan:
+        image-sized tensors made between passes (the gradient) leave holes that a tile's
+        activations only partly reuse, and a Gatys tile takes seconds, so faulting its pages in
+        again costs little next to a process that grows past its bound.
         """
 
         def done(count: int, total: int) -> None:
             self.ctx.cancel.raise_if_cancelled()
-            if self.ctx.device.type == "cpu":
-                allocator.release()
+            self.ctx.tile_done(every_tile=True)
             now = time.monotonic()
             if now - self.last_tile_report < TILE_REPORT_EVERY_S and count < total:
                 return
