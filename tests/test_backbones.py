@@ -255,9 +255,10 @@ def test_random_backbone_is_seeded_and_has_the_real_architecture() -> None:
     assert not any(p.requires_grad for p in a.parameters())
 
 
+@pytest.mark.parametrize("mode", ["all", "square"])
 @pytest.mark.parametrize("name", ["vgg16-hed", "vgg19-normalised"])
 def test_winograd_convolutions_give_onednn_features_and_input_gradients(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Frozen 3x3 convs run through NNPACK's Winograd kernel both ways (the input gradient is a conv
     # with the rotated, transposed kernel); weights that require grad take torch's own conv. Both
@@ -267,12 +268,18 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(
     # wrong kernel (not rotated, not transposed) is off by the whole norm.
     if not torch.backends.nnpack.is_available():
         pytest.skip("NNPACK is not available on this CPU")
-    monkeypatch.setattr(winograd, "MIN_IMAGE_PIXELS", 0)  # the kernels at a small size
+    # The kernels at a small size; "square" (some convs on NNPACK, in a channels_last pass) on this CPU.
+    if mode == "all":
+        monkeypatch.setattr(winograd, "MIN_IMAGE_PIXELS", 0)
+    else:
+        monkeypatch.setattr(winograd, "MIN_SQUARE_IMAGE_PIXELS", 0)
+        monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", (torch.backends.cpu.get_cpu_capability(),))
     frozen, plain = random_backbone(name, seed=5), random_backbone(name, seed=5)
     for param in plain.parameters():
         param.requires_grad_(True)  # not frozen: winograd.applies is False, torch's conv runs
     image = torch.rand(1, 3, 72, 88, generator=torch.Generator().manual_seed(0))
-    assert winograd.pays(image)
+    assert winograd.mode(image) == mode
+    image = image.contiguous(memory_format=frozen.memory_format(image))
     results = []
     for backbone in (frozen, plain):
         x = image.clone().requires_grad_(True)
@@ -284,3 +291,22 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(
         scale = float(slow[tap].abs().max())
         assert float((fast[tap] - slow[tap]).abs().max()) < 1e-4 * scale, tap
     assert float((fast_grad - slow_grad).norm()) < 1e-2 * float(slow_grad.norm())
+
+
+def test_winograd_mode_follows_the_image_size_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every conv from 512 px; only those keeping their channels on up to 128x128 positions from 256 px,
+    # and only on the CPUs listed (measured on AVX2, where oneDNN is half as wide); nothing below.
+    if not torch.backends.nnpack.is_available():
+        pytest.skip("NNPACK is not available on this CPU")
+    here = torch.backends.cpu.get_cpu_capability()
+    sizes = {side: torch.zeros(1, 3, side, side) for side in (128, 256, 512)}
+    monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", (here,))
+    assert [winograd.mode(sizes[side]) for side in (128, 256, 512)] == [None, "square", "all"]
+    monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", ())
+    assert [winograd.mode(sizes[side]) for side in (128, 256, 512)] == [None, None, "all"]
+    keeps, widens = (torch.nn.Conv2d(c, 64, 3, padding=1).requires_grad_(False) for c in (64, 32))
+    cases = [(keeps, 128, True), (keeps, 129, False), (widens, 128, False), (keeps, 63, False)]
+    for conv, side, expected in cases:
+        x = torch.zeros(1, conv.in_channels, side, side)
+        assert winograd.applies(conv, x, "square") is expected, (conv, side)
+        assert winograd.applies(conv, x, "all") is (side >= 64), (conv, side)

@@ -115,10 +115,10 @@ class Backbone(nn.Module):
         if not wanted:
             return out
         x = self.transform(image)
-        fast = winograd.pays(image)
+        fast = winograd.mode(image)
         for index in range(max(wanted) + 1):
             layer = self._flat[index]
-            if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
+            if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x, fast):
                 x = winograd.conv(layer, x, self._rotated_kernel(index))
             else:
                 x = layer(x)
@@ -127,8 +127,9 @@ class Backbone(nn.Module):
         return out
 
     def memory_format(self, image: torch.Tensor) -> torch.memory_format:
-        """The layout its convolutions run fastest in for `image`: NNPACK's NCHW where it pays."""
-        return torch.contiguous_format if winograd.pays(image) else torch.channels_last
+        """The layout its convolutions run fastest in for `image`: NNPACK's NCHW where all of them
+        run there, oneDNN's channels_last otherwise."""
+        return torch.contiguous_format if winograd.mode(image) == "all" else torch.channels_last
 
     def _rotated_kernel(self, index: int) -> torch.Tensor:
         weight = self._flat[index].weight

@@ -11,7 +11,7 @@ another order: the results differ from oneDNN's by about 1e-5 relative.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,10 +24,22 @@ from engine.nets.ops import nnpack_applies
 MIN_PIXELS = 64 * 64
 
 
-# Images smaller than this run on oneDNN alone: hand-overs between NNPACK's thread pool and
-# torch's cost more than Winograd saves (a vgg16-hed evaluation: 1.5x slower at 128 px, even at
-# 256, 1.2x faster at 512).
+# From this size every conv on at least MIN_PIXELS positions runs on NNPACK, the whole pass in its
+# NCHW layout. Below it, hand-overs between NNPACK's thread pool and torch's cost more than Winograd
+# saves on an AVX-512 CPU (a vgg16-hed evaluation: 1.5x slower at 128 px, even at 256, 1.2x faster
+# at 512).
 MIN_IMAGE_PIXELS = 512 * 512
+
+# Where oneDNN has only AVX2 (half AVX-512's width; NNPACK's kernels are AVX2 either way), Winograd
+# pays earlier, for some convs: from 256x256 px, those that keep their channel count on at most
+# 128x128 positions, while the pass stays in oneDNN's channels_last layout. A vgg16-hed evaluation at
+# 256 px on an AVX2-only EPYC, interleaved medians of two runs: 0.80 and 0.74 s against 0.92 and
+# 0.84 s on oneDNN alone; with every conv from 64x64 positions up on NNPACK, 0.86 s against 0.92.
+MIN_SQUARE_IMAGE_PIXELS = 256 * 256
+MAX_SQUARE_PIXELS = 128 * 128
+SQUARE_CAPABILITIES = ("AVX2",)  # torch.backends.cpu.get_cpu_capability() values
+
+Mode = Literal["all", "square"]
 
 
 def available(x: torch.Tensor) -> bool:
@@ -35,15 +47,25 @@ def available(x: torch.Tensor) -> bool:
     return nnpack_applies(x) and torch._C._get_nnpack_enabled()
 
 
-def pays(image: torch.Tensor) -> bool:
-    """A backbone pass over `image` should use NNPACK: it is `available` and the image large enough."""
-    return image.shape[-2] * image.shape[-1] >= MIN_IMAGE_PIXELS and available(image)
+def mode(image: torch.Tensor) -> Mode | None:
+    """Which convs of a backbone pass over `image` run on NNPACK: "all" that `applies`, only the
+    "square" ones (same channels in and out, at most MAX_SQUARE_PIXELS), or None."""
+    pixels = image.shape[-2] * image.shape[-1]
+    if pixels < min(MIN_IMAGE_PIXELS, MIN_SQUARE_IMAGE_PIXELS) or not available(image):
+        return None
+    if pixels >= MIN_IMAGE_PIXELS:
+        return "all"
+    return "square" if torch.backends.cpu.get_cpu_capability() in SQUARE_CAPABILITIES else None
 
 
-def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """A frozen square stride-1 conv on input of at least MIN_PIXELS (the caller checked `pays`)."""
+def applies(conv: nn.Conv2d, x: torch.Tensor, mode: Mode) -> bool:
+    """A frozen square stride-1 conv on input of at least MIN_PIXELS, and in "square" mode one that
+    keeps its channel count on at most MAX_SQUARE_PIXELS (the caller got `mode` for the image)."""
+    positions = x.shape[-2] * x.shape[-1]
+    if mode == "square" and (conv.in_channels != conv.out_channels or positions > MAX_SQUARE_PIXELS):
+        return False
     return (
-        x.shape[-2] * x.shape[-1] >= MIN_PIXELS
+        positions >= MIN_PIXELS
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
