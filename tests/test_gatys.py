@@ -273,6 +273,33 @@ def test_lbfgs_keeps_the_image_displayable() -> None:
     assert min(lo for lo, _ in seen) >= 0.0 and max(hi for _, hi in seen) <= 1.0
     assert loss == pytest.approx(float(objective(target.clamp(0, 1))[0]), rel=1e-3)
     assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
+    # One iteration: the point its line search accepted lies partly outside 0..1, and what comes back
+    # is that point projected, with its own loss (not the lower one of the unprojected point).
+    result, loss, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 1)
+    assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
+    assert loss == pytest.approx(float(objective(result)[0]))
+
+
+def test_lbfgs_converges_to_a_minimum_on_the_bounds() -> None:
+    # A smooth, coupled objective whose minimum over 0..1 has two thirds of the pixels at 0 or 1, where
+    # the gradient keeps pushing them out. L-BFGS fed that raw gradient stalls after 8 iterations with
+    # free pixels' gradients at 0.72; fed the projected one (outward parts dropped) it converges.
+    target = torch.linspace(-1, 2, 3 * 8 * 8).reshape(1, 3, 8, 8)
+
+    def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dx, dy = x[..., 1:] - x[..., :-1], x[..., 1:, :] - x[..., :-1, :]
+        loss = ((x - target) ** 2).sum() + 3 * (dx.pow(2).sum() + dy.pow(2).sum())
+        return loss, loss
+
+    ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
+    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [20])
+    result, loss, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 20)
+    x = result.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(x)[0], x)
+    at_bound = ((result <= 0) & (grad > 0)) | ((result >= 1) & (grad < 0))
+    assert float(at_bound.float().mean()) > 0.5
+    assert float(grad.masked_fill(at_bound, 0).abs().max()) < 0.01  # the first-order optimality condition
+    assert float(objective(result)[0]) == pytest.approx(loss)  # the loss handed back is the image's
 
 
 @pytest.mark.parametrize("name", ["vgg16-hed", "vgg19", "vgg19-normalised"])

@@ -436,7 +436,8 @@ class _Run:
 
         Every evaluation first projects the image into 0..1. Unconstrained, the optimum of shallow
         style layers lies far outside the displayable range (pixels at -0.5 and 1.5), and the clamped
-        result then scores no better than after a fifth of the iterations.
+        result then scores no better than after a fifth of the iterations. The gradient handed to
+        L-BFGS is the projected one (`_drop_outward`).
         """
         x = start.clone().requires_grad_(True)
         best = _Best(start)
@@ -459,6 +460,7 @@ class _Run:
                     raise _NonFinite
                 best.offer(loss, x)
                 total.backward()
+                _drop_outward(x)
                 step = min(before + optimiser.state[x].get("n_iter", 0) + 1, steps)
                 self._report(index, step, steps, best.loss, None, best.image)
                 return total.detach()
@@ -470,8 +472,8 @@ class _Run:
             done += optimiser.state[x]["n_iter"]
             if done >= steps:
                 break
-        with torch.no_grad():
-            best.offer(float(objective(x)[0]), x)
+        with torch.no_grad():  # the point the last line search accepted, projected as every other
+            best.offer(float(objective(x.clamp_(0, 1))[0]), x)
         return best.image, best.loss, done
 
     def _descent(
@@ -584,6 +586,18 @@ class _Run:
         """Share of the job done: scales weigh by pixels times iterations."""
         done = self.cost_before[index] + self.sides[index] ** 2 * self.iterations[index] * step / steps
         return min(done / self.total_cost, 1.0)
+
+
+def _drop_outward(x: torch.Tensor) -> None:
+    """Zero the gradient of pixels at 0 or 1 that it would push further out.
+
+    The next evaluation clamps them back, so such a component promises a decrease that no step can
+    deliver; left in, it skews L-BFGS's line search and its curvature pairs (bench/gatys.py: 86
+    instead of 89 iterations at 256 px to the reference's loss).
+    """
+    with torch.no_grad():
+        grad = x.grad
+        grad.masked_fill_(((x <= 0) & (grad > 0)) | ((x >= 1) & (grad < 0)), 0.0)
 
 
 def _made_progress(start: float, end: float) -> bool:
