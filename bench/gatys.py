@@ -10,11 +10,13 @@ Three figures (GitHub issue 2, item 6):
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
   odd landscape): the reference runs 200 L-BFGS iterations (T_ref, final objective L_ref); then the
   real GatysMethod runs coarse to fine (60 iterations at a quarter of the size, 60 at half, each
-  result the start of the next size) and the reference objective is evaluated on its full-size
-  image at every reported iteration, its own cost excluded, until it reaches L_ref (T_ours, the
-  coarse runs included). Ours minimises the same function: its relative per-layer losses are
-  weighted by the reference targets' energy, which turns them into the reference's absolute MSE
-  terms (style weight 1e6, content 1, no TV).
+  result the start of the next size) until its full-size image reaches L_ref (T_ours, the coarse
+  runs included). Ours minimises the same function: its relative per-layer losses are weighted by
+  the reference targets' energy, which turns them into the reference's absolute MSE terms (style
+  weight 1e6, content 1, no TV), divided by one constant. So its own reported loss, times that
+  constant, says when to stop (0.1% below L_ref), and after the clock has stopped the reference
+  objective scores the image it stopped on: that score decides "reached". (Scoring every iteration
+  with the reference's model while ours ran cost ours 10% in page faults and caches, not counted.)
 - wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
   with evaluations and seconds per scale.
 
@@ -62,6 +64,7 @@ IMAGES = ROOT.parent / "shared" / "images"
 CONTENT = "content/golden_gate.jpg"
 STYLE = "style/woman_with_hat_matisse.jpg"
 PARTS = ("step", "ttr", "balanced")
+STOP_MARGIN = 1e-3  # ours stops 0.1% below the reference's loss: float sums differ between the two
 
 
 @dataclass(frozen=True)
@@ -185,18 +188,17 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
     }
     cache = ModelCache()
     cache.get(("backbone", DEFAULT_BACKBONE, "max", "cpu"), lambda: backbone)  # loading is not timed
-    judged = {"seconds": 0.0, "iterations": 0, "best": float("inf"), "best_at": 0}
+    # Ours reports its best loss so far, which is the reference objective divided by `scale`: the run
+    # stops on it, and the judge scores the image it stopped on only after the clock has stopped.
+    seen: dict[str, Any] = {"iterations": 0, "best": float("inf"), "best_at": 0, "image": None}
 
     def progress(p: Progress) -> None:
-        if p.preview is None or p.stage != "optimise":
+        if p.preview is None or p.stage != "optimise" or p.loss is None:
             return
-        before = time.perf_counter()
-        loss = judge.loss_of(images.to_tensor(p.preview))
-        judged["seconds"] += time.perf_counter() - before
-        judged["iterations"] = p.step
-        if loss < judged["best"]:
-            judged["best"], judged["best_at"] = loss, p.step
-        if loss <= ref_loss or p.step - judged["best_at"] >= sizes.stall_iterations:
+        seen["iterations"], seen["image"] = p.step, p.preview
+        if p.loss * scale < seen["best"]:
+            seen["best"], seen["best_at"] = p.loss * scale, p.step
+        if seen["best"] <= ref_loss * (1 - STOP_MARGIN) or p.step - seen["best_at"] >= sizes.stall_iterations:
             raise _Stop
 
     context = RunContext(torch.device("cpu"), progress, CancelToken(), cache)
@@ -224,18 +226,17 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
         pass
     finally:
         gatys.PREVIEW_EVERY_S = preview_every
-    ours_s = time.perf_counter() - start - judged["seconds"]
-    reached = judged["best"] <= ref_loss
+    ours_s = time.perf_counter() - start
+    judged = judge.loss_of(images.to_tensor(seen["image"])) if seen["image"] is not None else float("inf")
+    reached = judged <= ref_loss
 
     print(f"\ntime to the reference's loss at {sizes.ttr} px, vgg16-hed (same weights both sides)")
     print(f"  reference: {sizes.ref_iterations} iterations ({reference.evaluations} evaluations) "
           f"in {ref_s:.1f} s, loss {ref_loss:.5g}")  # fmt: skip
-    best = f"best {judged['best']:.5g} at iteration {judged['best_at']}"
-    status = "reached" if reached else f"NOT reached ({best})"
+    status = "reached" if reached else f"NOT reached (best {judged:.5g} at iteration {seen['best_at']})"
     stages = ", ".join(f"{its} iterations at {side} px" for side, its in coarse_stages(sizes))
-    print(f"  ours: {status} after {stages} and "
-          f"{judged['iterations']} at {sizes.ttr} px in {ours_s:.1f} s "
-          f"(judging excluded: {judged['seconds']:.1f} s)")  # fmt: skip
+    print(f"  ours: {status} after {stages} and {seen['iterations']} at {sizes.ttr} px in {ours_s:.1f} s")
+    print(f"  its own loss x scale {seen['best']:.5g}, the reference's objective on its image {judged:.5g}")
     ratio = ref_s / ours_s if reached else None
     print(f"  ratio T_ref/T_ours: {ratio:.2f}" if ratio else "  ratio: none (not reached)")
     return {
@@ -243,8 +244,8 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
         "ttr_reference_s": ref_s,
         "ttr_ours_s": ours_s,
         "ttr_reference_loss": ref_loss,
-        "ttr_ours_best_reference_loss": judged["best"],
-        "ttr_ours_iterations": judged["iterations"],
+        "ttr_ours_best_reference_loss": judged,
+        "ttr_ours_iterations": seen["iterations"],
     }
 
 

@@ -232,7 +232,7 @@ def test_an_lbfgs_stall_is_detected_and_adam_carries_on() -> None:
     ctx = RunContext(torch.device("cpu"), lambda p: messages.append(p.message), CancelToken(), ModelCache())
     run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [50])
     start = torch.full((1, 3, 8, 8), 0.5)
-    _, stalled_loss, done = run._lbfgs(0, start, objective, 50)
+    _, stalled_loss, done, _ = run._lbfgs(0, start, objective, 50)
     assert done < 50, "expected this objective to stall L-BFGS"
     result = run.optimise_scale(0, start, objective)
     assert "L-BFGS stalled; continuing with Adam" in messages
@@ -253,7 +253,7 @@ def test_lbfgs_line_search_rescues_an_overshooting_trial() -> None:
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
     run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [10])
-    _, loss, _ = run._lbfgs(0, torch.zeros(1, 3, 8, 8), objective, 10)
+    _, loss, _, _ = run._lbfgs(0, torch.zeros(1, 3, 8, 8), objective, 10)
     assert loss < 200.0
 
 
@@ -269,13 +269,13 @@ def test_lbfgs_keeps_the_image_displayable() -> None:
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
     run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [10])
-    result, loss, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 10)
+    result, loss, _, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 10)
     assert min(lo for lo, _ in seen) >= 0.0 and max(hi for _, hi in seen) <= 1.0
     assert loss == pytest.approx(float(objective(target.clamp(0, 1))[0]), rel=1e-3)
     assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
-    # One iteration: the point its line search accepted lies partly outside 0..1, and what comes back
-    # is that point projected, with its own loss (not the lower one of the unprojected point).
-    result, loss, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 1)
+    # One iteration: the point its line search accepted lies partly outside 0..1; what comes back is
+    # an image that was evaluated, projected, with its own loss (not the unprojected point's, lower).
+    result, loss, _, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 1)
     assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
     assert loss == pytest.approx(float(objective(result)[0]))
 
@@ -293,13 +293,34 @@ def test_lbfgs_converges_to_a_minimum_on_the_bounds() -> None:
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
     run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [20])
-    result, loss, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 20)
+    result, loss, _, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 20)
     x = result.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(objective(x)[0], x)
     at_bound = ((result <= 0) & (grad > 0)) | ((result >= 1) & (grad < 0))
     assert float(at_bound.float().mean()) > 0.5
     assert float(grad.masked_fill(at_bound, 0).abs().max()) < 0.01  # the first-order optimality condition
     assert float(objective(result)[0]) == pytest.approx(loss)  # the loss handed back is the image's
+
+
+def test_an_lbfgs_scale_evaluates_only_the_points_the_optimiser_asks_for() -> None:
+    # The start's loss is L-BFGS's first evaluation and the best image is always one of its trials: a
+    # scale makes no extra evaluation (without a gradient) before or after (a forward pass each, 1024 px
+    # ones taking seconds).
+    target = torch.linspace(0.2, 0.8, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    with_gradient: list[bool] = []
+
+    def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with_gradient.append(torch.is_grad_enabled())
+        dx, dy = x[..., 1:] - x[..., :-1], x[..., 1:, :] - x[..., :-1, :]
+        loss = ((x - target) ** 2).sum() + 3 * (dx.pow(2).sum() + dy.pow(2).sum())
+        return loss, loss
+
+    ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
+    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [5])
+    start = torch.full((1, 3, 8, 8), 0.5)
+    result = run.optimise_scale(0, start, objective)
+    assert float(objective(result)[0]) < float(objective(start)[0]) / 2
+    assert len(with_gradient) > 5 and all(with_gradient)
 
 
 @pytest.mark.parametrize("name", ["vgg16-hed", "vgg19", "vgg19-normalised"])

@@ -396,10 +396,8 @@ class _Run:
             self._check_progress(index, start_loss, start_style, loss)
             return result.clamp_(0, 1)
         start = image.detach().clone()
-        with torch.no_grad():
-            start_loss, start_style = (float(v) for v in objective(start))
         if self.p["optimizer"] == "lbfgs":
-            result, loss, done = self._lbfgs(index, start, objective, steps)
+            result, loss, done, (start_loss, start_style) = self._lbfgs(index, start, objective, steps)
             if done < steps or not _made_progress(start_loss, loss):
                 self._report(index, done, steps, loss, "L-BFGS stalled; continuing with Adam")
                 remaining = steps - done if done < steps else steps
@@ -407,6 +405,8 @@ class _Run:
                 if adam_loss < loss:
                     result, loss = adam_result, adam_loss
         else:
+            with torch.no_grad():
+                start_loss, start_style = (float(v) for v in objective(start))
             result, loss = self._adam(index, start, objective, steps)
         self._check_progress(index, start_loss, start_style, loss)
         return result.detach().clamp(0, 1)
@@ -421,8 +421,8 @@ class _Run:
 
     def _lbfgs(
         self, index: int, start: torch.Tensor, objective: _Objective, steps: int
-    ) -> tuple[torch.Tensor, float, int]:
-        """Run L-BFGS; return (best image, its loss, iterations done).
+    ) -> tuple[torch.Tensor, float, int, tuple[float, float]]:
+        """Run L-BFGS; return (best image, its loss, iterations done, (start loss, its style part)).
 
         One `step()` call runs all the iterations, so every evaluation is either an iteration's
         start or a line-search trial, never a repeat of the point the last search accepted (one
@@ -437,10 +437,13 @@ class _Run:
         Every evaluation first projects the image into 0..1. Unconstrained, the optimum of shallow
         style layers lies far outside the displayable range (pixels at -0.5 and 1.5), and the clamped
         result then scores no better than after a fifth of the iterations. The gradient handed to
-        L-BFGS is the projected one (`_drop_outward`).
+        L-BFGS is the projected one (`_drop_outward`). Every point a line search accepts was one
+        of its trials, so the best image is always among those evaluated: no evaluation of the start
+        (the first one is) or of the end is needed besides.
         """
         x = start.clone().requires_grad_(True)
         best = _Best(start)
+        first = [float("nan")] * 2  # the start's loss and style part, from the first evaluation
         done = 0
         history = max(3, min(HISTORY, HISTORY_BYTES // (2 * x.numel() * x.element_size())))
         for _attempt in range(2):
@@ -454,8 +457,10 @@ class _Run:
                 with torch.no_grad():
                     x.clamp_(0, 1)  # projected: the loss is that of an image the user can get
                 optimiser.zero_grad(set_to_none=True)
-                total, _ = objective(x)
+                total, style = objective(x)
                 loss = float(total.detach())
+                if np.isnan(first[0]):
+                    first[:] = loss, float(torch.as_tensor(style).detach())
                 if not np.isfinite(loss):
                     raise _NonFinite
                 best.offer(loss, x)
@@ -468,13 +473,11 @@ class _Run:
             try:
                 optimiser.step(closure)
             except _NonFinite:
-                return best.image, best.loss, done + optimiser.state[x].get("n_iter", 0)
+                return best.image, best.loss, done + optimiser.state[x].get("n_iter", 0), (first[0], first[1])
             done += optimiser.state[x]["n_iter"]
             if done >= steps:
                 break
-        with torch.no_grad():  # the point the last line search accepted, projected as every other
-            best.offer(float(objective(x.clamp_(0, 1))[0]), x)
-        return best.image, best.loss, done
+        return best.image, best.loss, done, (first[0], first[1])
 
     def _descent(
         self, index: int, x: torch.Tensor, objective: gatys_tiles.TiledObjective, steps: int
