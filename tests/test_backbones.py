@@ -278,12 +278,12 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(
     for param in plain.parameters():
         param.requires_grad_(True)  # not frozen: winograd.applies is False, torch's conv runs
     image = torch.rand(1, 3, 72, 88, generator=torch.Generator().manual_seed(0))
-    assert winograd.mode(image) == mode
+    assert winograd.mode(image, square=True) == mode
     image = image.contiguous(memory_format=frozen.memory_format(image))
     results = []
     for backbone in (frozen, plain):
         x = image.clone().requires_grad_(True)
-        taps = backbone(x, ["relu1_1", "relu3_1", "relu5_1"])
+        taps = backbone(x, ["relu1_1", "relu3_1", "relu5_1"], square=True)
         sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in taps.values()).backward()
         results.append(({name: t.detach() for name, t in taps.items()}, x.grad))
     (fast, fast_grad), (slow, slow_grad) = results
@@ -301,9 +301,11 @@ def test_winograd_mode_follows_the_image_size_and_the_cpu(monkeypatch: pytest.Mo
     here = torch.backends.cpu.get_cpu_capability()
     sizes = {side: torch.zeros(1, 3, side, side) for side in (128, 256, 512)}
     monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", (here,))
-    assert [winograd.mode(sizes[side]) for side in (128, 256, 512)] == [None, "square", "all"]
-    monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", ())
+    assert [winograd.mode(sizes[side], square=True) for side in (128, 256, 512)] == [None, "square", "all"]
+    # Passes whose memory is planned (Gatys tiles) do not allow "square": its layout copies cost memory.
     assert [winograd.mode(sizes[side]) for side in (128, 256, 512)] == [None, None, "all"]
+    monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", ())
+    assert [winograd.mode(sizes[side], square=True) for side in (128, 256, 512)] == [None, None, "all"]
     keeps, widens = (torch.nn.Conv2d(c, 64, 3, padding=1).requires_grad_(False) for c in (64, 32))
     cases = [(keeps, 128, True), (keeps, 129, False), (widens, 128, False), (keeps, 63, False)]
     for conv, side, expected in cases:

@@ -102,8 +102,13 @@ class Backbone(nn.Module):
         # conv index -> (its weight's storage and version, the input-gradient kernel made from it)
         self._rotated: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
 
-    def forward(self, image: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
-        """image: (N,3,H,W) float RGB in 0..1. Runs the layers only up to the deepest requested tap."""
+    def forward(
+        self, image: torch.Tensor, taps: Sequence[str], square: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """image: (N,3,H,W) float RGB in 0..1. Runs the layers only up to the deepest requested tap.
+
+        `square` allows NNPACK for some convs of a smaller image, faster and larger (`winograd.mode`).
+        """
         try:
             wanted = {self._tap_index[tap]: tap for tap in taps}
         except KeyError as exc:
@@ -115,7 +120,7 @@ class Backbone(nn.Module):
         if not wanted:
             return out
         x = self.transform(image)
-        fast = winograd.mode(image)
+        fast = winograd.mode(image, square)
         for index in range(max(wanted) + 1):
             layer = self._flat[index]
             if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x, fast):

@@ -47,15 +47,21 @@ def available(x: torch.Tensor) -> bool:
     return nnpack_applies(x) and torch._C._get_nnpack_enabled()
 
 
-def mode(image: torch.Tensor) -> Mode | None:
+def mode(image: torch.Tensor, square: bool = False) -> Mode | None:
     """Which convs of a backbone pass over `image` run on NNPACK: "all" that `applies`, only the
-    "square" ones (same channels in and out, at most MAX_SQUARE_PIXELS), or None."""
+    "square" ones (same channels in and out, at most MAX_SQUARE_PIXELS) where the caller allows
+    them, or None.
+
+    "square" adds layout copies between NNPACK and oneDNN. Passes whose memory is planned (Gatys
+    tiles) do not ask for it and keep to what their estimate was measured with: bench/gatys_memory.py
+    at 384 px gave 3700-4400 bytes per tile pixel either way, too noisy to tell the two apart.
+    """
     pixels = image.shape[-2] * image.shape[-1]
     if pixels < min(MIN_IMAGE_PIXELS, MIN_SQUARE_IMAGE_PIXELS) or not available(image):
         return None
     if pixels >= MIN_IMAGE_PIXELS:
         return "all"
-    return "square" if torch.backends.cpu.get_cpu_capability() in SQUARE_CAPABILITIES else None
+    return "square" if square and torch.backends.cpu.get_cpu_capability() in SQUARE_CAPABILITIES else None
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor, mode: Mode) -> bool:

@@ -284,7 +284,9 @@ class _Objective:
         )
 
     def _features(self, image: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        return self.backbone(image.contiguous(memory_format=self.layout), taps)
+        # Tiles keep to the convs their memory estimate was measured with (winograd.mode).
+        square = self.tile is None
+        return self.backbone(image.contiguous(memory_format=self.layout), taps, square=square)
 
     def _guide_targets(
         self, guide: Guide, feats: dict[str, torch.Tensor], style_feats: list[dict[str, torch.Tensor]]
