@@ -16,11 +16,10 @@ Three figures (GitHub issue 2, item 6):
   until its full-size image reaches L_ref (T_ours, all the runs before included). Ours minimises
   the same function: its relative per-layer losses are weighted by the reference targets' energy,
   which turns them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV),
-  divided by one constant. So its own reported loss, times that
-  constant, says when to stop (0.1% below L_ref), and after the clock has stopped the reference
-  objective scores the image it stopped on: that score decides "reached". (Until session 6 the
-  reference's model scored every iteration while ours ran: its time was subtracted, its effect on
-  caches and the heap was not.)
+  divided by one constant. So its own reported loss, times that constant, says when to stop (0.1%
+  below L_ref), and after the clock has stopped the reference objective scores the image it stopped
+  on: that score decides "reached". (Until session 6 the reference's model scored every iteration
+  while ours ran: its time was subtracted, its effect on caches and the heap was not.)
 - wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
   with evaluations and seconds per scale.
 
@@ -81,7 +80,7 @@ class Sizes:
     ttr: int = 256
     ref_iterations: int = 200
     ours_iteration_cap: int = 200
-    stall_iterations: int = 20  # give up on ours after this many iterations without a better judged loss
+    stall_iterations: int = 20  # give up on ours after this many iterations without a better loss
     # Ours' runs before the one that is timed to the reference's loss, each starting from the last:
     # (long side, iterations, only the shallow style layers SHALLOW).
     stages: tuple[tuple[int, int, bool], ...] = ((64, 60, False), (128, 60, False), (256, 20, True))
