@@ -10,10 +10,13 @@ Three figures (GitHub issue 2, item 6):
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
   odd landscape): the reference runs 200 L-BFGS iterations (final objective L_ref), before ours and
   again after it (T_ref: the mean of the two, against drift in the machine's speed); then the
-  real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at a quarter of the size, 60 at
-  half, then 20 at full size on the shallow style layers alone, which the upsampled image misses
-  most, at about a third of the cost; each result starts the next run), then on the whole objective
-  until its full-size image reaches L_ref (T_ours, all the runs before included). Ours minimises
+  real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at a quarter of the size and 60
+  at half; then at full size 40 on the style layers relu1_1 and relu2_1 alone, which the upsampled
+  image misses most, and 60 on those and relu3_1, at about a quarter and a half of an evaluation's
+  cost; each result starts the next run), then on the whole objective until its full-size image
+  reaches L_ref (T_ours, all the runs before included). Those three layers make up most of this
+  objective (83% of L_ref), and the deeper terms keep what the half-size run gave them; a longer
+  second run alone gets below L_ref before the whole objective has run once (README). Ours minimises
   the same function: its relative per-layer losses are weighted by the reference targets' energy,
   which turns them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV),
   divided by one constant. So its own reported loss, times that constant, says when to stop (0.1%
@@ -23,7 +26,7 @@ Three figures (GitHub issue 2, item 6):
 - wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
   with evaluations and seconds per scale.
 
-    .venv/bin/python bench/gatys.py                   # all three; the 1024 px job alone: 30+ min, 2 cores
+    .venv/bin/python bench/gatys.py                   # all three: about 12 min on 2 cores
     .venv/bin/python bench/gatys.py --parts step ttr  # skip the 1024 px run
     .venv/bin/python bench/gatys.py --quick           # tiny sizes, a smoke test of the code paths
 The last line printed is one JSON object with the ratios and raw seconds.
@@ -67,7 +70,8 @@ IMAGES = ROOT.parent / "shared" / "images"
 CONTENT = "content/golden_gate.jpg"
 STYLE = "style/woman_with_hat_matisse.jpg"
 PARTS = ("step", "ttr", "balanced")
-SHALLOW = ("relu1_1", "relu2_1")
+SHALLOW = ("relu1_1", "relu2_1")  # the style layers at full and half resolution
+MIDDLE = (*SHALLOW, "relu3_1")
 STOP_MARGIN = 1e-3  # ours stops 0.1% below the reference's loss: float sums differ between the two
 
 
@@ -82,14 +86,16 @@ class Sizes:
     ours_iteration_cap: int = 200
     stall_iterations: int = 20  # give up on ours after this many iterations without a better loss
     # Ours' runs before the one that is timed to the reference's loss, each starting from the last:
-    # (long side, iterations, only the shallow style layers SHALLOW).
-    stages: tuple[tuple[int, int, bool], ...] = ((64, 60, False), (128, 60, False), (256, 20, True))
+    # (long side, iterations, only these style layers or None for the whole objective).
+    stages: tuple[tuple[int, int, tuple[str, ...] | None], ...] = (
+        (64, 60, None), (128, 60, None), (256, 40, SHALLOW), (256, 60, MIDDLE),
+    )  # fmt: skip
     balanced: int = 1024
     balanced_iterations: int | None = None  # None: the preset's own counts
 
 
 QUICK = Sizes(step=64, step_reps=2, ttr=64, ref_iterations=20, ours_iteration_cap=10, stall_iterations=5,
-              stages=((32, 5, False), (64, 3, True)), balanced=96, balanced_iterations=2)  # fmt: skip
+              stages=((32, 5, None), (64, 3, SHALLOW)), balanced=96, balanced_iterations=2)  # fmt: skip
 
 
 def load_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +104,8 @@ def load_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return content, style
 
 
-def at_long_side(picture: np.ndarray, side: int) -> torch.Tensor:
-    return images.to_tensor(images.resize(picture, images.fit_long_side(*picture.shape[:2], side)))
+def at_long_side(picture: np.ndarray, side: int) -> np.ndarray:
+    return images.resize(picture, images.fit_long_side(*picture.shape[:2], side))
 
 
 def reference_for(
@@ -118,8 +124,7 @@ def reference_for(
 def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) -> dict[str, float]:
     """Median seconds of one loss+gradient evaluation, ours and the reference's, interleaved."""
     backbone = random_backbone("vgg19", seed)
-    content_t = at_long_side(content, sizes.step)
-    style_t = at_long_side(style, sizes.step)
+    content_t, style_t = (images.to_tensor(at_long_side(p, sizes.step)) for p in (content, style))
     objective = gatys._Objective(
         backbone, gatys.METHOD.parse_params({"backbone": "vgg19"}), content_t, [style_t], np.ones(1), []
     )
@@ -157,8 +162,11 @@ class _Stop(Exception):
 def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
     """T_ref for 200 reference iterations against our time to the same reference loss."""
     backbone = load_backbone("vgg16-hed")
-    content_t = at_long_side(content, sizes.ttr)
-    style_t = at_long_side(style, sizes.ttr)
+    # Ours gets the pictures at the timed size as well: a run hands back its result at the size of the
+    # content it was given, so from 512 px each result went up to 512 and the next run took it back
+    # down, which blurred away the detail a run at the timed size had added.
+    content, style = (at_long_side(p, sizes.ttr) for p in (content, style))
+    content_t, style_t = images.to_tensor(content), images.to_tensor(style)
     normalization = ref.Normalization([m / 255 for m in hed.MEAN_BGR], [1 / 255] * 3, bgr=True)
     judge = reference_for(backbone, "vgg16", normalization, content_t, style_t)  # untouched optimiser
 
@@ -216,16 +224,16 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
         coarse_context = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), cache)
         init: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as folder:
-            for side, iterations, shallow in sizes.stages:
+            for number, (side, iterations, layers) in enumerate(sizes.stages):
                 stage = {**settings, **init, "size": side, "iterations": iterations}
-                if shallow:  # only the style layers at full and half resolution: a third of the cost
-                    layers = {n: w for n, w in settings["style_layers"].items() if n in SHALLOW}
-                    stage.update(style_layers=layers, content_layers={SHALLOW[-1]: 1.0}, content_weight=0.0)
+                if layers:  # the pass stops at the deepest of them: a quarter to a half of the cost
+                    chosen = {n: w for n, w in settings["style_layers"].items() if n in layers}
+                    stage.update(style_layers=chosen, content_layers={layers[-1]: 1.0}, content_weight=0.0)
                 params = gatys.METHOD.parse_params(stage)
                 seed = gatys.METHOD.run(
                     PreparedJob(content=content, styles=[Style(style)], params=params), coarse_context
                 )
-                path = Path(folder) / f"stage{side}{'-shallow' if shallow else ''}.png"
+                path = Path(folder) / f"stage{number}.png"
                 images.save_image(path, seed, bits=16)
                 init = {"init": str(path)}
             params = gatys.METHOD.parse_params({**settings, **init})
@@ -236,6 +244,9 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
         gatys.PREVIEW_EVERY_S = preview_every
     ours_s = time.perf_counter() - start
     judged = judge.loss_of(images.to_tensor(seen["image"])) if seen["image"] is not None else float("inf")
+    terms = {"reference": judge.terms_of(reference.image.detach())}
+    if seen["image"] is not None:
+        terms["ours"] = judge.terms_of(images.to_tensor(seen["image"]))
     reached = judged <= ref_loss
     second_s, again = run_reference()
     ref_s = (first_s + second_s) / 2
@@ -246,11 +257,14 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
           f"loss {ref_loss:.5g} (again: {judge.loss_of(again.image.detach()):.5g})")  # fmt: skip
     status = "reached" if reached else f"NOT reached (best {judged:.5g} at iteration {seen['best_at']})"
     stages = ", ".join(
-        f"{its} iterations at {side} px{' (shallow layers)' if shallow else ''}"
-        for side, its, shallow in sizes.stages
+        f"{its} iterations at {side} px" + (f" ({'+'.join(layers)})" if layers else "")
+        for side, its, layers in sizes.stages
     )
     print(f"  ours: {status} after {stages} and {seen['iterations']} at {sizes.ttr} px in {ours_s:.1f} s")
     print(f"  its own loss x scale {seen['best']:.5g}, the reference's objective on its image {judged:.5g}")
+    print("  per term: " + ", ".join(terms["reference"]))
+    for name, values in terms.items():
+        print(f"    {name:9} " + ", ".join(f"{v:.4g}" for v in values.values()))
     ratio = ref_s / ours_s if reached else None
     print(f"  ratio T_ref/T_ours: {ratio:.2f}" if ratio else "  ratio: none (not reached)")
     return {
@@ -261,6 +275,7 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
         "ttr_reference_loss": ref_loss,
         "ttr_ours_best_reference_loss": judged,
         "ttr_ours_iterations": seen["iterations"],
+        "ttr_terms": terms,
     }
 
 

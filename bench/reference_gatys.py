@@ -187,3 +187,15 @@ class Reference:
         style_score = sum(sl.loss for sl in self.style_losses) * STYLE_WEIGHT
         content_score = sum(cl.loss for cl in self.content_losses) * CONTENT_WEIGHT
         return float(style_score + content_score)
+
+    @torch.no_grad()
+    def terms_of(self, image: torch.Tensor) -> dict[str, float]:
+        """The weighted terms of `loss_of`, per layer: which parts of the objective an image pays for."""
+        self.model(image.clamp(0, 1))
+        terms = {
+            name: float(sl.loss) * STYLE_WEIGHT
+            for name, sl in zip(STYLE_LAYERS, self.style_losses, strict=True)
+        }
+        for name, cl in zip(CONTENT_LAYERS, self.content_losses, strict=True):
+            terms[f"content {name}"] = float(cl.loss) * CONTENT_WEIGHT
+        return terms
