@@ -10,13 +10,14 @@ Three figures (GitHub issue 2, item 6):
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
   odd landscape): the reference runs 200 L-BFGS iterations (final objective L_ref), before ours and
   again after it (T_ref: the mean of the two, against drift in the machine's speed); then the
-  real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at a quarter of the size and 60
-  at half; then at full size 40 on the style layers relu1_1 and relu2_1 alone, which the upsampled
-  image misses most, and 60 on those and relu3_1, at about a quarter and a half of an evaluation's
-  cost; each result starts the next run), then on the whole objective until its full-size image
-  reaches L_ref (T_ours, all the runs before included). Those three layers make up most of this
-  objective (83% of L_ref), and the deeper terms keep what the half-size run gave them; a longer
-  second run alone gets below L_ref before the whole objective has run once (README). Ours minimises
+  real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at half the size, from the
+  content as the reference starts; then at full size 40 on the style layers relu1_1 and relu2_1
+  alone, which the upsampled image misses most, and 80 on those and relu3_1, at about a quarter and
+  a half of an evaluation's cost; each result starts the next run), then on the whole objective
+  until its full-size image reaches L_ref (T_ours, all the runs before included). Those three
+  layers make up 83% of L_ref; the deeper terms keep about what the half-size run gave them. A run
+  at a quarter of the size first saves time but restyles the picture so thoroughly that the
+  content's shapes are lost (README). Both images' per-term scores are printed. Ours minimises
   the same function: its relative per-layer losses are weighted by the reference targets' energy,
   which turns them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV),
   divided by one constant. So its own reported loss, times that constant, says when to stop (0.1%
@@ -88,14 +89,15 @@ class Sizes:
     # Ours' runs before the one that is timed to the reference's loss, each starting from the last:
     # (long side, iterations, only these style layers or None for the whole objective).
     stages: tuple[tuple[int, int, tuple[str, ...] | None], ...] = (
-        (64, 60, None), (128, 60, None), (256, 40, SHALLOW), (256, 60, MIDDLE),
+        (128, 60, None), (256, 40, SHALLOW), (256, 80, MIDDLE),
     )  # fmt: skip
     balanced: int = 1024
     balanced_iterations: int | None = None  # None: the preset's own counts
 
 
 QUICK = Sizes(step=64, step_reps=2, ttr=64, ref_iterations=20, ours_iteration_cap=10, stall_iterations=5,
-              stages=((32, 5, None), (64, 3, SHALLOW)), balanced=96, balanced_iterations=2)  # fmt: skip
+              stages=((32, 5, None), (64, 3, SHALLOW), (64, 3, MIDDLE)), balanced=96,
+              balanced_iterations=2)  # fmt: skip
 
 
 def load_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
