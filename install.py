@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 PLUGIN_SRC = REPO / "plugin" / "neural_style"
+SHARED_SRC = REPO / "nst_common"  # stdlib-only code both sides read: protocol and settings declaration
 PLUGIN_NAME = "neural_style"
 APP_NAME = "neural-style"
 DIST_NAME = "neural-style-engine"
@@ -217,6 +218,9 @@ def install_plugin(config_dir: Path, python: Path, env: dict[str, str], version:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(
         PLUGIN_SRC, staging, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    shutil.copytree(
+        SHARED_SRC, staging / SHARED_SRC.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
     entry = staging / f"{PLUGIN_NAME}.py"
     entry.chmod(entry.stat().st_mode | 0o111)

@@ -33,8 +33,8 @@ TARGET_U8_S = 0.5
 
 def _serve(path: str, chunk: int) -> None:
     """The child: a real engine server whose runner returns the content unchanged."""
-    from engine.protocol import Endpoint, Limits
     from engine.server import Server, ServerConfig
+    from nst_common.protocol import Endpoint, Limits
 
     def echo(job: Any, progress: Any, cancel: Any, cache: Any) -> Any:
         return job.content
@@ -57,7 +57,8 @@ def _kib(pid: int, field: str) -> int:
 
 def _measure(cases: list[tuple[int, int, str]], repeat: int, chunk: int) -> dict[str, Any]:
     import client
-    import protocol
+
+    from nst_common import protocol
 
     folder = tempfile.mkdtemp(prefix="nst-bench-", dir="/tmp")
     path = os.path.join(folder, "engine.sock")

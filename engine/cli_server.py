@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine import protocol
+from nst_common import protocol
 from engine.errors import UserError
-from engine.protocol import Endpoint, Limits, ProtocolError
+from nst_common.protocol import Endpoint, Limits, ProtocolError
 
 _DEFAULTS = Limits()
 

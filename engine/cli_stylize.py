@@ -10,32 +10,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
+from nst_common import settings
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from engine.protocol import RawImage, StylizeJob
+    from nst_common.protocol import RawImage, StylizeJob
 
-# Options that map one-to-one onto method settings; only those the user gives are sent, so each
-# method validates exactly what it was asked to do.
-_SETTINGS: list[tuple[str, str, type, str]] = [
-    ("--preset", "preset", str, "quality: draft, balanced or best (Gatys)"),
-    ("--strength", "strength", float, "how strongly the style is applied (1 = default)"),
-    ("--seed", "seed", int, "random seed, for repeatable results"),
-    ("--iterations", "iterations", int, "optimiser steps per scale, overriding the preset (Gatys)"),
-    ("--scales", "scales", int, "number of coarse-to-fine scales, overriding the preset (Gatys)"),
-    ("--style-scale", "style_scale", float, "size of the style's features relative to the content (Gatys)"),
-    ("--init", "init", str, "start from: content, noise or an image file (Gatys)"),
-    ("--optimizer", "optimizer", str, "lbfgs or adam (Gatys)"),
-    ("--backbone", "backbone", str, "feature network: vgg16-hed, vgg19 or vgg19-normalised (Gatys)"),
-    ("--pooling", "pooling", str, "max or avg (Gatys)"),
-    ("--content-weight", "content_weight", float, "expert: weight of the content loss (Gatys)"),
-    ("--style-weight", "style_weight", float, "expert: weight of the style loss (Gatys)"),
-    ("--tv-weight", "tv_weight", float, "expert: weight of the total-variation smoothing (Gatys)"),
-    ("--activation-shift", "activation_shift", float, "expert: Novak & Nikulin activation shift (Gatys)"),
-    ("--model", "model", str, "the trained model to use (Johnson, CycleGAN)"),
-    ("--alpha", "alpha", float, "content-style trade-off from 0 to 1 (AdaIN)"),
-]
+# Every method setting is an option, built from its declaration (nst_common/settings.py); only
+# those the user gives are sent, so each method validates exactly what it was asked to do.
+_KINDS: dict[str, Any] = {"int": int, "float": float, "layers": settings.parse_layers}
+
+
+def _add_setting_options(p: argparse.ArgumentParser) -> None:
+    experts = p.add_argument_group("expert settings")
+    for s in settings.SETTINGS:
+        methods = "" if set(s.methods) == set(settings.METHOD_NAMES) else f" ({', '.join(s.methods)})"
+        group = experts if s.expert else p
+        extra: dict[str, Any] = {"type": _KINDS.get(s.kind, str)}
+        if s.kind == "choice":
+            extra["choices"] = s.choices
+        if s.name == "preserve_colors":  # a bare --preserve-colors keeps the luminance
+            extra.update(nargs="?", const="luminance")
+        default = "" if s.default is None or s.kind == "layers" else f" (default {s.default})"
+        flag = "--" + s.name.replace("_", "-")
+        group.add_argument(flag, dest=s.name, help=f"{s.help}{default}{methods}", **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,14 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--style-weights", help="blend weights for several styles, e.g. 0.7,0.3")
     p.add_argument("-o", "--output", required=True, help="where to write the result (PNG, JPEG, TIFF...)")
-    p.add_argument("--method", default="gatys", help="gatys (default), or another installed method")
-    p.add_argument("--size", type=int, help="long side of the result in pixels (default: the content's)")
     p.add_argument(
-        "--preserve-colors", nargs="?", const="luminance", choices=["luminance", "histogram"],
-        help="keep the content's colours: luminance (default) or histogram",
-    )  # fmt: skip
-    p.add_argument("--content-layers", help="expert: comma-separated layers, name or name:weight (Gatys)")
-    p.add_argument("--style-layers", help="expert: comma-separated layers, name or name:weight (Gatys)")
+        "--method", default="gatys", choices=settings.METHOD_NAMES, help="the method (default gatys)"
+    )
     p.add_argument("--mask", help="a grey image: style only where it is white (soft), keep the rest")
     p.add_argument(
         "--region", action="append", default=[], metavar="MASK=STYLE",
@@ -64,15 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--style-map", action="append", default=[],
         help="colour-coded label map of each style, in order: a label takes the same label's style",
     )  # fmt: skip
-    p.add_argument("--map-weight", type=float, help="how strictly labels bind, 0 to 1 (default 1)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument(
         "--dry-run", action="store_true",
         help="print how the job would run (device, tiles, estimated memory) and stop",
     )  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other method setting")
-    for flag, _, kind, text in _SETTINGS:
-        p.add_argument(flag, type=kind, help=text)
+    _add_setting_options(p)
     p.set_defaults(handler=_stylize)
 
     info = sub.add_parser("info", help="devices, backbones, methods and the data directory")
@@ -80,42 +71,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=_info)
 
 
-def _layers(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, weight = item.partition(":")
-        try:
-            out[name] = float(weight) if weight else 1.0
-        except ValueError:
-            raise UserError("bad-option", f"layer weight in {item!r} is not a number") from None
-    return out
-
-
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings: dict[str, Any] = {"device": args.device}
-    for _, key, _, _ in _SETTINGS:
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    if args.size is not None:
-        settings["size"] = args.size
-    if args.preserve_colors:
-        settings["preserve_colors"] = args.preserve_colors
-    if args.map_weight is not None:
-        settings["map_weight"] = args.map_weight
-    if args.content_layers:
-        settings["content_layers"] = _layers(args.content_layers)
-    if args.style_layers:
-        settings["style_layers"] = _layers(args.style_layers)
+    values = {s.name: getattr(args, s.name) for s in settings.SETTINGS}
+    chosen: dict[str, Any] = {key: value for key, value in values.items() if value is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError("bad-option", f"--set expects KEY=VALUE, got {item!r}")
         try:
-            settings[key] = json.loads(value)
+            chosen[key] = json.loads(value)
         except json.JSONDecodeError:
-            settings[key] = value
-    return settings
+            chosen[key] = value
+    return chosen
 
 
 def _style_weights(args: argparse.Namespace) -> list[float]:
@@ -138,7 +105,7 @@ def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int])
     """--mask, --region and the maps, as the plug-in would send them: masks and maps are resized to
     the (possibly --size'd) content; region styles are appended to the job's styles."""
     from engine import images
-    from engine.protocol import StyleRef
+    from nst_common.protocol import StyleRef
 
     def grey(path: str) -> RawImage:
         picture = images.split_alpha(images.load_image(path))[0].mean(axis=2, keepdims=True)
@@ -182,15 +149,15 @@ def _stylize(args: argparse.Namespace) -> int:
     from engine.cache import ModelCache
     from engine.errors import CancelToken
     from engine.pipeline import plan_job, run_job
-    from engine.protocol import StyleRef, StylizeJob
+    from nst_common.protocol import StyleRef, StylizeJob
 
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UserError("bad-output", f"output folder does not exist: {output.parent}")
-    if args.size is not None and not 16 <= args.size <= images.MAX_SIDE:
-        raise UserError(
-            "bad-option", f"--size must be between 16 and {images.MAX_SIDE} pixels, got {args.size}"
-        )
+    try:
+        settings.check_value(settings.BY_NAME["size"], args.size)
+    except settings.SettingError as exc:
+        raise UserError("bad-option", str(exc)) from None
     content = images.load_image(args.content)
     if args.size is not None:
         content = images.resize(content, images.fit_long_side(*content.shape[:2], args.size))

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
+from nst_common import settings
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_CHOICES: tuple[str, ...] = settings.BY_NAME["device"].choices
 
 
 def available_devices() -> list[str]:

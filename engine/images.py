@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import UserError
-from engine.protocol import RawImage
+from nst_common.protocol import RawImage
 
 MAX_SIDE = 32768
 BAND_ROWS = 256

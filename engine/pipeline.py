@@ -7,6 +7,7 @@ the planner's plan (engine/planner.py), and retries with a smaller one when memo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,10 @@ from engine.cache import ModelCache
 from engine.devices import available_devices, resolve_device
 from engine.errors import CancelToken, UserError
 from engine.methods.base import Guide, Method, PreparedJob, Progress, ProgressFn, RunContext, Style
-from engine.protocol import RawImage, StyleRef, StylizeJob
+from nst_common import settings
+from nst_common.protocol import RawImage, StyleRef, StylizeJob
 
 MAX_REGIONS = 16
-MIN_MEMORY_MB, MAX_MEMORY_MB = 256, 1 << 24  # the `memory` setting: MiB the job may use on its device
 
 
 def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: ModelCache) -> RawImage:
@@ -42,7 +43,9 @@ def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: M
     result = _run_planned(s.method, prepared, first, progress, cancel, cache, s.memory_limit)
     if result.shape != content.shape:
         raise RuntimeError(f"method {job.method} returned {result.shape}, expected {content.shape}")
-    if guides and not s.method.guided:  # the style lives in a model: confine its output by the masks
+    if (
+        guides and not settings.method(job.method).guided
+    ):  # the style lives in a model: confine its output by the masks
         result = masks.blend(result, content, guides)
 
     if job.selection is not None:  # result = sel * result + (1 - sel) * content, in place
@@ -76,19 +79,21 @@ class _Settings:
 def _settings(job: StylizeJob) -> _Settings:
     """Validate the job's settings: the pipeline's own, then the method's."""
     method = methods.get(job.method)
+    declared_method = settings.method(job.method)
     raw_params = dict(job.params)
-    device = resolve_device(str(raw_params.pop("device", "auto")))
-    memory = params.integer(raw_params, "memory", None, MIN_MEMORY_MB, MAX_MEMORY_MB)
-    raw_params.pop("memory", None)
-    strictness = params.number(raw_params, "map_weight", 1.0, 0.0, 1.0)
-    raw_params.pop("map_weight", None)
     regions = _regions(raw_params.pop("regions", None), job, method)
+    declared = settings.for_method(job.method, scope="job")
+    job_level = params.parse(
+        job.method, {s.name: raw_params.pop(s.name) for s in declared if s.name in raw_params}, "job"
+    )
     parsed = method.parse_params(raw_params)
-    if method.needs_style and not job.styles:
+    device = resolve_device(job_level["device"])
+    memory, strictness = job_level["memory"], job_level.get("map_weight", 1.0)
+    if declared_method.needs_style and not job.styles:
         raise UserError("bad-input", f"method {job.method!r} needs at least one style image")
     if job.styles and sum(s.weight for s in job.styles) <= 0:
         raise UserError("bad-option", "style weights must not all be zero")
-    if job.content_map is not None and not method.guided:
+    if job.content_map is not None and not declared_method.guided:
         raise UserError("bad-option", f"method {job.method!r} does not support semantic maps")
     memory_limit = None if memory is None else memory << 20
     return _Settings(method, parsed, device, memory_limit, strictness, regions)
@@ -151,7 +156,7 @@ def _regions(raw: Any, job: StylizeJob, method: Method) -> list[tuple[str, int |
                 f"each region is {{'mask': NAME, 'style': INDEX}} with a mask of the job ({known})",
             )
         style = item.get("style")
-        if style is not None and not method.needs_style:
+        if style is not None and not settings.method(job.method).needs_style:
             raise UserError("bad-option", f"method {job.method!r} takes no style images to give to regions")
         if style is not None and (
             not isinstance(style, int) or isinstance(style, bool) or not 0 <= style < len(job.styles)
@@ -205,24 +210,36 @@ def _style_pixels(ref: StyleRef) -> np.ndarray:
 
 
 def _method_info(method: Method) -> dict[str, Any]:
-    """Whether a method can run with the weights installed now, and which of its models can."""
+    """The method's declaration, whether it can run with the weights installed now, and which of
+    its models are installed (the manifest's entries of the method, engine/weights.py)."""
+    manifest = weights.load_manifest()
 
     def installed(weight_ids: tuple[str, ...]) -> bool:
-        return all(weights.path_for(w) is not None for w in weight_ids)
+        return all(weights.path_for(w, manifest) is not None for w in weight_ids)
 
-    info: dict[str, Any] = {"needs_style": method.needs_style, "guided": method.guided}
-    if method.models:
-        info["models"] = [m for m in method.models if installed(method.weight_ids(m))]
-        info["ready"] = bool(info["models"])
+    def model(name: str) -> dict[str, Any]:
+        ids = method.weight_ids(name)
+        sizes = [manifest.download_size(w) for w in ids]
+        size = None if None in sizes else sum(s for s in sizes if s is not None)
+        return {"id": name, "installed": installed(ids), "weights": list(ids), "size": size}
+
+    declared = settings.method(method.name)
+    info: dict[str, Any] = {**dataclasses.asdict(declared)}
+    if not declared.needs_style:  # its style lives in a trained model
+        info["models"] = [model(m) for m in manifest.models(method.name)]
+        info["ready"] = any(m["installed"] for m in info["models"])
     else:
+        info["weights"] = list(method.weight_ids(None))
         info["ready"] = installed(method.weight_ids(None))
     return info
 
 
 def capabilities() -> dict[str, Any]:
-    """What this engine can do, for the protocol's `hello` and `nst info`."""
+    """What this engine can do, for the protocol's `hello` and `nst info`: every method with its
+    readiness and models, and the settings declaration the plug-in builds its dialog from."""
     return {
         "methods": {name: _method_info(methods.get(name)) for name in methods.names()},
+        "settings": settings.describe()["settings"],
         "backbones": {name: path is not None for name, path in find_backbones().items()},
         "devices": available_devices(),
     }

@@ -30,7 +30,7 @@ from engine.cache import ModelCache
 from engine.errors import UserError
 from engine.jobs import Job, JobQueue, Runner
 from engine.methods.base import Progress
-from engine.protocol import (
+from nst_common.protocol import (
     PROTOCOL_VERSION,
     ConnectionClosed,
     Endpoint,

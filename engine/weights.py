@@ -98,6 +98,34 @@ class Manifest:
             known = ", ".join(sorted(self.entries))
             raise UserError("unknown-weights", f"no weights called {weight_id!r}; known: {known}") from None
 
+    def models(self, method: str) -> tuple[str, ...]:
+        """The trained models of a model method (Johnson, CycleGAN), in manifest order: its entries
+        `<method>_<model>`, less the prefix. The manifest is the one list of them."""
+        prefix = f"{method}_"
+        return tuple(
+            e.id[len(prefix) :]
+            for e in self.entries.values()
+            if e.method == method and e.id.startswith(prefix)
+        )
+
+    def download_size(self, weight_id: str) -> int | None:
+        """Bytes a pull of `weight_id` fetches (its archive's, for an archive member), where known."""
+        entry = self.entry(weight_id)
+        if entry.archive:
+            return self.archives[entry.archive].size
+        return None if entry.package else entry.size
+
+    def downloadable(self, weight_id: str) -> Entry:
+        """The entry of `weight_id` when `pull` can fetch it; a UserError for an unknown id or a
+        file that ships inside a package."""
+        entry = self.entry(weight_id)
+        if entry.package:
+            raise UserError(
+                "not-downloadable",
+                f"{weight_id} ships inside the {entry.package} package; reinstall it (python3 install.py)",
+            )
+        return entry
+
 
 @dataclass
 class ModelStatus:

@@ -56,8 +56,8 @@ def make_server(short_dir: Path) -> Iterator[Callable[..., Any]]:
 
     The runner defaults to the real pipeline; keyword arguments go to ServerConfig.
     """
-    from engine.protocol import Endpoint
     from engine.server import Server, ServerConfig, device_of
+    from nst_common.protocol import Endpoint
 
     servers: list[Server] = []
 
@@ -89,7 +89,8 @@ def engine_config(nst_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     import signal
     import time
 
-    from engine import __version__, protocol
+    from engine import __version__
+    from nst_common import protocol
 
     path = tmp_path / "plugin" / "engine.json"
     path.parent.mkdir()

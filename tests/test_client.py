@@ -13,12 +13,12 @@ from typing import Any
 
 import client as plugin_client
 import numpy as np
-import protocol as plugin_protocol
 import pytest
 from client import EngineClient, EngineError
 
-from engine.protocol import Endpoint
 from engine.server import Server
+from nst_common import protocol as plugin_protocol
+from nst_common.protocol import Endpoint
 
 TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
 LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
@@ -158,7 +158,7 @@ def test_no_engine_and_no_config(nst_env: dict[str, str], tmp_path: Path) -> Non
 
 
 def test_too_large_for_the_engine_is_refused_before_sending(make_server: Callable[..., Server]) -> None:
-    from engine.protocol import Limits
+    from nst_common.protocol import Limits
 
     server = make_server(limits=Limits(max_message=1000))
     with pytest.raises(EngineError) as info:
@@ -177,7 +177,7 @@ def test_the_client_uses_only_the_standard_library() -> None:
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__", "protocol"}, imported
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "nst_common"}, imported
 
 
 # --- Large layers in chunks ----------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_the_client_uses_only_the_standard_library() -> None:
 
 def _echo_server(make_server: Callable[..., Server], calls: list[int] | None = None, **limits: Any) -> Server:
     """A real server whose runner hands the content back: what is tested is the transport."""
-    from engine.protocol import Limits
+    from nst_common.protocol import Limits
 
     def echo(job: Any, progress: Any, cancel: Any, cache: Any) -> Any:
         if calls is not None:

@@ -16,6 +16,7 @@ from engine.errors import Cancelled, CancelToken, UserError
 from engine.losses import Target, gram, total_variation
 from engine.methods import gatys, gatys_tiles
 from engine.methods.base import PreparedJob, Progress, RunContext, Style
+from nst_common import settings
 
 
 def synthetic_photo(height: int = 64, width: int = 80) -> np.ndarray:
@@ -109,7 +110,7 @@ def test_bad_settings_are_rejected_with_the_setting_named(settings: dict) -> Non
 def style_loss(image: np.ndarray, style: np.ndarray) -> float:
     """The style loss computed independently of the method's own objective."""
     backbone = load_backbone("vgg16-hed")
-    layers = list(gatys.STYLE_LAYERS)
+    layers = list(settings.BY_NAME["style_layers"].default)
     with torch.no_grad():
         mine = backbone(images.to_tensor(image), layers)
         theirs = backbone(images.to_tensor(style), layers)

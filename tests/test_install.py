@@ -57,13 +57,12 @@ def test_install_lays_out_the_plugin_and_is_idempotent(tmp_path: Path, home: Pat
     plugin = gimp / "plug-ins" / "neural_style"
     entry = plugin / "neural_style.py"
     assert entry.stat().st_mode & stat.S_IXUSR
-    protocol = plugin / "protocol.py"
-    assert (
-        not protocol.is_symlink() and protocol.read_bytes() == (REPO / "engine" / "protocol.py").read_bytes()
-    )
+    shared = plugin / "nst_common"
+    assert {p.name for p in shared.glob("*.py")} == {p.name for p in (REPO / "nst_common").glob("*.py")}
+    assert (shared / "protocol.py").read_bytes() == (REPO / "nst_common" / "protocol.py").read_bytes()
     assert not (plugin / "__pycache__").exists()
     sources = {p.name for p in (REPO / "plugin" / "neural_style").iterdir() if p.name != "__pycache__"}
-    assert {p.name for p in plugin.iterdir()} == sources | {"engine.json"}
+    assert {p.name for p in plugin.iterdir()} == sources | {"engine.json", "nst_common"}
     config = json.loads((plugin / "engine.json").read_text())
     assert config == {
         "python": str(VENV / "bin" / "python"),

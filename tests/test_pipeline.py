@@ -11,7 +11,7 @@ from engine import images, weights
 from engine.cache import ModelCache
 from engine.errors import CancelToken, UserError
 from engine.pipeline import capabilities, run_job
-from engine.protocol import RawImage, StyleRef, StylizeJob
+from nst_common.protocol import RawImage, StyleRef, StylizeJob
 
 GATYS_FAST = {"preset": "draft", "iterations": 3, "device": "cpu"}
 
@@ -79,14 +79,16 @@ def test_hello_lists_a_model_only_once_its_weights_are_installed(
     monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
     before = capabilities()["methods"]
     assert before["gatys"]["ready"] is True
-    assert before["johnson"] == {"needs_style": False, "guided": False, "models": [], "ready": False}
+    johnson = before["johnson"]
+    assert (johnson["needs_style"], johnson["guided"], johnson["ready"]) == (False, False, False)
+    assert not any(m["installed"] for m in johnson["models"])
     assert before["adain"]["ready"] is False and "models" not in before["adain"]
 
     file = tmp_path / "candy.pth"
     file.write_bytes(b"a user's own copy of the candy model")  # no published checksum: pinned on import
     weights.import_file("johnson_candy", file)
     after = capabilities()["methods"]["johnson"]
-    assert after["models"] == ["candy"] and after["ready"] is True
+    assert [m["id"] for m in after["models"] if m["installed"]] == ["candy"] and after["ready"] is True
 
 
 @pytest.mark.parametrize("dtype", ["u8", "u16", "f32"])

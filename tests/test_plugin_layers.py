@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin" / "neural_
 
 import layers
 from layers import Settings, SettingsError
-from protocol import RawImage, job_message
+
+from nst_common.protocol import RawImage, job_message
 
 HELLO = {
     "type": "hello",
@@ -21,8 +22,15 @@ HELLO = {
         "methods": {
             "gatys": {"needs_style": True},
             "adain": {"needs_style": True},
-            "johnson": {"needs_style": False, "models": [{"id": "mosaic"}, {"id": "candy"}]},
-            "cyclegan": {"needs_style": False, "models": []},
+            "johnson": {
+                "needs_style": False,
+                "models": [
+                    {"id": "mosaic", "installed": True},
+                    {"id": "candy", "installed": True},
+                    {"id": "udnie", "installed": False},
+                ],
+            },
+            "cyclegan": {"needs_style": False, "models": [{"id": "style_monet", "installed": False}]},
         }
     },
 }
@@ -41,23 +49,25 @@ def test_method_models_reads_needs_style_and_models() -> None:
 
 
 def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
-    s = layers.validate(Settings(method="gatys", style_file="/s.png"), AVAILABLE)
+    s = layers.validate(Settings.of(method="gatys", style_file="/s.png"), AVAILABLE)
     assert s.method == "gatys"
-    assert layers.validate(Settings(method="johnson"), AVAILABLE).model == "mosaic"
+    assert layers.validate(Settings.of(method="johnson"), AVAILABLE).get("model") == "mosaic"
 
 
 @pytest.mark.parametrize(
     ("settings", "fragment"),
     [
-        (Settings(method="gatys"), "needs a style"),
-        (Settings(method="cyclegan"), "No cyclegan models are installed"),
-        (Settings(method="johnson", model="udnie"), "'udnie' is not installed"),
-        (Settings(method="nope", style_file="/s"), "Unknown method"),
-        (Settings(style_file="/s", preset="ultra"), "Unknown quality preset"),
-        (Settings(style_file="/s", style2_weight=0.5), "no second style"),
-        (Settings(style_file="/s", strength=0.0), "Strength"),
-        (Settings(style_file="/s", size=8), "Size"),
-        (Settings(style_file="/s", iterations=-1), "Iterations"),
+        (Settings.of(method="gatys"), "needs a style"),
+        (Settings.of(method="cyclegan"), "No cyclegan models are installed"),
+        (Settings.of(method="johnson", model="udnie"), "'udnie' is not installed"),
+        (Settings.of(method="nope", style_file="/s"), "Unknown method"),
+        (Settings.of(style_file="/s", preset="ultra"), "Quality: setting 'preset' must be one of"),
+        (Settings.of(style_file="/s", style2_weight=0.5), "no second style"),
+        (Settings.of(style_file="/s", strength=-0.5), "Strength: setting 'strength' must be between 0 and 10"),
+        (Settings.of(method="johnson", strength=2.0), "setting 'strength' must be between 0 and 1"),
+        (Settings.of(method="johnson", preserve_colors="histogram"), "must be one of none, luminance;"),
+        (Settings.of(style_file="/s", size=8), "Work size: setting 'size' must be between 16"),
+        (Settings.of(style_file="/s", iterations=-1), "Iterations"),
     ],
 )
 def test_validate_rejects_with_an_actionable_message(settings: Settings, fragment: str) -> None:
@@ -67,27 +77,27 @@ def test_validate_rejects_with_an_actionable_message(settings: Settings, fragmen
 
 def test_validate_rejects_a_method_the_engine_lacks() -> None:
     with pytest.raises(SettingsError, match="does not offer"):
-        layers.validate(Settings(method="adain", style_file="/s"), {"gatys": None})
+        layers.validate(Settings.of(method="adain", style_file="/s"), {"gatys": None})
 
 
 def test_check_layer_refuses_groups_and_in_place_text() -> None:
     with pytest.raises(SettingsError, match="layer group"):
-        layers.check_layer("G", is_group=True, is_text=False, settings=Settings())
+        layers.check_layer("G", is_group=True, is_text=False, settings=Settings.of())
     with pytest.raises(SettingsError, match="text layer"):
-        layers.check_layer("T", is_group=False, is_text=True, settings=Settings(output="in-place"))
-    layers.check_layer("T", is_group=False, is_text=True, settings=Settings(output="new-layer"))
+        layers.check_layer("T", is_group=False, is_text=True, settings=Settings.of(output="in-place"))
+    layers.check_layer("T", is_group=False, is_text=True, settings=Settings.of(output="new-layer"))
 
 
 def test_result_layer_names() -> None:
-    s = Settings(method="gatys", style_file="/art/starry night.jpg")
+    s = Settings.of(method="gatys", style_file="/art/starry night.jpg")
     assert layers.result_layer_name("Background", s) == "Background (starry night, gatys)"
     two = replace(s, style2_layer="Waves", style2_weight=0.3)
     assert layers.result_layer_name("B", two) == "B (starry night + Waves, gatys)"
-    assert layers.result_layer_name("B", Settings(method="johnson", model="candy")) == "B (candy, johnson)"
+    assert layers.result_layer_name("B", Settings.of(method="johnson", model="candy")) == "B (candy, johnson)"
 
 
 def test_settings_round_trip_through_parasite_bytes() -> None:
-    s = Settings(method="adain", style_layer="Paint", strength=2.5, preset="best", only_selection=False)
+    s = Settings.of(method="adain", style_layer="Paint", strength=0.5, preset="best", only_selection=False)
     back, tattoo = layers.settings_from_bytes(layers.settings_to_bytes(s, 42))
     assert (back, tattoo) == (s, 42)
 
@@ -96,7 +106,7 @@ def test_settings_from_bytes_drops_unknown_and_mistyped_keys() -> None:
     data = b'{"version": 1, "source_tattoo": 7, "settings": {"method": "adain", "strength": 2,'
     data += b' "size": "big", "future": 1}}'
     s, tattoo = layers.settings_from_bytes(data)
-    assert (s.method, s.strength, s.size, tattoo) == ("adain", 2.0, 0, 7)
+    assert (s.method, s.get("strength"), s.get("size"), tattoo) == ("adain", 2.0, 0, 7)
 
 
 @pytest.mark.parametrize("data", [b"not json", b'{"version": 99, "settings": {}}', b"[]"])
@@ -137,7 +147,7 @@ def test_selection_coverage() -> None:
 
 def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
     s = layers.validate(
-        Settings(style_file="/a.png", style2_layer="L", style2_weight=0.25, size=64, preset="draft"),
+        Settings.of(style_file="/a.png", style2_layer="L", style2_weight=0.25, size=64, preset="draft"),
         AVAILABLE,
     )
     content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
@@ -149,8 +159,8 @@ def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
     assert header["method"] == "gatys"
     assert header["params"]["size"] == 64 and header["params"]["preset"] == "draft"
     assert "model" not in header["params"] and "iterations" not in header["params"]
-    assert replace(s, iterations=3).engine_params()["iterations"] == 3
-    assert "iterations" not in Settings(method="adain", iterations=3).engine_params()
+    assert s.with_engine(iterations=3).engine_params()["iterations"] == 3
+    assert "iterations" not in Settings.of(method="adain", iterations=3).engine_params()
     assert header["styles"][0] == {"weight": 0.75, "path": "/a.png"}
     assert header["styles"][1]["weight"] == 0.25 and "image" in header["styles"][1]
     assert header["selection"]["channels"] == 1
@@ -158,9 +168,9 @@ def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
 
 
 def test_a_layer_mask_becomes_the_jobs_one_region() -> None:
-    from protocol import Limits, Message, parse_job
+    from nst_common.protocol import Limits, Message, parse_job
 
-    s = layers.validate(Settings(style_file="/a.png"), AVAILABLE)
+    s = layers.validate(Settings.of(style_file="/a.png"), AVAILABLE)
     content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
     mask = RawImage(2, 1, 1, "f32", floats(1.0, 0.25))
     header, blobs = job_message(layers.build_job(s, content, [("/a.png", 1.0)], None, mask))
@@ -169,15 +179,15 @@ def test_a_layer_mask_becomes_the_jobs_one_region() -> None:
     assert bytes(job.masks[layers.LAYER_MASK].data) == floats(1.0, 0.25)
     plain, _ = job_message(layers.build_job(s, content, [("/a.png", 1.0)], None))
     assert "regions" not in plain["params"] and "masks" not in plain
-    assert Settings().layer_mask == "confine"  # by default a masked layer is styled only where it shows
+    assert Settings.of().layer_mask == "confine"  # by default a masked layer is styled only where it shows
 
 
 def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
-    from protocol import Limits, Message, parse_job
+    from nst_common.protocol import Limits, Message, parse_job
 
     with pytest.raises(SettingsError, match="second style"):
-        layers.validate(Settings(style_file="/a.png", layer_mask="split"), AVAILABLE)
-    s = layers.validate(Settings(style_file="/a.png", style2_file="/b.png", layer_mask="split"), AVAILABLE)
+        layers.validate(Settings.of(style_file="/a.png", layer_mask="split"), AVAILABLE)
+    s = layers.validate(Settings.of(style_file="/a.png", style2_file="/b.png", layer_mask="split"), AVAILABLE)
     assert layers.style_weights(s) == (1.0, 1.0)
     content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
     styles = [("/a.png", 1.0), ("/b.png", 1.0)]
@@ -197,17 +207,17 @@ def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
 
 
 def test_semantic_maps_travel_with_the_content_and_the_first_style() -> None:
-    from protocol import Limits, Message, parse_job
+    from nst_common.protocol import Limits, Message, parse_job
 
     for bad, fragment in [
-        (Settings(style_file="/a.png", content_map="Labels"), "two label-map layers"),
-        (Settings(method="johnson", content_map="L", style_map="S"), "Gatys or AdaIN"),
-        (Settings(style_file="/a.png", content_map="L", style_map="S", map_weight=2.0), "strictness"),
+        (Settings.of(style_file="/a.png", content_map="Labels"), "two label-map layers"),
+        (Settings.of(method="johnson", content_map="L", style_map="S"), "Gatys or AdaIN"),
+        (Settings.of(style_file="/a.png", content_map="L", style_map="S", map_weight=2.0), "strictness"),
     ]:
         with pytest.raises(SettingsError, match=fragment):
             layers.validate(bad, AVAILABLE)
     s = layers.validate(
-        Settings(style_file="/a.png", content_map="L", style_map="S", map_weight=0.5), AVAILABLE
+        Settings.of(style_file="/a.png", content_map="L", style_map="S", map_weight=0.5), AVAILABLE
     )
     content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
     content_map = RawImage(2, 1, 3, "f32", floats(1, 0, 0, 0, 0, 1))
@@ -224,13 +234,13 @@ def test_semantic_maps_travel_with_the_content_and_the_first_style() -> None:
 def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
     regions = {"layer_mask": "regions"}
     for bad, fragment in [
-        (Settings(**regions), "at least one region"),
-        (Settings(**regions, region2_source="channel", region2_style_file="/a.png"), "no channel is chosen"),
-        (Settings(**regions, region1_source="layer-mask"), "Region 1 needs a style"),
-        (Settings(**regions, region3_source="lasso", region3_style_file="/a.png"), "Unknown mask 'lasso'"),
-        (Settings(method="johnson", **regions, region1_source="layer-mask"), "Gatys or AdaIN"),
+        (Settings.of(**regions), "at least one region"),
+        (Settings.of(**regions, region2_source="channel", region2_style_file="/a.png"), "no channel is chosen"),
+        (Settings.of(**regions, region1_source="layer-mask"), "Region 1 needs a style"),
+        (Settings.of(**regions, region3_source="lasso", region3_style_file="/a.png"), "Unknown mask 'lasso'"),
+        (Settings.of(method="johnson", **regions, region1_source="layer-mask"), "Gatys or AdaIN"),
         (
-            Settings(
+            Settings.of(
                 **regions,
                 region1_source="layer-mask",
                 region1_style_file="/a",
@@ -244,7 +254,7 @@ def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
             layers.validate(bad, AVAILABLE)
     # The first style is not needed: each region brings its own; an unused row is ignored.
     s = layers.validate(
-        Settings(**regions, region2_source="channel", region2_channel="Sky", region2_style_layer="Paint",
+        Settings.of(**regions, region2_source="channel", region2_channel="Sky", region2_style_layer="Paint",
                  region4_style_file="/unused.png"),
         AVAILABLE,
     )  # fmt: skip
@@ -254,7 +264,7 @@ def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
 
 def test_region_masks_come_from_channels_or_the_layer_mask_and_must_select_something() -> None:
     s = layers.validate(
-        Settings(
+        Settings.of(
             layer_mask="regions",
             region1_source="channel",
             region1_channel="Left",
@@ -284,10 +294,10 @@ def test_region_masks_come_from_channels_or_the_layer_mask_and_must_select_somet
 
 
 def test_regions_become_the_jobs_masks_each_with_its_own_style() -> None:
-    from protocol import Limits, Message, parse_job
+    from nst_common.protocol import Limits, Message, parse_job
 
     s = layers.validate(
-        Settings(
+        Settings.of(
             layer_mask="regions",
             region1_source="channel",
             region1_channel="Left",

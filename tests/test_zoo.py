@@ -228,7 +228,7 @@ def test_adain_matches_naoto0804_style_transfer(states, home) -> None:
     encoder = torch.nn.Sequential(*list(vgg.children())[:31]).eval()
     content, style = image(48, 64, seed=6), image(40, 56, seed=7)
     expected = zoo.ref_adain(encoder, decoder.eval(), content, style, alpha=0.8)
-    ours = run(ADAIN, content, [(style,)], alpha=0.8, style_size=0)
+    ours = run(ADAIN, content, [(style,)], strength=0.8, style_size=0)
     assert expected.std() > 0.05
     assert np.abs(ours - expected).max() < 1e-4
 
@@ -388,9 +388,9 @@ def test_adain_alpha_zero_is_the_decoded_content(adain_refs, home: Path) -> None
     content = image(48, 64, seed=12)
     with torch.no_grad():
         expected = decoder(encoder(ref_tensor(content))).clamp(0, 1)[0].permute(1, 2, 0).numpy()
-    out = run(ADAIN, content, [(image(32, 32, seed=13),)], alpha=0.0)
+    out = run(ADAIN, content, [(image(32, 32, seed=13),)], strength=0.0)
     assert np.abs(out - expected).max() < 1e-4
-    assert np.abs(out - run(ADAIN, content, [(image(32, 32, seed=13),)], alpha=1.0)).max() > 0.01
+    assert np.abs(out - run(ADAIN, content, [(image(32, 32, seed=13),)], strength=1.0)).max() > 0.01
 
 
 def test_adain_interpolation_matches_upstreams_weighted_features(adain_refs, home: Path) -> None:
@@ -448,7 +448,7 @@ def test_adain_caches_models_and_each_styles_statistics(home: Path) -> None:
     content, style = image(24, 24, seed=22), image(24, 24, seed=23)
     first = run(ADAIN, content, [(style,)], ctx=context(cache))
     assert cache.loads == 3  # encoder, decoder, the style's statistics
-    again = run(ADAIN, image(32, 24, seed=24), [(style.copy(),)], ctx=context(cache), alpha=0.5)
+    again = run(ADAIN, image(32, 24, seed=24), [(style.copy(),)], ctx=context(cache), strength=0.5)
     assert cache.loads == 3 and again.shape == (32, 24, 3)
     other = style.copy()
     other[0, 0, 0] += 0.01  # one pixel differs: another style
@@ -468,8 +468,9 @@ def test_adain_caches_models_and_each_styles_statistics(home: Path) -> None:
         (JOHNSON, {"strength": 1.5}),
         (CYCLEGAN, {"precision": "fp8"}),
         (CYCLEGAN, {"alpha": 0.5}),
-        (ADAIN, {"alpha": -0.1}),
-        (ADAIN, {"alpha": float("nan")}),
+        (CYCLEGAN, {"seed": 1}),
+        (ADAIN, {"strength": -0.1}),
+        (ADAIN, {"strength": float("nan")}),
         (ADAIN, {"style_size": 8}),
         (ADAIN, {"preserve_colors": "coral"}),
         (ADAIN, {"model": "candy"}),
@@ -483,12 +484,12 @@ def test_bad_settings_are_refused(method, settings: dict) -> None:
 
 def test_defaults() -> None:
     assert JOHNSON.parse_params({}) == {
-        "model": "candy", "strength": 1.0, "preserve_colors": False, "size": None, "precision": "auto",
+        "model": "candy", "strength": 1.0, "preserve_colors": "none", "size": None, "precision": "auto",
         "tile": None,
     }  # fmt: skip
     assert CYCLEGAN.parse_params({})["model"] == "style_monet"
     assert ADAIN.parse_params({"preserve_colors": True}) == {
-        "alpha": 1.0, "style_size": 512, "preserve_colors": "luminance", "size": None, "precision": "auto",
+        "strength": 1.0, "style_size": 512, "preserve_colors": "luminance", "size": None, "precision": "auto",
         "tile": None,
     }  # fmt: skip
 
@@ -533,7 +534,7 @@ def test_bf16_autocast_runs_close_to_fp32(home: Path) -> None:
 def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -> None:
     from engine import images
     from engine.pipeline import run_job
-    from engine.protocol import StyleRef, StylizeJob
+    from nst_common.protocol import StyleRef, StylizeJob
 
     content = image(32, 48, seed=23)
     mask = np.zeros((32, 48, 1), np.float32)
@@ -556,7 +557,7 @@ def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -
 def test_adain_semantic_maps_take_each_labels_own_style_statistics(home: Path) -> None:
     from engine import images
     from engine.pipeline import run_job
-    from engine.protocol import StyleRef, StylizeJob
+    from nst_common.protocol import StyleRef, StylizeJob
 
     content, style = image(32, 32, seed=25), image(32, 32, seed=26)
     style[:16] *= 0.3  # a dark top and a bright bottom: different statistics per label

@@ -14,6 +14,7 @@ import torch
 from engine.backbones import adain, hed, vgg
 from engine.backbones.base import Backbone, VggSpec, build_vgg, check_pooling
 from engine.errors import UserError
+from nst_common import settings
 
 __all__ = [
     "BACKBONES",
@@ -27,8 +28,8 @@ __all__ = [
 ]
 
 _SOURCES = {module.NAME: module for module in (hed, vgg, adain)}
-BACKBONES: tuple[str, ...] = ("vgg16-hed", "vgg19", "vgg19-normalised")
-DEFAULT_BACKBONE = "vgg16-hed"
+BACKBONES: tuple[str, ...] = settings.BY_NAME["backbone"].choices  # declared with Gatys' settings
+DEFAULT_BACKBONE: str = settings.BY_NAME["backbone"].default
 
 
 def _source(name: str) -> ModuleType:

@@ -1,4 +1,4 @@
-"""The method registry: adding a method is one module plus one line here."""
+"""The method registry: the methods declared in nst_common/settings.py, each engine/methods/<name>.py."""
 
 from __future__ import annotations
 
@@ -6,21 +6,15 @@ import importlib
 
 from engine.errors import UserError
 from engine.methods.base import Method
-
-_MODULES = {
-    "gatys": "engine.methods.gatys",
-    "johnson": "engine.methods.johnson",
-    "adain": "engine.methods.adain",
-    "cyclegan": "engine.methods.cyclegan",
-}
+from nst_common import settings
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_MODULES)
+    return settings.METHOD_NAMES
 
 
 def get(name: str) -> Method:
     """The method called `name`; its module (and its torch code) is imported on first use."""
-    if name not in _MODULES:
-        raise UserError("bad-option", f"unknown method {name!r}; choose one of: {', '.join(_MODULES)}")
-    return importlib.import_module(_MODULES[name]).METHOD
+    if name not in settings.METHOD_NAMES:
+        raise UserError("bad-option", f"unknown method {name!r}; choose one of: {', '.join(names())}")
+    return importlib.import_module(f"engine.methods.{name}").METHOD

@@ -28,7 +28,6 @@ from engine.nets.inference import (
     NetCost,
     finish,
     pad_to_multiple,
-    parse_common,
     precision_scope,
     stats_batch,
     tile_progress,
@@ -37,8 +36,6 @@ from engine.nets.inference import (
     work_size,
 )
 
-PARAMS = ("alpha", "size", "style_size", "precision", "preserve_colors", "tile")
-DEFAULT_STYLE_SIZE = 512  # upstream test.py: the style's shorter side is resized to 512
 EPS = 1e-5  # upstream calc_mean_std: added to the (unbiased) variance
 # The encoder pools three times, so sides and tile offsets are multiples of 8. Receptive-field
 # radius 67 px: encoder convs 2 + 4 + 16 + 8 and pools 1 + 2 + 4 px, decoder convs 8 + 16 + 4 + 2 px.
@@ -50,25 +47,16 @@ COST = NetCost(multiple=8, halo=72, bytes_per_pixel=1650, fixed_bytes=30 << 20)
 
 class AdaINMethod:
     name = "adain"
-    needs_style = True
-    guided = True
     models = ()
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
         return ("adain_vgg", "adain_decoder")
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
-        params.reject_unknown(raw, PARAMS)
-        preserve = params.preserve_colors(raw, ("luminance", "histogram"))
-        style_size = params.integer(raw, "style_size", DEFAULT_STYLE_SIZE, 0, images.MAX_SIDE)
-        if 0 < style_size < MIN_SIDE:
+        p = params.parse(self.name, raw)
+        if 0 < p["style_size"] < MIN_SIDE:
             raise UserError("bad-option", f"setting 'style_size' must be 0 (keep) or at least {MIN_SIDE}")
-        return {
-            "alpha": params.number(raw, "alpha", 1.0, 0.0, 1.0),
-            "style_size": style_size,
-            "preserve_colors": preserve,
-            **parse_common(raw),
-        }
+        return p
 
     def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
         return COST.footprint(work_size(size, p["size"]))
@@ -110,7 +98,7 @@ class AdaINMethod:
             else:
                 targets = [mix([StyleSource(i, s.weight) for i, s in enumerate(job.styles)])]
                 regions = []
-            transfer = _Transfer(encoder, decoder, targets, p["alpha"], ctx.device)
+            transfer = _Transfer(encoder, decoder, targets, p["strength"], ctx.device)
             tiles = ctx.plan.tiles() if ctx.plan is not None else []
             if not tiles:
                 result = transfer(content, regions)

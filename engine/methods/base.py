@@ -113,16 +113,17 @@ class Footprint:
 
 
 class Method(Protocol):
+    """One method; its label, settings and whether it takes style images are declared in
+    nst_common/settings.py, and its module is engine/methods/<name>.py with a METHOD."""
+
     name: str
-    needs_style: bool  # False for methods whose style lives in the model (Johnson, CycleGAN)
-    guided: bool  # matches statistics per PreparedJob.guides itself; else the pipeline blends by mask
     models: tuple[str, ...]  # the trained models to choose from (Johnson, CycleGAN); empty otherwise
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
         """The weights (manifest ids) it needs to run, with `model` where it has models."""
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Validate and complete the settings; raise UserError on a bad value."""
+        """Validate and complete the settings (engine.params.parse, then checks of its own)."""
 
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         """Return the stylised HxWx3 float32 RGB image, same height and width as the content."""

@@ -18,20 +18,13 @@ import numpy as np
 import torch
 
 from engine import allocator, images, masks, params
-from engine.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, load_backbone
+from engine.backbones import Backbone, load_backbone
 from engine.colors import luminance_transfer, match_color_histogram
 from engine.errors import UserError
 from engine.losses import Target, gram, total_variation
 from engine.methods import gatys_tiles
 from engine.methods.base import Footprint, Guide, PreparedJob, Progress, RunContext
 
-TAPS = (
-    "relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu4_1",
-    "relu4_2", "relu4_3", "relu5_1", "relu5_2", "relu5_3",
-)  # fmt: skip
-CONTENT_LAYERS = {"relu4_2": 1.0}
-STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
-MAX_SIZE = 8192
 MIN_SCALE = 16
 PREVIEW_SIDE = 256
 PREVIEW_EVERY_S = 2.0
@@ -51,7 +44,6 @@ EVAL_BYTES_PER_PIXEL = 3650
 WHOLE_IMAGE_BYTES_PER_PIXEL = 4 * 12 + 16
 ONE_PASS_BYTES_PER_PIXEL = 3 * 12
 BACKBONE_BYTES = 64 << 20
-MIN_TILE = 2 * gatys_tiles.HALO + gatys_tiles.ALIGN
 LINE_SEARCH_TRIALS = 25  # evaluations one strong-Wolfe search may spend beyond the budget
 DESCENT_REJECTIONS = 6  # rejected steps in a row (a 4096-fold smaller step) before descent gives up
 KEEP_WEIGHT = 100.0  # the unstyled remainder's pixel term, relative to the style's total weight
@@ -84,12 +76,6 @@ PRESETS = {
     "best": Preset(2048, 256, 2**0.5, 250, 15),
 }
 
-PARAMS = (
-    "preset", "size", "strength", "content_weight", "style_weight", "tv_weight", "content_layers",
-    "style_layers", "style_scale", "init", "optimizer", "iterations", "scales", "preserve_colors",
-    "activation_shift", "backbone", "pooling", "seed", "learning_rate", "tile",
-)  # fmt: skip
-
 
 def schedule(long_side: int, preset: Preset, scales: int | None = None) -> list[int]:
     """Long sides of the scales, coarse to fine, ending exactly at `long_side`.
@@ -108,43 +94,18 @@ def schedule(long_side: int, preset: Preset, scales: int | None = None) -> list[
 
 class GatysMethod:
     name = "gatys"
-    needs_style = True
-    guided = True
     models = ()
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
         return ()  # the default backbone ships with the engine; others are checked when chosen
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
-        params.reject_unknown(raw, PARAMS)
-        preserve = params.preserve_colors(raw, ("luminance", "histogram"))
-        init = raw.get("init", "content")
-        if not isinstance(init, str) or (init not in ("content", "noise") and not Path(init).is_file()):
+        p = params.parse(self.name, raw)
+        if p["init"] not in ("content", "noise") and not Path(p["init"]).is_file():
             raise UserError(
-                "bad-option", f"setting 'init' must be content, noise or an image file; got {init!r}"
+                "bad-option", f"setting 'init' must be content, noise or an image file; got {p['init']!r}"
             )
-        return {
-            "preset": params.choice(raw, "preset", "balanced", PRESETS),
-            "size": params.integer(raw, "size", None, 16, MAX_SIZE),
-            "strength": params.number(raw, "strength", 1.0, 0.0, 100.0),
-            "content_weight": params.number(raw, "content_weight", 1.0, 0.0, 1e6),
-            "style_weight": params.number(raw, "style_weight", 10.0, 0.0, 1e6),
-            "tv_weight": params.number(raw, "tv_weight", 2.0, 0.0, 1e6),
-            "content_layers": params.layer_weights(raw, "content_layers", CONTENT_LAYERS, TAPS),
-            "style_layers": params.layer_weights(raw, "style_layers", STYLE_LAYERS, TAPS),
-            "style_scale": params.number(raw, "style_scale", 1.0, 0.05, 8.0),
-            "init": init,
-            "optimizer": params.choice(raw, "optimizer", "lbfgs", ("lbfgs", "adam")),
-            "iterations": params.integer(raw, "iterations", None, 1, 100_000),
-            "scales": params.integer(raw, "scales", None, 1, 16),
-            "preserve_colors": preserve,
-            "activation_shift": params.number(raw, "activation_shift", 0.0, -100.0, 100.0),
-            "backbone": params.choice(raw, "backbone", DEFAULT_BACKBONE, BACKBONES),
-            "pooling": params.choice(raw, "pooling", "max", ("max", "avg")),
-            "seed": params.integer(raw, "seed", 0, 0, 2**63 - 1),
-            "learning_rate": params.number(raw, "learning_rate", 0.02, 1e-5, 1.0),
-            "tile": params.integer(raw, "tile", None, MIN_TILE, MAX_SIZE),
-        }
+        return p
 
     def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
         """The finest scale's memory: per pixel of a pass, one evaluation's activations (and what a

@@ -1,14 +1,13 @@
 """Johnson et al. fast neural style: one forward pass of a network trained for one style.
 
-Models are pytorch/examples' fast_neural_style saved_models, weights `johnson_<model>`.
+Models are pytorch/examples' fast_neural_style saved_models, weights `johnson_<model>`: the
+manifest's johnson entries (weights/manifest.toml) are the list of them.
 """
 
 from __future__ import annotations
 
 from engine.nets.inference import NetCost, SingleModelMethod
 from engine.nets.transformer_net import load_transformer_net
-
-MODELS = ("candy", "mosaic", "rain_princess", "udnie")
 
 # Two stride-2 convs and two 2x upsamplings: sides must be multiples of 4 to come back whole. The
 # receptive-field radius is 57 px: 9x9 conv (4), two stride-2 convs (1 + 2), ten 3x3 convs at
@@ -18,4 +17,4 @@ MODELS = ("candy", "mosaic", "rain_princess", "udnie")
 # In tiles, a tile's heap holds more than one pass measured alone: 8192 px in tiles of 1024 px
 # peaked at 3.10 GiB against a plan of 2.93 made with 650 (allocator configured as the engine runs).
 COST = NetCost(multiple=4, halo=60, bytes_per_pixel=900, fixed_bytes=7 << 20)
-METHOD = SingleModelMethod("johnson", MODELS, load_transformer_net, COST)
+METHOD = SingleModelMethod("johnson", load_transformer_net, COST)

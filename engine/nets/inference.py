@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 from engine import images, params, tiling, weights
 from engine.colors import luminance_transfer
+from engine.errors import UserError
 from engine.methods.base import Footprint, PreparedJob, Progress, RunContext
+from nst_common import settings
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-MIN_SIDE = 16  # the deepest reflection pads need at least 2 pixels at 1/8 scale
+MIN_SIDE = settings.MIN_SIDE  # the deepest reflection pads need at least 2 pixels at 1/8 scale
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -35,15 +37,6 @@ class NetCost:
 
     def footprint(self, work: tuple[int, int]) -> Footprint:
         return Footprint(work, self.bytes_per_pixel, self.fixed_bytes, self.halo, self.multiple)
-
-
-def parse_common(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings every feed-forward method takes: work size, numeric precision, tile side."""
-    return {
-        "size": params.integer(raw, "size", None, MIN_SIDE, images.MAX_SIDE),
-        "precision": params.choice(raw, "precision", "auto", PRECISIONS),
-        "tile": params.integer(raw, "tile", None, MIN_SIDE, images.MAX_SIDE),
-    }
 
 
 @contextlib.contextmanager
@@ -163,38 +156,42 @@ def finish(result: np.ndarray, content: np.ndarray, strength: float, luminance: 
 class SingleModelMethod:
     """A method whose style lives in a choice of trained image-to-image models (Johnson, CycleGAN).
 
-    Settings: model, size, precision, strength (0..1 blend towards the content), preserve_colors,
-    tile (force tiles of this side).
+    Its settings are declared in nst_common/settings.py; strength blends towards the content. Its
+    models are the manifest's entries of the method (weights `<name>_<model>`, weights/manifest.toml).
     """
-
-    needs_style = False
-    guided = False  # one model, one style: regions confine the output by the feathered masks
-    PARAMS = ("model", "size", "precision", "strength", "preserve_colors", "tile")
 
     def __init__(
         self,
         name: str,
-        models: tuple[str, ...],
         loader: Callable[[Path, torch.device], torch.nn.Module],
         cost: NetCost,
     ) -> None:
         self.name = name
-        self.models = models
         self._loader = loader
         self._cost = cost
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models to choose from, read from the manifest in use (NST_MANIFEST can change it)."""
+        return weights.load_manifest().models(self.name)
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
         return (f"{self.name}_{model}",) if model else ()
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
-        params.reject_unknown(raw, self.PARAMS)
-        return {
-            "model": params.choice(raw, "model", self.models[0], self.models),
-            "strength": params.number(raw, "strength", 1.0, 0.0, 1.0),
-            # no style image to match histograms to: only luminance transfer applies
-            "preserve_colors": params.preserve_colors(raw, ("luminance",)),
-            **parse_common(raw),
-        }
+        p = params.parse(self.name, raw)
+        models = self.models
+        if not models:
+            raise UserError("missing-weights", f"the weights manifest lists no {self.name} models")
+        if p["model"] is None:  # the first installed one, as the setting's help says
+            installed = (m for m in models if weights.path_for(self.weight_ids(m)[0]) is not None)
+            p["model"] = next(installed, models[0])
+        elif p["model"] not in models:
+            raise UserError(
+                "bad-option",
+                f"unknown {self.name} model {p['model']!r}; choose one of: {', '.join(models)}",
+            )
+        return p
 
     def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
         return self._cost.footprint(work_size(size, p["size"]))

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import protocol
-from protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
+from nst_common import protocol
+from nst_common.protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
 
 CONFIG_NAME = "engine.json"
 

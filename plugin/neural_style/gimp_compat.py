@@ -23,6 +23,7 @@ gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
 import layers  # noqa: E402
+import model_choice  # noqa: E402
 from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
 from layers import Param, ProcedureSpec, RawImage, Settings, SettingsError  # noqa: E402
 
@@ -105,6 +106,9 @@ _LAYER_FIELDS = frozenset(
 )
 _CHANNEL_FIELDS = frozenset(f"region{n}_channel" for n in _REGION_NUMBERS)
 _FILE_FIELDS = frozenset({"style_file", "style2_file"} | {f"region{n}_style_file" for n in _REGION_NUMBERS})
+# The declared settings in the dialog's left column; the model has its own place and the label
+# strictness sits with the label maps.
+_LEFT_SETTINGS = tuple(row for row in layers.DIALOG_SETTINGS if row.name not in ("model", "map_weight"))
 
 
 def _prop(field_name: str) -> str:
@@ -117,6 +121,8 @@ def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, dict[
     values: dict[str, Any] = {}
     items: dict[str, Any] = {}
     for f in fields(Settings):
+        if f.name == "engine":
+            continue
         value = config.get_property(_prop(f.name))
         if f.name in _LAYER_FIELDS or f.name in _CHANNEL_FIELDS:
             items[f.name] = value
@@ -125,12 +131,15 @@ def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, dict[
             values[f.name] = (value.get_path() or "") if value is not None else ""
         else:
             values[f.name] = value
-    return Settings(**values), items
+    engine = {row.name: config.get_property(_prop(row.name)) for row in layers.DIALOG_SETTINGS}
+    return Settings(**values, engine=engine), items
 
 
 def _settings_to_config(settings: Settings, image: Gimp.Image, config: Gimp.ProcedureConfig) -> None:
     """Fill a config from stored settings; layers and channels are found again by name in `image`."""
     for f in fields(Settings):
+        if f.name == "engine":
+            continue
         value = getattr(settings, f.name)
         if f.name in _LAYER_FIELDS:
             value = image.get_layer_by_name(value) if value else None
@@ -139,6 +148,8 @@ def _settings_to_config(settings: Settings, image: Gimp.Image, config: Gimp.Proc
         elif f.name in _FILE_FIELDS:
             value = Gio.File.new_for_path(value) if value else None
         config.set_property(_prop(f.name), value)
+    for name, value in settings.engine.items():
+        config.set_property(_prop(name), value)
 
 
 # --- Pixels --------------------------------------------------------------------------------------
@@ -250,6 +261,36 @@ def _hello() -> tuple[Any, dict[str, list[str] | None]]:
         raise _Failure(f"The neural-style engine could not be reached: {exc}") from None
 
 
+def _download_model(
+    engine: Any, config: Gimp.ProcedureConfig, available: dict[str, list[str] | None]
+) -> dict[str, list[str] | None]:
+    """After the dialog: when the chosen model is known but not installed, have the engine download
+    and verify it (a job of its own, on GIMP's progress bar), then ask again what is installed.
+
+    Only the dialog's OK downloads: a script's run never starts one, and layers.validate tells it
+    which `nst models pull` to run. A failed download raises _Failure before the image is touched.
+    """
+    method, model = config.get_property("method"), str(config.get_property("model") or "").strip()
+    wanted = model_choice.to_download(model_choice.known_models(engine.last_hello), method, model)
+    if wanted is None:
+        return available
+    client = _client()
+    label = f"Downloading the {method} model {model}"
+
+    def on_progress(fraction: float, message: str) -> None:
+        Gimp.progress_set_text(message or label)
+        Gimp.progress_update(max(0.0, min(1.0, fraction)))
+
+    Gimp.progress_init(label)
+    try:
+        engine.pull(list(wanted.weights), on_progress)
+    except client.EngineError as exc:
+        raise _Failure(f"Could not download the {method} model {model}: {exc.message}") from None
+    except OSError as exc:
+        raise _Failure(f"Lost the connection to the neural-style engine: {exc}") from None
+    return _hello()[1]
+
+
 def _stylize(engine: Any, job: Any, label: str, done: int, total: int) -> RawImage:
     """Run one job with progress; a part of the whole bar per layer."""
     client = _client()
@@ -325,13 +366,7 @@ def _dialog(
             "model",
             "style-frame",
             "style2-frame",
-            "strength",
-            "preset",
-            "size",
-            "preserve-colors",
-            "device",
-            "iterations",
-            "seed",
+            *(_prop(row.name) for row in _LEFT_SETTINGS),
         ],
     )
     dialog.fill_box("right-column", ["output-box", "regions-frame", "maps-frame"])
@@ -343,15 +378,19 @@ def _dialog(
     style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
     regions_widget = dialog.get_widget("regions-frame", GObject.TYPE_NONE)
     channel_widgets = {n: dialog.get_widget(f"region{n}-channel", GObject.TYPE_NONE) for n in _REGION_NUMBERS}
+    setting_widgets = {row: dialog.get_widget(_prop(row.name), GObject.TYPE_NONE) for row in _LEFT_SETTINGS}
 
     def sync(*_args: object) -> None:
-        needs_model = config.get_property("method") in layers.MODEL_METHODS
+        method = config.get_property("method")
+        needs_model = method in layers.MODEL_METHODS
         regions = config.get_property("layer-mask") == "regions"
         model_widget.set_sensitive(needs_model)
         style_widget.set_sensitive(not needs_model and not regions)
         regions_widget.set_sensitive(regions and not needs_model)
         for n, widget in channel_widgets.items():
             widget.set_sensitive(config.get_property(f"region{n}-source") == "channel")
+        for row, widget in setting_widgets.items():  # only what the chosen method uses
+            widget.set_visible(method in row.methods)
 
     for prop in ("method", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
         config.connect(f"notify::{prop}", sync)

@@ -10,13 +10,14 @@ import json
 import os
 import sys
 from array import array
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from protocol import RawImage, StyleRef, StylizeJob
+from nst_common import settings as declared
+from nst_common.protocol import RawImage, StyleRef, StylizeJob
 
 PARASITE_NAME = "neural-style-settings"
-SETTINGS_VERSION = 1
+SETTINGS_VERSION = 2  # 1 held the engine settings as flat fields
 
 # Babl formats the adapter reads and writes in: non-linear (') float, straight alpha, as the
 # protocol wants. GEGL converts to and from whatever precision the drawable has.
@@ -25,18 +26,12 @@ MASK_FORMAT = "Y float"
 LAYER_MASK = "layer-mask"  # the job's mask name for a layer's own mask
 LAYER_MASK_INVERSE = "layer-mask-inverse"  # its black part, the second style's region in "split"
 
-METHODS = ("gatys", "johnson", "adain", "cyclegan")
-METHOD_LABELS = {
-    "gatys": "Gatys (optimisation, slow, best quality)",
-    "johnson": "Johnson (fast, one model per style)",
-    "adain": "AdaIN (fast, any style image)",
-    "cyclegan": "CycleGAN (fast, painter models)",
-}
+METHODS = declared.METHOD_NAMES
+METHOD_LABELS = {m.name: m.label for m in declared.METHODS}
 # Johnson and CycleGAN carry their style in a trained model; the other two need a style image.
-MODEL_METHODS = frozenset({"johnson", "cyclegan"})
-PRESETS = ("draft", "balanced", "best")
-DEVICES = ("auto", "cpu", "cuda")
-DEVICE_LABELS = {"auto": "Automatic", "cpu": "CPU", "cuda": "CUDA GPU"}
+MODEL_METHODS = frozenset(m.name for m in declared.METHODS if not m.needs_style)
+# The engine settings the dialog shows (the declaration's non-expert rows); experts use `nst`.
+DIALOG_SETTINGS = tuple(s for s in declared.SETTINGS if not s.expert)
 OUTPUTS = ("new-layer", "in-place")
 MASK_MODES = ("confine", "split", "ignore", "regions")
 MASK_MODE_LABELS = {  # the dialog's one-line explanation of each mode
@@ -83,6 +78,23 @@ class ProcedureSpec:
     params: tuple[Param, ...] = ()
 
 
+_ARGUMENT_KINDS = {"int": "int", "float": "double", "choice": "choice", "bool": "boolean"}
+
+
+def declared_param(s: declared.Setting) -> Param:
+    """The procedure argument of a declared setting: the widest range any method takes (the
+    validation narrows it to the chosen method's), 0 or "" for an unset optional one."""
+    w = s.widest()
+    scope = "" if set(s.methods) == set(METHODS) else f" ({', '.join(s.methods)})"
+    kind = _ARGUMENT_KINDS.get(s.kind, "string")
+    blurb = s.help + ("; 0 = the default" if s.optional and kind in ("int", "double") else "") + scope
+    lo = 0 if s.optional else w.lo or 0
+    choices = tuple((c, w.choice_label(c)) for c in w.choices) if kind == "choice" else ()
+    return Param(
+        s.name.replace("_", "-"), kind, s.label, blurb, dialog_value(s, s.default), lo, w.hi or 0, choices
+    )
+
+
 class SettingsError(ValueError):
     """A choice the user has to change before anything runs; the message says what to do."""
 
@@ -92,25 +104,16 @@ class Settings:
     """Every user choice of one run: the dialog's fields and the parasite's content."""
 
     method: str = "gatys"
-    model: str = ""
     style_file: str = ""
     style_layer: str = ""  # display name of a layer used as the style, for naming and re-runs
     style2_file: str = ""
     style2_layer: str = ""
     style2_weight: float = 0.0
-    strength: float = 1.0
-    preset: str = "balanced"
-    size: int = 0  # long side of the work in px; 0 = the layer's own size
-    preserve_colors: bool = False
-    device: str = "auto"
     output: str = "new-layer"
     only_selection: bool = True
     layer_mask: str = "confine"  # what a layer's mask means: one of MASK_MODES
     content_map: str = ""  # display name of the content's label-map layer (semantic maps)
     style_map: str = ""  # display name of the first style's label-map layer
-    map_weight: float = 1.0  # how strictly labels bind, 0..1
-    seed: int = 0
-    iterations: int = 0  # Gatys optimisation steps per scale; 0 = the preset's
     # Regions mode: what marks each region (one of REGION_SOURCES), the channel's display name, and
     # the region's own style (a file, or a layer's display name as for the first style).
     region1_source: str = "none"
@@ -129,25 +132,54 @@ class Settings:
     region4_channel: str = ""
     region4_style_file: str = ""
     region4_style_layer: str = ""
+    # The engine settings of DIALOG_SETTINGS by wire name, as the dialog holds them: an unset
+    # optional number is 0, an unset model "" (dialog_value).
+    engine: dict[str, Any] = field(
+        default_factory=lambda: {s.name: dialog_value(s, s.default) for s in DIALOG_SETTINGS}
+    )
+
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        """Settings from plug-in fields and engine settings alike, each by its name."""
+        own = {f.name for f in fields(cls)} - {"engine"}
+        unknown = set(values) - own - {s.name for s in DIALOG_SETTINGS}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        settings = cls(**{k: v for k, v in values.items() if k in own})
+        return settings.with_engine(**{k: v for k, v in values.items() if k not in own})
+
+    def get(self, name: str) -> Any:
+        return self.engine[name]
+
+    def with_engine(self, **values: Any) -> Settings:
+        return replace(self, engine={**self.engine, **values})
 
     def engine_params(self) -> dict[str, Any]:
-        """The StylizeJob.params for these settings (common params from docs/architecture.md)."""
-        params: dict[str, Any] = {
-            "preset": self.preset,
-            "strength": self.strength,
-            "preserve_colors": self.preserve_colors,
-            "device": self.device,
-            "seed": self.seed,
-        }
-        if self.size > 0:
-            params["size"] = self.size
-        if self.method in MODEL_METHODS:
-            params["model"] = self.model
-        if self.method == "gatys" and self.iterations > 0:
-            params["iterations"] = self.iterations
-        if self.content_map:
-            params["map_weight"] = self.map_weight
+        """The StylizeJob.params: the dialog's settings that the chosen method takes, unset ones left
+        to the engine's defaults."""
+        params = {}
+        for s in declared.for_method(self.method):
+            if s.name in self.engine and s.name != "map_weight":
+                value = wire_value(s, self.engine[s.name])
+                if value is not None:
+                    params[s.name] = value
+        if self.content_map and self.method in declared.BY_NAME["map_weight"].methods:
+            params["map_weight"] = self.engine["map_weight"]
         return params
+
+
+def dialog_value(s: declared.Setting, value: Any) -> Any:
+    """A declared value as the dialog's field holds it: unset is 0 on a number, "" on text."""
+    if value is None:
+        return 0 if s.kind in ("int", "float") else ""
+    return value
+
+
+def wire_value(s: declared.Setting, value: Any) -> Any:
+    """The dialog's field as the engine takes it: 0 or "" on an optional field is unset (None)."""
+    if s.optional and value in (0, ""):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -193,17 +225,19 @@ def method_models(hello: dict[str, Any]) -> dict[str, list[str] | None]:
     """Methods the engine offers, from its `hello` reply: name -> installed models, or None for
     a method that takes a style image instead of a model.
 
-    The reply carries `capabilities.methods` as {name: {"needs_style": bool, "models": [...]}}.
+    The reply carries `capabilities.methods` as {name: {"needs_style": bool, "models":
+    [{"id": ..., "installed": bool}, ...]}}.
     """
     caps = hello.get("capabilities", hello)
     out: dict[str, list[str] | None] = {}
     for name, info in (caps.get("methods") or {}).items():
         info = info if isinstance(info, dict) else {}
-        needs_style = info.get("needs_style", name not in MODEL_METHODS)
-        if needs_style:
+        if info.get("needs_style", name not in MODEL_METHODS):
             out[name] = None
         else:
-            out[name] = [m["id"] if isinstance(m, dict) else str(m) for m in info.get("models") or []]
+            out[name] = [
+                m["id"] for m in info.get("models") or [] if isinstance(m, dict) and m.get("installed")
+            ]
     return out
 
 
@@ -223,32 +257,41 @@ def describe_methods(available: dict[str, list[str] | None]) -> str:
 
 
 def validate(settings: Settings, available: dict[str, list[str] | None]) -> Settings:
-    """Check the choices against the ranges and what the engine has; returns them normalised."""
-    s = replace(settings, model=settings.model.strip())
+    """Check the choices against the declaration and what the engine has; returns them normalised
+    (the first installed model filled in where none is chosen)."""
+    s = settings.with_engine(model=str(settings.get("model")).strip())
     for value, allowed, what in (
         (s.method, METHODS, "method"),
-        (s.preset, PRESETS, "quality preset"),
-        (s.device, DEVICES, "device"),
         (s.output, OUTPUTS, "output"),
-        (s.layer_mask, MASK_MODES, "layer-mask mode"),
+        (s.layer_mask, MASK_MODES, "masks mode"),
     ):
         if value not in allowed:
             raise SettingsError(f"Unknown {what} {value!r}; choose one of {', '.join(allowed)}.")
+    for row in declared.for_method(s.method):
+        if row.name in s.engine:
+            try:
+                declared.check_value(row, wire_value(row, s.engine[row.name]))
+            except declared.SettingError as exc:
+                raise SettingsError(f"{_label(row)}: {exc}.") from None
     if s.method not in available:
         raise SettingsError(f"The engine does not offer the {s.method} method.")
     models = available[s.method]
     if models is not None:
+        # Only the dialog downloads a model (gimp_compat._download_model); a script's run says how.
+        chosen = s.get("model")
+        if chosen and chosen not in models:
+            raise SettingsError(
+                f"The {s.method} model {chosen!r} is not installed; install it with "
+                f"`nst models pull {s.method}_{chosen}`, or choose it in the dialog, which downloads it"
+                + (f" (installed: {', '.join(models)})." if models else ".")
+            )
         if not models:
             raise SettingsError(
-                f"No {s.method} models are installed. Install one with `nst models pull` "
-                "or choose Gatys or AdaIN, which take any style image."
+                f"No {s.method} models are installed. Choose one in the dialog, which downloads it, or "
+                "install one with `nst models pull`; or choose Gatys or AdaIN, which take any style image."
             )
-        if not s.model:
-            s = replace(s, model=models[0])
-        elif s.model not in models:
-            raise SettingsError(
-                f"The {s.method} model {s.model!r} is not installed; installed: {', '.join(models)}."
-            )
+        if not chosen:
+            s = s.with_engine(model=models[0])
     elif s.layer_mask == "regions":
         _validate_regions(s)
     elif not (s.style_file or s.style_layer):
@@ -267,19 +310,16 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
         )
     if s.layer_mask == "regions" and models is not None:
         raise SettingsError("Regions need Gatys or AdaIN: each region takes its own style image.")
-    if not 0.0 <= s.map_weight <= 1.0:
-        raise SettingsError("The label strictness must be between 0 and 1.")
     if not 0.0 <= s.style2_weight <= 1.0:
         raise SettingsError("The second style's weight must be between 0 and 1.")
     if s.style2_weight > 0 and not (s.style2_file or s.style2_layer):
         raise SettingsError("A second-style weight is set but no second style is chosen.")
-    if not 0.0 < s.strength <= 10.0:
-        raise SettingsError("Strength must be above 0 and at most 10.")
-    if not 0 <= s.iterations <= 100_000:
-        raise SettingsError("Iterations must be 0 (the preset's) or from 1 to 100000.")
-    if s.size and not 16 <= s.size <= 16384:
-        raise SettingsError("Size must be 0 (the layer's own) or from 16 to 16384 pixels.")
     return s
+
+
+def _label(row: declared.Setting) -> str:
+    """The dialog's label of a setting, without its mnemonic."""
+    return row.label.replace("_", "")
 
 
 def _validate_regions(s: Settings) -> None:
@@ -323,7 +363,7 @@ def style_label(settings: Settings) -> str:
         return layer or os.path.splitext(os.path.basename(path))[0]
 
     if settings.method in MODEL_METHODS:
-        return settings.model
+        return str(settings.get("model"))
     if settings.layer_mask == "regions":
         return " + ".join(dict.fromkeys(one(*region.style) for region in regions(settings)))
     label = one(settings.style_file, settings.style_layer)
@@ -343,23 +383,41 @@ def settings_to_bytes(settings: Settings, source_tattoo: int) -> bytes:
 
 
 def settings_from_bytes(data: bytes) -> tuple[Settings, int]:
-    """Parse a parasite; unknown keys are dropped so older or newer plug-ins can still read it."""
+    """Parse a parasite; unknown keys are dropped so older or newer plug-ins can still read it.
+    Version 1 held the engine settings as flat fields; they are read into `engine`."""
     try:
         body = json.loads(bytes(data).decode("utf-8"))
         raw = body["settings"]
         tattoo = int(body.get("source_tattoo", 0))
     except (ValueError, KeyError, TypeError) as exc:
         raise SettingsError(f"The layer's {PARASITE_NAME} parasite is unreadable: {exc}") from None
-    if body.get("version") != SETTINGS_VERSION or not isinstance(raw, dict):
+    if body.get("version") not in (1, SETTINGS_VERSION) or not isinstance(raw, dict):
         raise SettingsError(f"The layer's settings are from an unknown version {body.get('version')!r}.")
     defaults = Settings()
+    stored = raw.get("engine") if isinstance(raw.get("engine"), dict) else raw
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        if f.name in raw and type(raw[f.name]) is type(getattr(defaults, f.name)):
-            values[f.name] = raw[f.name]
-        elif f.name in raw and isinstance(getattr(defaults, f.name), float) and type(raw[f.name]) is int:
-            values[f.name] = float(raw[f.name])
-    return Settings(**values), tattoo
+        value = _same_kind(raw.get(f.name), getattr(defaults, f.name)) if f.name != "engine" else None
+        if value is not None:
+            values[f.name] = value
+    engine = dict(defaults.engine)
+    for row in DIALOG_SETTINGS:
+        value = stored.get(row.name)
+        if row.name == "preserve_colors" and isinstance(value, bool):  # version 1: a switch
+            value = "luminance" if value else "none"
+        value = _same_kind(value, engine[row.name])
+        if value is not None:
+            engine[row.name] = value
+    return Settings(**values, engine=engine), tattoo
+
+
+def _same_kind(value: Any, like: Any) -> Any:
+    """`value` as the type of `like` (an int where a float is meant becomes one); None otherwise."""
+    if type(value) is type(like):
+        return value
+    if isinstance(like, float) and type(value) is int:
+        return float(value)
+    return None
 
 
 def _floats(data: bytes | bytearray | memoryview) -> array:

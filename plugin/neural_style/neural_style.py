@@ -3,20 +3,19 @@
 
 import gimp_compat
 from layers import (
-    DEVICE_LABELS,
-    DEVICES,
+    DIALOG_SETTINGS,
     MASK_MODE_LABELS,
     MASK_MODES,
     METHOD_LABELS,
     METHODS,
     OUTPUT_LABELS,
     OUTPUTS,
-    PRESETS,
     REGION_COUNT,
     REGION_SOURCE_LABELS,
     REGION_SOURCES,
     Param,
     ProcedureSpec,
+    declared_param,
 )
 
 
@@ -48,11 +47,10 @@ TRANSFER_PARAMS = (
         "choice",
         "_Method",
         "Style transfer method",
-        "gatys",
+        METHODS[0],
         choices=tuple((m, METHOD_LABELS[m]) for m in METHODS),
     ),
-    Param("model", "string", "Mo_del", "Johnson/CycleGAN model id (empty: the first installed)", ""),
-    Param("style-file", "file", "Style _file", "Style image file (Gatys, AdaIN)"),
+    Param("style-file", "file", "Style _file", "Style image file (methods that take a style image)"),
     Param(
         "style-layer", "layer", "Style _layer", "A layer of any open image as the style; wins over the file"
     ),
@@ -61,25 +59,8 @@ TRANSFER_PARAMS = (
     Param(
         "style2-weight", "double", "Second style _weight", "Blend weight of the second style", 0.0, 0.0, 1.0
     ),
-    Param("strength", "double", "_Strength", "How strongly the style applies (1 = default)", 1.0, 0.1, 10.0),
-    Param(
-        "preset",
-        "choice",
-        "_Quality",
-        "Speed/quality preset",
-        "balanced",
-        choices=tuple((p, p.capitalize()) for p in PRESETS),
-    ),
-    Param("size", "int", "Work si_ze", "Long side in pixels of the work; 0 = the layer's size", 0, 0, 16384),
-    Param("preserve-colors", "boolean", "_Preserve colours", "Keep the content's colours", False),
-    Param(
-        "device",
-        "choice",
-        "De_vice",
-        "Where the engine computes",
-        "auto",
-        choices=tuple((d, DEVICE_LABELS[d]) for d in DEVICES),
-    ),
+    # The engine's settings, from the declaration both sides read (nst_common/settings.py).
+    *(declared_param(s) for s in DIALOG_SETTINGS),
     Param(
         "output",
         "choice",
@@ -105,17 +86,6 @@ TRANSFER_PARAMS = (
     ),
     Param("content-map", "layer", "_Content label map", "A layer of colour-coded labels over the content"),
     Param("style-map", "layer", "St_yle label map", "The same colours over the (first) style, same size"),
-    Param("map-weight", "double", "Label st_rictness", "How strictly labels bind (1 = fully)", 1.0, 0.0, 1.0),
-    Param(
-        "iterations",
-        "int",
-        "_Iterations",
-        "Gatys optimisation steps per scale; 0 = the quality preset's",
-        0,
-        0,
-        100_000,
-    ),
-    Param("seed", "int", "S_eed", "Random seed, for repeatable results", 0, 0, 2**31 - 1),
     *(param for n in range(1, REGION_COUNT + 1) for param in region_params(n)),
 )
 
