@@ -28,24 +28,14 @@ MAX_REGIONS = 16
 
 def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: ModelCache) -> RawImage:
     """Run a validated-at-the-wire job; raise UserError for anything the user can fix."""
-    s = _settings(job)
     progress(Progress(0.0, "prepare", "reading images"))
-    content, alpha = images.rgb_from_raw(job.content)
-    referenced = {style for _, style in s.regions if style is not None}
-    kept = [i for i, ref in enumerate(job.styles) if ref.weight > 0 or i in referenced]
-    styles = [Style(_style_pixels(job.styles[i]), job.styles[i].weight) for i in kept]
-    wire_masks = {name: images.from_raw(m)[..., 0] for name, m in job.masks.items()}
-    guides = _guides(job, s.regions, wire_masks, kept, styles, s.strictness)
+    s, prepared, alpha, first = prepare(job)
     cancel.raise_if_cancelled()
-
-    prepared = PreparedJob(content=content, styles=styles, params=s.params, masks=wire_masks, guides=guides)
-    first = planner.plan(s.method, s.params, content.shape[:2], s.device, s.memory_limit)
+    content, guides = prepared.content, prepared.guides
     result = _run_planned(s.method, prepared, first, progress, cancel, cache, s.memory_limit)
     if result.shape != content.shape:
         raise RuntimeError(f"method {job.method} returned {result.shape}, expected {content.shape}")
-    if (
-        guides and not settings.method(job.method).guided
-    ):  # the style lives in a model: confine its output by the masks
+    if guides and not settings.method(job.method).guided:  # the style lives in a model: blend by masks
         result = masks.blend(result, content, guides)
 
     if job.selection is not None:  # result = sel * result + (1 - sel) * content, in place
@@ -58,6 +48,20 @@ def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: M
     out = images.rgb_to_raw(result, alpha, job.content.channels, job.content.dtype)
     progress(Progress(1.0, "done", "finished"))
     return out
+
+
+def prepare(job: StylizeJob) -> tuple[_Settings, PreparedJob, np.ndarray | None, planner.Plan]:
+    """Everything before the method runs: the settings validated, images decoded, styles, masks
+    and guides checked, and the first plan. (settings, the method's job, the content's alpha, plan)"""
+    s = _settings(job)
+    content, alpha = images.rgb_from_raw(job.content)
+    referenced = {style for _, style in s.regions if style is not None}
+    kept = [i for i, ref in enumerate(job.styles) if ref.weight > 0 or i in referenced]
+    styles = [Style(_style_pixels(job.styles[i]), job.styles[i].weight) for i in kept]
+    wire_masks = {name: images.from_raw(m)[..., 0] for name, m in job.masks.items()}
+    guides = _guides(job, s.regions, wire_masks, kept, styles, s.strictness)
+    prepared = PreparedJob(content=content, styles=styles, params=s.params, masks=wire_masks, guides=guides)
+    return s, prepared, alpha, planner.plan(s.method, s.params, content.shape[:2], s.device, s.memory_limit)
 
 
 def plan_job(job: StylizeJob) -> planner.Plan:

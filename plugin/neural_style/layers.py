@@ -256,9 +256,12 @@ def describe_methods(available: dict[str, list[str] | None]) -> str:
     return "\n".join(lines)
 
 
-def validate(settings: Settings, available: dict[str, list[str] | None]) -> Settings:
-    """Check the choices against the declaration and what the engine has; returns them normalised
-    (the first installed model filled in where none is chosen)."""
+def validate(
+    settings: Settings, available: dict[str, list[str] | None], devices: list[str] | None = None
+) -> Settings:
+    """Check the choices against the declaration and what the engine has (its methods, models and,
+    when given, its devices); returns them normalised (the first installed model filled in where
+    none is chosen)."""
     s = settings.with_engine(model=str(settings.get("model")).strip())
     for value, allowed, what in (
         (s.method, METHODS, "method"),
@@ -275,6 +278,11 @@ def validate(settings: Settings, available: dict[str, list[str] | None]) -> Sett
                 raise SettingsError(f"{_label(row)}: {exc}.") from None
     if s.method not in available:
         raise SettingsError(f"The engine does not offer the {s.method} method.")
+    device = s.get("device")
+    if devices is not None and device != "auto" and device not in devices:
+        raise SettingsError(
+            f"The engine has no {device} device; it can use {', '.join(devices)}. Choose one, or Automatic."
+        )
     models = available[s.method]
     if models is not None:
         # Only the dialog downloads a model (gimp_compat._download_model); a script's run says how.
