@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
@@ -45,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--style-weights", help="blend weights for several styles, e.g. 0.7,0.3")
     p.add_argument("-o", "--output", required=True, help="where to write the result (PNG, JPEG, TIFF...)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (even if it is an input)")
     p.add_argument(
         "--method", default="gatys", choices=settings.METHOD_NAMES, help="the method (default gatys)"
     )
@@ -151,9 +151,9 @@ def _stylize(args: argparse.Namespace) -> int:
     from engine.pipeline import plan_job, run_job
     from nst_common.protocol import StyleRef, StylizeJob
 
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise UserError("bad-output", f"output folder does not exist: {output.parent}")
+    inputs = [args.content, *args.style, args.mask, args.content_map, *args.style_map]
+    inputs += [part for item in args.region for part in item.split("=", 1)]
+    output = images.check_output(args.output, [i for i in inputs if i], args.force)
     try:
         settings.check_value(settings.BY_NAME["size"], args.size)
     except settings.SettingError as exc:

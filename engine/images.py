@@ -6,6 +6,8 @@ a 16-bit grey GIMP layer with alpha is undone here and redone on the way out.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,22 +56,60 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert(target), dtype=np.float32) / 255.0
 
 
+# Extensions whose formats hold no alpha channel: a result with alpha is written without it.
+NO_ALPHA = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".ppm", ".pgm", ".pnm"})
+
+
+def check_output(path: str | Path, inputs: list[str | Path], force: bool) -> Path:
+    """Refuse, before any work, an output that cannot be written or would destroy a file: a missing
+    folder, an unknown extension, one of the inputs, or an existing file (unless `force`)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError("bad-output", f"output folder does not exist: {path.parent}")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UserError("bad-output", f"no image format has the extension of {path.name!r}: use .png or .jpg")
+    if path.is_dir():
+        raise UserError("bad-output", f"{path} is a folder")
+    if path.exists() and not force:
+        same = any(Path(i).exists() and path.samefile(i) for i in inputs)
+        what = "is one of the inputs" if same else "exists"
+        raise UserError("bad-output", f"{path} {what}; choose another output, or add --force to replace it")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_image(path: str | Path, image: np.ndarray, bits: int = 8) -> None:
-    """Write HxWxC float32 0..1; 16 bits only for PNG grey or via TIFF-friendly modes."""
+    """Write HxWxC float32 0..1 (16 bits only for PNG grey or via TIFF-friendly modes) to a temporary
+    file beside `path`, then move it over `path`: a failed write never leaves a truncated file. A
+    format without alpha gets the colour channels alone."""
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError("bad-output", f"output folder does not exist: {path.parent}")
     channels = image.shape[2]
+    if channels in (2, 4) and path.suffix.lower() in NO_ALPHA:
+        image, channels = image[..., : channels - 1], channels - 1
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     if bits == 16 and channels == 1:
         pil = Image.fromarray((image[..., 0] * 65535.0 + 0.5).astype(np.uint16))
     else:
         data = (image.clip(0, 1) * 255.0 + 0.5).astype(np.uint8)
         pil = Image.fromarray(data[..., 0] if channels == 1 else data, mode)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
-        pil.save(path)
+        pil.save(temporary, format=Image.registered_extensions().get(path.suffix.lower()))
+        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        os.replace(temporary, path)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError("bad-output", f"cannot write {path}: {exc}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def bands(height: int, rows: int = BAND_ROWS) -> Iterator[slice]:

@@ -339,7 +339,7 @@ def test_cli_mask_region_and_map_flags(tmp_path, capsys) -> None:
         images.save_image(paths[name], picture)
     out = str(tmp_path / "out.png")
     common = ["stylize", paths["content"], "-o", out, "--size", "32", "--iterations", "30", "--seed", "0"]
-    common += ["--optimizer", "adam", "--set", "learning_rate=0.05", "--strength", "10"]
+    common += ["--optimizer", "adam", "--set", "learning_rate=0.05", "--strength", "10", "--force"]
     assert main([*common, "-s", paths["style"], "--mask", paths["mask"]]) == 0
     result, content = images.load_image(out), images.load_image(paths["content"])
     assert (
