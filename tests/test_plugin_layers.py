@@ -321,4 +321,19 @@ def test_regions_become_the_jobs_masks_each_with_its_own_style() -> None:
     assert bytes(got.masks["region-3"].data) == floats(0.0, 1.0)
     assert [st.path for st in got.styles] == ["/art/red.png", None]
     back, _ = layers.settings_from_bytes(layers.settings_to_bytes(s, 1))
+    back = layers.with_paths(back, layers.paths_to_bytes(s))
     assert back == s  # regions survive the parasite, so a re-run finds its channels again by name
+
+
+def test_saved_settings_name_style_files_and_the_session_keeps_their_paths() -> None:
+    s = Settings.of(style_file="/home/me/paintings/starry.jpg", region2_style_file="/home/me/b.png")
+    saved = layers.settings_to_bytes(s, 3)
+    assert b"/home/me" not in saved
+    back, _ = layers.settings_from_bytes(saved)
+    assert (back.style_file, back.region2_style_file) == ("starry.jpg", "b.png")
+    assert layers.with_paths(back, layers.paths_to_bytes(s)) == s
+    moved = layers.with_paths(back, layers.paths_to_bytes(replace(s, style_file="/x/other.jpg")))
+    assert moved.style_file == "starry.jpg"  # a path to another file is not taken for this one
+
+    remembered = replace(s, remember_paths=True)
+    assert layers.settings_from_bytes(layers.settings_to_bytes(remembered, 3))[0] == remembered

@@ -17,6 +17,9 @@ from nst_common import settings as declared
 from nst_common.protocol import RawImage, StyleRef, StylizeJob
 
 PARASITE_NAME = "neural-style-settings"
+# The style files' full paths, for re-runs while the image stays open: not saved in the XCF, which
+# goes wherever the user sends it (the saved settings keep only the file names, unless asked).
+PATHS_PARASITE_NAME = "neural-style-paths"
 SETTINGS_VERSION = 2  # 1 held the engine settings as flat fields
 
 # Babl formats the adapter reads and writes in: non-linear (') float, straight alpha, as the
@@ -111,6 +114,7 @@ class Settings:
     style2_weight: float = 0.0
     output: str = "new-layer"
     only_selection: bool = True
+    remember_paths: bool = False  # save the style files' full paths with the result, for re-runs
     layer_mask: str = "confine"  # what a layer's mask means: one of MASK_MODES
     content_map: str = ""  # display name of the content's label-map layer (semantic maps)
     style_map: str = ""  # display name of the first style's label-map layer
@@ -384,10 +388,38 @@ def result_layer_name(source: str, settings: Settings) -> str:
     return f"{source} ({style_label(settings)}, {settings.method})"
 
 
+FILE_FIELDS = ("style_file", "style2_file", *(f"region{n}_style_file" for n in range(1, REGION_COUNT + 1)))
+
+
 def settings_to_bytes(settings: Settings, source_tattoo: int) -> bytes:
-    """JSON for the parasite; the source's tattoo lets a re-run find the layer it came from."""
-    body = {"version": SETTINGS_VERSION, "source_tattoo": source_tattoo, "settings": asdict(settings)}
+    """JSON for the saved parasite; the source's tattoo lets a re-run find the layer it came from.
+    Style files are named by their file names only, unless the user asked to remember the paths."""
+    stored = asdict(settings)
+    if not settings.remember_paths:
+        stored.update({name: os.path.basename(stored[name]) for name in FILE_FIELDS})
+    body = {"version": SETTINGS_VERSION, "source_tattoo": source_tattoo, "settings": stored}
     return json.dumps(body, sort_keys=True).encode("utf-8")
+
+
+def paths_to_bytes(settings: Settings) -> bytes:
+    """The style files' full paths, for the session-only parasite."""
+    return json.dumps({name: getattr(settings, name) for name in FILE_FIELDS}).encode("utf-8")
+
+
+def with_paths(settings: Settings, data: bytes) -> Settings:
+    """`settings` with the full paths of the session-only parasite, where it names the same files."""
+    try:
+        paths = json.loads(bytes(data).decode("utf-8"))
+    except ValueError:
+        return settings
+    found = {
+        name: path
+        for name, path in (paths.items() if isinstance(paths, dict) else [])
+        if name in FILE_FIELDS
+        and isinstance(path, str)
+        and os.path.basename(path) == os.path.basename(getattr(settings, name))
+    }
+    return replace(settings, **found)
 
 
 def settings_from_bytes(data: bytes) -> tuple[Settings, int]:

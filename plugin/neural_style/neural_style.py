@@ -77,6 +77,13 @@ TRANSFER_PARAMS = (
         True,
     ),
     Param(
+        "remember-paths",
+        "boolean",
+        "Remember style _paths",
+        "Save the style files' full paths with the result, for re-runs after the image is reopened",
+        False,
+    ),
+    Param(
         "layer-mask",
         "choice",
         "_Masks",
