@@ -24,6 +24,9 @@ from nst_common.protocol import RawImage, StylizeJob
 log = logging.getLogger(__name__)
 
 Runner = Callable[[StylizeJob, ProgressFn, CancelToken, ModelCache], RawImage]
+# Work other than stylising (a weights download): reports progress, polls the token, returns what
+# the listener's on_result gets.
+Task = Callable[[ProgressFn, CancelToken], Any]
 
 
 class JobListener(Protocol):
@@ -39,11 +42,13 @@ class JobListener(Protocol):
 @dataclass(eq=False)
 class Job:
     id: str
-    spec: StylizeJob
-    device: str
+    spec: StylizeJob | None  # None for a task
+    device: str  # the queue it waits in: a device, or a task's own queue
     listener: JobListener
     owner: object
     token: CancelToken = field(default_factory=CancelToken)
+    kind: str = "stylize"  # or a task's kind, e.g. "pull"
+    task: Task | None = None
     state: str = "queued"  # queued | running | done
     lock: threading.Lock = field(default_factory=threading.Lock)  # orders heartbeats before the end
     last: Progress | None = None
@@ -55,7 +60,8 @@ class Job:
         last = self.last
         return {
             "job": self.id,
-            "method": self.spec.method,
+            "kind": self.kind,
+            "method": self.spec.method if self.spec is not None else None,
             "device": self.device,
             "state": self.state,
             "position": position,
@@ -96,10 +102,25 @@ class JobQueue:
     def submit(self, spec: StylizeJob, listener: JobListener, owner: object) -> tuple[Job, int]:
         """Queue a job; returns it and how many jobs must finish before it starts."""
         device = self._device_of(spec)
+        return self._enqueue(device, lambda i: Job(i, spec, device, listener, owner))
+
+    def submit_task(
+        self, kind: str, queue: str, task: Task, listener: JobListener, owner: object
+    ) -> tuple[Job, int]:
+        """Queue a task in its own queue (one per kind, e.g. "download"): it neither waits for the
+        devices' jobs nor holds them up. Returns it and how many must finish before it starts."""
+        return self._enqueue(queue, lambda i: Job(i, None, queue, listener, owner, kind=kind, task=task))
+
+    def count(self, owner: object, kind: str) -> int:
+        """How many jobs of `kind` that `owner` submitted are queued or running."""
+        with self._cond:
+            return sum(1 for j in self._all_jobs() if j.owner is owner and j.kind == kind)
+
+    def _enqueue(self, device: str, make: Callable[[str], Job]) -> tuple[Job, int]:
         with self._cond:
             if self._closing:
                 raise UserError("shutting-down", "The engine is shutting down; try again in a moment.")
-            job = Job(str(next(self._ids)), spec, device, listener, owner)
+            job = make(str(next(self._ids)))
             queue = self._queues.setdefault(device, deque())
             running = self._running.setdefault(device, [])
             position = len(queue) + (1 if len(running) >= self._slots else 0)
@@ -114,7 +135,8 @@ class JobQueue:
                 worker.start()
             self.last_activity = time.monotonic()
             self._cond.notify_all()
-        log.info("job %s queued: %s on %s, position %d", job.id, spec.method, device, position)
+        what = job.spec.method if job.spec is not None else job.kind
+        log.info("job %s queued: %s on %s, position %d", job.id, what, device, position)
         return job, position
 
     def cancel(self, job_id: str, message: str = "Cancelled.") -> bool:
@@ -217,7 +239,11 @@ class JobQueue:
 
         listener = job.listener
         try:
-            image = self._runner(job.spec, progress, job.token, self._cache)
+            if job.task is not None:
+                image = job.task(progress, job.token)
+            else:
+                assert job.spec is not None
+                image = self._runner(job.spec, progress, job.token, self._cache)
         except Cancelled:
             log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - started)
             return listener.on_error, (job, "cancelled", job.cancel_message)

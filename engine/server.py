@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from engine import __version__
+from engine import __version__, weights
 from engine.cache import ModelCache
-from engine.errors import UserError
-from engine.jobs import Job, JobQueue, Runner
-from engine.methods.base import Progress
+from engine.errors import CancelToken, UserError
+from engine.jobs import Job, JobQueue, Runner, Task
+from engine.methods.base import Progress, ProgressFn
 from nst_common.protocol import (
     PROTOCOL_VERSION,
     ConnectionClosed,
@@ -50,6 +50,11 @@ from nst_common.protocol import (
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 256
+PULL_QUEUE = "download"  # pulls wait in their own queue: never behind a device's jobs, nor before them
+MAX_PULL_WEIGHTS = 8  # weight ids one `pull` may name
+MAX_WEIGHT_ID = 128  # characters of one id; the manifest's are far shorter
+# Optional requests beyond stylize, cancel, jobs, hello and shutdown, listed in `hello`.
+REQUESTS = ("pull",)
 # Nobody gets memory before the token check.
 HELLO_LIMITS = Limits(max_header=64 << 10, max_payload=0, max_message=0)
 
@@ -223,11 +228,13 @@ class Server:
             "engine": __version__,
             "pid": os.getpid(),
             "capabilities": caps,
+            "requests": list(REQUESTS),
             "limits": {
                 "max_header": limits.max_header,
                 "max_payload": limits.max_payload,
                 "max_message": limits.max_message,
                 "max_side": limits.max_side,
+                "max_pull_weights": MAX_PULL_WEIGHTS,
             },
         }
 
@@ -293,6 +300,9 @@ class Connection:
         self.send(header, blobs)
 
     def on_result(self, job: Job, image: RawImage) -> None:
+        if job.kind == "pull":  # the task's result: what is installed now
+            self.send({"type": "pulled", "job": job.id, "weights": image})
+            return
         blobs: list[Any] = []
         self.send({"type": "result", "job": job.id, "image": image_header(image, blobs)}, blobs)
 
@@ -392,6 +402,13 @@ class Connection:
             with self.send_lock:
                 job, position = self.server.jobs.submit(spec, self, self)
                 self._send_locked(_with_ref({"type": "accepted", "job": job.id, "position": position}, ref))
+        elif kind == "pull":
+            ids = pull_ids(h)
+            if self.server.jobs.count(self, "pull"):
+                raise UserError("busy", "This connection already has a download queued or running.")
+            with self.send_lock:
+                job, position = self.server.jobs.submit_task("pull", PULL_QUEUE, pull_task(ids), self, self)
+                self._send_locked(_with_ref({"type": "accepted", "job": job.id, "position": position}, ref))
         elif kind == "cancel":
             job_id = h.get("job")
             if not isinstance(job_id, str) or not self.server.jobs.cancel(job_id):
@@ -423,6 +440,57 @@ def _with_ref(header: dict[str, Any], ref: Any) -> dict[str, Any]:
     if ref is not None:
         header["ref"] = ref
     return header
+
+
+def pull_ids(header: dict[str, Any]) -> list[str]:
+    """The weight ids a `pull` names: 1 to MAX_PULL_WEIGHTS ids of the manifest's downloadable
+    entries, on every transport. Only ids: where a file goes and where it comes from are the
+    manifest's, never the client's."""
+    ids = header.get("weights")
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= MAX_PULL_WEIGHTS
+        or not all(isinstance(i, str) and 0 < len(i) <= MAX_WEIGHT_ID for i in ids)
+    ):
+        raise ProtocolError(
+            "bad-request",
+            f"`weights` must be a list of 1 to {MAX_PULL_WEIGHTS} weight ids (`nst models list`).",
+        )
+    manifest = weights.load_manifest()
+    for weight_id in ids:
+        manifest.downloadable(weight_id)
+    return list(dict.fromkeys(ids))
+
+
+_PULL_LOCK = threading.Lock()  # one download at a time in this process: two would share a .part file
+
+
+def pull_task(ids: list[str]) -> Task:
+    """Download and verify `ids` as `nst models pull` does (engine.weights.pull), reporting the
+    bytes as progress; the result lists them, installed."""
+
+    def run(progress: ProgressFn, cancel: CancelToken) -> list[dict[str, Any]]:
+        with _PULL_LOCK:
+            manifest = weights.load_manifest()
+            for index, weight_id in enumerate(ids):
+
+                def on_bytes(label: str, done: int, total: int | None, index: int = index) -> None:
+                    share = min(1.0, done / total) if total else 0.0
+                    shown = f"{100 * done // total}% of {_mib(total)}" if total else _mib(done)
+                    progress(
+                        Progress((index + share) / len(ids), "download", f"Downloading {label}: {shown}")
+                    )
+
+                progress(Progress(index / len(ids), "download", f"Downloading {weight_id}"))
+                weights.pull([weight_id], progress=on_bytes, manifest=manifest)
+                progress(Progress((index + 1) / len(ids), "verify", f"{weight_id}: verified and installed"))
+        return [{"id": weight_id, "installed": True} for weight_id in ids]
+
+    return run
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def preview_image(preview: Any) -> RawImage:

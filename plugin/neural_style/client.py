@@ -106,6 +106,27 @@ class EngineClient:
                 raise _refusal(sock) or self._died() from None
             return self._wait_for_result(sock, job, on_progress, is_cancelled)
 
+    def pull(
+        self,
+        weight_ids: list[str],
+        on_progress: Callable[[float, str], None],
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> list[dict[str, Any]]:
+        """Have the engine download and verify weights (manifest ids, as `nst models pull` takes
+        them) as a job of its own, with progress; returns what it installed, as the engine's
+        `pulled` event lists it.
+
+        An engine that predates the `pull` request (before 0.2.0) raises
+        EngineError("pull-unsupported"), whose message names the command to run instead.
+        """
+        ids = list(weight_ids)
+        sock, hello = self._session(is_cancelled)
+        with sock:
+            if "pull" not in (hello.get("requests") or ()):
+                raise _pull_unsupported(hello, ids)
+            protocol.send_message(sock, {"type": "pull", "ref": "pull", "weights": ids})
+            return self._wait_for_pull(sock, ids, hello, on_progress, is_cancelled)
+
     # --- Sessions --------------------------------------------------------------------------------
 
     def _session(self, is_cancelled: Callable[[], bool] = lambda: False) -> tuple[Any, dict[str, Any]]:
@@ -308,6 +329,81 @@ class EngineClient:
             elif kind == "error" and h.get("job") in (None, state["job"]):
                 code = str(h.get("code", "error"))
                 raise EngineError(code, "Cancelled." if code == "cancelled" else str(h.get("message")))
+
+    def _wait_for_pull(
+        self,
+        sock: Any,
+        ids: list[str],
+        hello: dict[str, Any],
+        on_progress: Callable[[float, str], None],
+        is_cancelled: Callable[[], bool],
+    ) -> list[dict[str, Any]]:
+        job: Any = None
+        cancel_sent_at: float | None = None
+        heard = time.monotonic()
+
+        def check() -> None:
+            nonlocal cancel_sent_at
+            now = time.monotonic()
+            if cancel_sent_at is None and is_cancelled():
+                cancel_sent_at = now
+                if job is not None:
+                    protocol.send_message(sock, {"type": "cancel", "job": job})
+            elif cancel_sent_at is not None and now - cancel_sent_at > 3.0:
+                raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the pull
+            if now - heard > self.silence_timeout:
+                raise EngineError(
+                    "engine-unresponsive",
+                    f"The engine has not reported anything for {self.silence_timeout:.0f} s. "
+                    f"Its log is {protocol.log_path(self.env)}.",
+                )
+
+        while True:
+            try:
+                check()
+                # Pull events carry no images: anything with a payload is refused as a bad frame.
+                message = protocol.read_message(
+                    sock, protocol.HEADER_ONLY_LIMITS, self.silence_timeout, check
+                )
+            except (ConnectionClosed, TimeoutError):
+                if cancel_sent_at is not None:
+                    raise EngineError("cancelled", "Cancelled.") from None
+                raise self._died() from None
+            except ProtocolError as exc:
+                raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
+            heard = time.monotonic()
+            h = message.header
+            kind = h.get("type")
+            if kind == "accepted" and job is None and h.get("ref") == "pull":
+                job = h.get("job")
+                ahead = h.get("position", 0)
+                on_progress(
+                    0.0, f"Waiting for {ahead} download(s) ahead" if ahead else "Starting the download"
+                )
+                if cancel_sent_at is not None:
+                    protocol.send_message(sock, {"type": "cancel", "job": job})
+            elif kind == "progress" and job is not None and h.get("job") == job:
+                fraction = h.get("fraction")
+                on_progress(
+                    float(fraction) if isinstance(fraction, (int, float)) else 0.0, str(h.get("message"))
+                )
+            elif kind == "pulled" and job is not None and h.get("job") == job:
+                installed = h.get("weights")
+                return [w for w in installed if isinstance(w, dict)] if isinstance(installed, list) else []
+            elif kind == "error" and h.get("job") in (None, job):
+                code = str(h.get("code", "error"))
+                if code == "unknown-type":  # an engine that lists `pull` but does not know it
+                    raise _pull_unsupported(hello, ids)
+                raise EngineError(code, "Cancelled." if code == "cancelled" else str(h.get("message")))
+
+
+def _pull_unsupported(hello: dict[str, Any], ids: list[str]) -> EngineError:
+    version = hello.get("engine", "?")
+    return EngineError(
+        "pull-unsupported",
+        f"The engine (version {version}) cannot download models for the plug-in; engines from 0.2.0 can. "
+        f"Run `nst models pull {' '.join(ids)}` on the engine's machine, or update the engine (install.py).",
+    )
 
 
 class _Meter:

@@ -312,13 +312,17 @@ def _stylize(engine: Any, job: Any, label: str, done: int, total: int) -> RawIma
 
 
 def _dialog(
-    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, available: dict[str, list[str] | None]
+    procedure: Gimp.Procedure,
+    config: Gimp.ProcedureConfig,
+    available: dict[str, list[str] | None],
+    known: dict[str, list[model_choice.Model]],
 ) -> bool:
-    """Show the settings dialog; False when the user cancels."""
+    """Show the settings dialog; False when the user cancels. `known`: every model the engine
+    could run, installed or not (model_choice.known_models)."""
     GimpUi.init(procedure.get_name())
     method_choice = Gimp.param_spec_choice_get_choice(procedure.find_argument("method"))
-    for name in layers.METHODS:
-        usable = name in available and available[name] != []
+    for name in layers.METHODS:  # a model method needs a model it has or can download
+        usable = name in available and (available[name] is None or bool(available[name] or known.get(name)))
         method_choice.set_sensitive(name, usable)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
 
@@ -358,12 +362,13 @@ def _dialog(
     )
     dialog.fill_box("maps-box", ["content-map", "style-map", "map-weight"])
     dialog.fill_frame("maps-frame", "maps-title", False, "maps-box")
+    model_box, fill_models = _model_list(dialog, config, known)
     dialog.fill_box(
         "left-column",
         [
             "engine-status",
             "method",
-            "model",
+            "model-box",
             "style-frame",
             "style2-frame",
             *(_prop(row.name) for row in _LEFT_SETTINGS),
@@ -374,7 +379,6 @@ def _dialog(
     columns.set_orientation(Gtk.Orientation.HORIZONTAL)
     columns.set_spacing(18)
     dialog.fill(["columns"])
-    model_widget = dialog.get_widget("model", GObject.TYPE_NONE)
     style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
     regions_widget = dialog.get_widget("regions-frame", GObject.TYPE_NONE)
     channel_widgets = {n: dialog.get_widget(f"region{n}-channel", GObject.TYPE_NONE) for n in _REGION_NUMBERS}
@@ -384,7 +388,7 @@ def _dialog(
         method = config.get_property("method")
         needs_model = method in layers.MODEL_METHODS
         regions = config.get_property("layer-mask") == "regions"
-        model_widget.set_sensitive(needs_model)
+        model_box.set_visible(needs_model)
         style_widget.set_sensitive(not needs_model and not regions)
         regions_widget.set_sensitive(regions and not needs_model)
         for n, widget in channel_widgets.items():
@@ -394,10 +398,56 @@ def _dialog(
 
     for prop in ("method", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
         config.connect(f"notify::{prop}", sync)
+    config.connect("notify::method", fill_models)
+    fill_models()
     sync()
     ok = dialog.run()
     dialog.destroy()
     return bool(ok)
+
+
+def _model_list(
+    dialog: GimpUi.ProcedureDialog, config: Gimp.ProcedureConfig, known: dict[str, list[model_choice.Model]]
+) -> tuple[Gtk.Box, Callable[..., None]]:
+    """The model field as a list of the chosen method's models, each marked installed or to
+    download, in place of the `model` argument's text entry (which stays for scripts). Returns the
+    row and the function that refills it for the config's method."""
+    label = dialog.get_label("model-label", "Mo_del", False, True)
+    box = dialog.fill_box("model-box", ["model-label"])
+    box.set_orientation(Gtk.Orientation.HORIZONTAL)
+    box.set_spacing(6)
+    combo = Gtk.ComboBoxText()
+    combo.set_hexpand(True)
+    combo.set_tooltip_text(
+        "The trained model to run. One that is not installed is downloaded when you press OK, "
+        "with its progress on the progress bar."
+    )
+    label.set_mnemonic_widget(combo)
+    box.pack_start(combo, True, True, 0)
+    combo.show()
+    filling = False
+
+    def fill(*_args: object) -> None:
+        nonlocal filling
+        models = known.get(config.get_property("method"), [])
+        current = model_choice.selected(models, str(config.get_property("model") or ""))
+        filling = True
+        try:
+            combo.remove_all()
+            for m in models:
+                combo.append(m.id, m.label())
+            combo.set_active_id(current or None)
+        finally:
+            filling = False
+        if current and current != config.get_property("model"):
+            config.set_property("model", current)
+
+    def chosen(_combo: Gtk.ComboBoxText) -> None:
+        if not filling and combo.get_active_id():
+            config.set_property("model", combo.get_active_id())
+
+    combo.connect("changed", chosen)
+    return box, fill
 
 
 # --- Running -------------------------------------------------------------------------------------
@@ -471,8 +521,10 @@ def _transfer(
     config: Gimp.ProcedureConfig,
 ) -> Gimp.ValueArray:
     engine, available = _hello()
-    if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config, available):
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        if not _dialog(procedure, config, available, model_choice.known_models(engine.last_hello)):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        available = _download_model(engine, config, available)
     _execute(engine, available, image, list(drawables), config)
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
@@ -569,8 +621,10 @@ def _rerun(
     transfer_config = transfer.create_config()
     _settings_to_config(settings, image, transfer_config)
     engine, available = _hello()
-    if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(transfer, transfer_config, available):
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        if not _dialog(transfer, transfer_config, available, model_choice.known_models(engine.last_hello)):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        available = _download_model(engine, transfer_config, available)
     _execute(engine, available, image, [source or layer], transfer_config)
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
