@@ -5,8 +5,10 @@
 #
 # Builds the GIMP 3 chroot if needed (tools/gimp3-chroot.sh), starts a real engine from the
 # project's .venv outside the chroot on a Unix socket in a bound directory, opens an image in
-# gimp-3.0 and runs the procedure interactively; the dialog is found with xwininfo and grabbed
-# with ImageMagick's import. Needs root.
+# gimp-3.0 and runs the procedure interactively with the Johnson method; the dialog is found with
+# xwininfo, its model list opened with xdotool, and the screen grabbed with ImageMagick's import
+# and cut to the dialog. The engine's data directory holds a stand-in for the candy model, so the
+# list shows one model installed and the others to download. Needs root.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,18 +28,29 @@ trap cleanup EXIT
 PLUGIN="$WORK/gimp3/plug-ins/neural_style"
 mkdir -p "$PLUGIN" "$WORK/run" "$(dirname "$OUT")"
 for f in "$REPO"/plugin/neural_style/*.py; do cp -L "$f" "$PLUGIN/"; done
+# The plug-in imports nst_common (protocol, settings declaration) as a sibling package, laid out
+# as install.py lays it out.
+mkdir -p "$PLUGIN/nst_common"
+for f in "$REPO"/nst_common/*.py; do cp -L "$f" "$PLUGIN/nst_common/"; done
 chmod +x "$PLUGIN/neural_style.py"
 printf '{"python": "/nonexistent/python", "endpoint": "unix:%s"}\n' "$WORK/run/engine.sock" >"$PLUGIN/engine.json"
 
-(cd "$REPO" && NST_HOME="$WORK/home" exec "$PYTHON" -m engine serve --listen "unix:$WORK/run/engine.sock") \
+# A stand-in for the candy model, installed as a user installs a file they have (it is never run).
+printf 'a stand-in for the candy model\n' >"$WORK/candy.pth"
+# Its own data and runtime directories: an engine running for someone else (one per user, by a
+# lock in the runtime directory) neither stops this one nor shows its models.
+export NST_HOME="$WORK/home" NST_RUNTIME_DIR="$WORK/run"
+(cd "$REPO" && "$PYTHON" -m engine models import johnson_candy "$WORK/candy.pth") >/dev/null
+(cd "$REPO" && exec "$PYTHON" -m engine serve --listen "unix:$WORK/run/engine.sock") \
     >"$WORK/engine.log" 2>&1 &
 ENGINE_PID=$!
 for _ in $(seq 100); do [[ -S $WORK/run/engine.sock ]] && break; sleep 0.2; done
 [[ -S $WORK/run/engine.sock ]] || { cat "$WORK/engine.log" >&2; echo "engine did not start" >&2; exit 1; }
 
 # The batch script opens a display on a small image and runs the procedure interactively; it
-# blocks in the dialog until the capture below kills GIMP.
-# Two saved selections ("Sky", "Sea") and the regions mode, so the picture shows region 1 in use.
+# blocks in the dialog until the capture below kills GIMP. The Johnson method with its installed
+# model chosen, so that the open list hangs below the method: the picture shows the model list
+# (installed, to download) and only Johnson's settings.
 {
     printf 'import sys\nsys.path.insert(0, "%s")\n' "$REPO/tests/e2e"  # the e2e scripts' shared prelude
     cat <<'PY'
@@ -47,24 +60,9 @@ image = Gimp.Image.new(320, 240, Gimp.ImageBaseType.RGB)
 layer = Gimp.Layer.new(image, "Photo", 320, 240, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
 image.insert_layer(layer, None, 0)
 layer.fill(Gimp.FillType.WHITE)
-channels = []
-for name, top in (("Sky", 0), ("Sea", 120)):
-    image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, top, 320, 120)
-    channel = Gimp.Selection.save(image)
-    channel.set_name(name)
-    channels.append(channel)
-Gimp.Selection.none(image)
 Gimp.Display.new(image)
 proc, config = procedure_config(
-    image,
-    [layer],
-    run_mode=Gimp.RunMode.INTERACTIVE,
-    layer_mask="regions",
-    region1_source="channel",
-    region1_channel=channels[0],
-    region1_style_layer=layer,
-    region2_source="channel",
-    region2_channel=channels[1],
+    image, [layer], run_mode=Gimp.RunMode.INTERACTIVE, method="johnson", model="candy"
 )
 proc.run(config)
 PY
@@ -83,6 +81,7 @@ id=""
 for _ in $(seq 180); do
     id=$(xwininfo -root -tree | awk '/"Neural Style Transfer"/ {print $1; exit}')
     [ -n "$id" ] && break
+    grep -q '^Traceback' "$WORK/gimp.log" && break  # the plug-in failed: no dialog will come
     sleep 1
 done
 status=1
@@ -92,7 +91,7 @@ if [ -n "$id" ]; then
     if [ "$X" -le 0 ] && [ "$Y" -le 0 ]; then
         xdotool mousemove "$(xdotool getdisplaygeometry | cut -d' ' -f1)" 0
     fi
-    # Grab until two frames a second apart are the same (the dialog has done its layout and
+    # Wait until two frames a second apart are the same (the dialog has done its layout and
     # painted), then at most 30 s; PPM frames carry no timestamps, so cmp compares pixels.
     import -window "$id" "$WORK/a.ppm"
     for _ in $(seq 30); do
@@ -101,7 +100,16 @@ if [ -n "$id" ]; then
         cmp -s "$WORK/a.ppm" "$WORK/b.ppm" && break
         mv "$WORK/b.ppm" "$WORK/a.ppm"
     done
-    convert "$WORK/b.ppm" -define png:exclude-chunk=date,time "$OUT" && status=0
+    # Open the model list: its mnemonic focuses it, Alt+Down pops it up. The list is a window
+    # of its own over the dialog, so the screen is grabbed and cut to the dialog.
+    eval "$(xdotool getwindowgeometry --shell "$id")"
+    xdotool windowfocus --sync "$id"
+    xdotool key --clearmodifiers alt+d
+    sleep 0.5
+    xdotool key --clearmodifiers alt+Down
+    sleep 2
+    import -window root -crop "${WIDTH}x${HEIGHT}+${X}+${Y}" +repage "$WORK/c.ppm"
+    convert "$WORK/c.ppm" -define png:exclude-chunk=date,time "$OUT" && status=0
 else
     echo "the dialog never appeared; GIMP said:" >&2
     tail -40 "$WORK/gimp.log" >&2

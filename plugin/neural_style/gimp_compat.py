@@ -380,20 +380,27 @@ def _dialog(
     columns.set_spacing(18)
     dialog.fill(["columns"])
     style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
+    style2_widget = dialog.get_widget("style2-frame", GObject.TYPE_NONE)
     regions_widget = dialog.get_widget("regions-frame", GObject.TYPE_NONE)
+    maps_widget = dialog.get_widget("maps-frame", GObject.TYPE_NONE)
     channel_widgets = {n: dialog.get_widget(f"region{n}-channel", GObject.TYPE_NONE) for n in _REGION_NUMBERS}
-    setting_widgets = {row: dialog.get_widget(_prop(row.name), GObject.TYPE_NONE) for row in _LEFT_SETTINGS}
+    # Pairs, not a dict: a Setting holds dicts (per_method), so it cannot be hashed.
+    setting_widgets = [(row, dialog.get_widget(_prop(row.name), GObject.TYPE_NONE)) for row in _LEFT_SETTINGS]
 
     def sync(*_args: object) -> None:
         method = config.get_property("method")
         needs_model = method in layers.MODEL_METHODS
         regions = config.get_property("layer-mask") == "regions"
+        # Only what the chosen method takes: a model or style images, regions, label maps.
         model_box.set_visible(needs_model)
-        style_widget.set_sensitive(not needs_model and not regions)
-        regions_widget.set_sensitive(regions and not needs_model)
+        for widget in (style_widget, style2_widget, regions_widget):
+            widget.set_visible(not needs_model)
+        maps_widget.set_visible(layers.declared.method(method).guided)
+        style_widget.set_sensitive(not regions)
+        regions_widget.set_sensitive(regions)
         for n, widget in channel_widgets.items():
             widget.set_sensitive(config.get_property(f"region{n}-source") == "channel")
-        for row, widget in setting_widgets.items():  # only what the chosen method uses
+        for row, widget in setting_widgets:  # only what the chosen method uses
             widget.set_visible(method in row.methods)
 
     for prop in ("method", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
@@ -413,6 +420,12 @@ def _model_list(
     download, in place of the `model` argument's text entry (which stays for scripts). Returns the
     row and the function that refills it for the config's method."""
     label = dialog.get_label("model-label", "Mo_del", False, True)
+    label.set_xalign(0.0)
+    method = dialog.get_widget("method", GObject.TYPE_NONE)
+    if isinstance(method, GimpUi.Labeled):  # line the list up with the method's choice above it
+        labels = Gtk.SizeGroup(mode=Gtk.SizeGroupMode.HORIZONTAL)
+        labels.add_widget(method.get_label())
+        labels.add_widget(label)
     box = dialog.fill_box("model-box", ["model-label"])
     box.set_orientation(Gtk.Orientation.HORIZONTAL)
     box.set_spacing(6)
