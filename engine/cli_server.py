@@ -260,7 +260,8 @@ def _jobs(args: argparse.Namespace) -> int:
         print("no jobs")
     for job in jobs:
         print(
-            f"{job['job']:>5}  {job['state']:<8} {job['method']:<10} {job['device']:<6} "
+            f"{job['job']:>5}  {job['state']:<8} {job.get('method') or job.get('kind', '?'):<10} "
+            f"{job['device']:<8} "
             f"{100 * job['fraction']:5.1f}%  {job['stage']}"
         )
     return 0

@@ -3,6 +3,7 @@ engine server to a real HTTP server on loopback that serves fixture files slowly
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import random
 import socket
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from client import EngineClient, EngineError
 
-from engine import methods, weights
+from engine import cli_server, methods, weights
 from engine import server as engine_server
 from engine.server import Server
 from nst_common.protocol import (
@@ -237,8 +238,11 @@ def test_only_manifest_ids_are_pulled(
     )
 
 
-def test_one_pull_per_connection_and_a_disconnect_cancels_it(
-    manifest: Files, make_server: Callable[..., Server], nst_env: dict[str, str]
+def test_one_pull_per_connection_nst_jobs_shows_it_and_a_disconnect_cancels_it(
+    manifest: Files,
+    make_server: Callable[..., Server],
+    nst_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     manifest.delay = 0.2  # 32 blocks: several seconds
     server = make_server()
@@ -254,6 +258,10 @@ def test_one_pull_per_connection_and_a_disconnect_cancels_it(
         while (reply := read_message(sock, CLIENT_LIMITS, 5.0).header).get("ref") != 2:
             pass
         assert reply["code"] == "busy"
+        capsys.readouterr()
+        assert cli_server._jobs(argparse.Namespace(connect=str(server.address), timeout=5.0)) == 0
+        line = capsys.readouterr().out.split()
+        assert line[:4] == [accepted["job"], "running", "pull", "download"], line
     deadline = time.monotonic() + 10
     while not server.jobs.idle:  # the connection closed: its pull is cancelled at the next block
         assert time.monotonic() < deadline, server.jobs.snapshot()
