@@ -53,7 +53,8 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
         return np.asarray(img, dtype=np.float32).clip(0, 1)[..., None]
     has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
     target = img.mode if img.mode in ("L", "LA") else "RGBA" if has_alpha else "RGB"
-    return np.asarray(img.convert(target), dtype=np.float32) / 255.0
+    pixels = np.asarray(img.convert(target), dtype=np.float32) / 255.0
+    return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
 # Extensions whose formats hold no alpha channel: a result with alpha is written without it.

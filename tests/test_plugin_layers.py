@@ -58,12 +58,14 @@ def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
     ("settings", "fragment"),
     [
         (Settings.of(method="gatys"), "needs a style"),
-        (Settings.of(method="cyclegan"), "No cyclegan models are installed"),
         (Settings.of(method="johnson", model="udnie"), "'udnie' is not installed"),
         (Settings.of(method="nope", style_file="/s"), "Unknown method"),
         (Settings.of(style_file="/s", preset="ultra"), "Quality: setting 'preset' must be one of"),
         (Settings.of(style_file="/s", style2_weight=0.5), "no second style"),
-        (Settings.of(style_file="/s", strength=-0.5), "Strength: setting 'strength' must be between 0 and 10"),
+        (
+            Settings.of(style_file="/s", strength=-0.5),
+            "Strength: setting 'strength' must be between 0 and 10",
+        ),
         (Settings.of(method="johnson", strength=2.0), "setting 'strength' must be between 0 and 1"),
         (Settings.of(method="johnson", preserve_colors="histogram"), "must be one of none, luminance;"),
         (Settings.of(style_file="/s", size=8), "Work size: setting 'size' must be between 16"),
@@ -235,7 +237,10 @@ def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
     regions = {"layer_mask": "regions"}
     for bad, fragment in [
         (Settings.of(**regions), "at least one region"),
-        (Settings.of(**regions, region2_source="channel", region2_style_file="/a.png"), "no channel is chosen"),
+        (
+            Settings.of(**regions, region2_source="channel", region2_style_file="/a.png"),
+            "no channel is chosen",
+        ),
         (Settings.of(**regions, region1_source="layer-mask"), "Region 1 needs a style"),
         (Settings.of(**regions, region3_source="lasso", region3_style_file="/a.png"), "Unknown mask 'lasso'"),
         (Settings.of(method="johnson", **regions, region1_source="layer-mask"), "Gatys or AdaIN"),

@@ -297,13 +297,10 @@ def validate(
                 f"`nst models pull {s.method}_{chosen}`, or choose it in the dialog, which downloads it"
                 + (f" (installed: {', '.join(models)})." if models else ".")
             )
-        if not models:
-            raise SettingsError(
-                f"No {s.method} models are installed. Choose one in the dialog, which downloads it, or "
-                "install one with `nst models pull`; or choose Gatys or AdaIN, which take any style image."
-            )
-        if not chosen:
+        if not chosen and models:
             s = s.with_engine(model=models[0])
+        # With none installed and none chosen, the engine picks its default model and its error
+        # names the exact `nst models pull` to run.
     elif s.layer_mask == "regions":
         _validate_regions(s)
     elif not (s.style_file or s.style_layer):

@@ -337,11 +337,6 @@ def test_method_case(suite: Suite, method: str, case: str) -> None:
         )
 
 
-@pytest.mark.xfail(
-    reason="engine/images.py _pil_to_array returns an 8-bit grey image without its channel axis",
-    raises=AssertionError,
-    strict=True,
-)
 def test_nst_stylize_reads_an_8_bit_grey_png(suite: Suite) -> None:
     """A grey layer exported as an 8-bit PNG, the usual export, stylized by `nst stylize`."""
     from PIL import Image
@@ -408,21 +403,7 @@ def test_missing_weights_are_an_error_that_leaves_the_image(bare: dict[str, dict
     assert record["after"] == record["before"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                name in ("johnson", "cyclegan"),
-                reason="with no model chosen and none installed, the plug-in says `nst models pull` "
-                "without a weight id (layers.py validate)",
-                strict=True,
-            ),
-        )
-        for name in MISSING
-    ],
-)
+@pytest.mark.parametrize("name", MISSING)
 def test_missing_weights_error_names_the_pull_command(bare: dict[str, dict], name: str) -> None:
     record = bare[name]
     assert re.search(MISSING[name][1], record["error"]), record["error"]
