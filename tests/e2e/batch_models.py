@@ -1,0 +1,84 @@
+# Runs inside gimp-3.0 (the GUI, under Xvfb) in the trixie chroot; the test prepends E2E_DIR and
+# ARGS_PATH. Runs the transfer interactively once per case: a helper process waits for the
+# dialog and presses its OK button with xdotool (real X input, as a user would), so the plug-in
+# downloads the chosen model through the engine before it runs.
+import json
+import subprocess
+import sys
+import traceback
+
+sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
+from batch_prelude import Gimp, fill, load_args, pixels, procedure_config, run_procedure
+
+ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
+# OK is the dialog's last button: its middle sits this far from the window's bottom right corner
+# (GIMP 3.0.4's default theme; measured on tools/screenshot-dialog.sh's picture).
+PRESS_OK = r"""
+for _ in $(seq 240); do
+    id=$(xdotool search --onlyvisible --name '^Neural Style Transfer$' 2>/dev/null | head -1)
+    if [ -n "$id" ]; then
+        sleep 2
+        eval "$(xdotool getwindowgeometry --shell "$id")"
+        xdotool mousemove $((X + WIDTH - 68)) $((Y + HEIGHT - 42)) click 1
+        exit 0
+    fi
+    sleep 0.5
+done
+exit 1
+"""
+findings = {"cases": {}}
+
+
+def state(image):
+    return [
+        {"name": layer.get_name(), "pixels": list(pixels(layer, "R'G'B'A float"))}
+        for layer in image.get_layers()
+    ]
+
+
+try:
+    image = Gimp.Image.new(40, 32, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "Photo", 40, 32, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    fill(layer, 3, "R'G'B' float", lambda x, y, c: ((x * 7 + y * 5 + c * 11) % 32) / 32.0)
+    Gimp.Display.new(image)  # the progress bar lives in the image window
+    for case in ARGS["cases"]:
+        before = state(image)
+        presser = subprocess.Popen(["sh", "-c", PRESS_OK])
+        proc, config = procedure_config(
+            image,
+            [layer],
+            run_mode=Gimp.RunMode.INTERACTIVE,
+            method="johnson",
+            model=case["model"],
+            device="cpu",
+        )
+        status, error = run_procedure(proc, config)
+        try:
+            pressed = presser.wait(30) == 0
+        except subprocess.TimeoutExpired:
+            presser.kill()
+            pressed = False
+        after = state(image)
+        findings["cases"][case["model"]] = {
+            "pressed": pressed,
+            "status": status,
+            "error": error,
+            "unchanged": after == before,
+            "layers": [entry["name"] for entry in after],
+            "changed_pixels": sum(
+                1 for a, b in zip(after[0]["pixels"], before[0]["pixels"], strict=True) if abs(a - b) > 1e-3
+            )
+            if len(after) > len(before)
+            else 0,
+        }
+except Exception:
+    findings["exception"] = traceback.format_exc()
+
+with open(ARGS["out"], "w") as f:
+    json.dump(findings, f)
+image.clean_all()
+quit_proc = Gimp.get_pdb().lookup_procedure("gimp-quit")
+quit_config = quit_proc.create_config()
+quit_config.set_property("force", True)
+quit_proc.run(quit_config)

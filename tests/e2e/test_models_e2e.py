@@ -1,0 +1,109 @@
+"""Models from the dialog in real GIMP 3: the user picks a Johnson model that is not installed and
+presses OK; the plug-in has the engine download it (a `pull` job) from an HTTP server on loopback,
+then runs the transfer. A model whose download fails the checksum ends the run with the engine's
+message and leaves the image as it was.
+
+The served model is a fixed-seed TransformerNet saved as pytorch/examples saves its models
+(bench/zoo.py), listed in a copy of the weights manifest with its sha256. The non-interactive
+refusal of a missing model (the `nst models pull` hint) is test_methods_e2e's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from gimp_harness import HERE, REPO, install_plugin, run_gimp_batch, running_engine
+
+pytestmark = pytest.mark.gimp
+
+
+@pytest.fixture
+def served(zoo: ModuleType) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
+    """A loopback HTTP server: the mosaic model, and other bytes than udnie's sha256 says."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model(seed=3)), buffer)
+    files = {"/mosaic.pth": buffer.getvalue(), "/udnie.pth": b"not the udnie model"}
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404, "Not Found")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", files, requests
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _manifest(url: str, files: dict[str, bytes]) -> str:
+    """The real manifest with mosaic and udnie served from `url` (the others stay in the bundle)."""
+    text = (REPO / "weights" / "manifest.toml").read_text(encoding="utf-8")
+    expected = {"mosaic": files["/mosaic.pth"], "udnie": b"the real udnie model"}
+    for model, body in expected.items():
+        old = f'archive = "fast_neural_style_zip"\nmember = "saved_models/{model}.pth"'
+        sha = hashlib.sha256(body).hexdigest()
+        new = f'urls = ["{url}/{model}.pth"]\nsha256 = "{sha}"\nsize = {len(files[f"/{model}.pth"])}'
+        assert text.count(old) == 1, model
+        text = text.replace(old, new)
+    return text
+
+
+def test_the_dialog_downloads_the_chosen_model_then_runs(
+    gimp_chroot: Path,
+    work: Path,
+    served: tuple[str, dict[str, bytes], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, files, requests = served
+    manifest = work / "manifest.toml"
+    manifest.write_text(_manifest(url, files), encoding="utf-8")
+    monkeypatch.setenv("NST_MANIFEST", str(manifest))  # the engine started below inherits it
+    with running_engine(work) as sock:
+        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
+        findings = run_gimp_batch(
+            work, HERE / "batch_models.py", {"cases": [{"model": "udnie"}, {"model": "mosaic"}]}, gui=True
+        )
+    cases = findings["cases"]
+    output = findings["gimp_output"]
+
+    failed = cases["udnie"]
+    assert failed["pressed"], output
+    assert failed["status"] == "execution-error", (failed, output)
+    assert failed["error"].startswith("Could not download the johnson model udnie: "), failed["error"]
+    assert "does not match the expected" in failed["error"], failed["error"]
+    assert failed["unchanged"] and failed["layers"] == ["Photo"]
+
+    ok = cases["mosaic"]
+    assert ok["pressed"], output
+    assert ok["status"] == "success", (ok, output)
+    assert ok["layers"] == ["Photo (mosaic, johnson)", "Photo"]
+    assert ok["changed_pixels"] > 1000  # the random net repaints the layer
+
+    installed = work / "home" / "weights" / "johnson_mosaic.pth"
+    assert installed.read_bytes() == files["/mosaic.pth"]
+    assert not (work / "home" / "weights" / "johnson_udnie.pth").exists()
+    assert requests == ["/udnie.pth", "/mosaic.pth"]  # each downloaded once, by the engine
+    log = (work / "home" / "engine.log").read_text()
+    assert log.count(": pull on download") == 2, log
