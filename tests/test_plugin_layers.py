@@ -45,7 +45,7 @@ def test_method_models_reads_needs_style_and_models() -> None:
     assert AVAILABLE == {"gatys": None, "adain": None, "johnson": ["mosaic", "candy"], "cyclegan": []}
     text = layers.describe_methods(AVAILABLE)
     assert "johnson: models mosaic, candy" in text
-    assert "cyclegan: no models installed" in text
+    assert "cyclegan: no models installed yet (choose one to download it)" in text
 
 
 def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:

@@ -256,7 +256,7 @@ def describe_methods(available: dict[str, list[str] | None]) -> str:
         elif available[name]:
             lines.append(f"{name}: models {', '.join(available[name] or [])}")
         else:
-            lines.append(f"{name}: no models installed (nst models pull …)")
+            lines.append(f"{name}: no models installed yet (choose one to download it)")
     return "\n".join(lines)
 
 
