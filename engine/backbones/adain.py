@@ -1,23 +1,22 @@
 """`vgg19-normalised`: the encoder of AdaIN (naoto0804/pytorch-AdaIN's vgg_normalised.pth).
 
 Its leading 1x1 conv does the preprocessing, so RGB 0..1 goes straight in. Reflection padding and
-ceil-mode pooling match upstream, which its decoder was trained against.
+ceil-mode pooling match upstream, which its decoder was trained against. The file is the weights
+manager's `adain_vgg` entry, checked against the sha256 pinned at its first download or import.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from engine import weights
 from engine.backbones.base import VGG19, Backbone, VggSpec, load_state
-from engine.errors import UserError
-from engine.paths import weights_dir
+from engine.nets.state import read_state_dict
 
 NAME = "vgg19-normalised"
-FILE = "vgg_normalised.pth"
-URL = f"https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/{FILE}"
+WEIGHTS_ID = "adain_vgg"
 SPEC = VggSpec(VGG19, reflect_pad=True, ceil_mode=True, stem=True)
 
 
@@ -26,18 +25,12 @@ def transform() -> nn.Module:
 
 
 def find() -> Path | None:
-    path = weights_dir() / FILE
-    return path if path.is_file() else None
+    """The installed file when it is within its size limit and matches its pin, else None."""
+    return weights.path_for(WEIGHTS_ID)
 
 
 def load(pooling: str) -> Backbone:
-    path = find()
-    if path is None:
-        raise UserError(
-            "missing-weights",
-            f"backbone {NAME} needs {FILE}; download {URL} into {weights_dir()}, "
-            "or use the default backbone vgg16-hed",
-        )
+    path = weights.require(WEIGHTS_ID, hint=f"or use the default backbone vgg16-hed instead of {NAME}")
     backbone = Backbone(NAME, SPEC, pooling, transform())
-    load_state(backbone, torch.load(path, map_location="cpu", weights_only=True), path)
+    load_state(backbone, read_state_dict(path), path)  # torch.load(weights_only=True)
     return backbone

