@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
-from nst_common import settings
+from nst_common import eta, settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -187,7 +187,9 @@ class _ProgressBar:
     def __call__(self, progress: Any) -> None:
         if self.live:
             filled = int(progress.fraction * 30)
-            line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {progress.fraction:4.0%} {progress.message}"
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {progress.fraction:4.0%}"
+            left = "" if progress.eta_s is None else f" {eta.describe(progress.eta_s)}:"
+            line = f"\r{bar}{left} {progress.message}"
             sys.stderr.write(line[:120].ljust(120))
             sys.stderr.flush()
 

@@ -52,6 +52,7 @@ class Job:
     state: str = "queued"  # queued | running | done
     lock: threading.Lock = field(default_factory=threading.Lock)  # orders heartbeats before the end
     last: Progress | None = None
+    last_at: float = 0.0  # when `last` came
     last_sent: float = 0.0
     last_preview: float = 0.0
     cancel_message: str = "Cancelled."
@@ -67,7 +68,15 @@ class Job:
             "position": position,
             "fraction": last.fraction if last else 0.0,
             "stage": last.stage if last else self.state,
+            **({} if (eta := self.eta_now()) is None else {"eta_s": round(eta, 1)}),
         }
+
+    def eta_now(self) -> float | None:
+        """The last report's time left, counted down since it came; None when it gave none."""
+        last = self.last
+        if last is None or last.eta_s is None:
+            return None
+        return max(0.0, last.eta_s - (time.monotonic() - self.last_at))
 
 
 class JobQueue:
@@ -136,7 +145,7 @@ class JobQueue:
             self.last_activity = time.monotonic()
             self._cond.notify_all()
         what = job.spec.method if job.spec is not None else job.kind
-        log.info("job %s queued: %s on %s, position %d", job.id, what, device, position)
+        log.info("job %s queued: %r on %r, position %d", job.id, what, device, position)
         return job, position
 
     def cancel(self, job_id: str, message: str = "Cancelled.") -> bool:
@@ -233,7 +242,7 @@ class JobQueue:
         self._send_progress(job, Progress(0.0, "start", "Starting"), force=True)
 
         def progress(p: Progress) -> None:
-            job.last = p
+            job.last, job.last_at = p, time.monotonic()
             job.token.raise_if_cancelled()
             self._send_progress(job, p, force=False)
 
@@ -248,7 +257,7 @@ class JobQueue:
             log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - started)
             return listener.on_error, (job, "cancelled", job.cancel_message)
         except UserError as exc:
-            log.info("job %s failed: %s: %s", job.id, exc.code, exc.message)
+            log.info("job %s failed: %s: %r", job.id, exc.code, exc.message)
             return listener.on_error, (job, exc.code, exc.message)
         except Exception as exc:
             log.exception("job %s: internal error", job.id)
@@ -286,7 +295,8 @@ class JobQueue:
                 ]
             for job in quiet:
                 last = job.last or Progress(0.0, "start", "Starting")
-                self._send_progress(job, Progress(last.fraction, last.stage, last.message), force=True)
+                again = Progress(last.fraction, last.stage, last.message, eta_s=job.eta_now())
+                self._send_progress(job, again, force=True)
 
     def _notify(self, job: Job, fn: Callable[..., None], *args: Any) -> None:
         """Listener failures (a client gone) cancel the job; they never reach the worker loop."""

@@ -8,13 +8,14 @@ the planner's plan (engine/planner.py), and retries with a smaller one when memo
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine import images, masks, methods, params, planner, weights
+from engine import estimate, images, masks, methods, params, planner, weights
 from engine.backbones import find_backbones
 from engine.cache import ModelCache
 from engine.devices import available_devices, resolve_device
@@ -28,6 +29,7 @@ MAX_REGIONS = 16
 
 def run_job(job: StylizeJob, progress: ProgressFn, cancel: CancelToken, cache: ModelCache) -> RawImage:
     """Run a validated-at-the-wire job; raise UserError for anything the user can fix."""
+    progress = estimate.Tracker(progress)  # fills in the time left (engine/estimate.py)
     progress(Progress(0.0, "prepare", "reading images"))
     s, prepared, alpha, first = prepare(job)
     cancel.raise_if_cancelled()
@@ -112,11 +114,17 @@ def _run_planned(
     cache: ModelCache,
     memory_limit: int | None,
 ) -> np.ndarray:
-    """Run the method under `plan`; when memory runs out, again with smaller tiles, then on the CPU."""
-    progress(Progress(0.0, "plan", f"plan: {plan.describe()}"))
+    """Run the method under `plan`; when memory runs out, again with smaller tiles, then on the CPU.
+    Each plan's message carries the time it should take (planner.estimate_seconds)."""
+    size = job.content.shape[:2]
+    eta = planner.estimate_seconds(method, job.params, size, plan)
+    progress(Progress(0.0, "plan", f"plan: {plan.describe()}", eta_s=eta))
     while True:
         try:
-            return method.run(job, RunContext(plan.device, progress, cancel, cache, plan))
+            started = time.monotonic()
+            result = method.run(job, RunContext(plan.device, progress, cancel, cache, plan))
+            planner.learn(method, job.params, size, plan, time.monotonic() - started)
+            return result
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             if not _out_of_memory(exc):
                 raise
@@ -130,7 +138,9 @@ def _run_planned(
                 f"ran out of memory with the smallest plan ({failed.describe()}): free memory, or use a "
                 "smaller --size",
             )
-        progress(Progress(0.0, "plan", f"out of memory on {failed.device.type}; retrying: {plan.describe()}"))
+        eta = planner.estimate_seconds(method, job.params, size, plan)
+        message = f"out of memory on {failed.device.type}; retrying: {plan.describe()}"
+        progress(Progress(0.0, "plan", message, eta_s=eta))
 
 
 def _out_of_memory(exc: Exception) -> bool:

@@ -3,12 +3,14 @@
 Before a job runs, the method's footprint (engine/methods/base.py `Footprint`) and the image size
 give an estimate of the peak memory; the planner compares it with what the device has free (or the
 `memory` setting allows) and picks the largest tile that fits. When memory runs out anyway, the
-pipeline asks `shrink` for the next smaller tile, and in the end for the CPU.
+pipeline asks `shrink` for the next smaller tile, and in the end for the CPU. `estimate_seconds`
+says how long a plan should take, before it runs (engine/estimate.py refines that as it runs).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +27,19 @@ FEATHER = 32  # px over which neighbouring tiles blend
 HEADROOM = 0.8  # share of the free memory a plan may count on: allocator slack, other processes
 OUTPUT_BYTES_PER_PIXEL = 12  # the float32 RGB result, held in host memory for the whole job
 GIB = 1024**3
+# Seconds per unit of work on two CPU threads (a unit: one pixel-evaluation of a method's `cost`, else
+# one pixel of its pass). Gatys's is measured: `balanced` at 1024 px on a 2-core EPYC (README,
+# Performance), 18M units in 138 s, some 210 GFLOP/s for 1.6 MFLOP per pixel-evaluation. The
+# feed-forward methods' are their nets' work per pixel at that rate (about 0.25, 1 and 1.5 MFLOP for
+# Johnson, AdaIN and CycleGAN), so rough. Other thread counts scale by CPU_SCALING; GPUs are rough guesses
+# (GPU_SPEEDUP over those two threads). A finished job replaces the guess for its device type and
+# method with what it measured (`learn`), so only an engine's first job of a kind relies on these.
+CPU_SECONDS = {"gatys": 7.5e-6, "johnson": 1.2e-6, "adain": 5e-6, "cyclegan": 7e-6}
+CPU_THREADS, CPU_SCALING = 2, 0.8  # seconds scale by (CPU_THREADS / threads) ** CPU_SCALING
+GPU_SPEEDUP = {"cuda": 40.0, "mps": 8.0}
+START_SECONDS = 1.0  # a job's fixed start: loading weights (cached after the first job), targets
+_learned: dict[tuple[str, str], float] = {}  # (device type, method) -> measured seconds per unit
+_learned_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,47 @@ def plan(
         f"tiles of {smallest.tile} px, and {budget / GIB:.2f} GiB is available: free memory or use a "
         "smaller --size",
     )
+
+
+def estimate_seconds(
+    method: Method, params: dict[str, Any], size: tuple[int, int], plan: Plan
+) -> float | None:
+    """How long running `method` under `plan` should take, before it starts; None when there is
+    no rate for this method and device. `size` is the content's (h, w)."""
+    units = _units(method, params, size, plan)
+    rate = _rate(method.name, plan.device)
+    return None if rate is None else START_SECONDS + units * rate
+
+
+def learn(method: Method, params: dict[str, Any], size: tuple[int, int], plan: Plan, seconds: float) -> None:
+    """Remember the rate a finished run measured, for the next estimate on this device type."""
+    units = _units(method, params, size, plan)
+    if units <= 0 or seconds <= 2 * START_SECONDS:  # too short to tell the rate from the start
+        return
+    key = (plan.device.type, method.name)
+    rate = (seconds - START_SECONDS) / units
+    with _learned_lock:
+        before = _learned.get(key)
+        _learned[key] = rate if before is None else (before + rate) / 2
+
+
+def _units(method: Method, params: dict[str, Any], size: tuple[int, int], plan: Plan) -> float:
+    hook = getattr(method, "cost", None)
+    return float(hook(params, size)) if hook is not None else float(plan.work[0] * plan.work[1])
+
+
+def _rate(name: str, device: torch.device) -> float | None:
+    with _learned_lock:
+        learned = _learned.get((device.type, name))
+    if learned is not None:
+        return learned
+    base = CPU_SECONDS.get(name)
+    if base is None:
+        return None
+    if device.type == "cpu":
+        return base * (CPU_THREADS / max(1, torch.get_num_threads())) ** CPU_SCALING
+    speedup = GPU_SPEEDUP.get(device.type)
+    return None if speedup is None else base / speedup
 
 
 def shrink(current: Plan, memory_limit: int | None = None) -> Plan | None:

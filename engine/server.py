@@ -12,6 +12,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import socket
 import stat
@@ -294,6 +295,8 @@ class Connection:
             "stage": str(progress.stage),
             "message": str(progress.message),
         }
+        if progress.eta_s is not None and math.isfinite(progress.eta_s):
+            header["eta_s"] = round(max(0.0, float(progress.eta_s)), 1)
         blobs: list[Any] = []
         if with_preview and progress.preview is not None:
             header["preview"] = image_header(preview_image(progress.preview), blobs)

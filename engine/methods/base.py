@@ -32,6 +32,7 @@ class Progress:
     step: int = 0
     total: int = 0  # steps at this scale
     loss: float | None = None
+    eta_s: float | None = None  # seconds left, when known (engine/estimate.py fills it in)
 
 
 ProgressFn = Callable[[Progress], None]
