@@ -288,3 +288,24 @@ def test_a_job_the_engine_refuses_mid_upload_is_reported_as_refused(
             _layer(1024, 1024), Progress(), lambda: False
         )
     assert info.value.code == "too-large" and "limit 1048576" in info.value.message
+
+
+def test_previews_and_the_time_left_reach_the_caller(make_server: Callable[..., Server]) -> None:
+    """A real Gatys job on a real server: the engine's previews reach `on_preview` as small RGB
+    images of the work, and the progress text ends with the time left once the engine knows it."""
+    server = make_server()
+    engine = EngineClient(NO_CONFIG, endpoint=str(server.address))
+    previews: list[plugin_protocol.RawImage] = []
+    progress = Progress()
+    job = _job({"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 30})
+    result = engine.stylize(job, progress, lambda: False, previews.append)
+    assert (result.width, result.height) == (20, 14)
+
+    assert previews, [m for _, m in progress.calls]
+    for preview in previews:  # the work's size: 64 px on the long side, the content's aspect
+        assert (preview.width, preview.height, preview.channels, preview.dtype) == (64, 45, 3, "u8")
+        assert len(bytes(preview.data)) == 64 * 45 * 3
+    assert np.frombuffer(bytes(previews[-1].data), np.uint8).std() > 5  # a picture, not a blank
+
+    steps = [m for _, m in progress.calls if "step" in m]
+    assert steps and all(m.rsplit(" — ", 1)[-1].endswith(" left") for m in steps), steps

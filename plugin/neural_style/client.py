@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nst_common import protocol
+from nst_common import eta, protocol
 from nst_common.protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
 
 CONFIG_NAME = "engine.json"
@@ -77,11 +77,15 @@ class EngineClient:
         job: StylizeJob,
         on_progress: Callable[[float, str], None],
         is_cancelled: Callable[[], bool],
+        on_preview: Callable[[RawImage], None] | None = None,
     ) -> RawImage:
         """Run one job and return the result (the content's size, channels and dtype).
 
         `is_cancelled` is polled at least every 100 ms; when it turns true the job is cancelled
-        in the engine and EngineError("cancelled") is raised.
+        in the engine and EngineError("cancelled") is raised. Progress messages end with the
+        engine's estimate of the time left ("about 3 min left") once it has one. `on_preview`
+        gets the engine's previews of the result as they come (small u8 RGB images, at most one
+        every half second); a malformed one is skipped, never the job's failure.
         """
         header, blobs = protocol.job_message(job)
         size = sum(memoryview(b).nbytes for b in blobs)
@@ -104,7 +108,7 @@ class EngineClient:
                 )
             except (ConnectionClosed, TimeoutError):
                 raise _refusal(sock) or self._died() from None
-            return self._wait_for_result(sock, job, on_progress, is_cancelled)
+            return self._wait_for_result(sock, job, on_progress, is_cancelled, on_preview)
 
     def pull(
         self,
@@ -275,6 +279,7 @@ class EngineClient:
         job: StylizeJob,
         on_progress: Callable[[float, str], None],
         is_cancelled: Callable[[], bool],
+        on_preview: Callable[[RawImage], None] | None = None,
     ) -> RawImage:
         state: dict[str, Any] = {"job": None, "cancel_sent_at": None, "heard": time.monotonic()}
 
@@ -321,9 +326,10 @@ class EngineClient:
                     protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
             elif kind == "progress" and h.get("job") == state["job"]:
                 fraction = h.get("fraction")
-                on_progress(
-                    float(fraction) if isinstance(fraction, (int, float)) else 0.0, str(h.get("message"))
-                )
+                on_progress(float(fraction) if isinstance(fraction, (int, float)) else 0.0, _progress_text(h))
+                preview = _preview_image(message) if on_preview is not None else None
+                if preview is not None:
+                    on_preview(preview)
             elif kind == "result" and h.get("job") == state["job"]:
                 return _result_image(message, job)
             elif kind == "error" and h.get("job") in (None, state["job"]):
@@ -473,6 +479,29 @@ def _refusal(sock: Any) -> EngineError | None:
         return None
     code = str(header.get("code", "error"))
     return EngineError(code, f"The engine refused the job: {header.get('message')}")
+
+
+def _progress_text(header: dict[str, Any]) -> str:
+    """A progress event's message, with the time left when the engine says it (optional `eta_s`)."""
+    text = str(header.get("message"))
+    seconds = header.get("eta_s")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+        left = eta.describe(float(seconds))
+        return f"{text} — {left}" if left else text
+    return text
+
+
+def _preview_image(message: protocol.Message) -> RawImage | None:
+    """A progress event's preview when it has a well-formed one (u8 RGB); None otherwise."""
+    if "preview" not in message.header:
+        return None
+    try:
+        image = protocol.parse_image(
+            message.header["preview"], message.blobs, protocol.CLIENT_LIMITS, "preview"
+        )
+    except ProtocolError:
+        return None
+    return image if (image.channels, image.dtype) == (3, "u8") else None
 
 
 def _result_image(message: protocol.Message, job: StylizeJob) -> RawImage:
