@@ -292,7 +292,7 @@ def test_a_job_the_engine_refuses_mid_upload_is_reported_as_refused(
 
 def test_previews_and_the_time_left_reach_the_caller(make_server: Callable[..., Server]) -> None:
     """A real Gatys job on a real server: the engine's previews reach `on_preview` as small RGB
-    images of the work, and the progress text ends with the time left once the engine knows it."""
+    images of the work, and the progress text starts with the time left once the engine knows it."""
     server = make_server()
     engine = EngineClient(NO_CONFIG, endpoint=str(server.address))
     previews: list[plugin_protocol.RawImage] = []
@@ -308,4 +308,4 @@ def test_previews_and_the_time_left_reach_the_caller(make_server: Callable[..., 
     assert np.frombuffer(bytes(previews[-1].data), np.uint8).std() > 5  # a picture, not a blank
 
     steps = [m for _, m in progress.calls if "step" in m]
-    assert steps and all(m.rsplit(" — ", 1)[-1].endswith(" left") for m in steps), steps
+    assert steps and all(m.split(" — ", 1)[0].endswith(" left") for m in steps), steps

@@ -82,8 +82,9 @@ class EngineClient:
         """Run one job and return the result (the content's size, channels and dtype).
 
         `is_cancelled` is polled at least every 100 ms; when it turns true the job is cancelled
-        in the engine and EngineError("cancelled") is raised. Progress messages end with the
-        engine's estimate of the time left ("about 3 min left") once it has one. `on_preview`
+        in the engine and EngineError("cancelled") is raised. Progress messages start with the
+        engine's estimate of the time left ("about 3 min left — ...") once it has one: GIMP's
+        progress bar cuts off the end of a long text. `on_preview`
         gets the engine's previews of the result as they come (small u8 RGB images, at most one
         every half second); a malformed one is skipped, never the job's failure.
         """
@@ -482,12 +483,12 @@ def _refusal(sock: Any) -> EngineError | None:
 
 
 def _progress_text(header: dict[str, Any]) -> str:
-    """A progress event's message, with the time left when the engine says it (optional `eta_s`)."""
+    """A progress event's message, after the time left when the engine says it (optional `eta_s`)."""
     text = str(header.get("message"))
     seconds = header.get("eta_s")
     if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
         left = eta.describe(float(seconds))
-        return f"{text} — {left}" if left else text
+        return f"{left} — {text}" if left else text
     return text
 
 

@@ -6,13 +6,17 @@ image, inside one undo group. An error before that point leaves the image exactl
 
 Cancel: GIMP 3 gives a plug-in no cancel signal. When the user cancels the progress bar, the
 core kills the plug-in process (gimp_plug_in_close with kill), so the engine sees its socket
-close and must treat that as a cancel; the image is untouched because the result never arrived.
+close and must treat that as a cancel; the image is untouched because the result never arrived,
+except for a live preview layer (`_Preview`), which is outside the undo history and which the next
+run on the image removes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -291,8 +295,11 @@ def _download_model(
     return _hello()[1]
 
 
-def _stylize(engine: Any, job: Any, label: str, done: int, total: int) -> RawImage:
-    """Run one job with progress; a part of the whole bar per layer."""
+def _stylize(
+    engine: Any, job: Any, label: str, done: int, total: int, preview: _Preview | None = None
+) -> RawImage:
+    """Run one job with progress (the client starts its messages with the time left); a part of the
+    whole bar per layer; the engine's previews go to `preview`."""
     client = _client()
 
     def on_progress(fraction: float, message: str) -> None:
@@ -301,11 +308,151 @@ def _stylize(engine: Any, job: Any, label: str, done: int, total: int) -> RawIma
 
     Gimp.progress_init(label)
     try:
-        return engine.stylize(job, on_progress, lambda: False)
+        return engine.stylize(job, on_progress, lambda: False, preview.show if preview else None)
     except client.EngineError as exc:
         raise _Failure(f"Neural style failed on {label}: {exc.message}") from None
     except OSError as exc:
         raise _Failure(f"Lost the connection to the neural-style engine: {exc}") from None
+
+
+# --- Live preview --------------------------------------------------------------------------------
+
+PREVIEW_NAME = "Neural style preview"
+PREVIEW_PARASITE = "neural-style-preview"  # marks the temporary layer; neither saved nor undoable
+PREVIEW_EVERY_S = 1.5  # at most one refresh this often (and never more than a fifth of the time)
+PREVIEW_FORMAT = "R'G'B' u8"  # the engine's previews: small u8 RGB (docs/protocol.md)
+
+
+def _previews_wanted(run_mode: Gimp.RunMode, engine: Any) -> bool:
+    """Previews show in interactive runs (the dialog, Repeat and Re-show) and not in scripts, which
+    nobody watches and which must leave nothing but their result. `"preview": true` or `false` in
+    engine.json turns them on or off for every run."""
+    setting = engine.config.get("preview")
+    if isinstance(setting, bool):
+        return setting
+    return run_mode != Gimp.RunMode.NONINTERACTIVE
+
+
+class _Preview:
+    """A temporary layer right above a source layer that shows the engine's previews while its
+    job runs, scaled up to the layer by GEGL (the previews are at most 256 px).
+
+    It never enters the undo history: the undo stack is frozen only for the few calls that insert,
+    refresh and remove it, and thawed in between, so whatever the user does meanwhile stays
+    undoable (and a frozen stack cannot outlive a plug-in GIMP kills on cancel). Refreshes come at
+    most every PREVIEW_EVERY_S, and on a layer so large that one takes long, at most a fifth of the
+    time. A preview that fails turns itself off: it never costs the result.
+    """
+
+    def __init__(self, image: Gimp.Image, source: Gimp.Layer, selection: bool) -> None:
+        self.image = image
+        self.source = source
+        self.selection = selection  # mask the preview by the selection, as the result will be
+        self.layer: Gimp.Layer | None = None
+        self.next_at = 0.0
+        self.off = False
+
+    def show(self, preview: RawImage) -> None:
+        started = time.monotonic()
+        if self.off or started < self.next_at:
+            return
+        try:
+            self._draw(preview)
+        except Exception as exc:  # GEGL or the PDB refused: no more previews for this job
+            self.off = True
+            print(f"neural-style: no more previews: {exc}", file=sys.stderr)
+            return
+        spent = time.monotonic() - started
+        self.next_at = time.monotonic() + max(PREVIEW_EVERY_S, 4 * spent)
+
+    def remove(self) -> None:
+        """Take the layer out again (no display flush: the caller flushes once it is done)."""
+        layer, self.layer = self.layer, None
+        if layer is not None and layer.is_valid():
+            with _undo_frozen(self.image):
+                self.image.remove_layer(layer)
+
+    def _draw(self, preview: RawImage) -> None:
+        if not self.source.is_valid() or (self.layer is not None and not self.layer.is_valid()):
+            self.off = True  # the user deleted the source or the preview: leave it so
+            return
+        w, h = self.source.get_width(), self.source.get_height()
+        with _undo_frozen(self.image):
+            layer = self.layer or self._insert(w, h)
+            _scale_into(preview, layer.get_buffer(), w, h)
+            layer.update(0, 0, w, h)
+        Gimp.displays_flush()
+
+    def _insert(self, w: int, h: int) -> Gimp.Layer:
+        image, source = self.image, self.source
+        grey = image.get_base_type() == Gimp.ImageBaseType.GRAY
+        kind = Gimp.ImageType.GRAYA_IMAGE if grey else Gimp.ImageType.RGBA_IMAGE
+        layer = Gimp.Layer.new(image, PREVIEW_NAME, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+        self.layer = layer  # from here on `remove` takes it out, whatever fails next
+        _, ox, oy = source.get_offsets()
+        layer.set_offsets(ox, oy)
+        layer.attach_parasite(Gimp.Parasite.new(PREVIEW_PARASITE, 0, [1]))
+        if self.selection:
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+        return layer
+
+
+@contextlib.contextmanager
+def _undo_frozen(image: Gimp.Image) -> Iterator[None]:
+    image.undo_freeze()
+    try:
+        yield
+    finally:
+        image.undo_thaw()
+
+
+_gegl_ready = False
+
+
+def _scale_into(preview: RawImage, target: Gegl.Buffer, w: int, h: int) -> None:
+    """Scale a small RGB preview up to `target`'s w x h in GEGL: the pixels never pass through Python."""
+    global _gegl_ready
+    if not _gegl_ready:  # libgimp sets up buffers but not GEGL's operations
+        Gegl.init(None)
+        _gegl_ready = True
+    small = Gegl.Buffer.new(PREVIEW_FORMAT, 0, 0, preview.width, preview.height)
+    small.set(Gegl.Rectangle.new(0, 0, preview.width, preview.height), PREVIEW_FORMAT, bytes(preview.data))
+    graph = Gegl.Node()
+    read = graph.create_child("gegl:buffer-source")
+    read.set_property("buffer", small)
+    scale = graph.create_child("gegl:scale-size")
+    scale.set_property("x", float(w))
+    scale.set_property("y", float(h))
+    scale.set_property("sampler", Gegl.SamplerType.LINEAR)
+    scale.set_property("abyss-policy", Gegl.AbyssPolicy.CLAMP)  # edges keep their colour, not fade out
+    write = graph.create_child("gegl:write-buffer")
+    write.set_property("buffer", target)
+    read.link(scale)
+    scale.link(write)
+    write.process()
+    target.flush()
+
+
+def _is_preview(drawable: Gimp.Drawable) -> bool:
+    return isinstance(drawable, Gimp.Layer) and drawable.get_parasite(PREVIEW_PARASITE) is not None
+
+
+def _remove_stale_previews(image: Gimp.Image) -> None:
+    """Preview layers an earlier run left (GIMP killed it on cancel): out, outside the undo history.
+    Another run still going on this image loses its preview too; its result is not affected."""
+    stale = []
+    pending = list(image.get_layers())
+    while pending:
+        layer = pending.pop()
+        if layer.is_group():
+            pending += layer.get_children()
+        elif layer.get_name().startswith(PREVIEW_NAME) and _is_preview(layer):
+            stale.append(layer)
+    if stale:
+        with _undo_frozen(image):
+            for layer in stale:
+                image.remove_layer(layer)
 
 
 # --- The dialog ----------------------------------------------------------------------------------
@@ -538,7 +685,7 @@ def _transfer(
         if not _dialog(procedure, config, available, model_choice.known_models(engine.last_hello)):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         available = _download_model(engine, config, available)
-    _execute(engine, available, image, list(drawables), config)
+    _execute(engine, available, image, list(drawables), config, _previews_wanted(run_mode, engine))
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
@@ -548,11 +695,16 @@ def _execute(
     image: Gimp.Image,
     drawables: list[Gimp.Drawable],
     config: Gimp.ProcedureConfig,
+    preview: bool = False,
 ) -> None:
-    """Stylize every selected layer with the config's settings, then change the image once."""
+    """Stylize every selected layer with the config's settings, then change the image once.
+    `preview`: show each job's previews in a temporary layer above its source meanwhile."""
+    _remove_stale_previews(image)
+    drawables = [d for d in drawables if d.is_valid()]  # a stale preview the user had selected
     raw_settings, items = _settings_from_config(config)
     try:
-        settings = layers.validate(raw_settings, available)
+        devices = engine.last_hello.get("capabilities", {}).get("devices")
+        settings = layers.validate(raw_settings, available, devices if isinstance(devices, list) else None)
         sources = _check_drawables(drawables, settings)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
@@ -586,13 +738,25 @@ def _execute(
         job = layers.build_job(
             settings, _read_pixels(layer), styles, selection, mask, _read_maps(layer, map_layers), regions
         )
-        jobs.append((layer, job))
+        jobs.append((layer, job, selection is not None))
     if not jobs:
         raise _Failure("The selection and the layer masks leave nothing to stylize in the selected layers.")
 
-    results = [
-        (layer, _stylize(engine, job, layer.get_name(), i, len(jobs))) for i, (layer, job) in enumerate(jobs)
-    ]
+    views: list[_Preview] = []  # each stays until every result is in, so no layer goes blank meanwhile
+    try:
+        results = []
+        for i, (layer, job, masked) in enumerate(jobs):
+            view = _Preview(image, layer, masked) if preview else None
+            if view is not None:
+                views.append(view)
+            results.append((layer, _stylize(engine, job, layer.get_name(), i, len(jobs), view)))
+    except BaseException:
+        for view in views:
+            view.remove()
+        Gimp.displays_flush()
+        raise
+    for view in views:  # out before the results go in: not part of their undo step
+        view.remove()
 
     # Every result is in; only now does the image change, as one undo step.
     image.undo_group_start()
@@ -638,7 +802,7 @@ def _rerun(
         if not _dialog(transfer, transfer_config, available, model_choice.known_models(engine.last_hello)):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         available = _download_model(engine, transfer_config, available)
-    _execute(engine, available, image, [source or layer], transfer_config)
+    _execute(engine, available, image, [source or layer], transfer_config, _previews_wanted(run_mode, engine))
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
