@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -15,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nst_common import protocol
 from engine.errors import UserError
+from nst_common import protocol
 from nst_common.protocol import Endpoint, Limits, ProtocolError
 
 _DEFAULTS = Limits()
@@ -48,11 +49,27 @@ def register(subparsers: Any) -> None:
          "drop a client that stops sending or reading mid-message (default 30)"),
         ("--jobs-per-device", int, 1, "N",
          "jobs run at once on each device (default 1)"),
+        ("--jobs-per-connection", int, 8, "N",
+         "jobs one client connection may have queued or running; more are refused as busy (default 8)"),
         ("--cache-size", _size, 4 << 30, "BYTES",
          "memory for cached models before the least recently used go (default 4G)"),
     )  # fmt: skip
     for flag, kind, default, metavar, text in options:
         serve.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
+    serve.add_argument(
+        "--max-in-flight",
+        type=_size,
+        metavar="BYTES",
+        help="images being received from all clients together; a job over it is refused as busy "
+        "(default: --max-message)",
+    )
+    serve.add_argument(
+        "--styles-dir",
+        type=Path,
+        metavar="DIR",
+        help="the one folder whose images TCP clients may name as styles by path (default: none; they "
+        "send pixels). Unix-socket clients, being this user, may name any file",
+    )
     serve.add_argument("--log-file", type=Path, help=f"default: {protocol.LOG_NAME} in the data directory")
     serve.set_defaults(handler=_serve)
 
@@ -103,6 +120,11 @@ def _serve(args: argparse.Namespace) -> int:
         check_private(protocol.token_path())
     from engine.server import EngineLock, Server, ServerConfig, device_of
 
+    styles_dir = None
+    if args.styles_dir is not None:
+        styles_dir = args.styles_dir.expanduser().resolve()
+        if not styles_dir.is_dir():
+            raise UserError("bad-option", f"--styles-dir {args.styles_dir}: no such folder")
     log_file = args.log_file or protocol.log_path()
     _setup_logging(log_file)
     lock = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME)
@@ -131,6 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             stall_timeout=args.stall_timeout,
             slots_per_device=args.jobs_per_device,
+            max_in_flight=args.max_in_flight,
+            max_jobs_per_connection=args.jobs_per_connection,
+            styles_dir=styles_dir,
         )
         server = Server(config, run_job, capabilities, device_of, ModelCache(args.cache_size))
         server.bind()
@@ -145,14 +170,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=2, encoding="utf-8")
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(process)d %(threadName)s %(levelname)s %(message)s")
-    )
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handler = PrivateLogHandler(path, maxBytes=2 << 20, backupCount=2, encoding="utf-8")
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(process)d %(threadName)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+class PrivateLogHandler(logging.handlers.RotatingFileHandler):
+    """The log, and each file it rotates into, readable by this user only (it names files)."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if hasattr(os, "fchmod"):  # a log an older engine created 0644
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per record: a line break inside a message is written as \\n, so no text can forge a
+    line of its own (a traceback, added after the message, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def ensure_token(path: Path, replace: bool = False) -> str:

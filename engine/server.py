@@ -1,8 +1,18 @@
-"""The engine's socket server: a reader thread per connection, jobs on the queue's workers.
+"""The engine's socket server: a reader and a writer thread per connection, jobs on the queue's workers.
 
-Every request is validated by `engine.protocol` before anything else sees it; every handler is
+Every request is validated by `nst_common.protocol` before anything else sees it; every handler is
 wrapped so that no request can stop the server. Internal errors reach the client as an `error`
 event with code "internal"; the traceback goes only to the log.
+
+Against hostile or broken clients: a connection has `hello_timeout` seconds from accept for its
+whole handshake, and handshakes have a pool of their own (`max_handshakes`, the oldest dropped when
+it is full), so clients without the token cannot take the places of those with it
+(`max_connections`). Images being received count against one budget across connections
+(`max_in_flight`) and arrive into memory the OS backs as they come; a connection may have
+`max_jobs_per_connection` jobs at once. Workers never write to a socket: each connection's writer
+thread does, from a queue in which progress is coalesced, so a client that stops reading holds up
+no one else. Over TCP no path a client names reaches the file system outside the styles folder
+(engine/files.py). Client text goes to the log through %r, never raw.
 """
 
 from __future__ import annotations
@@ -17,9 +27,11 @@ import os
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +41,7 @@ import numpy as np
 from engine import __version__, weights
 from engine.cache import ModelCache
 from engine.errors import CancelToken, UserError
+from engine.files import LOCAL, FileAccess, confined
 from engine.jobs import Job, JobQueue, Runner, Task
 from engine.methods.base import Progress, ProgressFn
 from nst_common.protocol import (
@@ -58,6 +71,7 @@ MAX_WEIGHT_ID = 128  # characters of one id; the manifest's are far shorter
 REQUESTS = ("pull",)
 # Nobody gets memory before the token check.
 HELLO_LIMITS = Limits(max_header=64 << 10, max_payload=0, max_message=0)
+MAX_QUEUED_REPLIES = 32  # replies waiting for a client that does not read before its reader waits too
 
 
 @dataclass
@@ -67,10 +81,18 @@ class ServerConfig:
     token: str | None = None  # required for TCP
     idle_timeout: float = 1800.0  # seconds without jobs or requests before the engine exits; 0: never
     stall_timeout: float = 30.0  # a peer silent this long inside a frame is dropped
-    hello_timeout: float = 10.0  # a connection must say hello this soon
+    hello_timeout: float = 10.0  # a connection must have finished its handshake this long after accept
     poll: float = 0.1  # how often blocked threads look up to check for shutdown
     slots_per_device: int = 1
-    max_connections: int = 64
+    max_connections: int = 64  # connections past the handshake
+    max_handshakes: int = 16  # connections still in their handshake; when full, the oldest is dropped
+    max_in_flight: int | None = None  # bytes of images being received, all connections; None: max_message
+    max_jobs_per_connection: int = 8  # stylize jobs one connection may have queued or running
+    styles_dir: Path | None = None  # the one folder TCP clients may name style (and init) files in
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self.limits.max_message if self.max_in_flight is None else self.max_in_flight
 
 
 class Server:
@@ -93,9 +115,12 @@ class Server:
         self._connections: dict[Connection, threading.Thread] = {}
         self._ids = itertools.count(1)
         self._listener: socket.socket | None = None
+        self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the Unix socket bound
         self._thread: threading.Thread | None = None
         self.last_activity = time.monotonic()
         self.address = config.endpoint
+        self.in_flight = Budget(config.in_flight_limit)
+        self.files = LOCAL if config.endpoint.kind == "unix" else confined(config.styles_dir)
 
     # --- Life cycle ------------------------------------------------------------------------------
 
@@ -110,24 +135,69 @@ class Server:
             host, port = self._listener.getsockname()[:2]
             self.address = Endpoint("tcp", host=host, port=port)
         else:
-            path = Path(ep.path)
-            prepare_private_dir(path.parent)
-            if path.exists() or path.is_symlink():
-                if _answers(ep):
-                    raise UserError("already-running", f"An engine is already listening on {ep}.")
-                log.info("removing stale socket %s", path)
-                path.unlink()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(str(path))
-                os.chmod(path, 0o600)
-                sock.listen(64)
-            except BaseException:
-                sock.close()
-                raise
-            self._listener = sock
+            self._listener = self._bind_unix(Path(ep.path))
         self._listener.settimeout(self.config.poll)
         log.info("engine %s (protocol %d) listening on %s", __version__, PROTOCOL_VERSION, self.address)
+
+    def _bind_unix(self, path: Path) -> socket.socket:
+        """Listen at `path`, a socket only this user can connect to. What is already there is
+        removed only when it is a socket (not followed, if a link) of this user that no engine
+        answers on; the folder is created 0700 when missing and otherwise left as it is."""
+        private = prepare_private_dir(path.parent)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise UserError(
+                    "path-in-use",
+                    f"{path} exists and is not a socket; the engine leaves it alone: listen elsewhere.",
+                )
+            if _answers(self.config.endpoint):
+                raise UserError(
+                    "already-running", f"An engine is already listening on {self.config.endpoint}."
+                )
+            if sys.platform != "win32" and st.st_uid != os.geteuid():
+                raise UserError("path-in-use", f"{path} is another user's socket: listen elsewhere.")
+            log.info("removing stale socket %r", str(path))
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if private:
+                sock.bind(str(path))
+                os.chmod(path, 0o600)
+            else:  # others may look into the folder: the socket is 0600 before it appears there
+                scratch = Path(tempfile.mkdtemp(prefix=".n", dir=path.parent))
+                try:
+                    sock.bind(str(scratch / "s"))
+                    os.chmod(scratch / "s", 0o600)
+                    try:
+                        os.link(scratch / "s", path)  # never replaces what appeared meanwhile
+                    except FileExistsError:
+                        raise
+                    except OSError:  # no hard links to sockets here: the folder is ours or sticky
+                        os.rename(scratch / "s", path)
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.unlink(scratch / "s")
+                    with contextlib.suppress(OSError):
+                        os.rmdir(scratch)
+            st = os.lstat(path)
+            self._socket_id = (st.st_dev, st.st_ino)
+            sock.listen(64)
+        except FileExistsError:
+            sock.close()
+            raise UserError(
+                "path-in-use", f"{path} appeared while the engine was starting: listen elsewhere."
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise UserError("cannot-listen", f"Cannot listen on {path}: {exc.strerror or exc}.") from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def serve_forever(self) -> None:
         if self._listener is None:
@@ -178,8 +248,15 @@ class Server:
         return time.monotonic() - max(self.last_activity, self.jobs.last_activity)
 
     def _start_connection(self, sock: socket.socket) -> None:
+        cfg = self.config
         with self._lock:
-            if len(self._connections) >= self.config.max_connections:
+            waiting = [c for c in self._connections if not c.authenticated and not c.closed]
+            if len(waiting) >= cfg.max_handshakes:  # a new client beats one that has been slow so far
+                oldest = min(waiting, key=lambda c: c.opened)
+                log.info("connection %d: dropped unauthenticated, to make room for a new one", oldest.number)
+                oldest.close()
+            # Dropped ones leave within a poll; past this many threads a new connection waits its turn.
+            if len(self._connections) >= cfg.max_connections + 2 * cfg.max_handshakes:
                 log.warning("too many connections; refusing one")
                 sock.close()
                 return
@@ -196,15 +273,28 @@ class Server:
         with self._lock:
             self._connections.pop(conn, None)
 
+    def admit(self, conn: Connection) -> bool:
+        """Count `conn` as authenticated, unless `max_connections` already are."""
+        with self._lock:
+            if (
+                sum(1 for c in self._connections if c.authenticated and not c.closed)
+                >= self.config.max_connections
+            ):
+                return False
+            conn.authenticated = True
+            return True
+
     def _teardown(self) -> None:
         self._stop.set()
         log.info("shutting down")
         assert self._listener is not None
         self._listener.close()
         ep = self.config.endpoint
-        if ep.kind == "unix":
+        if ep.kind == "unix":  # only the socket this engine bound, not what may have replaced it
             with contextlib.suppress(OSError):
-                os.unlink(ep.path)
+                st = os.lstat(ep.path)
+                if (st.st_dev, st.st_ino) == self._socket_id:
+                    os.unlink(ep.path)
         self.jobs.close()
         with self._lock:
             items = list(self._connections.items())
@@ -230,12 +320,14 @@ class Server:
             "pid": os.getpid(),
             "capabilities": caps,
             "requests": list(REQUESTS),
+            "paths": self.files.paths,
             "limits": {
                 "max_header": limits.max_header,
                 "max_payload": limits.max_payload,
                 "max_message": limits.max_message,
                 "max_side": limits.max_side,
                 "max_pull_weights": MAX_PULL_WEIGHTS,
+                "max_jobs": self.config.max_jobs_per_connection,
             },
         }
 
@@ -248,31 +340,166 @@ class _Stop(Exception):
     """The server is stopping; the connection's reader leaves quietly."""
 
 
+class Budget:
+    """Bytes of images being received, across all connections: a message is refused with `busy`
+    rather than taken on when it would go over the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+@dataclass(eq=False)
+class _Outgoing:
+    header: dict[str, Any]
+    blobs: list[Any]
+    job: str | None = None  # a progress event's job: a newer one for the job replaces it while queued
+    reply: bool = False  # from the connection's own reader: counts against MAX_QUEUED_REPLIES
+
+
+class Outbox:
+    """What goes out on one connection, written by its own thread. Job workers and the heartbeat
+    only queue events here and never wait for the client: a job's progress is coalesced (a client
+    that reads slowly gets the latest, previews included or dropped), its result or error is kept.
+    Replies to requests wait while MAX_QUEUED_REPLIES are queued, which holds up only this
+    connection's own reader."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cond = threading.Condition()  # reentrant: `hold` then `put`
+        self._items: deque[_Outgoing] = deque()
+        self._progress: dict[str, _Outgoing] = {}
+        self._replies = 0
+        self._writing = False  # a message taken from the queue is being written
+        self._finishing = False  # the reader is done: write what is queued, then leave
+        self._thread = threading.Thread(target=self._run, name=f"nst-write-{conn.number}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Nothing else is queued meanwhile (so `accepted` goes before the job's first progress)."""
+        with self._cond:
+            yield
+
+    def reply(self, header: dict[str, Any], blobs: list[Any] | None = None, wait: bool = True) -> None:
+        with self._cond:
+            while wait and self._replies >= MAX_QUEUED_REPLIES and self._open():
+                self._cond.wait(self._conn.server.config.poll)
+            self._put(_Outgoing(header, blobs or [], reply=True))
+
+    def event(
+        self, header: dict[str, Any], blobs: list[Any] | None = None, progress_of: str | None = None
+    ) -> None:
+        """A job's event; `progress_of` (its id) marks a progress event, which may be replaced."""
+        with self._cond:
+            queued = self._progress.get(progress_of) if progress_of is not None else None
+            if queued is not None:
+                queued.header, queued.blobs = header, blobs or []
+                return
+            item = _Outgoing(header, blobs or [], job=progress_of)
+            if self._put(item) and progress_of is not None:
+                self._progress[progress_of] = item
+
+    def _open(self) -> bool:
+        return not self._conn.closed and not self._finishing
+
+    def _put(self, item: _Outgoing) -> bool:
+        if not self._open():
+            return False
+        self._items.append(item)
+        self._replies += item.reply
+        self._cond.notify_all()
+        return True
+
+    def finish(self, timeout: float) -> None:
+        """Take nothing more; wait up to `timeout` s for what is queued to go out."""
+        with self._cond:
+            self._finishing = True
+            self._cond.notify_all()
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` s until everything queued so far has been written."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._items or self._writing) and not self._conn.closed and time.monotonic() < deadline:
+                self._cond.wait(self._conn.server.config.poll)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        conn = self._conn
+        while True:
+            with self._cond:
+                while not self._items and not conn.closed and not self._finishing:
+                    self._cond.wait()
+                if conn.closed or not self._items:
+                    self._items.clear()  # a result nobody will read: let its pixels go
+                    self._progress.clear()
+                    self._cond.notify_all()
+                    return
+                item = self._items.popleft()
+                if item.job is not None and self._progress.get(item.job) is item:
+                    del self._progress[item.job]
+                self._replies -= item.reply
+                self._writing = True
+                self._cond.notify_all()
+            ok = conn.write(item.header, item.blobs)
+            del item
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+            if not ok:
+                self.wake()
+
+
 class Connection:
-    """One client: its reader thread handles requests; job workers write events through `send`."""
+    """One client: its reader thread handles requests and its outbox's thread writes; job workers
+    queue events in the outbox."""
 
     def __init__(self, server: Server, sock: socket.socket, number: int) -> None:
         self.server = server
         self.sock = sock
         self.number = number
-        self.send_lock = threading.Lock()
         self.closed = False
         self.authenticated = False
         self.opened = time.monotonic()
+        self.deadline = self.opened + server.config.hello_timeout  # for the whole handshake
+        self.files: FileAccess = server.files
+        self.outbox = Outbox(self)
+        self._reserved = 0  # bytes of the message being received, taken from server.in_flight
         sock.settimeout(server.config.poll)
 
     # --- Writing ---------------------------------------------------------------------------------
 
-    def send(self, header: dict[str, Any], blobs: list[Any] | None = None) -> bool:
-        with self.send_lock:
-            return self._send_locked(header, blobs)
+    def send(self, header: dict[str, Any], blobs: list[Any] | None = None) -> None:
+        """Queue a reply (from the reader thread)."""
+        self.outbox.reply(header, blobs)
 
-    def _send_locked(self, header: dict[str, Any], blobs: list[Any] | None = None) -> bool:
+    def write(self, header: dict[str, Any], blobs: list[Any]) -> bool:
+        """Write one message now (the outbox's thread only)."""
         if self.closed:
             return False
         try:
             config = self.server.config
-            send_message(self.sock, header, blobs or [], config.stall_timeout, config.limits.chunk_size)
+            send_message(self.sock, header, blobs, config.stall_timeout, config.limits.chunk_size)
             return True
         except (ConnectionClosed, TimeoutError, OSError) as exc:
             log.info("connection %d: cannot write (%s); dropping it", self.number, exc)
@@ -280,12 +507,13 @@ class Connection:
             return False
 
     def close(self) -> None:
-        """Mark closed and wake the reader; the reader thread releases the socket."""
+        """Mark closed and wake the reader and the writer; the reader thread releases the socket."""
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+        self.outbox.wake()
 
-    # JobListener
+    # JobListener: called from workers and the heartbeat; they only queue
 
     def on_progress(self, job: Job, progress: Progress, with_preview: bool) -> None:
         header: dict[str, Any] = {
@@ -300,27 +528,28 @@ class Connection:
         blobs: list[Any] = []
         if with_preview and progress.preview is not None:
             header["preview"] = image_header(preview_image(progress.preview), blobs)
-        self.send(header, blobs)
+        self.outbox.event(header, blobs, progress_of=job.id)
 
     def on_result(self, job: Job, image: RawImage) -> None:
         if job.kind == "pull":  # the task's result: what is installed now
-            self.send({"type": "pulled", "job": job.id, "weights": image})
+            self.outbox.event({"type": "pulled", "job": job.id, "weights": image})
             return
         blobs: list[Any] = []
-        self.send({"type": "result", "job": job.id, "image": image_header(image, blobs)}, blobs)
+        self.outbox.event({"type": "result", "job": job.id, "image": image_header(image, blobs)}, blobs)
 
     def on_error(self, job: Job, code: str, message: str) -> None:
-        self.send({"type": "error", "job": job.id, "code": code, "message": message})
+        self.outbox.event({"type": "error", "job": job.id, "code": code, "message": message})
 
     # --- Reading ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        self.outbox.start()
         try:
             self._serve()
         except (ConnectionClosed, _Stop):
             pass
         except ProtocolError as exc:
-            log.info("connection %d: %s: %s", self.number, exc.code, exc.message)
+            log.info("connection %d: %s: %r", self.number, exc.code, exc.message)
             self.send({"type": "error", "code": exc.code, "message": exc.message})
         except Exception as exc:
             log.exception("connection %d: internal error", self.number)
@@ -328,29 +557,41 @@ class Connection:
             self.send({"type": "error", "code": "internal", "message": message})
         finally:
             self.server.jobs.cancel_owner(self, "Cancelled: the client disconnected.")
+            self.outbox.finish(self.server.config.stall_timeout + 1.0)  # the last error goes out
             self.close()
-            with self.send_lock:  # no worker may be writing to the fd when it is released
-                self.sock.close()
+            self.outbox.finish(5.0)  # no writer may be using the fd when it is released
+            self.sock.close()
             self.server.forget(self)
 
     def _on_idle(self) -> None:
         if self.server.stopping or self.closed:
             raise _Stop()
-        if not self.authenticated and time.monotonic() - self.opened > self.server.config.hello_timeout:
-            raise ProtocolError("timeout", "No hello within the time allowed.")
 
     def _serve(self) -> None:
         cfg = self.server.config
         while True:
             limits = cfg.limits if self.authenticated else HELLO_LIMITS
+            deadline = None if self.authenticated else self.deadline
             try:
-                message = read_message(self.sock, limits, cfg.stall_timeout, self._on_idle, self._check)
+                message = read_message(
+                    self.sock, limits, cfg.stall_timeout, self._on_idle, self._check, deadline=deadline
+                )
             except Rejected as exc:  # refused before its images were allocated; the stream is intact
                 self.server.touch()
                 error = {"type": "error", "code": exc.code, "message": exc.message}
                 self.send(_with_ref(error, _ref(exc.header)))
                 exc.skip()
                 continue
+            except ProtocolError as exc:
+                if exc.code == "timeout" and not self.authenticated:
+                    raise ProtocolError(
+                        "timeout", f"No complete hello within {cfg.hello_timeout:g} s."
+                    ) from None
+                raise
+            finally:
+                if self._reserved:
+                    self.server.in_flight.give(self._reserved)
+                    self._reserved = 0
             self.server.touch()
             if not self.authenticated:
                 self._handshake(message.header)
@@ -365,13 +606,41 @@ class Connection:
             del message  # a job holds its own images; waiting for the next message must not hold them too
 
     def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
-        """Runs before a message's images are allocated: only a valid `stylize` gets memory."""
+        """Runs before a message's images are allocated: only a valid `stylize` that this connection
+        and the engine have room for gets memory."""
         if not self.authenticated:
             return  # HELLO_LIMITS allow no payload at all
-        if header.get("type") == "stylize":
-            check_job(header, sizes, self.server.config.limits)
-        elif any(sizes):
-            raise ProtocolError("bad-request", "Only `stylize` requests carry images.")
+        if header.get("type") != "stylize":
+            if any(sizes):
+                raise ProtocolError("bad-request", "Only `stylize` requests carry images.")
+            return
+        try:
+            self.files.check_job(check_job(header, sizes, self.server.config.limits))
+            self._check_room()
+        except UserError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        total = sum(sizes)
+        if total and not self.server.in_flight.take(total):
+            budget = self.server.in_flight
+            if total > budget.limit:
+                raise ProtocolError(
+                    "too-large",
+                    f"A job of {_mib(total)} of images; this engine takes at most {_mib(budget.limit)}.",
+                )
+            raise ProtocolError(
+                "busy",
+                f"The engine is receiving {_mib(budget.used)} of images from other clients (at most "
+                f"{_mib(budget.limit)} at once); try again in a moment.",
+            )
+        self._reserved = total
+
+    def _check_room(self) -> None:
+        limit = self.server.config.max_jobs_per_connection
+        if self.server.jobs.count(self, "stylize") >= limit:
+            raise UserError(
+                "busy",
+                f"This connection has {limit} jobs queued or running, the most it may; wait for one to end.",
+            )
 
     def _handshake(self, header: dict[str, Any]) -> None:
         if header.get("type") != "hello":
@@ -383,39 +652,47 @@ class Connection:
                     "type": "error",
                     "code": "protocol-mismatch",
                     "protocol": PROTOCOL_VERSION,
-                    "message": f"The engine speaks protocol {PROTOCOL_VERSION}, the client {version!r}.",
+                    "message": f"The engine speaks protocol {PROTOCOL_VERSION}, the client "
+                    f"{str(version)[:32]!r}.",
                 }
             )
             raise ConnectionClosed("protocol mismatch")
-        if self.server.config.endpoint.kind == "tcp":
-            token = header.get("token")
-            expected = self.server.config.token or ""
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
-                log.warning("connection %d: wrong or missing token", self.number)
-                raise ProtocolError("unauthorized", "The engine refused the token.")
-        self.authenticated = True
+        if self.server.config.endpoint.kind == "tcp" and not _token_matches(
+            header.get("token"), self.server.config.token
+        ):
+            log.warning("connection %d: wrong or missing token", self.number)
+            raise ProtocolError("unauthorized", "The engine refused the token.")
+        if not self.server.admit(self):
+            limit = self.server.config.max_connections
+            log.warning("connection %d: %d clients connected already; refusing another", self.number, limit)
+            raise ProtocolError("busy", f"The engine serves {limit} clients already; try again later.")
         self.send(_with_ref(self.server.hello_reply(), _ref(header)))
 
     def _dispatch(self, message: Message, ref: Any) -> None:
         h = message.header
         kind = h["type"]
         if kind == "stylize":
-            spec = parse_job(message, self.server.config.limits)
-            # Hold the write lock so `accepted` goes out before the worker's first progress event.
-            with self.send_lock:
+            spec = self.files.check_job(parse_job(message, self.server.config.limits))
+            self._check_room()
+            # Hold the outbox so `accepted` goes out before the worker's first progress event.
+            with self.outbox.hold():
                 job, position = self.server.jobs.submit(spec, self, self)
-                self._send_locked(_with_ref({"type": "accepted", "job": job.id, "position": position}, ref))
+                self.outbox.reply(
+                    _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
+                )
         elif kind == "pull":
             ids = pull_ids(h)
             if self.server.jobs.count(self, "pull"):
                 raise UserError("busy", "This connection already has a download queued or running.")
-            with self.send_lock:
+            with self.outbox.hold():
                 job, position = self.server.jobs.submit_task("pull", PULL_QUEUE, pull_task(ids), self, self)
-                self._send_locked(_with_ref({"type": "accepted", "job": job.id, "position": position}, ref))
+                self.outbox.reply(
+                    _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
+                )
         elif kind == "cancel":
             job_id = h.get("job")
             if not isinstance(job_id, str) or not self.server.jobs.cancel(job_id):
-                raise ProtocolError("unknown-job", f"No queued or running job {job_id!r}.")
+                raise ProtocolError("unknown-job", f"No queued or running job {str(job_id)[:64]!r}.")
             self.send(_with_ref({"type": "ok"}, ref))
         elif kind == "jobs":
             self.send(_with_ref({"type": "jobs", "jobs": self.server.jobs.snapshot()}, ref))
@@ -424,9 +701,21 @@ class Connection:
         elif kind == "shutdown":
             log.info("connection %d asked the engine to shut down", self.number)
             self.send(_with_ref({"type": "ok"}, ref))
+            self.outbox.drain(self.server.config.stall_timeout)  # the `ok` goes out before the teardown
             self.server.shutdown(wait=False)
         else:
             raise ProtocolError("unknown-type", f"Unknown message type {kind[:64]!r}.")
+
+
+def _token_matches(given: Any, expected: str | None) -> bool:
+    """Constant-time comparison; a token that is no string, or no valid UTF-8 (a lone surrogate
+    from a JSON escape), is simply wrong."""
+    if not isinstance(given, str) or not expected:
+        return False
+    try:
+        return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
 
 
 def _ref(header: dict[str, Any]) -> Any:
@@ -509,16 +798,34 @@ def preview_image(preview: Any) -> RawImage:
     return RawImage(u8.shape[1], u8.shape[0], u8.shape[2], "u8", u8.tobytes())
 
 
-def prepare_private_dir(path: Path) -> None:
-    """Create the socket's directory 0700 and refuse one that another user owns or can enter."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def prepare_private_dir(path: Path) -> bool:
+    """Make `path` ready to hold the engine's socket or lock; True when only this user can enter it.
+
+    A missing folder is created 0700. An existing one is never changed (it may be the user's own
+    folder): it is refused when another user owns it, or when others may write to it without the
+    sticky bit (they could replace the socket); otherwise it is used as it is.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UserError("unsafe-runtime-dir", f"Cannot create {path}: {exc.strerror or exc}.") from None
     if sys.platform == "win32":
-        return
+        return True
     st = path.stat()
-    if st.st_uid != os.geteuid():
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError("unsafe-runtime-dir", f"{path} is not a folder.")
+    if st.st_uid not in (os.geteuid(), 0):
         raise UserError("unsafe-runtime-dir", f"{path} belongs to another user; set NST_RUNTIME_DIR.")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        raise UserError(
+            "unsafe-runtime-dir",
+            f"Other users may write to {path} (mode {mode:o}) and so replace the engine's socket; choose "
+            "a folder only you can write to.",
+        )
+    return st.st_uid == os.geteuid() and not mode & 0o077
 
 
 def device_of(spec: StylizeJob) -> str:
@@ -542,7 +849,12 @@ class EngineLock:
 
     def acquire(self, endpoint: Endpoint) -> bool:
         prepare_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            raise UserError(
+                "unsafe-runtime-dir", f"Cannot open the lock {self.path}: {exc.strerror or exc}."
+            ) from None
         try:
             if sys.platform == "win32":
                 import msvcrt

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import socket
 import struct
@@ -39,6 +40,10 @@ POLL = 0.1  # socket timeout: how often a blocked reader looks up (cancel, shutd
 CHUNK = 1 << 20  # bytes per send/recv call: big enough to be fast, small enough to notice a stall
 CHUNK_SIZE = 16 << 20  # bytes per `chunk` frame a sender writes; messages up to this size go inline
 MAX_CHUNK_HEADER = 1024  # a `chunk` frame's JSON header is small: {"type":"chunk","blob":i,"offset":n}
+# Messages with at least this many bytes of blobs are received into an anonymous memory map: the
+# operating system backs its pages as the bytes arrive, so a header that declares a large image and
+# then stalls costs no memory.
+LAZY_BUFFER = 1 << 20
 
 
 class ProtocolError(Exception):
@@ -224,10 +229,14 @@ def _recv_into(
     view: memoryview,
     stall_timeout: float,
     on_idle: Callable[[], None] | None,
+    deadline: float | None = None,
 ) -> None:
-    """Fill `view` completely. `on_idle` runs on each socket timeout before the first byte."""
+    """Fill `view` completely. `on_idle` runs on each socket timeout before the first byte; past
+    `deadline` (time.monotonic()) it raises ProtocolError("timeout") however the bytes trickle in."""
     pos, last = 0, time.monotonic()
     while pos < len(view):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ProtocolError("timeout", "the time allowed for this message ran out")
         try:
             n = sock.recv_into(view[pos:], min(len(view) - pos, CHUNK))
         except (TimeoutError, BlockingIOError, InterruptedError):
@@ -251,10 +260,11 @@ def _read_head(
     max_payload: int,
     stall_timeout: float,
     on_idle: Callable[[], None] | None,
+    deadline: float | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Read one frame's prefix and JSON header (not its payload): the header and payload length."""
     prefix = bytearray(PREFIX.size)
-    _recv_into(sock, memoryview(prefix), stall_timeout, on_idle)
+    _recv_into(sock, memoryview(prefix), stall_timeout, on_idle, deadline)
     magic, header_len, payload_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise ProtocolError("bad-frame", "not a neural-style frame (wrong magic bytes)")
@@ -263,7 +273,7 @@ def _read_head(
     if payload_len > max_payload:
         raise ProtocolError("too-large", f"payload of {payload_len} bytes (limit {max_payload})")
     text = bytearray(header_len)
-    _recv_into(sock, memoryview(text), stall_timeout, None)
+    _recv_into(sock, memoryview(text), stall_timeout, None, deadline)
     header = _loads(bytes(text))
     if not isinstance(header, dict):
         raise ProtocolError("bad-frame", "header is not a JSON object")
@@ -277,16 +287,21 @@ def read_message(
     on_idle: Callable[[], None] | None = None,
     check: Callable[[dict[str, Any], list[int]], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> Message:
     """Read and check one message. Its blobs are allocated only once the header accounts for them.
 
     Between messages, each socket timeout calls `on_idle` (which may raise to stop waiting); inside
-    one (chunks included), `stall_timeout` seconds without a byte raise ProtocolError("timeout").
-    `check(header, blob_sizes)` runs before the blobs are allocated; a ProtocolError from it becomes
-    `Rejected`, whose `skip()` consumes the rest of the message. `on_chunk(received, total)` runs
-    after each chunk of a chunked message. All blobs are views into one buffer of their total size.
+    one (chunks included), `stall_timeout` seconds without a byte raise ProtocolError("timeout"), and
+    so does reading past `deadline` (time.monotonic(); None: no deadline), even from a peer that
+    sends a byte now and then. `check(header, blob_sizes)` runs before the blobs are allocated; a
+    ProtocolError from it becomes `Rejected`, whose `skip()` consumes the rest of the message.
+    `on_chunk(received, total)` runs after each chunk of a chunked message. All blobs are views into
+    one buffer of their total size (from LAZY_BUFFER bytes on, a memory map filled as they arrive).
     """
-    header, payload_len = _read_head(sock, limits.max_header, limits.max_payload, stall_timeout, on_idle)
+    header, payload_len = _read_head(
+        sock, limits.max_header, limits.max_payload, stall_timeout, on_idle, deadline
+    )
     if header.get("type") == "chunk":
         raise ProtocolError("bad-frame", "a `chunk` frame outside a chunked message (too many chunks?)")
     chunked = header.get("chunked", False)
@@ -309,12 +324,11 @@ def read_message(
         except ProtocolError as exc:
 
             def skip() -> None:
-                _receive(sock, None, sizes, chunked, limits, stall_timeout, None)
+                _receive(sock, None, sizes, chunked, limits, stall_timeout, None, deadline)
 
             raise Rejected(exc, header, skip) from None
-    payload = bytearray(total)
-    view = memoryview(payload)
-    _receive(sock, view, sizes, chunked, limits, stall_timeout, on_chunk)
+    view = memoryview(mmap.mmap(-1, total) if total >= LAZY_BUFFER else bytearray(total))
+    _receive(sock, view, sizes, chunked, limits, stall_timeout, on_chunk, deadline)
     blobs, pos = [], 0
     for size in sizes:
         blobs.append(view[pos : pos + size])
@@ -330,17 +344,18 @@ def _receive(
     limits: Limits,
     stall_timeout: float,
     on_chunk: Callable[[int, int], None] | None,
+    deadline: float | None = None,
 ) -> None:
     """Read a message's blobs into `target` (None: read and discard them in small pieces)."""
     total = sum(sizes)
     if not chunked:
-        _fill(sock, target, total, stall_timeout)
+        _fill(sock, target, total, stall_timeout, deadline)
         return
     received = 0
     for index, size in enumerate(sizes):
         offset = 0
         while offset < size:
-            header, n = _read_head(sock, MAX_CHUNK_HEADER, limits.max_payload, stall_timeout, None)
+            header, n = _read_head(sock, MAX_CHUNK_HEADER, limits.max_payload, stall_timeout, None, deadline)
             if header.get("type") != "chunk":
                 raise ProtocolError(
                     "bad-frame",
@@ -362,21 +377,23 @@ def _receive(
                     f"{size - offset} bytes left",
                 )
             start = received
-            _fill(sock, None if target is None else target[start : start + n], n, stall_timeout)
+            _fill(sock, None if target is None else target[start : start + n], n, stall_timeout, deadline)
             offset += n
             received += n
             if on_chunk is not None:
                 on_chunk(received, total)
 
 
-def _fill(sock: socket.socket, target: memoryview | None, n: int, stall_timeout: float) -> None:
+def _fill(
+    sock: socket.socket, target: memoryview | None, n: int, stall_timeout: float, deadline: float | None
+) -> None:
     if target is not None:
-        _recv_into(sock, target, stall_timeout, None)
+        _recv_into(sock, target, stall_timeout, None, deadline)
         return
     scratch = memoryview(bytearray(min(n, CHUNK)))
     while n > 0:
         piece = min(n, len(scratch))
-        _recv_into(sock, scratch[:piece], stall_timeout, None)
+        _recv_into(sock, scratch[:piece], stall_timeout, None, deadline)
         n -= piece
 
 
@@ -552,10 +569,11 @@ class _Pending:
         return self.size
 
 
-def check_job(header: dict[str, Any], sizes: list[int], limits: Limits) -> None:
+def check_job(header: dict[str, Any], sizes: list[int], limits: Limits) -> StylizeJob:
     """Everything `parse_job` checks, before the blobs exist (a `read_message` check for `stylize`):
-    so an image over max_side, or one whose blob does not match its size, costs no memory."""
-    parse_job(Message(header, [_Pending(n) for n in sizes]), limits)  # type: ignore[misc]
+    so an image over max_side, or one whose blob does not match its size, costs no memory. Returns
+    the job, its images standing in for blobs not yet received (for further checks of its fields)."""
+    return parse_job(Message(header, [_Pending(n) for n in sizes]), limits)  # type: ignore[misc]
 
 
 def _parse_mask(obj: Any, blobs: list[memoryview], limits: Limits, where: str, content: RawImage) -> RawImage:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import protocol
 from engine.errors import UserError
-from engine.protocol import (
+from engine.server import EngineLock, Server, preview_image
+from nst_common import protocol
+from nst_common.protocol import (
     CLIENT_LIMITS,
     ConnectionClosed,
     Endpoint,
@@ -32,7 +34,6 @@ from engine.protocol import (
     read_message,
     send_message,
 )
-from engine.server import EngineLock, Server, preview_image
 
 TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
 LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
@@ -287,13 +288,76 @@ def test_unix_socket_is_private_and_a_stale_one_is_replaced(
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens: what a killed engine leaves behind
     server = make_server(endpoint=Endpoint("unix", path=str(path)))
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755  # the user's folder: left as it was
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and os.listdir(path.parent) == ["engine.sock"]
     with pytest.raises(UserError) as info:
         make_server(endpoint=Endpoint("unix", path=str(path)))
     assert info.value.code == "already-running"
     server.shutdown()
     assert not path.exists()
+
+
+def test_listening_on_a_path_never_destroys_what_is_there(
+    make_server: Callable[..., Server], short_dir: Path
+) -> None:
+    """Only a stale socket of this user is replaced: a file, a link (to a file or to a stale socket)
+    or a folder at the path stays as it was, and the engine says why it will not listen there."""
+    mine = short_dir / "notes.txt"
+    mine.write_text("the user's own file")
+    stale = short_dir / "stale.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(stale))
+    sock.close()
+    cases: dict[str, Callable[[Path], None]] = {
+        "file": lambda p: p.write_text("keep me"),
+        "link to a file": lambda p: p.symlink_to(mine),
+        "link to a stale socket": lambda p: p.symlink_to(stale),
+        "folder": lambda p: p.mkdir(),
+    }
+    for name, make in cases.items():
+        path = short_dir / f"{len(name)}.sock"
+        make(path)
+        before = os.lstat(path)
+        with pytest.raises(UserError) as info:
+            make_server(endpoint=Endpoint("unix", path=str(path)))
+        assert info.value.code == "path-in-use" and "not a socket" in info.value.message, name
+        after = os.lstat(path)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode), name
+    assert mine.read_text() == "the user's own file" and stat.S_ISSOCK(os.lstat(stale).st_mode)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+def test_a_socket_folder_is_never_chmodded_and_one_others_may_write_to_is_refused(
+    make_server: Callable[..., Server], short_dir: Path
+) -> None:
+    shared = short_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may replace a socket here
+    with pytest.raises(UserError) as info:
+        make_server(endpoint=Endpoint("unix", path=str(shared / "e.sock")))
+    assert info.value.code == "unsafe-runtime-dir" and "Other users may write" in info.value.message
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777 and not os.listdir(shared)
+
+    sticky = short_dir / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp: nobody can remove another's entry
+    server = make_server(endpoint=Endpoint("unix", path=str(sticky / "e.sock")))
+    assert stat.S_IMODE(sticky.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((sticky / "e.sock").stat().st_mode) == 0o600 and os.listdir(sticky) == ["e.sock"]
+    _session(server).close()
+
+    fresh = short_dir / "new" / "run"  # created by the engine: private
+    make_server(endpoint=Endpoint("unix", path=str(fresh / "e.sock")))
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_the_lock_file_is_never_followed_through_a_link(short_dir: Path) -> None:
+    mine = short_dir / "notes.txt"
+    mine.write_text("the user's own file")
+    (short_dir / "engine.lock").symlink_to(mine)
+    with pytest.raises(UserError):
+        EngineLock(short_dir / "engine.lock").acquire(Endpoint("unix", path="/x.sock"))
+    assert mine.read_text() == "the user's own file"
 
 
 def test_one_engine_per_user_lock(short_dir: Path) -> None:
@@ -776,11 +840,16 @@ def _raw_header(header: dict[str, Any]) -> bytes:
     return protocol.PREFIX.pack(protocol.MAGIC, len(text), 0) + text
 
 
-def test_the_engine_holds_one_layer_at_a_time(make_server: Callable[..., Server]) -> None:
+def test_the_engine_holds_one_layer_at_a_time(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three 32 MiB jobs on one connection, the results read and thrown away in small pieces: the
     traced peak is one job's pixels in the engine (and small change). An engine that kept the last
-    job's pixels while it waits for the next one (a reader or worker holding on to them) shows 2x."""
+    job's pixels while it waits for the next one (a reader or worker holding on to them) shows 2x.
+    Messages are received into bytearrays here, which tracemalloc sees (memory maps it does not)."""
     import tracemalloc
+
+    monkeypatch.setattr(protocol, "LAZY_BUFFER", 1 << 62)
 
     size = 32 << 20
     server = _echo_server(make_server, limits=protocol.Limits(max_payload=1 << 20, chunk_size=1 << 20))

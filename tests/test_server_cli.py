@@ -36,12 +36,20 @@ def test_token_file_is_private(nst_env: dict[str, str]) -> None:
     assert _nst("serve", "--listen", "127.0.0.1:0").returncode == 2
 
 
+def test_a_styles_dir_must_exist(nst_env: dict[str, str]) -> None:
+    done = _nst("serve", "--listen", "127.0.0.1:0", "--styles-dir", "/nonexistent/styles")
+    assert done.returncode == 2 and "no such folder" in done.stderr
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and locks")
 def test_serve_tcp_then_ping_jobs_refuse_a_second_engine_and_stop(nst_env: dict[str, str]) -> None:
+    styles = Path(nst_env["NST_HOME"]).parent / "styles"
+    styles.mkdir()
     engine = subprocess.Popen(
         [
             *(sys.executable, "-m", "engine", "serve", "--listen", "127.0.0.1:0", "--idle-timeout", "120"),
             *("--max-message", "512M", "--max-side", "20000", "--max-payload", "8M", "--chunk-size", "4M"),
+            *("--styles-dir", str(styles), "--max-in-flight", "1G", "--jobs-per-connection", "2"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -73,3 +81,4 @@ def test_serve_tcp_then_ping_jobs_refuse_a_second_engine_and_stop(nst_env: dict[
             engine.stderr.close()
     log = Path(nst_env["NST_HOME"]) / "engine.log"
     assert "listening on tcp:127.0.0.1:" in log.read_text() and os.path.getsize(log) > 0
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600  # it names files: the user's only
