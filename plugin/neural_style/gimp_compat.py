@@ -109,7 +109,7 @@ _LAYER_FIELDS = frozenset(
     | {f"region{n}_style_layer" for n in _REGION_NUMBERS}
 )
 _CHANNEL_FIELDS = frozenset(f"region{n}_channel" for n in _REGION_NUMBERS)
-_FILE_FIELDS = frozenset({"style_file", "style2_file"} | {f"region{n}_style_file" for n in _REGION_NUMBERS})
+_FILE_FIELDS = frozenset(layers.FILE_FIELDS)
 # The declared settings in the dialog's left column; the model has its own place and the label
 # strictness sits with the label maps.
 _LEFT_SETTINGS = tuple(row for row in layers.DIALOG_SETTINGS if row.name not in ("model", "map_weight"))
@@ -486,7 +486,7 @@ def _dialog(
     title("style2-title", "Second style (optional)")
     dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
     dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
-    dialog.fill_box("output-box", ["output", "only-selection", "layer-mask"])
+    dialog.fill_box("output-box", ["output", "only-selection", "remember-paths", "layer-mask"])
     for n in _REGION_NUMBERS:
         dialog.get_label(f"region{n}-tab", f"Region {n}", False, False)
         parts = ("source", "channel", "style-file", "style-layer")
@@ -529,6 +529,7 @@ def _dialog(
     style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
     style2_widget = dialog.get_widget("style2-frame", GObject.TYPE_NONE)
     regions_widget = dialog.get_widget("regions-frame", GObject.TYPE_NONE)
+    remember_widget = dialog.get_widget("remember-paths", GObject.TYPE_NONE)
     maps_widget = dialog.get_widget("maps-frame", GObject.TYPE_NONE)
     channel_widgets = {n: dialog.get_widget(f"region{n}-channel", GObject.TYPE_NONE) for n in _REGION_NUMBERS}
     # Pairs, not a dict: a Setting holds dicts (per_method), so it cannot be hashed.
@@ -540,7 +541,7 @@ def _dialog(
         regions = config.get_property("layer-mask") == "regions"
         # Only what the chosen method takes: a model or style images, regions, label maps.
         model_box.set_visible(needs_model)
-        for widget in (style_widget, style2_widget, regions_widget):
+        for widget in (style_widget, style2_widget, regions_widget, remember_widget):
             widget.set_visible(not needs_model)
         maps_widget.set_visible(layers.declared.method(method).guided)
         style_widget.set_sensitive(not regions)
@@ -670,6 +671,8 @@ def _apply(image: Gimp.Image, source: Gimp.Layer, result: RawImage, settings: Se
     target.attach_parasite(
         Gimp.Parasite.new(layers.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
     )
+    paths = layers.paths_to_bytes(settings)  # not persistent: never saved in the XCF
+    target.attach_parasite(Gimp.Parasite.new(layers.PATHS_PARASITE_NAME, Gimp.PARASITE_UNDOABLE, list(paths)))
     return target
 
 
@@ -791,6 +794,9 @@ def _rerun(
         )
     try:
         settings, tattoo = layers.settings_from_bytes(bytes(parasite.get_data()))
+        paths = layer.get_parasite(layers.PATHS_PARASITE_NAME)
+        if paths is not None:
+            settings = layers.with_paths(settings, bytes(paths.get_data()))
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
     source = image.get_layer_by_tattoo(tattoo) if tattoo else None

@@ -75,7 +75,9 @@ def test_transfer_on_two_layers_with_mask_and_selection(gimp_chroot: Path, work:
         assert outside < 1e-3, f"{result['name']}: pixels outside the selection changed by {outside}"
     assert after[0]["mask"] is not None and min(after[0]["mask"]) == 0.0
     parasites = ok["parasites"]
-    assert parasites[0]["settings"]["preset"] == "draft" and parasites[0]["settings"]["size"] == 64
+    saved = parasites[0]["settings"]
+    assert saved["engine"]["preset"] == "draft" and saved["engine"]["size"] == 64
+    assert saved["style_file"] == "style.png"  # the file name only: the XCF may travel
     assert parasites[1] is None and parasites[3] is None
 
     # Re-run from the top result: the same settings, a fresh result right above its source.
