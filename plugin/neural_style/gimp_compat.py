@@ -618,9 +618,23 @@ def _error(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
 
-def _prepare_styles(settings: Settings, items: dict[str, Any]) -> list[tuple[Any, float]]:
+def _read_style_file(path: str) -> RawImage:
+    """A style file decoded by GIMP, for an engine that reads no files for this client (one
+    reached over TCP takes pixels, not paths: docs/protocol.md)."""
+    try:
+        picture = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
+    except GLib.Error as exc:
+        raise _Failure(f"The style file {path} could not be read: {exc.message}") from None
+    try:
+        return _read_pixels(picture.flatten())
+    finally:
+        picture.delete()
+
+
+def _prepare_styles(settings: Settings, items: dict[str, Any], send_files: bool) -> list[tuple[Any, float]]:
     """The job's styles: a file path or a layer's pixels each, with its weight. In the regions mode
-    each region's own style, in region order, counting fully."""
+    each region's own style, in region order, counting fully. Without `send_files` (the engine
+    reads no paths of this client) a file goes as its pixels too."""
     if settings.method in layers.MODEL_METHODS:
         return []
     if settings.layer_mask == "regions":
@@ -637,7 +651,10 @@ def _prepare_styles(settings: Settings, items: dict[str, Any]) -> list[tuple[Any
     for layer, path, weight in chosen:
         if weight <= 0:
             continue
-        styles.append((_read_pixels(layer) if layer is not None else path, weight))
+        if layer is not None:
+            styles.append((_read_pixels(layer), weight))
+        else:
+            styles.append((path if send_files else _read_style_file(path), weight))
     return styles
 
 
@@ -711,7 +728,7 @@ def _execute(
         sources = _check_drawables(drawables, settings)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
-    styles = _prepare_styles(settings, items)
+    styles = _prepare_styles(settings, items, engine.last_hello.get("paths", "any") == "any")
     map_layers = [items["content_map"], items["style_map"]] if settings.content_map else []
     use_selection = settings.only_selection and not Gimp.Selection.is_empty(image)
 

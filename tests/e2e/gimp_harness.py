@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,34 +65,52 @@ def engine_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def running_engine(work: Path, home: Path | None = None, name: str = "engine") -> Iterator[Path]:
-    """A real engine, started from the host venv, listening on `work`/run/`name`.sock; its data
-    directory is `home` (default `work`/home) and its output goes to `work`/`name`.out. Its runtime
-    directory (lock, token) is its own too: the default one is shared by every engine of the user,
-    and one engine per runtime directory may run."""
+def running_engine(
+    work: Path, home: Path | None = None, name: str = "engine", listen: str | None = None
+) -> Iterator[Path | str]:
+    """A real engine, started from the host venv, listening on `work`/run/`name`.sock, or on
+    `listen` (e.g. "tcp:127.0.0.1:PORT"); yields the socket's path or `listen`. Its data directory
+    is `home` (default `work`/home) and its output goes to `work`/`name`.out. Its runtime directory
+    (lock, token) is its own too: the default one is shared by every engine of the user, and one
+    engine per runtime directory may run."""
     sock = work / "run" / f"{name}.sock"
     sock.parent.mkdir(exist_ok=True)
     out = work / f"{name}.out"
     log = open(out, "wb")  # noqa: SIM115 - closed below
+    env = {**engine_env(home or work / "home"), "NST_RUNTIME_DIR": str(work / "run" / name)}
+    endpoint = listen or f"unix:{sock}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--listen", f"unix:{sock}"],
+        [sys.executable, "-m", "engine", "serve", "--listen", endpoint],
         cwd=REPO,
-        env={**engine_env(home or work / "home"), "NST_RUNTIME_DIR": str(work / "run" / name)},
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
-        while not sock.exists():
+        while not _listening(endpoint):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail(f"the engine did not start: {out.read_text()}")
             time.sleep(0.2)
-        yield sock
+        yield listen or sock
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def _listening(endpoint: str) -> bool:
+    """The socket file exists, or the TCP port takes a connection."""
+    kind, _, where = endpoint.partition(":")
+    if kind == "unix":
+        return Path(where).exists()
+    host, _, port = where.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), 0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def install_plugin(work: Path, engine_config: dict) -> Path:

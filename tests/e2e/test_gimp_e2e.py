@@ -7,10 +7,14 @@ to the Debian mirror; about a minute and a half).
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from gimp_harness import HERE, install_plugin, run_gimp_batch, write_style
+from gimp_harness import HERE, install_plugin, run_gimp_batch, running_engine, write_style
 
 pytestmark = pytest.mark.gimp
 
@@ -248,3 +252,22 @@ def test_regions_from_channels_and_from_the_layer_mask(gimp_chroot: Path, work: 
     assert status == "execution-error" and out is None, (status, error)
     assert "Region 1 (channel “Empty”) selects nothing over “Photo”" in error, error
     assert findings["empty_unchanged"]
+
+
+def test_a_style_file_reaches_an_engine_over_tcp_as_pixels(gimp_chroot: Path, work: Path) -> None:
+    """An engine reached over TCP (a remote GPU, or Windows' default) reads no client paths: the
+    plug-in decodes the style file with GIMP and sends its pixels."""
+    style = work / "style.png"
+    write_style(style)
+    home = work / "home"
+    env = {**os.environ, "NST_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "engine", "token"], env=env, capture_output=True, check=True)
+    token = (home / "token").read_text().strip()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with running_engine(work, home, listen=f"tcp:127.0.0.1:{port}") as endpoint:
+        install_plugin(work, {"python": "/nonexistent/python", "endpoint": endpoint, "token": token})
+        findings = run_gimp_batch(work, HERE / "batch_tcp.py", {"style": str(style)})
+    assert findings["status"] == "success", findings["error"]
+    assert findings["layers"] == ["Photo (style, gatys)", "Photo"]
