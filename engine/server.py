@@ -775,7 +775,8 @@ def pull_task(ids: list[str]) -> Task:
 
                 progress(Progress(index / len(ids), "download", f"Downloading {weight_id}"))
                 weights.pull([weight_id], progress=on_bytes, manifest=manifest)
-                progress(Progress((index + 1) / len(ids), "verify", f"{weight_id}: verified and installed"))
+                checked = weights.checked_by(manifest.entry(weight_id))
+                progress(Progress((index + 1) / len(ids), "verify", f"{weight_id}: {checked} and installed"))
         return [{"id": weight_id, "installed": True} for weight_id in ids]
 
     return run
