@@ -32,6 +32,18 @@ def zoo() -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests: on two shared cores torch's own thread pool only
+    adds contention to small jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A private directory with a short path: Unix socket paths must stay under ~100 bytes."""

@@ -35,12 +35,7 @@ from nst_common.protocol import (
 JOB = {"preset": "draft", "size": 128, "seed": 0, "device": "cpu", "iterations": 60}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import is_final, noise, session
 
 from engine import images
 from engine.errors import CancelToken
@@ -79,10 +80,6 @@ def _tcp_server(make_server: Callable[..., Server], **config: Any) -> Server:
     )
 
 
-def _session(server: Server) -> socket.socket:
-    return open_session(server.address, server.config.token, timeout=5.0)[0]
-
-
 def _next(sock: socket.socket, timeout: float = 10.0) -> dict[str, Any]:
     """The next message's header (its blobs read and dropped)."""
     deadline = time.monotonic() + timeout
@@ -103,15 +100,6 @@ def _until(
         out.append(_next(sock, max(0.05, end - time.monotonic())))
         if done(out[-1]):
             return out
-
-
-def _final(h: dict[str, Any]) -> bool:
-    return h["type"] in ("result", "error")
-
-
-def _pixels(w: int, h: int, c: int, seed: int = 0) -> RawImage:
-    data = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
-    return RawImage(w, h, c, "u8", data.tobytes())
 
 
 def _submit(sock: socket.socket, job: StylizeJob, ref: Any = None) -> None:
@@ -199,13 +187,13 @@ def test_slow_handshakes_cannot_take_the_places_of_clients_with_the_token(
             sock.close()
             assert hello["type"] == "hello" and time.monotonic() - start < 1.0
         # Clients with the token have their own places: four, and a fifth is told so.
-        held = [_session(server) for _ in range(4)]
+        held = [session(server) for _ in range(4)]
         with pytest.raises(ProtocolError) as info:
             open_session(server.address, TOKEN, timeout=5.0)
         assert info.value.code == "busy"
         held.pop().close()
         time.sleep(0.3)
-        _session(server).close()
+        session(server).close()
         for sock in held:
             sock.close()
     finally:
@@ -224,7 +212,7 @@ def test_stalled_uploads_share_one_budget_and_cost_no_memory(make_server: Callab
     The engine's memory does not grow by what they declared."""
     limits = protocol.Limits(max_message=256 << 20)
     server = _tcp_server(make_server, limits=limits, max_in_flight=150 << 20, stall_timeout=1.5)
-    socks = [_session(server) for _ in range(4)]
+    socks = [session(server) for _ in range(4)]
     try:
         before = _rss_mib()
         for i, sock in enumerate(socks):
@@ -241,9 +229,9 @@ def test_stalled_uploads_share_one_budget_and_cost_no_memory(make_server: Callab
         for sock in socks[:2]:
             assert _next(sock, 5.0)["code"] == "timeout"
         assert server.in_flight.used == 0
-        with _session(server) as sock:  # the budget is free again
-            _submit(sock, StylizeJob("echo", {"device": "cpu"}, _pixels(64, 32, 4)))
-            assert _until(sock, _final)[-1]["type"] == "result"
+        with session(server) as sock:  # the budget is free again
+            _submit(sock, StylizeJob("echo", {"device": "cpu"}, noise(64, 32, 4)))
+            assert _until(sock, is_final)[-1]["type"] == "result"
     finally:
         for sock in socks:
             sock.close()
@@ -251,9 +239,9 @@ def test_stalled_uploads_share_one_budget_and_cost_no_memory(make_server: Callab
 
 def test_one_connection_may_queue_only_so_many_jobs(make_server: Callable[..., Server]) -> None:
     server = _tcp_server(make_server, max_jobs_per_connection=3)
-    with _session(server) as sock:
+    with session(server) as sock:
         for i in range(5):
-            _submit(sock, StylizeJob("slow", {"device": "cpu"}, _pixels(8, 8, 4)), ref=i)
+            _submit(sock, StylizeJob("slow", {"device": "cpu"}, noise(8, 8, 4)), ref=i)
         replies = _until(sock, lambda h: h.get("ref") == 4)
         answers = {h["ref"]: h for h in replies if "ref" in h}
         assert [answers[i]["type"] for i in range(5)] == ["accepted"] * 3 + ["error"] * 2
@@ -266,12 +254,12 @@ def test_one_connection_may_queue_only_so_many_jobs(make_server: Callable[..., S
 
 def test_a_client_that_stops_reading_holds_up_no_one_else(make_server: Callable[..., Server]) -> None:
     server = _tcp_server(make_server, stall_timeout=5.0)
-    with _session(server) as stuck, _session(server) as other:
-        _submit(stuck, StylizeJob("big", {"device": "cpu"}, _pixels(8, 8, 4)))  # a 32 MiB result, never read
+    with session(server) as stuck, session(server) as other:
+        _submit(stuck, StylizeJob("big", {"device": "cpu"}, noise(8, 8, 4)))  # a 32 MiB result, never read
         time.sleep(0.5)
         start = time.monotonic()
-        _submit(other, StylizeJob("echo", {"device": "cpu"}, _pixels(64, 32, 4)))
-        events = _until(other, _final)
+        _submit(other, StylizeJob("echo", {"device": "cpu"}, noise(64, 32, 4)))
+        events = _until(other, is_final)
         took = time.monotonic() - start
         assert events[-1]["type"] == "result" and took < 1.0, (events[-1], took)
         # The stuck client's own reader still answers, and its result is kept for it.
@@ -297,25 +285,23 @@ def secret(tmp_path: Path) -> Path:
 
 
 def _path_job(path: str, method: str = "first-style", **params: Any) -> StylizeJob:
-    return StylizeJob(method, {"device": "cpu", **params}, _pixels(5, 6, 3), [StyleRef(path=path)])
+    return StylizeJob(method, {"device": "cpu", **params}, noise(5, 6, 3), [StyleRef(path=path)])
 
 
 def _answer(sock: socket.socket, job: StylizeJob) -> dict[str, Any]:
     _submit(sock, job, ref="p")
-    return _until(sock, lambda h: (h.get("ref") == "p" and h["type"] == "error") or _final(h))[-1]
+    return _until(sock, lambda h: (h.get("ref") == "p" and h["type"] == "error") or is_final(h))[-1]
 
 
 def test_over_tcp_no_path_reaches_the_file_system(make_server: Callable[..., Server], secret: Path) -> None:
     server = _tcp_server(make_server)
     missing = str(secret.with_name("missing.png"))
-    with _session(server) as sock:
+    with session(server) as sock:
         answers = {
             "file": _answer(sock, _path_job(str(secret))),
             "missing": _answer(sock, _path_job(missing)),
             "folder": _answer(sock, _path_job(str(secret.parent))),
-            "init": _answer(
-                sock, StylizeJob("echo", {"device": "cpu", "init": str(secret)}, _pixels(5, 6, 3))
-            ),
+            "init": _answer(sock, StylizeJob("echo", {"device": "cpu", "init": str(secret)}, noise(5, 6, 3))),
         }
         for what, reply in answers.items():
             assert (reply["type"], reply["code"]) == ("error", "path-refused"), (what, reply)
@@ -324,8 +310,8 @@ def test_over_tcp_no_path_reaches_the_file_system(make_server: Callable[..., Ser
             missing, "P"
         )
         # `init` content and noise name no file: still fine.
-        _submit(sock, StylizeJob("echo", {"device": "cpu", "init": "noise"}, _pixels(5, 6, 3)))
-        assert _until(sock, _final)[-1]["type"] == "result"
+        _submit(sock, StylizeJob("echo", {"device": "cpu", "init": "noise"}, noise(5, 6, 3)))
+        assert _until(sock, is_final)[-1]["type"] == "result"
     assert server.hello_reply()["paths"] == "none"
 
 
@@ -338,7 +324,7 @@ def test_over_tcp_only_files_in_the_styles_folder_are_read(
     (styles / "link.png").symlink_to(secret)  # a link out of the folder is out
     (styles / "notes.txt").write_text("not a picture")
     server = _tcp_server(make_server, styles_dir=styles)
-    with _session(server) as sock:
+    with session(server) as sock:
         result = _answer(sock, _path_job("candy.png"))
         assert result["type"] == "result" and (result["image"]["width"], result["image"]["height"]) == (4, 4)
         probes = [str(secret), "../private/secret.png", "link.png", "missing.png", str(styles)]
@@ -349,7 +335,7 @@ def test_over_tcp_only_files_in_the_styles_folder_are_read(
             messages.add(reply["message"].replace(repr(probe), "P"))
         assert len(messages) == 1, messages  # nothing tells one probe from another
         for init in ("a\x00b", "link.png", str(secret)):
-            reply = _answer(sock, StylizeJob("echo", {"device": "cpu", "init": init}, _pixels(5, 6, 3)))
+            reply = _answer(sock, StylizeJob("echo", {"device": "cpu", "init": init}, noise(5, 6, 3)))
             assert (reply["type"], reply["code"]) == ("error", "path-refused"), (init, reply)
         reply = _answer(sock, _path_job("notes.txt"))  # inside the folder: the reader's own error
         assert reply["code"] == "bad-input" and "secret" not in reply["message"]
@@ -399,9 +385,9 @@ def test_client_text_cannot_forge_log_lines_and_the_log_is_private(
 ) -> None:
     caplog.set_level(logging.INFO)
     server = _tcp_server(make_server)
-    with _session(server) as sock:
-        _submit(sock, StylizeJob(f"x\n{FORGED}", {"device": "cpu"}, _pixels(5, 6, 3)), ref=1)
-        assert _until(sock, _final)[-1]["type"] == "error"
+    with session(server) as sock:
+        _submit(sock, StylizeJob(f"x\n{FORGED}", {"device": "cpu"}, noise(5, 6, 3)), ref=1)
+        assert _until(sock, is_final)[-1]["type"] == "error"
         send_message(sock, {"type": f"y\r\n{FORGED}"})
         assert _next(sock)["code"] == "unknown-type"
     time.sleep(0.2)
@@ -445,10 +431,10 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
         max_in_flight=160 << 20,  # the two stalled uploads (128 MiB) leave room for small jobs
         styles_dir=styles,
     )
-    good = StylizeJob("gatys", TINY, _pixels(20, 14, 4), [StyleRef(image=_pixels(12, 12, 3, 1))])
-    with _session(server) as sock:  # once before: the model is loaded, so what grows below is the attack's
+    good = StylizeJob("gatys", TINY, noise(20, 14, 4), [StyleRef(image=noise(12, 12, 3, 1))])
+    with session(server) as sock:  # once before: the model is loaded, so what grows below is the attack's
         _submit(sock, good)
-        assert _until(sock, _final, 60)[-1]["type"] == "result"
+        assert _until(sock, is_final, 60)[-1]["type"] == "result"
 
     stop = threading.Event()
     problems: list[str] = []
@@ -477,25 +463,25 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
                 pass
 
     def upload() -> None:
-        with _session(server) as sock:
+        with session(server) as sock:
             sock.sendall(_upload_header("u"))
             _until(sock, lambda h: h["type"] == "error", 5.0)
 
     def stuck() -> None:
-        with _session(server) as sock:
-            _submit(sock, StylizeJob("big", {"device": "cpu"}, _pixels(8, 8, 4)))
+        with session(server) as sock:
+            _submit(sock, StylizeJob("big", {"device": "cpu"}, noise(8, 8, 4)))
             stop.wait(3.0)
 
     def probe() -> None:
-        with _session(server) as sock:
+        with session(server) as sock:
             for path in (str(secret), "/etc/passwd", "../private/secret.png", "/nonexistent.png"):
                 reply = _answer(sock, _path_job(path))
                 assert reply.get("code") == "path-refused", reply
 
     def inject() -> None:
-        with _session(server) as sock:
-            _submit(sock, StylizeJob(f"m\n{FORGED}", {"device": "cpu"}, _pixels(4, 4, 3)), ref=1)
-            _until(sock, _final)
+        with session(server) as sock:
+            _submit(sock, StylizeJob(f"m\n{FORGED}", {"device": "cpu"}, noise(4, 4, 3)), ref=1)
+            _until(sock, is_final)
         with server.address.connect(2.0) as sock:
             sock.sendall(
                 _raw_frame({"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": "\ud800"})
@@ -503,9 +489,9 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
             assert _next(sock)["code"] == "unauthorized"
 
     def flood() -> None:
-        with _session(server) as sock:
+        with session(server) as sock:
             for i in range(4):
-                _submit(sock, StylizeJob("slow", {"device": "cpu"}, _pixels(8, 8, 4)), ref=i)
+                _submit(sock, StylizeJob("slow", {"device": "cpu"}, noise(8, 8, 4)), ref=i)
             replies = _until(sock, lambda h: h.get("ref") == 3)
             assert sum(h["type"] == "accepted" for h in replies) <= 2
 
@@ -526,7 +512,7 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
                 assert hello["type"] == "hello"
                 start = time.monotonic()
                 _submit(sock, good)
-                assert _until(sock, _final, 30)[-1]["type"] == "result"
+                assert _until(sock, is_final, 30)[-1]["type"] == "result"
                 job_times.append(time.monotonic() - start)
             time.sleep(0.3)
         flooder = attacker("flood", flood)

@@ -11,13 +11,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from client import EngineClient, EngineError
+from helpers import Files, serve_files
 
 from engine import cli_server, methods, weights
 from engine import server as engine_server
@@ -39,41 +38,12 @@ def fixture_bytes(seed: int, size: int = SIZE) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@dataclass
-class Files:
-    bodies: dict[str, bytes] = field(default_factory=dict)
-    delay: float = 0.0  # seconds between 8 KiB blocks
-    requests: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
 def http() -> Iterator[tuple[str, Files]]:
     """A loopback HTTP server serving `Files.bodies`, each 8 KiB block after `Files.delay`."""
     files = Files()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            files.requests.append(self.path)
-            body = files.bodies.get(self.path)
-            if body is None:
-                self.send_error(404, "Not Found")
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            for start in range(0, len(body), 8192):
-                time.sleep(files.delay)
-                self.wfile.write(body[start : start + 8192])
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_files(files) as url:
+        yield url, files
 
 
 @pytest.fixture

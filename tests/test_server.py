@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from helpers import is_final, noise, session
 
 from engine.errors import UserError
 from engine.server import EngineLock, Server, preview_image
@@ -39,29 +39,13 @@ TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations":
 LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Two shared cores: torch's own thread pool only adds contention to these tiny jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _pixels(w: int, h: int, c: int, seed: int) -> RawImage:
-    data = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
-    return RawImage(w, h, c, "u8", data.tobytes())
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _job(params: dict[str, Any], seed: int = 0, selection: bool = False) -> StylizeJob:
-    content = _pixels(20, 14, 4, seed)
+    content = noise(20, 14, 4, seed)
     sel = RawImage(20, 14, 1, "u8", bytes(20 * 14)) if selection else None
-    return StylizeJob("gatys", dict(params), content, [StyleRef(image=_pixels(12, 12, 3, seed + 1))], sel)
-
-
-def _session(server: Server) -> socket.socket:
-    sock, _ = open_session(server.address, server.config.token)
-    return sock
+    return StylizeJob("gatys", dict(params), content, [StyleRef(image=noise(12, 12, 3, seed + 1))], sel)
 
 
 def _events(sock: socket.socket, until: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> list:
@@ -80,10 +64,6 @@ def _events(sock: socket.socket, until: Callable[[dict[str, Any]], bool], timeou
             return out
 
 
-def _final(header: dict[str, Any]) -> bool:
-    return header["type"] in ("result", "error")
-
-
 def test_hello_then_a_real_gatys_job_and_the_model_stays_cached(make_server: Callable[..., Server]) -> None:
     server = make_server()
     sock, hello = open_session(server.address, None)
@@ -93,7 +73,7 @@ def test_hello_then_a_real_gatys_job_and_the_model_stays_cached(make_server: Cal
         for seed in (1, 2):
             header, blobs = job_message(_job(TINY, seed))
             send_message(sock, dict(header, ref=seed), blobs)
-            events = _events(sock, _final)
+            events = _events(sock, is_final)
             first, last = events[0][0], events[-1][0]
             assert first == {"type": "accepted", "job": first["job"], "position": 0, "ref": seed, "blobs": []}
             assert last["type"] == "result", last
@@ -122,7 +102,7 @@ def test_previews_are_small_u8() -> None:
 
 def test_user_errors_keep_the_connection(make_server: Callable[..., Server]) -> None:
     server = make_server()
-    with _session(server) as sock:
+    with session(server) as sock:
         for params, code in (
             (dict(TINY, preset="nope"), "bad-option"),
             (dict(TINY, device="tpu"), "bad-option"),
@@ -148,11 +128,11 @@ def test_an_internal_error_is_reported_without_its_traceback(make_server: Callab
         raise RuntimeError("boom in the method")
 
     server = make_server(runner=broken)
-    with _session(server) as sock:
+    with session(server) as sock:
         for _ in range(2):  # and the server is still fine afterwards
             header, blobs = job_message(_job(TINY))
             send_message(sock, header, blobs)
-            last = _events(sock, _final)[-1][0]
+            last = _events(sock, is_final)[-1][0]
             assert last["code"] == "internal" and "boom in the method" in last["message"]
             assert "Traceback" not in last["message"]
 
@@ -165,7 +145,7 @@ def _wait_until_running(sock: socket.socket) -> str:
 
 def test_cancel_running_and_queued_gatys_jobs(make_server: Callable[..., Server]) -> None:
     server = make_server()
-    with _session(server) as a, _session(server) as b:
+    with session(server) as a, session(server) as b:
         header, blobs = job_message(_job(LONG))
         send_message(a, header, blobs)
         running = _wait_until_running(a)
@@ -187,7 +167,7 @@ def test_cancel_running_and_queued_gatys_jobs(make_server: Callable[..., Server]
 
         start = time.monotonic()
         send_message(b, {"type": "cancel", "job": running})
-        last = _events(a, _final)[-1][0]
+        last = _events(a, is_final)[-1][0]
         assert last["type"] == "error" and last["code"] == "cancelled"
         assert time.monotonic() - start < 1.0
 
@@ -197,13 +177,13 @@ def test_cancel_running_and_queued_gatys_jobs(make_server: Callable[..., Server]
         # The engine is free at once for the next job.
         header, blobs = job_message(_job(TINY))
         send_message(a, header, blobs)
-        events = _events(a, _final)
+        events = _events(a, is_final)
         assert events[0][0]["position"] == 0 and events[-1][0]["type"] == "result"
 
 
 def test_a_disconnecting_client_cancels_its_jobs(make_server: Callable[..., Server]) -> None:
     server = make_server()
-    sock = _session(server)
+    sock = session(server)
     header, blobs = job_message(_job(LONG))
     send_message(sock, header, blobs)
     _wait_until_running(sock)
@@ -217,7 +197,7 @@ def test_a_disconnecting_client_cancels_its_jobs(make_server: Callable[..., Serv
 
 def test_progress_at_least_twice_a_second(make_server: Callable[..., Server]) -> None:
     server = make_server()
-    with _session(server) as sock:
+    with session(server) as sock:
         header, blobs = job_message(_job(dict(LONG, size=96)))
         send_message(sock, header, blobs)
         job = _wait_until_running(sock)
@@ -237,11 +217,11 @@ def test_stalled_and_silent_clients_are_dropped(make_server: Callable[..., Serve
         msg = read_message(silent, CLIENT_LIMITS)
         assert msg.header["code"] == "timeout"
         assert silent.recv(1) == b""
-    with _session(server) as stalled:
+    with session(server) as stalled:
         stalled.sendall(protocol.encode_header({"type": "jobs"}, [])[:9])
         stalled.settimeout(3.0)
         assert read_message(stalled, CLIENT_LIMITS).header["code"] == "timeout"
-    with _session(server) as idle:  # between frames a client may wait as long as it likes
+    with session(server) as idle:  # between frames a client may wait as long as it likes
         time.sleep(0.6)
         send_message(idle, {"type": "jobs"})
         assert _events(idle, lambda h: True)[0][0]["type"] == "jobs"
@@ -344,7 +324,7 @@ def test_a_socket_folder_is_never_chmodded_and_one_others_may_write_to_is_refuse
     server = make_server(endpoint=Endpoint("unix", path=str(sticky / "e.sock")))
     assert stat.S_IMODE(sticky.stat().st_mode) == 0o1777
     assert stat.S_IMODE((sticky / "e.sock").stat().st_mode) == 0o600 and os.listdir(sticky) == ["e.sock"]
-    _session(server).close()
+    session(server).close()
 
     fresh = short_dir / "new" / "run"  # created by the engine: private
     make_server(endpoint=Endpoint("unix", path=str(fresh / "e.sock")))
@@ -379,7 +359,7 @@ def test_idle_timeout_and_shutdown_request(make_server: Callable[..., Server]) -
     assert not idle._thread.is_alive() and not Path(idle.address.path).exists()
 
     server = make_server()
-    with _session(server) as sock:
+    with session(server) as sock:
         send_message(sock, {"type": "shutdown", "ref": 9})
         assert _events(sock, lambda h: True)[0][0] == {"type": "ok", "ref": 9, "blobs": []}
     assert server._thread is not None
@@ -433,7 +413,7 @@ def _valid_frames() -> Iterator[bytes]:
     header["method"] = "no-such-method"  # whatever gets through validation fails fast
     yield protocol.encode_header(header, blobs) + b"".join(bytes(b) for b in blobs)
     yield b"".join(
-        _stream_frames(StylizeJob("no-such-method", {}, _pixels(32, 16, 4, 0)))
+        _stream_frames(StylizeJob("no-such-method", {}, noise(32, 16, 4, 0)))
     )  # 2 KiB in 1 KiB chunks
     for h in (
         {"type": "jobs"},
@@ -553,7 +533,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
         {"type": "hello", "protocol": protocol.PROTOCOL_VERSION},
     ]
     for _ in range(65):
-        with _session(server) as sock:
+        with session(server) as sock:
             # Read while writing: a client that stops reading is (rightly) dropped as stalled.
             replies: list[Any] = []
             reader = threading.Thread(target=_collect_until_end, args=(sock, replies))
@@ -574,10 +554,10 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
     assert {"bad-frame", "too-large", "bad-request", "hello-required", "unknown-type"} <= seen, seen
 
     # The same server still serves a real job correctly.
-    with _session(server) as sock:
+    with session(server) as sock:
         header, blobs = job_message(_job(TINY, 7, selection=True))
         send_message(sock, header, blobs)
-        last, last_blobs = _events(sock, _final)[-1]
+        last, last_blobs = _events(sock, is_final)[-1]
         assert last["type"] == "result"
         assert bytes(last_blobs[0]) == _job(TINY, 7).content.data
 
@@ -599,11 +579,9 @@ def _echo_server(make_server: Callable[..., Server], **config: Any) -> Server:
 
 def _stream_job(seed: int = 0, side: int = 64) -> StylizeJob:
     """A 64x32 RGBA u8 content (8 KiB, eight 1 KiB chunks) with a selection and a style image."""
-    content = _pixels(side, side // 2, 4, seed)
+    content = noise(side, side // 2, 4, seed)
     selection = RawImage(side, side // 2, 1, "u8", bytes(range(256)) * (side * side // 2 // 256))
-    return StylizeJob(
-        "echo", {"device": "cpu"}, content, [StyleRef(image=_pixels(16, 8, 3, seed))], selection
-    )
+    return StylizeJob("echo", {"device": "cpu"}, content, [StyleRef(image=noise(16, 8, 3, seed))], selection)
 
 
 def _stream_frames(job: StylizeJob, chunk: int = 1024, ref: Any = None) -> list[bytes]:
@@ -622,7 +600,7 @@ def _stream_frames(job: StylizeJob, chunk: int = 1024, ref: Any = None) -> list[
 
 def test_a_job_larger_than_a_chunk_streams_both_ways(make_server: Callable[..., Server]) -> None:
     server = _echo_server(make_server)
-    with _session(server) as sock:
+    with session(server) as sock:
         job = _stream_job(1)
         header, blobs = job_message(job)
         sent: list[int] = []
@@ -682,7 +660,7 @@ def test_a_broken_chunk_stream_is_refused_and_others_are_served(
     make_server: Callable[..., Server], case: str, mutate: Callable[[list[bytes]], list[bytes]], code: str
 ) -> None:
     server = _echo_server(make_server)
-    with _session(server) as other, _session(server) as sock:
+    with session(server) as other, session(server) as sock:
         with contextlib.suppress(OSError):  # the server may hang up before it has read everything
             sock.sendall(b"".join(mutate(_stream_frames(_stream_job()))))
         events = _events(sock, lambda h: h["type"] == "error" and "job" not in h, timeout=10)
@@ -697,7 +675,7 @@ def test_a_broken_chunk_stream_is_refused_and_others_are_served(
         job = _stream_job(5)
         header, blobs = job_message(job)
         send_message(other, header, blobs, 5.0, 1024)
-        last, last_blobs = _events(other, _final)[-1]
+        last, last_blobs = _events(other, is_final)[-1]
         assert last["type"] == "result" and bytes(last_blobs[0]) == job.content.data
 
 
@@ -705,14 +683,14 @@ def test_a_client_stalling_mid_stream_times_out_while_another_is_served(
     make_server: Callable[..., Server],
 ) -> None:
     server = _echo_server(make_server, stall_timeout=0.5)
-    with _session(server) as stalled, _session(server) as other:
+    with session(server) as stalled, session(server) as other:
         frames = _stream_frames(_stream_job())
         stalled.sendall(b"".join(frames[:3]))
         started = time.monotonic()
         job = _stream_job(2)
         header, blobs = job_message(job)
         send_message(other, header, blobs, 5.0, 1024)
-        assert _events(other, _final)[-1][0]["type"] == "result"
+        assert _events(other, is_final)[-1][0]["type"] == "result"
         stalled.settimeout(5.0)
         error = read_message(stalled, CLIENT_LIMITS, 5.0).header
         assert error["code"] == "timeout" and 0.5 <= time.monotonic() - started < 3.0
@@ -723,8 +701,8 @@ def test_a_refused_streamed_job_is_skipped_and_the_connection_goes_on(
     make_server: Callable[..., Server],
 ) -> None:
     server = _echo_server(make_server)
-    wide = StylizeJob("echo", {"device": "cpu"}, _pixels(512, 4, 4, 0))  # over max_side, within max_message
-    with _session(server) as sock:
+    wide = StylizeJob("echo", {"device": "cpu"}, noise(512, 4, 4, 0))  # over max_side, within max_message
+    with session(server) as sock:
         for bad, why in ((wide, "width"), (StylizeJob("echo", [], _stream_job().content), "params")):  # type: ignore[arg-type]
             header, blobs = job_message(bad)
             send_message(sock, dict(header, ref="bad"), blobs, 5.0, 1024)
@@ -737,7 +715,7 @@ def test_a_refused_streamed_job_is_skipped_and_the_connection_goes_on(
         job = _stream_job(3)
         header, blobs = job_message(job)
         send_message(sock, header, blobs, 5.0, 1024)
-        last, last_blobs = _events(sock, _final)[-1]
+        last, last_blobs = _events(sock, is_final)[-1]
         assert last["type"] == "result" and bytes(last_blobs[0]) == job.content.data
 
 
@@ -793,7 +771,7 @@ def test_fuzz_chunk_streams(make_server: Callable[..., Server]) -> None:
     seen: set[str] = set()
     for _ in range(1000):
         stream = _mutate_stream(frames, rng)
-        with _session(server) as sock:
+        with session(server) as sock:
             with contextlib.suppress(OSError):
                 sock.sendall(stream)
                 sock.shutdown(socket.SHUT_WR)
@@ -806,11 +784,11 @@ def test_fuzz_chunk_streams(make_server: Callable[..., Server]) -> None:
                 assert h.get("code") != "internal", h
                 seen.add(h.get("code", h["type"]))
     assert {"bad-frame", "too-large", "bad-request", "result"} <= seen, seen
-    with _session(server) as sock:
+    with session(server) as sock:
         job = _stream_job(9)
         header, blobs = job_message(job)
         send_message(sock, header, blobs, 5.0, 1024)
-        last, last_blobs = _events(sock, _final)[-1]
+        last, last_blobs = _events(sock, is_final)[-1]
         assert last["type"] == "result" and bytes(last_blobs[0]) == job.content.data
 
 
@@ -829,7 +807,7 @@ def test_an_image_over_max_side_is_refused_before_its_memory_is_allocated(
         "content": content,
         "blobs": [1 << 44],
     }
-    with _session(server) as sock:
+    with session(server) as sock:
         sock.sendall(_raw_header(dict(header, chunked=True)))
         error = _events(sock, lambda h: True)[0][0]
         assert (error["code"], error["ref"]) == ("bad-request", 7) and "content.width" in error["message"]
@@ -862,7 +840,7 @@ def test_the_engine_holds_one_layer_at_a_time(
         if h["type"] == "result":
             raise ProtocolError("bad-request", "read it into nothing")
 
-    with _session(server) as sock:
+    with session(server) as sock:
         tracemalloc.start()
         try:
             for _ in range(3):

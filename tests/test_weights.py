@@ -273,13 +273,8 @@ def test_import_verifies_a_local_file(home: Path, tmp_path, monkeypatch) -> None
     assert right.exists()  # import copies, it never moves the user's file
 
 
-def test_zip_bundle_is_extracted_to_verified_files(server: Server, home: Path, tmp_path, monkeypatch) -> None:
-    candy, udnie = payload(11), payload(12)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("saved_models/candy.pth", candy)
-        zf.writestr("saved_models/udnie.pth", udnie)
-    server.behaviour.files["/saved_models.zip"] = buf.getvalue()
+def bundle_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, more: str = "") -> None:
+    """A manifest of the archive "bundle" at `url` with candy in it, then `more`."""
     write_manifest(
         tmp_path,
         monkeypatch,
@@ -287,7 +282,7 @@ def test_zip_bundle_is_extracted_to_verified_files(server: Server, home: Path, t
 [[archives]]
 id = "bundle"
 file = "saved_models.zip"
-urls = ["{server.url}/saved_models.zip"]
+urls = ["{url}"]
 
 [[weights]]
 id = "candy"
@@ -295,7 +290,23 @@ method = "johnson"
 file = "johnson_candy.pth"
 archive = "bundle"
 member = "saved_models/candy.pth"
+"""
+        + more,
+    )
 
+
+def test_zip_bundle_is_extracted_to_verified_files(server: Server, home: Path, tmp_path, monkeypatch) -> None:
+    candy, udnie = payload(11), payload(12)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("saved_models/candy.pth", candy)
+        zf.writestr("saved_models/udnie.pth", udnie)
+    server.behaviour.files["/saved_models.zip"] = buf.getvalue()
+    bundle_manifest(
+        tmp_path,
+        monkeypatch,
+        server.url + "/saved_models.zip",
+        """
 [[weights]]
 id = "udnie"
 method = "johnson"
@@ -531,26 +542,6 @@ def test_a_resumed_download_stops_where_the_server_sends_more_than_it_declared(
     assert server.ranges("/a.pth") == ["bytes=100000-"]
     assert_too_large(err, "a.pth", f"{len(data)} bytes it declared", limit=weights.MAX_UNSIZED_FILE_BYTES)
     assert not any((home / "weights").glob("a.pth*")) and "a" not in weights.pins()
-
-
-def bundle_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    write_manifest(
-        tmp_path,
-        monkeypatch,
-        f"""
-[[archives]]
-id = "bundle"
-file = "saved_models.zip"
-urls = ["{url}"]
-
-[[weights]]
-id = "candy"
-method = "johnson"
-file = "johnson_candy.pth"
-archive = "bundle"
-member = "saved_models/candy.pth"
-""",
-    )
 
 
 def test_a_zip_member_over_the_cap_is_refused_by_its_declared_size(

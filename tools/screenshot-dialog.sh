@@ -11,29 +11,10 @@
 # list shows one model installed and the others to download. Needs root.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=tools/screenshot-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/screenshot-common.sh"
 OUT="$(realpath -m "${1:-$REPO/docs/dialog.png}")"
-PYTHON="${NST_PYTHON:-$REPO/.venv/bin/python}"
-CHROOT="$REPO/tools/gimp3-chroot.sh"
-
-"$CHROOT" ensure
-WORK="$(mktemp -d /tmp/nst-shot.XXXXXX)"
-ENGINE_PID=""
-cleanup() {
-    [[ -n $ENGINE_PID ]] && kill "$ENGINE_PID" 2>/dev/null && wait "$ENGINE_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PLUGIN="$WORK/gimp3/plug-ins/neural_style"
-mkdir -p "$PLUGIN" "$WORK/run" "$(dirname "$OUT")"
-for f in "$REPO"/plugin/neural_style/*.py; do cp -L "$f" "$PLUGIN/"; done
-# The plug-in imports nst_common (protocol, settings declaration) as a sibling package, laid out
-# as install.py lays it out.
-mkdir -p "$PLUGIN/nst_common"
-for f in "$REPO"/nst_common/*.py; do cp -L "$f" "$PLUGIN/nst_common/"; done
-chmod +x "$PLUGIN/neural_style.py"
-printf '{"python": "/nonexistent/python", "endpoint": "unix:%s"}\n' "$WORK/run/engine.sock" >"$PLUGIN/engine.json"
+screenshot_setup nst-shot
 
 # A stand-in for the candy model, installed as a user installs a file they have (it is never run).
 printf 'a stand-in for the candy model\n' >"$WORK/candy.pth"
@@ -41,11 +22,7 @@ printf 'a stand-in for the candy model\n' >"$WORK/candy.pth"
 # lock in the runtime directory) neither stops this one nor shows its models.
 export NST_HOME="$WORK/home" NST_RUNTIME_DIR="$WORK/run"
 (cd "$REPO" && "$PYTHON" -m engine models import johnson_candy "$WORK/candy.pth") >/dev/null
-(cd "$REPO" && exec "$PYTHON" -m engine serve --listen "unix:$WORK/run/engine.sock") \
-    >"$WORK/engine.log" 2>&1 &
-ENGINE_PID=$!
-for _ in $(seq 100); do [[ -S $WORK/run/engine.sock ]] && break; sleep 0.2; done
-[[ -S $WORK/run/engine.sock ]] || { cat "$WORK/engine.log" >&2; echo "engine did not start" >&2; exit 1; }
+start_engine
 
 # The batch script opens a display on a small image and runs the procedure interactively; it
 # blocks in the dialog until the capture below kills GIMP. The Johnson method with its installed

@@ -12,27 +12,11 @@
 # layer over the picture, the time left on the progress bar). Needs root.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=tools/screenshot-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/screenshot-common.sh"
 OUT="$(realpath -m "${1:-$REPO/docs/preview.png}")"
-PYTHON="${NST_PYTHON:-$REPO/.venv/bin/python}"
-CHROOT="$REPO/tools/gimp3-chroot.sh"
-
-"$CHROOT" ensure
-WORK="$(mktemp -d /tmp/nst-preview.XXXXXX)"
-ENGINE_PID=""
-cleanup() {
-    [[ -n $ENGINE_PID ]] && kill "$ENGINE_PID" 2>/dev/null && wait "$ENGINE_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PLUGIN="$WORK/gimp3/plug-ins/neural_style"
-mkdir -p "$PLUGIN/nst_common" "$WORK/run" "$(dirname "$OUT")"
-for f in "$REPO"/plugin/neural_style/*.py; do cp -L "$f" "$PLUGIN/"; done
-for f in "$REPO"/nst_common/*.py; do cp -L "$f" "$PLUGIN/nst_common/"; done
-chmod +x "$PLUGIN/neural_style.py"
+screenshot_setup nst-preview
 echo '(show-welcome-dialog no)' >"$WORK/gimp3/gimprc"
-printf '{"python": "/nonexistent/python", "endpoint": "unix:%s"}\n' "$WORK/run/engine.sock" >"$PLUGIN/engine.json"
 
 (cd "$REPO" && "$PYTHON" - "$WORK" <<'PY'
 import importlib.util
@@ -52,11 +36,7 @@ images.save_image(work / "painting.png", warm)
 PY
 )
 
-(cd "$REPO" && NST_HOME="$WORK/home" exec "$PYTHON" -m engine serve --listen "unix:$WORK/run/engine.sock") \
-    >"$WORK/engine.log" 2>&1 &
-ENGINE_PID=$!
-for _ in $(seq 100); do [[ -S $WORK/run/engine.sock ]] && break; sleep 0.2; done
-[[ -S $WORK/run/engine.sock ]] || { cat "$WORK/engine.log" >&2; echo "engine did not start" >&2; exit 1; }
+NST_HOME="$WORK/home" start_engine
 
 {
     printf 'WORK = "%s"\nPLUGIN = "%s"\nSIZE = (1060, 660)\n' "$WORK" "$PLUGIN"

@@ -10,13 +10,23 @@
 # the transfer on both layers, then press Ctrl+Z once in the image window (xdotool, real X input:
 # the PDB cannot undo) and record the layers after the run and after the undo.
 import json
-import subprocess
 import sys
 import time
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, Gio, fill, load_args, pixels, transfer
+from batch_prelude import (
+    Gimp,
+    Gio,
+    fill,
+    focus,
+    image_window,
+    load_args,
+    pixels,
+    quit_gimp,
+    transfer,
+    undo_once,
+)
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H = ARGS.get("size", (40, 32))
@@ -156,10 +166,6 @@ def run_case(entry):
     return record
 
 
-def xdotool(*args):
-    return subprocess.run(["xdotool", *args], capture_output=True, text=True, timeout=20).stdout.split()
-
-
 def run_undo():
     image = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
     layers = [
@@ -171,27 +177,15 @@ def run_undo():
     Gimp.Display.new(image)
     Gimp.displays_flush()
     findings["before"] = [layer["name"] for layer in snapshot(image)]
-    windows = []
-    for _ in range(30):  # the image window's title names the image
-        windows = xdotool("search", "--onlyvisible", "--name", r"\[Untitled\]")
-        if windows:
-            break
-        time.sleep(1)
-    findings["windows"] = windows
+    findings["windows"] = windows = image_window()
     for entry in ARGS["runs"]:
         before = snapshot(image)
         record = {"id": entry["id"]}
         record["status"], record["error"] = transfer(image, layers, **props_of(entry))
         record["after_run"] = [layer["name"] for layer in snapshot(image)]
         Gimp.displays_flush()
-        xdotool("windowfocus", "--sync", windows[0])
-        time.sleep(1)
-        xdotool("key", "--clearmodifiers", "ctrl+z")
-        for _ in range(30):
-            if len(image.get_layers()) != len(record["after_run"]):
-                break
-            time.sleep(0.5)
-        time.sleep(1)
+        focus(windows[0])
+        undo_once(image, len(record["after_run"]))
         record["restored"] = snapshot(image) == before
         record["after_undo"] = [layer["name"] for layer in snapshot(image)]
         findings["runs"].append(record)
@@ -210,7 +204,4 @@ except Exception:
 with open(ARGS["out"], "w") as f:
     json.dump(findings, f)
 if ARGS["mode"] == "undo":
-    quit_proc = Gimp.get_pdb().lookup_procedure("gimp-quit")
-    quit_config = quit_proc.create_config()
-    quit_config.set_property("force", True)
-    quit_proc.run(quit_config)
+    quit_gimp()

@@ -8,7 +8,7 @@ import sys
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, fill, load_args, pixels, procedure_config, run_procedure
+from batch_prelude import Gimp, fill, layer_state, load_args, procedure_config, quit_gimp, run_procedure
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 # OK is the dialog's last button: its middle sits this far from the window's bottom right corner
@@ -29,13 +29,6 @@ exit 1
 findings = {"cases": {}}
 
 
-def state(image):
-    return [
-        {"name": layer.get_name(), "pixels": list(pixels(layer, "R'G'B'A float"))}
-        for layer in image.get_layers()
-    ]
-
-
 try:
     image = Gimp.Image.new(40, 32, Gimp.ImageBaseType.RGB)
     layer = Gimp.Layer.new(image, "Photo", 40, 32, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
@@ -43,7 +36,7 @@ try:
     fill(layer, 3, "R'G'B' float", lambda x, y, c: ((x * 7 + y * 5 + c * 11) % 32) / 32.0)
     Gimp.Display.new(image)  # the progress bar lives in the image window
     for case in ARGS["cases"]:
-        before = state(image)
+        before = layer_state(image)
         presser = subprocess.Popen(["sh", "-c", PRESS_OK])
         proc, config = procedure_config(
             image,
@@ -59,7 +52,7 @@ try:
         except subprocess.TimeoutExpired:
             presser.kill()
             pressed = False
-        after = state(image)
+        after = layer_state(image)
         findings["cases"][case["model"]] = {
             "pressed": pressed,
             "status": status,
@@ -78,7 +71,4 @@ except Exception:
 with open(ARGS["out"], "w") as f:
     json.dump(findings, f)
 image.clean_all()
-quit_proc = Gimp.get_pdb().lookup_procedure("gimp-quit")
-quit_config = quit_proc.create_config()
-quit_config.set_property("force", True)
-quit_proc.run(quit_config)
+quit_gimp()

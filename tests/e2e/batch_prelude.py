@@ -1,12 +1,15 @@
 """What every GIMP batch script of the e2e suite (and tools/screenshot-dialog.sh's) shares: imports,
-arguments, pixel read and fill, and configuring and running the plug-in's procedures. Imported
-inside GIMP's Python in the chroot.
+arguments, pixel read and fill, configuring and running the plug-in's procedures, driving the GUI
+with xdotool (find the image window, focus it, press Ctrl+Z) and quitting GIMP. Imported inside
+GIMP's Python in the chroot.
 
 The harness prepends `E2E_DIR` and `ARGS_PATH` to each script; the script puts E2E_DIR on sys.path
 and imports from here.
 """
 
 import json
+import subprocess
+import time
 from array import array
 
 import gi
@@ -21,11 +24,17 @@ __all__ = [
     "Gio",
     "configure",
     "fill",
+    "focus",
+    "image_window",
+    "layer_state",
     "load_args",
     "pixels",
     "procedure_config",
+    "quit_gimp",
     "run_procedure",
     "transfer",
+    "undo_once",
+    "xdotool",
 ]
 
 TRANSFER = "plug-in-neural-style-transfer"
@@ -83,3 +92,53 @@ def run_procedure(proc, config):
 def transfer(image, drawables, **props):
     """Run the transfer non-interactively on `drawables` with `props`; (status nick, error)."""
     return run_procedure(*procedure_config(image, drawables, **props))
+
+
+def layer_state(image):
+    """Every layer of `image`, top first: its name and its pixels as RGBA floats."""
+    return [
+        {"name": layer.get_name(), "pixels": list(pixels(layer, "R'G'B'A float"))}
+        for layer in image.get_layers()
+    ]
+
+
+def xdotool(*args):
+    """Run xdotool (real X input, as a user would); its output split into words."""
+    return subprocess.run(["xdotool", *args], capture_output=True, text=True, timeout=20).stdout.split()
+
+
+def image_window():
+    """The ids of the visible windows of an untitled image (their titles name the image), waiting
+    up to 30 s for one to show; empty if none did."""
+    windows = []
+    for _ in range(30):
+        windows = xdotool("search", "--onlyvisible", "--name", r"\[Untitled\]")
+        if windows:
+            break
+        time.sleep(1)
+    return windows
+
+
+def focus(window):
+    """Give `window` the keyboard focus and let it settle."""
+    xdotool("windowfocus", "--sync", window)
+    time.sleep(1)
+
+
+def undo_once(image, count_before, tries=30):
+    """Press Ctrl+Z in the focused window; wait until `image`'s layer count is no longer
+    `count_before` (or `tries` half-seconds), then a second more."""
+    xdotool("key", "--clearmodifiers", "ctrl+z")
+    for _ in range(tries):
+        if len(image.get_layers()) != count_before:
+            break
+        time.sleep(0.5)
+    time.sleep(1)
+
+
+def quit_gimp():
+    """Quit GIMP without asking about unsaved images."""
+    quit_proc = Gimp.get_pdb().lookup_procedure("gimp-quit")
+    quit_config = quit_proc.create_config()
+    quit_config.set_property("force", True)
+    quit_proc.run(quit_config)

@@ -8,13 +8,24 @@
 # through the PDB in the plug-in's own process, non-interactively (previews off), in one undo step.
 # Last, a grey image gets a grey preview.
 import json
-import subprocess
 import sys
-import time
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, Gio, fill, load_args, pixels, procedure_config, transfer
+from batch_prelude import (
+    Gimp,
+    Gio,
+    fill,
+    focus,
+    image_window,
+    layer_state,
+    load_args,
+    pixels,
+    procedure_config,
+    quit_gimp,
+    transfer,
+    undo_once,
+)
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 W, H = 64, 48
@@ -23,27 +34,6 @@ findings = {}
 
 def names(image):
     return [layer.get_name() for layer in image.get_layers()]
-
-
-def state(image):
-    return [
-        {"name": layer.get_name(), "pixels": list(pixels(layer, "R'G'B'A float"))}
-        for layer in image.get_layers()
-    ]
-
-
-def xdotool(*args):
-    return subprocess.run(["xdotool", *args], capture_output=True, text=True, timeout=20).stdout.split()
-
-
-def undo_once(image, count_before):
-    """Press Ctrl+Z in the image window; wait until the layer count changes (or 10 s)."""
-    xdotool("key", "--clearmodifiers", "ctrl+z")
-    for _ in range(20):
-        if len(image.get_layers()) != count_before:
-            break
-        time.sleep(0.5)
-    time.sleep(1)
 
 
 try:
@@ -64,7 +54,7 @@ try:
     image.clean_all()
     Gimp.Display.new(image)
     Gimp.displays_flush()
-    findings["before"] = state(image)
+    findings["before"] = layer_state(image)
 
     sys.path.insert(0, ARGS["plugin_dir"])
     import client
@@ -108,18 +98,13 @@ try:
     findings["after_run"] = names(image)
     Gimp.displays_flush()
 
-    windows = []
-    for _ in range(30):
-        windows = xdotool("search", "--onlyvisible", "--name", r"\[Untitled\]")
-        if windows:
-            break
-        time.sleep(1)
-    findings["windows"] = windows
-    xdotool("windowfocus", "--sync", windows[0])
-    time.sleep(1)
-    undo_once(image, len(findings["after_run"]))
-    findings["after_undo"] = state(image)
-    undo_once(image, len(image.get_layers()))  # nothing left to undo: a preview step would show here
+    findings["windows"] = windows = image_window()
+    focus(windows[0])
+    undo_once(image, len(findings["after_run"]), tries=20)
+    findings["after_undo"] = layer_state(image)
+    undo_once(
+        image, len(image.get_layers()), tries=20
+    )  # nothing left to undo: a preview step would show here
     findings["after_second_undo"] = names(image)
 
     # What a cancelled run leaves: GIMP kills the plug-in, its preview layer stays. The next run
@@ -138,7 +123,7 @@ try:
     )
     findings["after_pdb"] = names(image)
     Gimp.displays_flush()
-    undo_once(image, len(findings["after_pdb"]))
+    undo_once(image, len(findings["after_pdb"]), tries=20)
     findings["after_pdb_undo"] = names(image)
 
     grey = Gimp.Image.new(32, 24, Gimp.ImageBaseType.GRAY)
@@ -162,7 +147,4 @@ except Exception:
 with open(ARGS["out"], "w") as f:
     json.dump(findings, f)
 image.clean_all()
-quit_proc = Gimp.get_pdb().lookup_procedure("gimp-quit")
-quit_config = quit_proc.create_config()
-quit_config.set_property("force", True)
-quit_proc.run(quit_config)
+quit_gimp()

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from gimp_harness import HERE, REPO, install_plugin, run_gimp_batch, running_engine
+from helpers import Files, serve_files
 
 pytestmark = pytest.mark.gimp
 
@@ -33,28 +32,8 @@ def served(zoo: ModuleType) -> Iterator[tuple[str, dict[str, bytes], list[str]]]
     torch.save(zoo.johnson_state_dict(zoo.johnson_model(seed=3)), buffer)
     files = {"/mosaic.pth": buffer.getvalue(), "/udnie.pth": b"not the udnie model"}
     requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404, "Not Found")
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files, requests
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_files(Files(files, requests=requests)) as url:
+        yield url, files, requests
 
 
 def _manifest(url: str, files: dict[str, bytes]) -> str:

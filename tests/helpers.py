@@ -1,0 +1,75 @@
+"""Helpers several test modules share (pytest puts tests/ on sys.path, so `from helpers import ...`
+works from tests/ and tests/e2e/)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from engine.server import Server
+from nst_common.protocol import RawImage, open_session
+
+
+def noise(w: int, h: int, c: int, seed: int = 0) -> RawImage:
+    """A w x h u8 image of `c` channels of uniform noise from `seed`."""
+    data = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+    return RawImage(w, h, c, "u8", data.tobytes())
+
+
+def is_final(header: dict[str, Any]) -> bool:
+    """Whether a job's event ends it."""
+    return header["type"] in ("result", "error")
+
+
+def session(server: Server) -> socket.socket:
+    """A connection to `server` that has said hello with the server's token."""
+    return open_session(server.address, server.config.token, timeout=5.0)[0]
+
+
+@dataclass
+class Files:
+    """What `serve_files` serves: bodies by path, sent in 8 KiB blocks `delay` seconds apart; the
+    paths asked for, in order."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    delay: float = 0.0
+    requests: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def serve_files(files: Files) -> Iterator[str]:
+    """A loopback HTTP server of `files` (404 for any other path) while the block runs; its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            files.requests.append(self.path)
+            body = files.bodies.get(self.path)
+            if body is None:
+                self.send_error(404, "Not Found")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), 8192):
+                time.sleep(files.delay)
+                self.wfile.write(body[start : start + 8192])
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
