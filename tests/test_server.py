@@ -169,7 +169,7 @@ def test_cancel_running_and_queued_gatys_jobs(make_server: Callable[..., Server]
         send_message(b, {"type": "cancel", "job": running})
         last = _events(a, is_final)[-1][0]
         assert last["type"] == "error" and last["code"] == "cancelled"
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 2.0  # LONG alone runs for minutes: this is the next step's end
 
         send_message(b, {"type": "cancel", "job": running, "ref": 3})
         assert _events(b, lambda h: h.get("ref") == 3)[-1][0]["code"] == "unknown-job"

@@ -85,4 +85,4 @@ def test_the_dialog_downloads_the_chosen_model_then_runs(
     assert not (work / "home" / "weights" / "johnson_udnie.pth").exists()
     assert requests == ["/udnie.pth", "/mosaic.pth"]  # each downloaded once, by the engine
     log = (work / "home" / "engine.log").read_text()
-    assert log.count(": pull on download") == 2, log
+    assert log.count("queued: 'pull' on 'download'") == 2, log
