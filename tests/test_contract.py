@@ -4,7 +4,7 @@ engine accepts, for every method and every value that matters.
 The variants come from the declaration itself (nst_common/settings.py): each dialog setting at the
 bounds of its procedure argument and of each method's range, each choice, each installed model, then
 masks, a split mask, regions, two styles, label maps and a selection. Each is validated by the
-plug-in's `layers.validate` against the real engine's `hello`, built by `layers.build_job`, and sent
+plug-in's `settings.validate` against the real engine's `hello`, built by `job.build_job`, and sent
 by the plug-in's `EngineClient` over a real Unix socket to a real server. That server's runner is
 the pipeline's own preparation (settings, images, styles, masks, guides and the plan, everything
 before the method computes): running 100 000 Gatys iterations per variant would prove nothing more
@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import layers
 import numpy as np
 import pytest
 from client import EngineClient, EngineError
-from layers import Settings, SettingsError
+from job import build_job, region_masks, style_weights
+from model_choice import method_models
+from settings import DIALOG_SETTINGS, MODEL_METHODS, Settings, SettingsError, dialog_value, validate
 
 from engine import pipeline
 from engine.server import Server
@@ -65,7 +66,7 @@ def _values(row: declared.Setting, method: str, models: list[str]) -> list[Any]:
     if row.kind == "bool":
         return [False, True]
     wide, own = row.widest(), row.for_method(method)
-    bounds = {wide.lo, wide.hi, own.lo, own.hi, layers.dialog_value(row, row.default)}
+    bounds = {wide.lo, wide.hi, own.lo, own.hi, dialog_value(row, row.default)}
     values = sorted(b for b in bounds if b is not None)
     if row.kind == "float":
         values.append((values[0] + values[-1]) / 2)
@@ -76,7 +77,7 @@ def _variants(method: str, models: list[str]) -> Iterator[tuple[str, dict[str, A
     """(name, Settings.of fields, shape of the layer) for one method."""
     style = {} if models is not None else {"style_file": "STYLE"}
     yield "defaults", style, "plain"
-    for row in layers.DIALOG_SETTINGS:
+    for row in DIALOG_SETTINGS:
         if method not in row.methods:
             continue
         for value in _values(row, method, models or []):
@@ -106,24 +107,24 @@ def _variants(method: str, models: list[str]) -> Iterator[tuple[str, dict[str, A
 
 
 def _job(settings: Settings, shape: str, style_file: Path) -> Any:
-    """The job the plug-in builds for one layer of `shape`, as gimp_compat does."""
+    """The job the plug-in builds for one layer of `shape`, as host.py does."""
     content = _raw(2, 1) if shape == "grey" else _raw(4 if shape == "mask" else 3, 1)
-    if settings.method in layers.MODEL_METHODS:
+    if settings.method in MODEL_METHODS:
         styles: list[tuple[Any, float]] = []
     elif settings.layer_mask == "regions":
         styles = [(str(style_file), 1.0), (_raw(3, 3, 16, 16), 1.0)]
     else:
-        w1, w2 = layers.style_weights(settings)
+        w1, w2 = style_weights(settings)
         styles = [(str(style_file), w1)] + ([(_raw(3, 3, 16, 16), w2)] if w2 > 0 else [])
     layer_mask = _mask(left=True) if shape == "mask" else None
-    region_masks = (
-        layers.region_masks(settings, "Photo", layer_mask, {1: _mask(left=True)})
+    masks = (
+        region_masks(settings, "Photo", layer_mask, {1: _mask(left=True)})
         if settings.layer_mask == "regions"
         else None
     )
     maps = (_labels(), _labels()) if settings.content_map else None
     selection = _mask(left=False) if shape == "selection" else None
-    return layers.build_job(settings, content, styles, selection, layer_mask, maps, region_masks)
+    return build_job(settings, content, styles, selection, layer_mask, maps, masks)
 
 
 def _prepare_only(job: Any, progress: Any, cancel: Any, cache: Any) -> RawImage:
@@ -180,7 +181,7 @@ def style_file(tmp_path: Path) -> Path:
 def _client(server: Server) -> tuple[EngineClient, dict[str, list[str] | None], list[str]]:
     client = EngineClient(NO_CONFIG, endpoint=str(server.address))
     hello = client.hello()
-    return client, layers.method_models(hello), hello["devices"]
+    return client, method_models(hello), hello["devices"]
 
 
 @pytest.mark.parametrize("method", declared.METHOD_NAMES)
@@ -192,7 +193,7 @@ def test_what_the_plugin_accepts_the_engine_accepts(
     for name, fields, shape in _variants(method, available[method]):
         values = {k: str(style_file) if v == "STYLE" else v for k, v in fields.items()}
         try:
-            settings = layers.validate(Settings.of(method=method, **values), available, devices)
+            settings = validate(Settings.of(method=method, **values), available, devices)
         except SettingsError as exc:  # the plug-in says what to change; nothing reaches the engine
             refused.append((name, str(exc)))
             continue
@@ -214,8 +215,8 @@ def test_every_method_runs_with_the_dialogs_defaults(
     """The real pipeline, the plug-in's own Settings() defaults (Gatys kept short)."""
     client, available, devices = _client(make_server())
     extra = {"size": 32, "iterations": 2} if method == "gatys" else {}
-    style = {} if method in layers.MODEL_METHODS else {"style_file": str(style_file)}
-    settings = layers.validate(Settings.of(method=method, **style, **extra), available, devices)
+    style = {} if method in MODEL_METHODS else {"style_file": str(style_file)}
+    settings = validate(Settings.of(method=method, **style, **extra), available, devices)
     job = _job(settings, "plain", style_file)
     result = client.stylize(job, lambda *_: None, lambda: False)
     assert (result.width, result.height, result.channels) == (W, H, 3)

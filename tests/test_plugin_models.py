@@ -11,10 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin" / "neural_style"))
 
-import layers
 import model_choice
-from layers import Settings, SettingsError
 from model_choice import Model
+from settings import Settings, SettingsError, validate
 
 from engine import weights
 from engine.server import Server
@@ -89,7 +88,7 @@ def test_a_model_that_is_not_installed_names_the_pull_command(
     model: str, available: list[str], fragments: list[str]
 ) -> None:
     with pytest.raises(SettingsError) as err:
-        layers.validate(Settings.of(method="johnson", model=model), {"johnson": available, "gatys": None})
+        validate(Settings.of(method="johnson", model=model), {"johnson": available, "gatys": None})
     for fragment in fragments:
         assert fragment in str(err.value)
 
@@ -97,5 +96,5 @@ def test_a_model_that_is_not_installed_names_the_pull_command(
 def test_with_no_model_installed_or_chosen_the_engine_names_its_default() -> None:
     """The plug-in leaves the choice to the engine, whose error names the exact weights to pull
     (tests/e2e/test_methods_e2e.py runs that through GIMP)."""
-    s = layers.validate(Settings.of(method="johnson"), {"johnson": [], "gatys": None})
+    s = validate(Settings.of(method="johnson"), {"johnson": [], "gatys": None})
     assert s.get("model") == "" and "model" not in s.engine_params()

@@ -50,7 +50,7 @@ from batch_prelude import Gimp, Gio, procedure_config
 
 sys.path.insert(0, PLUGIN)
 import client
-import gimp_compat
+import host
 
 stylize = client.EngineClient.stylize
 grabbed = []
@@ -74,7 +74,7 @@ def grab():
 def watched(self, job, on_progress, is_cancelled, on_preview=None):
     def progress(fraction, message):
         on_progress(fraction, message)
-        ready = " left" in message and image.get_layer_by_name(gimp_compat.PREVIEW_NAME) is not None
+        ready = " left" in message and image.get_layer_by_name(host.PREVIEW_NAME) is not None
         if not grabbed and fraction >= 0.4 and ready:
             grab()
 
@@ -101,7 +101,7 @@ try:
         iterations=100,
         seed=0,
     )
-    gimp_compat._RUNNERS["transfer"](proc, Gimp.RunMode.WITH_LAST_VALS, image, [layer], config, None)
+    host._RUNNERS["transfer"](proc, Gimp.RunMode.WITH_LAST_VALS, image, [layer], config, None)
     image.clean_all()
 except Exception:
     traceback.print_exc()

@@ -1,14 +1,18 @@
-"""The dialog's list of trained models, from the engine's `hello`: which models a method has, which
-are installed, and which weights choosing one that is not installed means downloading.
+"""What the engine offers, from its `hello`: the methods it runs and their installed models (which
+the validation reads), the dialog's status lines, and the dialog's list of trained models: which
+models a method has, which are installed, and which weights choosing one that is not installed
+means downloading.
 
-Standard library only, no GIMP: gimp_compat.py builds the list widget from it and the tests run it
-with the host Python.
+Standard library only, no GIMP: dialog.py builds the widgets from it and the tests run it with the
+host Python.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from settings import METHODS, MODEL_METHODS
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,38 @@ def to_download(known: dict[str, list[Model]], method: str, model: str) -> Model
     """The chosen model when it has to be downloaded before the run: known to the engine and not
     installed. None for an installed or unknown model, and for methods that take style images."""
     return next((m for m in known.get(method, ()) if m.id == model and not m.installed), None)
+
+
+def method_models(hello: dict[str, Any]) -> dict[str, list[str] | None]:
+    """Methods the engine offers, from its `hello` reply: name -> installed models, or None for
+    a method that takes a style image instead of a model.
+
+    The reply carries `capabilities.methods` as {name: {"needs_style": bool, "models":
+    [{"id": ..., "installed": bool}, ...]}}.
+    """
+    caps = hello.get("capabilities", hello)
+    out: dict[str, list[str] | None] = {}
+    for name, info in (caps.get("methods") or {}).items():
+        info = info if isinstance(info, dict) else {}
+        if info.get("needs_style", name not in MODEL_METHODS):
+            out[name] = None
+        else:
+            out[name] = [
+                m["id"] for m in info.get("models") or [] if isinstance(m, dict) and m.get("installed")
+            ]
+    return out
+
+
+def describe_methods(available: dict[str, list[str] | None]) -> str:
+    """One line per method for the dialog: what can run now, and how to fix what cannot."""
+    lines = []
+    for name in METHODS:
+        if name not in available:
+            lines.append(f"{name}: not offered by this engine")
+        elif available[name] is None:
+            lines.append(f"{name}: ready")
+        elif available[name]:
+            lines.append(f"{name}: models {', '.join(available[name] or [])}")
+        else:
+            lines.append(f"{name}: no models installed yet (choose one to download it)")
+    return "\n".join(lines)

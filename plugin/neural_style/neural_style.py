@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """GIMP 3 entry point of the neural-style plug-in: the procedure table, nothing else."""
 
-import gimp_compat
-from layers import (
+import host
+from settings import (
     DIALOG_SETTINGS,
     MASK_MODE_LABELS,
     MASK_MODES,
@@ -119,4 +119,4 @@ TABLE = [
 ]
 
 if __name__ == "__main__":
-    gimp_compat.main(TABLE)
+    host.main(TABLE)

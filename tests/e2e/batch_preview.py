@@ -58,7 +58,7 @@ try:
 
     sys.path.insert(0, ARGS["plugin_dir"])
     import client
-    import gimp_compat
+    import host
 
     seen = []
     watching = [image]
@@ -68,7 +68,7 @@ try:
         def progress(fraction, message):
             on_progress(fraction, message)
             entry = {"fraction": fraction, "message": message, "layers": names(watching[0])}
-            preview = watching[0].get_layer_by_name(gimp_compat.PREVIEW_NAME)
+            preview = watching[0].get_layer_by_name(host.PREVIEW_NAME)
             if preview is not None:
                 values = pixels(preview, "R'G'B' float")
                 mean = sum(values) / len(values)
@@ -91,7 +91,7 @@ try:
         size=W,
         iterations=ARGS["iterations"],
     )
-    result = gimp_compat._RUNNERS["transfer"](proc, Gimp.RunMode.WITH_LAST_VALS, image, sources, config, None)
+    result = host._RUNNERS["transfer"](proc, Gimp.RunMode.WITH_LAST_VALS, image, sources, config, None)
     findings["status"] = result.index(0).value_nick
     findings["error"] = result.index(1) if result.length() > 1 else ""
     findings["seen"] = list(seen)
@@ -110,11 +110,11 @@ try:
     # What a cancelled run leaves: GIMP kills the plug-in, its preview layer stays. The next run
     # (previews off: non-interactive) takes it out; that is not an undo step either.
     stale = Gimp.Layer.new(
-        image, gimp_compat.PREVIEW_NAME, W, H, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL
+        image, host.PREVIEW_NAME, W, H, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL
     )
     image.undo_freeze()
     image.insert_layer(stale, None, 0)
-    stale.attach_parasite(Gimp.Parasite.new(gimp_compat.PREVIEW_PARASITE, 0, [1]))
+    stale.attach_parasite(Gimp.Parasite.new(host.PREVIEW_PARASITE, 0, [1]))
     image.undo_thaw()
     findings["with_stale"] = names(image)
     top = image.get_layer_by_name("Top")
@@ -135,7 +135,7 @@ try:
     proc, config = procedure_config(
         grey, [layer], style_file=Gio.File.new_for_path(ARGS["style"]), preset="draft", size=32, iterations=3
     )
-    result = gimp_compat._RUNNERS["transfer"](proc, Gimp.RunMode.WITH_LAST_VALS, grey, [layer], config, None)
+    result = host._RUNNERS["transfer"](proc, Gimp.RunMode.WITH_LAST_VALS, grey, [layer], config, None)
     findings["grey_status"] = result.index(0).value_nick
     findings["grey_seen"] = [s["preview"] for s in seen if "preview" in s]
     findings["grey_after"] = names(grey)

@@ -1,8 +1,9 @@
-"""The host adapter: the only module that calls Gimp, GimpUi, Gegl, Gio and GLib.
+"""The host adapter: with dialog.py, the only module that calls Gimp, Gegl, Gio and GLib.
 
-It turns the declarative table of neural_style.py into GIMP 3 procedures, reads pixels and the
-selection into RawImages (layers.py), runs the engine through client.py, and only then touches the
-image, inside one undo group. An error before that point leaves the image exactly as it was.
+It turns the declarative table of neural_style.py into GIMP 3 procedures, reads layers, masks, the
+selection and channels into RawImages (pixels.py), builds each layer's job (job.py), runs the
+engine through client.py with GIMP's progress bar and a live preview layer, and only then touches
+the image, inside one undo group. An error before that point leaves the image exactly as it was.
 
 Cancel: GIMP 3 gives a plug-in no cancel signal. When the user cancels the progress bar, the
 core kills the plug-in process (gimp_plug_in_close with kill), so the engine sees its socket
@@ -23,13 +24,35 @@ from typing import Any
 import gi
 
 gi.require_version("Gimp", "3.0")
-gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
-gi.require_version("Gtk", "3.0")
-import layers  # noqa: E402
+import dialog  # noqa: E402
 import model_choice  # noqa: E402
-from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
-from layers import Param, ProcedureSpec, RawImage, Settings, SettingsError  # noqa: E402
+import pixels  # noqa: E402
+from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
+from job import build_job, region_masks, style_weights  # noqa: E402
+from settings import (  # noqa: E402
+    DIALOG_SETTINGS,
+    FILE_FIELDS,
+    MODEL_METHODS,
+    PARASITE_NAME,
+    PATHS_PARASITE_NAME,
+    REGION_COUNT,
+    Param,
+    ProcedureSpec,
+    Settings,
+    SettingsError,
+    argument_name,
+    check_layer,
+    paths_to_bytes,
+    regions,
+    result_layer_name,
+    settings_from_bytes,
+    settings_to_bytes,
+    validate,
+    with_paths,
+)
+
+from nst_common.protocol import RawImage  # noqa: E402
 
 TRANSFER = "plug-in-neural-style-transfer"
 _RW = GObject.ParamFlags.READWRITE
@@ -103,20 +126,13 @@ def main(table: list[ProcedureSpec]) -> None:
 # --- Settings <-> procedure config ---------------------------------------------------------------
 
 # Settings fields held as GIMP objects in the config; the settings keep their display names.
-_REGION_NUMBERS = range(1, layers.REGION_COUNT + 1)
+_REGION_NUMBERS = range(1, REGION_COUNT + 1)
 _LAYER_FIELDS = frozenset(
     {"style_layer", "style2_layer", "content_map", "style_map"}
     | {f"region{n}_style_layer" for n in _REGION_NUMBERS}
 )
 _CHANNEL_FIELDS = frozenset(f"region{n}_channel" for n in _REGION_NUMBERS)
-_FILE_FIELDS = frozenset(layers.FILE_FIELDS)
-# The declared settings in the dialog's left column; the model has its own place and the label
-# strictness sits with the label maps.
-_LEFT_SETTINGS = tuple(row for row in layers.DIALOG_SETTINGS if row.name not in ("model", "map_weight"))
-
-
-def _prop(field_name: str) -> str:
-    return field_name.replace("_", "-")
+_FILE_FIELDS = frozenset(FILE_FIELDS)
 
 
 def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, dict[str, Any]]:
@@ -127,7 +143,7 @@ def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, dict[
     for f in fields(Settings):
         if f.name == "engine":
             continue
-        value = config.get_property(_prop(f.name))
+        value = config.get_property(argument_name(f.name))
         if f.name in _LAYER_FIELDS or f.name in _CHANNEL_FIELDS:
             items[f.name] = value
             values[f.name] = value.get_name() if value is not None else ""
@@ -135,7 +151,7 @@ def _settings_from_config(config: Gimp.ProcedureConfig) -> tuple[Settings, dict[
             values[f.name] = (value.get_path() or "") if value is not None else ""
         else:
             values[f.name] = value
-    engine = {row.name: config.get_property(_prop(row.name)) for row in layers.DIALOG_SETTINGS}
+    engine = {row.name: config.get_property(argument_name(row.name)) for row in DIALOG_SETTINGS}
     return Settings(**values, engine=engine), items
 
 
@@ -151,9 +167,9 @@ def _settings_to_config(settings: Settings, image: Gimp.Image, config: Gimp.Proc
             value = image.get_channel_by_name(value) if value else None
         elif f.name in _FILE_FIELDS:
             value = Gio.File.new_for_path(value) if value else None
-        config.set_property(_prop(f.name), value)
+        config.set_property(argument_name(f.name), value)
     for name, value in settings.engine.items():
-        config.set_property(_prop(name), value)
+        config.set_property(argument_name(name), value)
 
 
 # --- Pixels --------------------------------------------------------------------------------------
@@ -167,15 +183,15 @@ def _read_pixels(drawable: Gimp.Drawable) -> RawImage:
     """The drawable's pixels as non-linear float with straight alpha, whatever its precision."""
     w, h, c = drawable.get_width(), drawable.get_height(), _channels(drawable)
     data = drawable.get_buffer().get(
-        Gegl.Rectangle.new(0, 0, w, h), 1.0, layers.BABL_FORMATS[c], Gegl.AbyssPolicy.CLAMP
+        Gegl.Rectangle.new(0, 0, w, h), 1.0, pixels.BABL_FORMATS[c], Gegl.AbyssPolicy.CLAMP
     )
-    return layers.raw_from_pixels(bytes(data), w, h, c)
+    return pixels.raw_from_pixels(bytes(data), w, h, c)
 
 
 def _write_pixels(buffer: Gegl.Buffer, image: RawImage, w: int, h: int, channels: int) -> None:
     """Write float pixels; GEGL converts them to the drawable's own precision."""
-    data = layers.pixels_from_raw(image, w, h, channels)
-    buffer.set(Gegl.Rectangle.new(0, 0, w, h), layers.BABL_FORMATS[channels], data)
+    data = pixels.pixels_from_raw(image, w, h, channels)
+    buffer.set(Gegl.Rectangle.new(0, 0, w, h), pixels.BABL_FORMATS[channels], data)
     buffer.flush()
 
 
@@ -190,9 +206,9 @@ def _read_selection(image: Gimp.Image, layer: Gimp.Layer) -> RawImage:
     data = (
         image.get_selection()
         .get_buffer()
-        .get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.NONE)
+        .get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, pixels.MASK_FORMAT, Gegl.AbyssPolicy.NONE)
     )
-    return layers.raw_from_pixels(bytes(data), w, h, 1)
+    return pixels.raw_from_pixels(bytes(data), w, h, 1)
 
 
 def _read_channel(channel: Gimp.Channel, layer: Gimp.Layer) -> RawImage:
@@ -201,20 +217,20 @@ def _read_channel(channel: Gimp.Channel, layer: Gimp.Layer) -> RawImage:
     _, ox, oy = layer.get_offsets()
     w, h = layer.get_width(), layer.get_height()
     data = channel.get_buffer().get(
-        Gegl.Rectangle.new(ox, oy, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.NONE
+        Gegl.Rectangle.new(ox, oy, w, h), 1.0, pixels.MASK_FORMAT, Gegl.AbyssPolicy.NONE
     )
-    return layers.raw_from_pixels(bytes(data), w, h, 1)
+    return pixels.raw_from_pixels(bytes(data), w, h, 1)
 
 
 def _read_regions(settings: Settings, items: dict[str, Any], layer: Gimp.Layer) -> dict[int, RawImage]:
     """Each region's mask over `layer`, or a _Failure that names the region and what to do."""
     channels = {
         r.number: _read_channel(items[f"region{r.number}_channel"], layer)
-        for r in layers.regions(settings)
+        for r in regions(settings)
         if r.source == "channel"
     }
     try:
-        return layers.region_masks(settings, layer.get_name(), _read_layer_mask(layer), channels)
+        return region_masks(settings, layer.get_name(), _read_layer_mask(layer), channels)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
 
@@ -227,9 +243,9 @@ def _read_layer_mask(layer: Gimp.Layer) -> RawImage | None:
         return None
     w, h = layer.get_width(), layer.get_height()
     data = mask.get_buffer().get(
-        Gegl.Rectangle.new(0, 0, w, h), 1.0, layers.MASK_FORMAT, Gegl.AbyssPolicy.CLAMP
+        Gegl.Rectangle.new(0, 0, w, h), 1.0, pixels.MASK_FORMAT, Gegl.AbyssPolicy.CLAMP
     )
-    return layers.raw_from_pixels(bytes(data), w, h, 1)
+    return pixels.raw_from_pixels(bytes(data), w, h, 1)
 
 
 def _read_maps(layer: Gimp.Layer, map_layers: list[Gimp.Layer | None]) -> tuple[RawImage, RawImage] | None:
@@ -258,7 +274,7 @@ def _hello() -> tuple[Any, dict[str, list[str] | None]]:
     client = _client()
     try:
         engine = client.EngineClient()
-        return engine, layers.method_models(engine.hello())
+        return engine, model_choice.method_models(engine.hello())
     except client.EngineError as exc:
         raise _Failure(f"The neural-style engine is not available: {exc.message}") from None
     except OSError as exc:
@@ -271,7 +287,7 @@ def _download_model(
     """After the dialog: when the chosen model is known but not installed, have the engine download
     and verify it (a job of its own, on GIMP's progress bar), then ask again what is installed.
 
-    Only the dialog's OK downloads: a script's run never starts one, and layers.validate tells it
+    Only the dialog's OK downloads: a script's run never starts one, and validate tells it
     which `nst models pull` to run. A failed download raises _Failure before the image is touched.
     """
     method, model = config.get_property("method"), str(config.get_property("model") or "").strip()
@@ -455,162 +471,6 @@ def _remove_stale_previews(image: Gimp.Image) -> None:
                 image.remove_layer(layer)
 
 
-# --- The dialog ----------------------------------------------------------------------------------
-
-
-def _dialog(
-    procedure: Gimp.Procedure,
-    config: Gimp.ProcedureConfig,
-    available: dict[str, list[str] | None],
-    known: dict[str, list[model_choice.Model]],
-) -> bool:
-    """Show the settings dialog; False when the user cancels. `known`: every model the engine
-    could run, installed or not (model_choice.known_models)."""
-    GimpUi.init(procedure.get_name())
-    method_choice = Gimp.param_spec_choice_get_choice(procedure.find_argument("method"))
-    for name in layers.METHODS:  # a model method needs a model it has or can download
-        usable = name in available and (available[name] is None or bool(available[name] or known.get(name)))
-        method_choice.set_sensitive(name, usable)
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
-
-    def title(label_id: str, text: str) -> None:
-        label = dialog.get_label(label_id, text, False, False)
-        label.set_line_wrap(True)
-        label.set_max_width_chars(64)
-
-    status = "Methods in the running engine:\n" + layers.describe_methods(available)
-    dialog.get_label("engine-status", status, False, False)
-    title("style-title", "Style: an image file, or a layer of any open image")
-    dialog.fill_box("style-box", ["style-file", "style-layer"])
-    dialog.fill_frame("style-frame", "style-title", False, "style-box")
-    title("style2-title", "Second style (optional)")
-    dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
-    dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
-    dialog.fill_box("output-box", ["output", "only-selection", "remember-paths", "layer-mask"])
-    for n in _REGION_NUMBERS:
-        dialog.get_label(f"region{n}-tab", f"Region {n}", False, False)
-        parts = ("source", "channel", "style-file", "style-layer")
-        dialog.fill_box(f"region{n}-box", [f"region{n}-{part}" for part in parts])
-    dialog.fill_notebook(
-        "regions-book",
-        [f"region{n}-tab" for n in _REGION_NUMBERS],
-        [f"region{n}-box" for n in _REGION_NUMBERS],
-    )
-    title(
-        "regions-title",
-        "Regions (Masks: Regions): each region's mask takes its own style; what no region covers "
-        "keeps the layer",
-    )
-    dialog.fill_frame("regions-frame", "regions-title", False, "regions-book")
-    title(
-        "maps-title",
-        "Semantic maps (optional): label layers painted in matching colours; each colour of the content "
-        "takes the style of the same colour",
-    )
-    dialog.fill_box("maps-box", ["content-map", "style-map", "map-weight"])
-    dialog.fill_frame("maps-frame", "maps-title", False, "maps-box")
-    model_box, fill_models = _model_list(dialog, config, known)
-    dialog.fill_box(
-        "left-column",
-        [
-            "engine-status",
-            "method",
-            "model-box",
-            "style-frame",
-            "style2-frame",
-            *(_prop(row.name) for row in _LEFT_SETTINGS),
-        ],
-    )
-    dialog.fill_box("right-column", ["output-box", "regions-frame", "maps-frame"])
-    columns = dialog.fill_box("columns", ["left-column", "right-column"])
-    columns.set_orientation(Gtk.Orientation.HORIZONTAL)
-    columns.set_spacing(18)
-    dialog.fill(["columns"])
-    style_widget = dialog.get_widget("style-frame", GObject.TYPE_NONE)
-    style2_widget = dialog.get_widget("style2-frame", GObject.TYPE_NONE)
-    regions_widget = dialog.get_widget("regions-frame", GObject.TYPE_NONE)
-    remember_widget = dialog.get_widget("remember-paths", GObject.TYPE_NONE)
-    maps_widget = dialog.get_widget("maps-frame", GObject.TYPE_NONE)
-    channel_widgets = {n: dialog.get_widget(f"region{n}-channel", GObject.TYPE_NONE) for n in _REGION_NUMBERS}
-    # Pairs, not a dict: a Setting holds dicts (per_method), so it cannot be hashed.
-    setting_widgets = [(row, dialog.get_widget(_prop(row.name), GObject.TYPE_NONE)) for row in _LEFT_SETTINGS]
-
-    def sync(*_args: object) -> None:
-        method = config.get_property("method")
-        needs_model = method in layers.MODEL_METHODS
-        regions = config.get_property("layer-mask") == "regions"
-        # Only what the chosen method takes: a model or style images, regions, label maps.
-        model_box.set_visible(needs_model)
-        for widget in (style_widget, style2_widget, regions_widget, remember_widget):
-            widget.set_visible(not needs_model)
-        maps_widget.set_visible(layers.declared.method(method).guided)
-        style_widget.set_sensitive(not regions)
-        regions_widget.set_sensitive(regions)
-        for n, widget in channel_widgets.items():
-            widget.set_sensitive(config.get_property(f"region{n}-source") == "channel")
-        for row, widget in setting_widgets:  # only what the chosen method uses
-            widget.set_visible(method in row.methods)
-
-    for prop in ("method", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
-        config.connect(f"notify::{prop}", sync)
-    config.connect("notify::method", fill_models)
-    fill_models()
-    sync()
-    ok = dialog.run()
-    dialog.destroy()
-    return bool(ok)
-
-
-def _model_list(
-    dialog: GimpUi.ProcedureDialog, config: Gimp.ProcedureConfig, known: dict[str, list[model_choice.Model]]
-) -> tuple[Gtk.Box, Callable[..., None]]:
-    """The model field as a list of the chosen method's models, each marked installed or to
-    download, in place of the `model` argument's text entry (which stays for scripts). Returns the
-    row and the function that refills it for the config's method."""
-    label = dialog.get_label("model-label", "Mo_del", False, True)
-    label.set_xalign(0.0)
-    method = dialog.get_widget("method", GObject.TYPE_NONE)
-    if isinstance(method, GimpUi.Labeled):  # line the list up with the method's choice above it
-        labels = Gtk.SizeGroup(mode=Gtk.SizeGroupMode.HORIZONTAL)
-        labels.add_widget(method.get_label())
-        labels.add_widget(label)
-    box = dialog.fill_box("model-box", ["model-label"])
-    box.set_orientation(Gtk.Orientation.HORIZONTAL)
-    box.set_spacing(6)
-    combo = Gtk.ComboBoxText()
-    combo.set_hexpand(True)
-    combo.set_tooltip_text(
-        "The trained model to run. One that is not installed is downloaded when you press OK, "
-        "with its progress on the progress bar."
-    )
-    label.set_mnemonic_widget(combo)
-    box.pack_start(combo, True, True, 0)
-    combo.show()
-    filling = False
-
-    def fill(*_args: object) -> None:
-        nonlocal filling
-        models = known.get(config.get_property("method"), [])
-        current = model_choice.selected(models, str(config.get_property("model") or ""))
-        filling = True
-        try:
-            combo.remove_all()
-            for m in models:
-                combo.append(m.id, m.label())
-            combo.set_active_id(current or None)
-        finally:
-            filling = False
-        if current and current != config.get_property("model"):
-            config.set_property("model", current)
-
-    def chosen(_combo: Gtk.ComboBoxText) -> None:
-        if not filling and combo.get_active_id():
-            config.set_property("model", combo.get_active_id())
-
-    combo.connect("changed", chosen)
-    return box, fill
-
-
 # --- Running -------------------------------------------------------------------------------------
 
 
@@ -635,14 +495,12 @@ def _prepare_styles(settings: Settings, items: dict[str, Any], send_files: bool)
     """The job's styles: a file path or a layer's pixels each, with its weight. In the regions mode
     each region's own style, in region order, counting fully. Without `send_files` (the engine
     reads no paths of this client) a file goes as its pixels too."""
-    if settings.method in layers.MODEL_METHODS:
+    if settings.method in MODEL_METHODS:
         return []
     if settings.layer_mask == "regions":
-        chosen = [
-            (items[f"region{r.number}_style_layer"], r.style_file, 1.0) for r in layers.regions(settings)
-        ]
+        chosen = [(items[f"region{r.number}_style_layer"], r.style_file, 1.0) for r in regions(settings)]
     else:
-        w1, w2 = layers.style_weights(settings)
+        w1, w2 = style_weights(settings)
         chosen = [
             (items["style_layer"], settings.style_file, w1),
             (items["style2_layer"], settings.style2_file, w2),
@@ -665,7 +523,7 @@ def _check_drawables(drawables: list[Gimp.Drawable], settings: Settings) -> list
     for d in drawables:
         if not isinstance(d, Gimp.Layer) or isinstance(d, Gimp.LayerMask):
             raise _Failure(f"“{d.get_name()}” is not a layer; neural style works on layers only.")
-        layers.check_layer(d.get_name(), is_group=d.is_group(), is_text=d.is_text_layer(), settings=settings)
+        check_layer(d.get_name(), is_group=d.is_group(), is_text=d.is_text_layer(), settings=settings)
         out.append(d)
     return out
 
@@ -680,16 +538,16 @@ def _apply(image: Gimp.Image, source: Gimp.Layer, result: RawImage, settings: Se
     else:
         # A copy keeps the source's size, offsets, type, mode, opacity and layer mask.
         target = source.copy()
-        target.set_name(layers.result_layer_name(source.get_name(), settings))
+        target.set_name(result_layer_name(source.get_name(), settings))
         image.insert_layer(target, source.get_parent(), image.get_item_position(source))
         _write_pixels(target.get_buffer(), result, w, h, c)
     target.update(0, 0, w, h)
-    data = layers.settings_to_bytes(settings, source.get_tattoo())
+    data = settings_to_bytes(settings, source.get_tattoo())
     target.attach_parasite(
-        Gimp.Parasite.new(layers.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
+        Gimp.Parasite.new(PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
     )
-    paths = layers.paths_to_bytes(settings)  # not persistent: never saved in the XCF
-    target.attach_parasite(Gimp.Parasite.new(layers.PATHS_PARASITE_NAME, Gimp.PARASITE_UNDOABLE, list(paths)))
+    paths = paths_to_bytes(settings)  # not persistent: never saved in the XCF
+    target.attach_parasite(Gimp.Parasite.new(PATHS_PARASITE_NAME, Gimp.PARASITE_UNDOABLE, list(paths)))
     return target
 
 
@@ -702,7 +560,7 @@ def _transfer(
 ) -> Gimp.ValueArray:
     engine, available = _hello()
     if run_mode == Gimp.RunMode.INTERACTIVE:
-        if not _dialog(procedure, config, available, model_choice.known_models(engine.last_hello)):
+        if not dialog.run(procedure, config, available, model_choice.known_models(engine.last_hello)):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         available = _download_model(engine, config, available)
     _execute(engine, available, image, list(drawables), config, _previews_wanted(run_mode, engine))
@@ -724,7 +582,7 @@ def _execute(
     raw_settings, items = _settings_from_config(config)
     try:
         devices = engine.last_hello.get("capabilities", {}).get("devices")
-        settings = layers.validate(raw_settings, available, devices if isinstance(devices, list) else None)
+        settings = validate(raw_settings, available, devices if isinstance(devices, list) else None)
         sources = _check_drawables(drawables, settings)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
@@ -737,12 +595,12 @@ def _execute(
         selection = None
         if use_selection:
             selection = _read_selection(image, layer)
-            coverage = layers.selection_coverage(selection)
+            coverage = pixels.selection_coverage(selection)
             if coverage == "none":
                 continue
             if coverage == "full":
                 selection = None
-        regions = _read_regions(settings, items, layer) if settings.layer_mask == "regions" else None
+        masks = _read_regions(settings, items, layer) if settings.layer_mask == "regions" else None
         mask = _read_layer_mask(layer) if settings.layer_mask in ("confine", "split") else None
         if mask is not None and settings.content_map:
             raise _Failure(
@@ -750,13 +608,13 @@ def _execute(
                 "Set “Layer mask” to ignore it."
             )
         if mask is not None and settings.layer_mask == "confine":
-            coverage = layers.selection_coverage(mask)
+            coverage = pixels.selection_coverage(mask)
             if coverage == "none":
                 continue
             if coverage == "full":
                 mask = None
-        job = layers.build_job(
-            settings, _read_pixels(layer), styles, selection, mask, _read_maps(layer, map_layers), regions
+        job = build_job(
+            settings, _read_pixels(layer), styles, selection, mask, _read_maps(layer, map_layers), masks
         )
         jobs.append((layer, job, selection is not None))
     if not jobs:
@@ -804,16 +662,16 @@ def _rerun(
     if len(drawables) != 1:
         raise _Failure("Select exactly one layer made by Neural Style Transfer.")
     layer = drawables[0]
-    parasite = layer.get_parasite(layers.PARASITE_NAME)
+    parasite = layer.get_parasite(PARASITE_NAME)
     if parasite is None:
         raise _Failure(
             f"“{layer.get_name()}” carries no neural-style settings; it was not made by this plug-in."
         )
     try:
-        settings, tattoo = layers.settings_from_bytes(bytes(parasite.get_data()))
-        paths = layer.get_parasite(layers.PATHS_PARASITE_NAME)
+        settings, tattoo = settings_from_bytes(bytes(parasite.get_data()))
+        paths = layer.get_parasite(PATHS_PARASITE_NAME)
         if paths is not None:
-            settings = layers.with_paths(settings, bytes(paths.get_data()))
+            settings = with_paths(settings, bytes(paths.get_data()))
     except SettingsError as exc:
         raise _Failure(str(exc)) from None
     source = image.get_layer_by_tattoo(tattoo) if tattoo else None
@@ -822,7 +680,7 @@ def _rerun(
     _settings_to_config(settings, image, transfer_config)
     engine, available = _hello()
     if run_mode == Gimp.RunMode.INTERACTIVE:
-        if not _dialog(transfer, transfer_config, available, model_choice.known_models(engine.last_hello)):
+        if not dialog.run(transfer, transfer_config, available, model_choice.known_models(engine.last_hello)):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         available = _download_model(engine, transfer_config, available)
     _execute(engine, available, image, [source or layer], transfer_config, _previews_wanted(run_mode, engine))

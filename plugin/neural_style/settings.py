@@ -1,33 +1,25 @@
-"""Pure-Python half of the plug-in: pixels, selection and settings, with no GIMP and no numpy.
+"""The plug-in's settings: every user choice of one run, the procedure arguments that carry them,
+their validation against the declaration (nst_common/settings.py) and the engine's offer, and the
+parasites that keep them on a result for re-runs.
 
-Everything here takes and returns plain data (bytes, dataclasses, dicts) so it can be unit-tested
-with the host Python; gimp_compat.py does the GIMP calls around it.
+Standard library only, no GIMP: host.py and dialog.py do the GIMP calls around it and the tests run
+it with the host Python.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from array import array
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nst_common import settings as declared
-from nst_common.protocol import RawImage, StyleRef, StylizeJob
 
 PARASITE_NAME = "neural-style-settings"
 # The style files' full paths, for re-runs while the image stays open: not saved in the XCF, which
 # goes wherever the user sends it (the saved settings keep only the file names, unless asked).
 PATHS_PARASITE_NAME = "neural-style-paths"
 SETTINGS_VERSION = 2  # 1 held the engine settings as flat fields
-
-# Babl formats the adapter reads and writes in: non-linear (') float, straight alpha, as the
-# protocol wants. GEGL converts to and from whatever precision the drawable has.
-BABL_FORMATS = {1: "Y' float", 2: "Y'A float", 3: "R'G'B' float", 4: "R'G'B'A float"}
-MASK_FORMAT = "Y float"
-LAYER_MASK = "layer-mask"  # the job's mask name for a layer's own mask
-LAYER_MASK_INVERSE = "layer-mask-inverse"  # its black part, the second style's region in "split"
 
 METHODS = declared.METHOD_NAMES
 METHOD_LABELS = {m.name: m.label for m in declared.METHODS}
@@ -70,7 +62,7 @@ class Param:
 
 @dataclass(frozen=True)
 class ProcedureSpec:
-    """One PDB procedure: what GIMP shows, and which runner in gimp_compat does the work."""
+    """One PDB procedure: what GIMP shows, and which runner in host.py does the work."""
 
     name: str
     label: str
@@ -84,6 +76,11 @@ class ProcedureSpec:
 _ARGUMENT_KINDS = {"int": "int", "float": "double", "choice": "choice", "bool": "boolean"}
 
 
+def argument_name(field_name: str) -> str:
+    """The procedure argument (and config property) of a settings field or declared setting."""
+    return field_name.replace("_", "-")
+
+
 def declared_param(s: declared.Setting) -> Param:
     """The procedure argument of a declared setting: the widest range any method takes (the
     validation narrows it to the chosen method's), 0 or "" for an unset optional one."""
@@ -94,7 +91,7 @@ def declared_param(s: declared.Setting) -> Param:
     lo = 0 if s.optional else w.lo or 0
     choices = tuple((c, w.choice_label(c)) for c in w.choices) if kind == "choice" else ()
     return Param(
-        s.name.replace("_", "-"), kind, s.label, blurb, dialog_value(s, s.default), lo, w.hi or 0, choices
+        argument_name(s.name), kind, s.label, blurb, dialog_value(s, s.default), lo, w.hi or 0, choices
     )
 
 
@@ -225,41 +222,6 @@ def regions(settings: Settings) -> list[Region]:
     return [r for r in rows if r.source != "none"]
 
 
-def method_models(hello: dict[str, Any]) -> dict[str, list[str] | None]:
-    """Methods the engine offers, from its `hello` reply: name -> installed models, or None for
-    a method that takes a style image instead of a model.
-
-    The reply carries `capabilities.methods` as {name: {"needs_style": bool, "models":
-    [{"id": ..., "installed": bool}, ...]}}.
-    """
-    caps = hello.get("capabilities", hello)
-    out: dict[str, list[str] | None] = {}
-    for name, info in (caps.get("methods") or {}).items():
-        info = info if isinstance(info, dict) else {}
-        if info.get("needs_style", name not in MODEL_METHODS):
-            out[name] = None
-        else:
-            out[name] = [
-                m["id"] for m in info.get("models") or [] if isinstance(m, dict) and m.get("installed")
-            ]
-    return out
-
-
-def describe_methods(available: dict[str, list[str] | None]) -> str:
-    """One line per method for the dialog: what can run now, and how to fix what cannot."""
-    lines = []
-    for name in METHODS:
-        if name not in available:
-            lines.append(f"{name}: not offered by this engine")
-        elif available[name] is None:
-            lines.append(f"{name}: ready")
-        elif available[name]:
-            lines.append(f"{name}: models {', '.join(available[name] or [])}")
-        else:
-            lines.append(f"{name}: no models installed yet (choose one to download it)")
-    return "\n".join(lines)
-
-
 def validate(
     settings: Settings, available: dict[str, list[str] | None], devices: list[str] | None = None
 ) -> Settings:
@@ -289,7 +251,7 @@ def validate(
         )
     models = available[s.method]
     if models is not None:
-        # Only the dialog downloads a model (gimp_compat._download_model); a script's run says how.
+        # Only the dialog downloads a model (host._download_model); a script's run says how.
         chosen = s.get("model")
         if chosen and chosen not in models:
             raise SettingsError(
@@ -455,158 +417,3 @@ def _same_kind(value: Any, like: Any) -> Any:
     if isinstance(like, float) and type(value) is int:
         return float(value)
     return None
-
-
-def _floats(data: bytes | bytearray | memoryview) -> array:
-    values = array("f")
-    values.frombytes(bytes(data))
-    if sys.byteorder == "big":  # the protocol is little-endian
-        values.byteswap()
-    return values
-
-
-def _to_bytes(values: array) -> bytes:
-    if sys.byteorder == "big":
-        values = array(values.typecode, values)
-        values.byteswap()
-    return values.tobytes()
-
-
-def raw_from_pixels(data: bytes, width: int, height: int, channels: int) -> RawImage:
-    """Wrap float pixels read from a Gegl buffer in BABL_FORMATS[channels]."""
-    expected = width * height * channels * 4
-    if len(data) != expected:
-        raise ValueError(f"expected {expected} bytes of {width}x{height}x{channels} float, got {len(data)}")
-    if sys.byteorder == "big":
-        data = _to_bytes(_floats(data))
-    return RawImage(width, height, channels, "f32", bytes(data))
-
-
-def pixels_from_raw(image: RawImage, width: int, height: int, channels: int) -> bytes:
-    """Float pixels for a Gegl buffer in BABL_FORMATS[channels] from the engine's result."""
-    if (image.width, image.height, image.channels) != (width, height, channels):
-        raise ValueError(
-            f"the engine returned {image.width}x{image.height}x{image.channels}, "
-            f"expected {width}x{height}x{channels}"
-        )
-    if image.dtype == "f32":
-        values = _floats(image.data)
-    elif image.dtype in ("u8", "u16"):
-        ints = array("B" if image.dtype == "u8" else "H")
-        ints.frombytes(bytes(image.data))
-        if image.dtype == "u16" and sys.byteorder == "big":
-            ints.byteswap()
-        scale = 1.0 / (255.0 if image.dtype == "u8" else 65535.0)
-        values = array("f", (v * scale for v in ints))
-    else:
-        raise ValueError(f"unknown dtype {image.dtype!r}")
-    if len(values) != width * height * channels:
-        raise ValueError("the engine's result has the wrong number of pixels")
-    return values.tobytes()  # native order, which is what Gegl wants
-
-
-def selection_coverage(mask: RawImage) -> str:
-    """'none', 'full' or 'partial': whether the selection misses, covers or cuts the layer."""
-    values = _floats(mask.data)
-    if not values:
-        return "none"
-    lo, hi = min(values), max(values)
-    if hi <= 0.0:
-        return "none"
-    if lo >= 1.0:
-        return "full"
-    return "partial"
-
-
-def _inverse(mask: RawImage) -> RawImage:
-    inverse = array("f", (1.0 - v for v in _floats(mask.data)))
-    return RawImage(mask.width, mask.height, 1, "f32", _to_bytes(inverse))
-
-
-def region_masks(
-    settings: Settings, layer_name: str, layer_mask: RawImage | None, channels: dict[int, RawImage]
-) -> dict[int, RawImage]:
-    """Region number -> its mask over one layer: a channel (already cropped to the layer), the
-    layer mask or its inverse. A region that selects nothing there is an error the user can fix,
-    not a silently unstyled layer."""
-    out = {}
-    for region in regions(settings):
-        if region.source == "channel":
-            mask = channels[region.number]
-        elif layer_mask is None:
-            raise SettingsError(
-                f"Region {region.number} is marked by the layer mask, but “{layer_name}” has no mask. "
-                "Add one, or mark the region with a channel."
-            )
-        else:
-            mask = layer_mask if region.source == "layer-mask" else _inverse(layer_mask)
-        if selection_coverage(mask) == "none":
-            raise SettingsError(
-                f"{region.describe()} selects nothing over “{layer_name}”. "
-                "Paint the region into it, or choose another mask."
-            )
-        out[region.number] = mask
-    return out
-
-
-def build_job(
-    settings: Settings,
-    content: RawImage,
-    styles: list[tuple[str | RawImage, float]],
-    selection: RawImage | None,
-    layer_mask: RawImage | None = None,
-    maps: tuple[RawImage, RawImage] | None = None,
-    region_mask: dict[int, RawImage] | None = None,
-) -> StylizeJob:
-    """The job for one layer; `styles` holds a file path or the pixels of a style layer each.
-
-    A layer mask becomes regions (docs/protocol.md): "confine" styles where it is white and keeps
-    the content where black; "split" gives white to the first style and black to the second. The
-    engine does this inside its loss rather than by pasting. In the regions mode `styles` holds
-    each region's style in the order of regions() and `region_mask` each region's mask
-    (region_masks); what no region covers keeps the content. `maps` (content's, first style's)
-    are colour-coded label maps: each label of the content takes the style of the same label.
-    """
-    refs = [
-        StyleRef(path=s, weight=w) if isinstance(s, str) else StyleRef(image=s, weight=w) for s, w in styles
-    ]
-    params = settings.engine_params()
-    masks = {}
-    if settings.layer_mask == "regions":
-        params["regions"] = []
-        for index, region in enumerate(regions(settings)):
-            name = f"region-{region.number}"
-            masks[name] = (region_mask or {})[region.number]
-            params["regions"].append({"mask": name, "style": index})
-    elif layer_mask is not None and settings.layer_mask == "split":
-        coverage = selection_coverage(layer_mask)
-        params["regions"] = []
-        if coverage != "none":
-            masks[LAYER_MASK] = layer_mask
-            params["regions"].append({"mask": LAYER_MASK, "style": 0})
-        if coverage != "full":
-            masks[LAYER_MASK_INVERSE] = _inverse(layer_mask)
-            params["regions"].append({"mask": LAYER_MASK_INVERSE, "style": 1})
-    elif layer_mask is not None:
-        masks[LAYER_MASK] = layer_mask
-        params["regions"] = [{"mask": LAYER_MASK}]
-    job = StylizeJob(
-        method=settings.method,
-        params=params,
-        content=content,
-        styles=refs,
-        selection=selection,
-        masks=masks,
-        content_map=maps[0] if maps else None,
-    )
-    if maps:
-        job.styles[0].map = maps[1]
-    return job
-
-
-def style_weights(settings: Settings) -> tuple[float, float]:
-    """Weights of the first and second style: the blend weight goes to the second. Split by the
-    layer mask, each style has its own region and both count fully."""
-    if settings.layer_mask == "split":
-        return 1.0, 1.0
-    return 1.0 - settings.style2_weight, settings.style2_weight

@@ -1,0 +1,169 @@
+"""settings.py (and model_choice.py's reading of the engine's offer), run with the host Python."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin" / "neural_style"))
+
+from model_choice import describe_methods, method_models
+from settings import (
+    Settings,
+    SettingsError,
+    check_layer,
+    paths_to_bytes,
+    regions,
+    result_layer_name,
+    settings_from_bytes,
+    settings_to_bytes,
+    validate,
+    with_paths,
+)
+
+HELLO = {
+    "type": "hello",
+    "capabilities": {
+        "methods": {
+            "gatys": {"needs_style": True},
+            "adain": {"needs_style": True},
+            "johnson": {
+                "needs_style": False,
+                "models": [
+                    {"id": "mosaic", "installed": True},
+                    {"id": "candy", "installed": True},
+                    {"id": "udnie", "installed": False},
+                ],
+            },
+            "cyclegan": {"needs_style": False, "models": [{"id": "style_monet", "installed": False}]},
+        }
+    },
+}
+AVAILABLE = method_models(HELLO)
+
+
+def test_method_models_reads_needs_style_and_models() -> None:
+    assert AVAILABLE == {"gatys": None, "adain": None, "johnson": ["mosaic", "candy"], "cyclegan": []}
+    text = describe_methods(AVAILABLE)
+    assert "johnson: models mosaic, candy" in text
+    assert "cyclegan: no models installed yet (choose one to download it)" in text
+
+
+def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
+    s = validate(Settings.of(method="gatys", style_file="/s.png"), AVAILABLE)
+    assert s.method == "gatys"
+    assert validate(Settings.of(method="johnson"), AVAILABLE).get("model") == "mosaic"
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        (Settings.of(method="gatys"), "needs a style"),
+        (Settings.of(method="johnson", model="udnie"), "'udnie' is not installed"),
+        (Settings.of(method="nope", style_file="/s"), "Unknown method"),
+        (Settings.of(style_file="/s", preset="ultra"), "Quality: setting 'preset' must be one of"),
+        (Settings.of(style_file="/s", style2_weight=0.5), "no second style"),
+        (
+            Settings.of(style_file="/s", strength=-0.5),
+            "Strength: setting 'strength' must be between 0 and 10",
+        ),
+        (Settings.of(method="johnson", strength=2.0), "setting 'strength' must be between 0 and 1"),
+        (Settings.of(method="johnson", preserve_colors="histogram"), "must be one of none, luminance;"),
+        (Settings.of(style_file="/s", size=8), "Work size: setting 'size' must be between 16"),
+        (Settings.of(style_file="/s", iterations=-1), "Iterations"),
+    ],
+)
+def test_validate_rejects_with_an_actionable_message(settings: Settings, fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        validate(settings, AVAILABLE)
+
+
+def test_validate_rejects_a_method_the_engine_lacks() -> None:
+    with pytest.raises(SettingsError, match="does not offer"):
+        validate(Settings.of(method="adain", style_file="/s"), {"gatys": None})
+
+
+def test_check_layer_refuses_groups_and_in_place_text() -> None:
+    with pytest.raises(SettingsError, match="layer group"):
+        check_layer("G", is_group=True, is_text=False, settings=Settings.of())
+    with pytest.raises(SettingsError, match="text layer"):
+        check_layer("T", is_group=False, is_text=True, settings=Settings.of(output="in-place"))
+    check_layer("T", is_group=False, is_text=True, settings=Settings.of(output="new-layer"))
+
+
+def test_result_layer_names() -> None:
+    s = Settings.of(method="gatys", style_file="/art/starry night.jpg")
+    assert result_layer_name("Background", s) == "Background (starry night, gatys)"
+    two = replace(s, style2_layer="Waves", style2_weight=0.3)
+    assert result_layer_name("B", two) == "B (starry night + Waves, gatys)"
+    assert result_layer_name("B", Settings.of(method="johnson", model="candy")) == "B (candy, johnson)"
+
+
+def test_settings_round_trip_through_parasite_bytes() -> None:
+    s = Settings.of(method="adain", style_layer="Paint", strength=0.5, preset="best", only_selection=False)
+    back, tattoo = settings_from_bytes(settings_to_bytes(s, 42))
+    assert (back, tattoo) == (s, 42)
+
+
+def test_settings_from_bytes_drops_unknown_and_mistyped_keys() -> None:
+    data = b'{"version": 1, "source_tattoo": 7, "settings": {"method": "adain", "strength": 2,'
+    data += b' "size": "big", "future": 1}}'
+    s, tattoo = settings_from_bytes(data)
+    assert (s.method, s.get("strength"), s.get("size"), tattoo) == ("adain", 2.0, 0, 7)
+
+
+@pytest.mark.parametrize("data", [b"not json", b'{"version": 99, "settings": {}}', b"[]"])
+def test_settings_from_bytes_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(SettingsError):
+        settings_from_bytes(data)
+
+
+def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
+    mode = {"layer_mask": "regions"}
+    for bad, fragment in [
+        (Settings.of(**mode), "at least one region"),
+        (
+            Settings.of(**mode, region2_source="channel", region2_style_file="/a.png"),
+            "no channel is chosen",
+        ),
+        (Settings.of(**mode, region1_source="layer-mask"), "Region 1 needs a style"),
+        (Settings.of(**mode, region3_source="lasso", region3_style_file="/a.png"), "Unknown mask 'lasso'"),
+        (Settings.of(method="johnson", **mode, region1_source="layer-mask"), "Gatys or AdaIN"),
+        (
+            Settings.of(
+                **mode,
+                region1_source="layer-mask",
+                region1_style_file="/a",
+                content_map="L",
+                style_map="S",
+            ),
+            "regions",
+        ),
+    ]:
+        with pytest.raises(SettingsError, match=fragment):
+            validate(bad, AVAILABLE)
+    # The first style is not needed: each region brings its own; an unused row is ignored.
+    s = validate(
+        Settings.of(**mode, region2_source="channel", region2_channel="Sky", region2_style_layer="Paint",
+                 region4_style_file="/unused.png"),
+        AVAILABLE,
+    )  # fmt: skip
+    assert [(r.number, r.channel, r.style) for r in regions(s)] == [(2, "Sky", ("", "Paint"))]
+    assert regions(replace(s, layer_mask="confine")) == []
+
+
+def test_saved_settings_name_style_files_and_the_session_keeps_their_paths() -> None:
+    s = Settings.of(style_file="/home/me/paintings/starry.jpg", region2_style_file="/home/me/b.png")
+    saved = settings_to_bytes(s, 3)
+    assert b"/home/me" not in saved
+    back, _ = settings_from_bytes(saved)
+    assert (back.style_file, back.region2_style_file) == ("starry.jpg", "b.png")
+    assert with_paths(back, paths_to_bytes(s)) == s
+    moved = with_paths(back, paths_to_bytes(replace(s, style_file="/x/other.jpg")))
+    assert moved.style_file == "starry.jpg"  # a path to another file is not taken for this one
+
+    remembered = replace(s, remember_paths=True)
+    assert settings_from_bytes(settings_to_bytes(remembered, 3))[0] == remembered
