@@ -272,7 +272,7 @@ class EngineClient:
             f"The engine stopped unexpectedly during the job. {where} The next run will start it again.",
         )
 
-    # --- One job ---------------------------------------------------------------------------------
+    # --- One job or download --------------------------------------------------------------------
 
     def _wait_for_result(
         self,
@@ -282,60 +282,29 @@ class EngineClient:
         is_cancelled: Callable[[], bool],
         on_preview: Callable[[RawImage], None] | None = None,
     ) -> RawImage:
-        state: dict[str, Any] = {"job": None, "cancel_sent_at": None, "heard": time.monotonic()}
-
-        def check() -> None:
-            now = time.monotonic()
-            if state["cancel_sent_at"] is None and is_cancelled():
-                state["cancel_sent_at"] = now
-                if state["job"] is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
-            elif state["cancel_sent_at"] is not None and now - state["cancel_sent_at"] > 3.0:
-                raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the job
-            if now - state["heard"] > self.silence_timeout:
-                raise EngineError(
-                    "engine-unresponsive",
-                    f"The engine has not reported anything for {self.silence_timeout:.0f} s. "
-                    f"Its log is {protocol.log_path(self.env)}; `nst stop` and a new run restart it.",
-                )
-
+        watch = _Watch(sock, is_cancelled)
         while True:
-            try:
-                check()
-                message = protocol.read_message(
-                    sock,
-                    protocol.CLIENT_LIMITS,
-                    self.silence_timeout,
-                    check,
-                    lambda header, sizes: _check_incoming(header, sizes, job, state["job"]),
-                    _Meter(on_progress, lambda: False),
-                )
-            except (ConnectionClosed, TimeoutError):
-                if state["cancel_sent_at"] is not None:
-                    raise EngineError("cancelled", "Cancelled.") from None
-                raise self._died() from None
-            except ProtocolError as exc:
-                raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
-            state["heard"] = time.monotonic()
+            message = self._next_event(
+                watch,
+                protocol.CLIENT_LIMITS,
+                lambda header, sizes: _check_incoming(header, sizes, job, watch.job),
+                _Meter(on_progress, lambda: False),
+            )
             h = message.header
             kind = h.get("type")
-            if kind == "accepted" and state["job"] is None:
-                state["job"] = h.get("job")
+            if kind == "accepted" and watch.job is None:
+                watch.accept(h.get("job"))
                 ahead = h.get("position", 0)
                 on_progress(0.0, f"Waiting for {ahead} job(s) ahead" if ahead else "Starting")
-                if state["cancel_sent_at"] is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
-            elif kind == "progress" and h.get("job") == state["job"]:
-                fraction = h.get("fraction")
-                on_progress(float(fraction) if isinstance(fraction, (int, float)) else 0.0, _progress_text(h))
+            elif kind == "progress" and h.get("job") == watch.job:
+                on_progress(_fraction(h), _progress_text(h))
                 preview = _preview_image(message) if on_preview is not None else None
                 if preview is not None:
                     on_preview(preview)
-            elif kind == "result" and h.get("job") == state["job"]:
+            elif kind == "result" and h.get("job") == watch.job:
                 return _result_image(message, job)
-            elif kind == "error" and h.get("job") in (None, state["job"]):
-                code = str(h.get("code", "error"))
-                raise EngineError(code, "Cancelled." if code == "cancelled" else str(h.get("message")))
+            elif kind == "error" and h.get("job") in (None, watch.job):
+                raise _job_error(h)
 
     def _wait_for_pull(
         self,
@@ -345,63 +314,98 @@ class EngineClient:
         on_progress: Callable[[float, str], None],
         is_cancelled: Callable[[], bool],
     ) -> list[dict[str, Any]]:
-        job: Any = None
-        cancel_sent_at: float | None = None
-        heard = time.monotonic()
-
-        def check() -> None:
-            nonlocal cancel_sent_at
-            now = time.monotonic()
-            if cancel_sent_at is None and is_cancelled():
-                cancel_sent_at = now
-                if job is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": job})
-            elif cancel_sent_at is not None and now - cancel_sent_at > 3.0:
-                raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the pull
-            if now - heard > self.silence_timeout:
-                raise EngineError(
-                    "engine-unresponsive",
-                    f"The engine has not reported anything for {self.silence_timeout:.0f} s. "
-                    f"Its log is {protocol.log_path(self.env)}.",
-                )
-
+        watch = _Watch(sock, is_cancelled)
         while True:
-            try:
-                check()
-                # Pull events carry no images: anything with a payload is refused as a bad frame.
-                message = protocol.read_message(
-                    sock, protocol.HEADER_ONLY_LIMITS, self.silence_timeout, check
-                )
-            except (ConnectionClosed, TimeoutError):
-                if cancel_sent_at is not None:
-                    raise EngineError("cancelled", "Cancelled.") from None
-                raise self._died() from None
-            except ProtocolError as exc:
-                raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
-            heard = time.monotonic()
+            # Pull events carry no images: anything with a payload is refused as a bad frame.
+            message = self._next_event(watch, protocol.HEADER_ONLY_LIMITS)
             h = message.header
             kind = h.get("type")
-            if kind == "accepted" and job is None and h.get("ref") == "pull":
-                job = h.get("job")
+            if kind == "accepted" and watch.job is None and h.get("ref") == "pull":
+                watch.accept(h.get("job"))
                 ahead = h.get("position", 0)
                 on_progress(
                     0.0, f"Waiting for {ahead} download(s) ahead" if ahead else "Starting the download"
                 )
-                if cancel_sent_at is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": job})
-            elif kind == "progress" and job is not None and h.get("job") == job:
-                fraction = h.get("fraction")
-                on_progress(
-                    float(fraction) if isinstance(fraction, (int, float)) else 0.0, str(h.get("message"))
-                )
-            elif kind == "pulled" and job is not None and h.get("job") == job:
+            elif kind == "progress" and watch.job is not None and h.get("job") == watch.job:
+                on_progress(_fraction(h), str(h.get("message")))
+            elif kind == "pulled" and watch.job is not None and h.get("job") == watch.job:
                 installed = h.get("weights")
                 return [w for w in installed if isinstance(w, dict)] if isinstance(installed, list) else []
-            elif kind == "error" and h.get("job") in (None, job):
-                code = str(h.get("code", "error"))
-                if code == "unknown-type":  # an engine that lists `pull` but does not know it
+            elif kind == "error" and h.get("job") in (None, watch.job):
+                if h.get("code") == "unknown-type":  # an engine that lists `pull` but does not know it
                     raise _pull_unsupported(hello, ids)
-                raise EngineError(code, "Cancelled." if code == "cancelled" else str(h.get("message")))
+                raise _job_error(h)
+
+    def _next_event(
+        self,
+        watch: _Watch,
+        limits: protocol.Limits,
+        incoming: Callable[[dict[str, Any], list[int]], None] | None = None,
+        meter: _Meter | None = None,
+    ) -> protocol.Message:
+        """The engine's next message on `watch`'s connection, the one loop both waits share: while
+        none comes, `watch` sends the user's cancel and gives up on an engine that fell silent; a
+        closed connection is the engine's death, or the end of a cancel."""
+
+        def check() -> None:
+            watch.check(self.silence_timeout, protocol.log_path(self.env))
+
+        try:
+            check()
+            message = protocol.read_message(watch.sock, limits, self.silence_timeout, check, incoming, meter)
+        except (ConnectionClosed, TimeoutError):
+            if watch.cancel_sent_at is not None:
+                raise EngineError("cancelled", "Cancelled.") from None
+            raise self._died() from None
+        except ProtocolError as exc:
+            raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
+        watch.heard = time.monotonic()
+        return message
+
+
+class _Watch:
+    """The watchdog over one job's (or download's) events: it sends the cancel once the user asks
+    and the job has an id, closes the connection (which cancels too) when the engine has not
+    stopped three seconds later, and gives up on an engine that reports nothing for too long."""
+
+    def __init__(self, sock: Any, is_cancelled: Callable[[], bool]) -> None:
+        self.sock = sock
+        self.is_cancelled = is_cancelled
+        self.job: Any = None
+        self.cancel_sent_at: float | None = None
+        self.heard = time.monotonic()
+
+    def accept(self, job: Any) -> None:
+        """The engine queued the request as `job`: a cancel asked for meanwhile goes now."""
+        self.job = job
+        if self.cancel_sent_at is not None:
+            protocol.send_message(self.sock, {"type": "cancel", "job": job})
+
+    def check(self, silence_timeout: float, log: Path) -> None:
+        now = time.monotonic()
+        if self.cancel_sent_at is None and self.is_cancelled():
+            self.cancel_sent_at = now
+            if self.job is not None:
+                protocol.send_message(self.sock, {"type": "cancel", "job": self.job})
+        elif self.cancel_sent_at is not None and now - self.cancel_sent_at > 3.0:
+            raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the job
+        if now - self.heard > silence_timeout:
+            raise EngineError(
+                "engine-unresponsive",
+                f"The engine has not reported anything for {silence_timeout:.0f} s. "
+                f"Its log is {log}; `nst stop` and a new run restart it.",
+            )
+
+
+def _fraction(header: dict[str, Any]) -> float:
+    fraction = header.get("fraction")
+    return float(fraction) if isinstance(fraction, (int, float)) else 0.0
+
+
+def _job_error(header: dict[str, Any]) -> EngineError:
+    """The engine's `error` event about a job or download, for the user."""
+    code = str(header.get("code", "error"))
+    return EngineError(code, "Cancelled." if code == "cancelled" else str(header.get("message")))
 
 
 def _pull_unsupported(hello: dict[str, Any], ids: list[str]) -> EngineError:
