@@ -4,12 +4,14 @@ works from tests/ and tests/e2e/)."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,3 +75,24 @@ def serve_files(files: Files) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def write_catalog(path: Path, translations: dict[str | tuple[str, str], str | tuple[str, str]]) -> None:
+    """A compiled gettext catalog (.mo) with English plural rules: msgid (or singular and plural)
+    -> translation (or its two forms)."""
+    header = "Content-Type: text/plain; charset=UTF-8\nPlural-Forms: nplurals=2; plural=(n != 1);\n"
+    pairs = [("", header)] + [
+        ("\0".join(k) if isinstance(k, tuple) else k, "\0".join(v) if isinstance(v, tuple) else v)
+        for k, v in translations.items()
+    ]
+    pairs.sort()
+    ids = [k.encode() for k, _ in pairs]
+    strs = [v.encode() for _, v in pairs]
+    start = 7 * 4 + 16 * len(pairs)
+    table, blob = [], b""
+    for data in ids + strs:
+        table.append((len(data), start + len(blob)))
+        blob += data + b"\0"
+    head = struct.pack("<7I", 0x950412DE, 0, len(pairs), 28, 28 + 8 * len(pairs), 0, 0)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(head + b"".join(struct.pack("<2I", *t) for t in table) + blob)

@@ -90,7 +90,10 @@ def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
 
 def test_semantic_maps_travel_with_the_content_and_the_first_style() -> None:
     for bad, fragment in [
-        (Settings.of(style_file="/a.png", content_map="Labels"), "two label-map layers"),
+        (
+            Settings.of(style_file="/a.png", content_map="Labels"),
+            "both label maps: a “Content label map” and a “Style label map”",
+        ),
         (Settings.of(method="johnson", content_map="L", style_map="S"), "Gatys or AdaIN"),
         (Settings.of(style_file="/a.png", content_map="L", style_map="S", map_weight=2.0), "strictness"),
     ]:

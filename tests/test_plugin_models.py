@@ -79,9 +79,13 @@ def test_labels_sizes_and_malformed_entries() -> None:
         (
             "mosaic",
             ["candy"],
-            ["'mosaic' is not installed", "`nst models pull johnson_mosaic`", "(installed: candy)"],
+            ["'mosaic' is not installed", "`nst models pull johnson_mosaic`", "Installed: candy."],
         ),
-        ("mosaic", [], ["'mosaic' is not installed", "`nst models pull johnson_mosaic`", "in the dialog"]),
+        (
+            "mosaic",
+            [],
+            ["'mosaic' is not installed", "`nst models pull johnson_mosaic`", "the dialog's “Model” list"],
+        ),
     ],
 )
 def test_a_model_that_is_not_installed_names_the_pull_command(

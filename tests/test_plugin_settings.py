@@ -63,7 +63,7 @@ def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
     [
         (Settings.of(method="gatys"), "needs a style"),
         (Settings.of(method="johnson", model="udnie"), "'udnie' is not installed"),
-        (Settings.of(method="nope", style_file="/s"), "Unknown method"),
+        (Settings.of(method="nope", style_file="/s"), "“Method” cannot be 'nope'"),
         (Settings.of(style_file="/s", preset="ultra"), "Quality: setting 'preset' must be one of"),
         (Settings.of(style_file="/s", style2_weight=0.5), "no second style"),
         (
@@ -127,10 +127,13 @@ def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
         (Settings.of(**mode), "at least one region"),
         (
             Settings.of(**mode, region2_source="channel", region2_style_file="/a.png"),
-            "no channel is chosen",
+            "no “Channel” is chosen",
         ),
         (Settings.of(**mode, region1_source="layer-mask"), "Region 1 needs a style"),
-        (Settings.of(**mode, region3_source="lasso", region3_style_file="/a.png"), "Unknown mask 'lasso'"),
+        (
+            Settings.of(**mode, region3_source="lasso", region3_style_file="/a.png"),
+            "Region 3's “Mask” cannot be 'lasso'",
+        ),
         (Settings.of(method="johnson", **mode, region1_source="layer-mask"), "Gatys or AdaIN"),
         (
             Settings.of(
@@ -140,7 +143,7 @@ def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
                 content_map="L",
                 style_map="S",
             ),
-            "regions",
+            "“Regions”",
         ),
     ]:
         with pytest.raises(SettingsError, match=fragment):

@@ -27,6 +27,7 @@ screenshot_setup() {
     PLUGIN="$WORK/gimp3/plug-ins/neural_style"
     mkdir -p "$PLUGIN/nst_common" "$WORK/run" "$(dirname "$OUT")"
     for f in "$REPO"/plugin/neural_style/*.py; do cp -L "$f" "$PLUGIN/"; done
+    cp -rL "$REPO/plugin/neural_style/locale" "$PLUGIN/"  # the translations, where GIMP looks
     # The plug-in imports nst_common (protocol, settings declaration) as a sibling package.
     for f in "$REPO"/nst_common/*.py; do cp -L "$f" "$PLUGIN/nst_common/"; done
     chmod +x "$PLUGIN/neural_style.py"

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from i18n import _, ngettext
+
 from nst_common import eta, protocol
 from nst_common.protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
 
@@ -54,7 +56,9 @@ class EngineClient:
                 endpoint or self.config.get("endpoint") or str(protocol.default_endpoint(self.env))
             )
         except ValueError as exc:
-            raise EngineError("bad-config", f"{self.config_path}: {exc}") from None
+            raise EngineError(
+                "bad-config", _("{config}: {problem}").format(config=self.config_path, problem=exc)
+            ) from None
         self.start_timeout = start_timeout
         self.connect_timeout = connect_timeout
         self.silence_timeout = silence_timeout
@@ -68,7 +72,7 @@ class EngineClient:
 
         The whole `hello` reply (versions, pid, limits) is kept in `last_hello`.
         """
-        sock, _ = self._session()
+        sock, _hello = self._session()
         sock.close()
         return self.last_hello.get("capabilities", {})
 
@@ -97,8 +101,10 @@ class EngineClient:
             if isinstance(limit, int) and size > limit:
                 raise EngineError(
                     "too-large",
-                    f"The images add up to {size >> 20} MiB but the engine accepts {limit >> 20} MiB "
-                    "per job. Scale the image down, or start the engine with a larger --max-message.",
+                    _(
+                        "The images add up to {size} MiB but the engine accepts {limit} MiB per job. "
+                        "Scale the image down, or start the engine with a larger --max-message."
+                    ).format(size=size >> 20, limit=limit >> 20),
                 )
             chunk = protocol.CHUNK_SIZE
             if isinstance(limits.get("max_payload"), int) and limits["max_payload"] > 0:
@@ -161,31 +167,43 @@ class EngineClient:
             theirs = exc.details.get("protocol", "?")
             return EngineError(
                 "protocol-mismatch",
-                f"The engine speaks protocol {theirs} but this plug-in speaks {protocol.PROTOCOL_VERSION}. "
-                "Re-run install.py so both come from the same release, and stop the old engine "
-                "(`nst stop`).",
+                _(
+                    "The engine speaks protocol {theirs} but this plug-in speaks {ours}. Re-run install.py "
+                    "so both come from the same release, and stop the old engine (`nst stop`)."
+                ).format(theirs=theirs, ours=protocol.PROTOCOL_VERSION),
             )
         if exc.code == "unauthorized":
             return EngineError(
                 "unauthorized",
-                f"The engine at {self.endpoint} refused this plug-in's token. Copy the token file from the "
-                f"engine's machine (`nst token` shows it) to {protocol.token_path(self.env)}.",
+                _(
+                    "The engine at {endpoint} refused this plug-in's token. Copy the token file from the "
+                    "engine's machine (`nst token` shows it) to {path}."
+                ).format(endpoint=self.endpoint, path=protocol.token_path(self.env)),
             )
-        return EngineError(exc.code, f"The engine at {self.endpoint} refused the connection: {exc.message}")
+        return EngineError(
+            exc.code,
+            _("The engine at {endpoint} refused the connection: {problem}").format(
+                endpoint=self.endpoint, problem=exc.message
+            ),
+        )
 
     def _start(self) -> None:
         python = self.config.get("python")
         if not python:
             raise EngineError(
                 "engine-not-configured",
-                f"No engine answers at {self.endpoint} and {self.config_path} does not say how to start "
-                "one. Run install.py, or start the engine yourself with `nst serve`.",
+                _(
+                    "No engine answers at {endpoint} and {config} does not say how to start one. "
+                    "Run install.py, or start the engine yourself with `nst serve`."
+                ).format(endpoint=self.endpoint, config=self.config_path),
             )
         if not self.endpoint.is_loopback:
             raise EngineError(
                 "engine-unreachable",
-                f"No engine answers at {self.endpoint}. Start it on that machine and check the "
-                "connection or SSH tunnel (see docs/remote.md).",
+                _(
+                    "No engine answers at {endpoint}. Start it on that machine and check the "
+                    "connection or SSH tunnel (see docs/remote.md)."
+                ).format(endpoint=self.endpoint),
             )
         out = self._output_path()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +231,9 @@ class EngineClient:
         except OSError as exc:
             raise EngineError(
                 "engine-failed-to-start",
-                f"Cannot run the engine's Python {python!r} ({exc}). Re-run install.py.",
+                _("Cannot run the engine's Python {python!r} ({problem}). Re-run install.py.").format(
+                    python=python, problem=exc
+                ),
             ) from None
 
     def _wait_until_ready(self, is_cancelled: Callable[[], bool]) -> tuple[Any, dict[str, Any]]:
@@ -224,19 +244,23 @@ class EngineClient:
             except (OSError, ConnectionClosed):
                 pass
             if is_cancelled():
-                raise EngineError("cancelled", "Cancelled (the engine goes on starting for the next run).")
+                raise EngineError("cancelled", _("Cancelled (the engine goes on starting for the next run)."))
             process = self._process
             if process is not None and process.poll() is not None and not self._lock_held():
                 raise EngineError(
                     "engine-failed-to-start",
-                    f"The engine exited while starting (exit code {process.returncode}). "
-                    f"Its output is in {self._output_path()}:\n{_tail(self._output_path())}",
+                    _("The engine exited while starting (exit code {code}). Its output is in {path}:").format(
+                        code=process.returncode, path=self._output_path()
+                    )
+                    + "\n"
+                    + _tail(self._output_path()),
                 )
             if time.monotonic() > deadline:
                 raise EngineError(
                     "engine-start-timeout",
-                    f"The engine did not answer within {self.start_timeout:.0f} s. "
-                    f"Its output is in {self._output_path()}.",
+                    _("The engine did not answer within {seconds:.0f} s. Its output is in {path}.").format(
+                        seconds=self.start_timeout, path=self._output_path()
+                    ),
                 )
             time.sleep(0.1)
 
@@ -262,15 +286,17 @@ class EngineClient:
         return protocol.data_dir(self.env) / "engine.out"
 
     def _died(self) -> EngineError:
-        where = (
-            f"Its log is {protocol.log_path(self.env)}."
-            if self.endpoint.is_loopback
-            else "Its log is on the engine's machine."
-        )
-        return EngineError(
-            "engine-died",
-            f"The engine stopped unexpectedly during the job. {where} The next run will start it again.",
-        )
+        if self.endpoint.is_loopback:
+            text = _(
+                "The engine stopped unexpectedly during the job. Its log is {path}. "
+                "The next run will start it again."
+            ).format(path=protocol.log_path(self.env))
+        else:
+            text = _(
+                "The engine stopped unexpectedly during the job. Its log is on the engine's machine. "
+                "The next run will start it again."
+            )
+        return EngineError("engine-died", text)
 
     # --- One job or download --------------------------------------------------------------------
 
@@ -295,7 +321,12 @@ class EngineClient:
             if kind == "accepted" and watch.job is None:
                 watch.accept(h.get("job"))
                 ahead = h.get("position", 0)
-                on_progress(0.0, f"Waiting for {ahead} job(s) ahead" if ahead else "Starting")
+                on_progress(
+                    0.0,
+                    ngettext("Waiting for {n} job ahead", "Waiting for {n} jobs ahead", ahead).format(n=ahead)
+                    if ahead
+                    else _("Starting"),
+                )
             elif kind == "progress" and h.get("job") == watch.job:
                 on_progress(_fraction(h), _progress_text(h))
                 preview = _preview_image(message) if on_preview is not None else None
@@ -324,7 +355,12 @@ class EngineClient:
                 watch.accept(h.get("job"))
                 ahead = h.get("position", 0)
                 on_progress(
-                    0.0, f"Waiting for {ahead} download(s) ahead" if ahead else "Starting the download"
+                    0.0,
+                    ngettext(
+                        "Waiting for {n} download ahead", "Waiting for {n} downloads ahead", ahead
+                    ).format(n=ahead)
+                    if ahead
+                    else _("Starting the download"),
                 )
             elif kind == "progress" and watch.job is not None and h.get("job") == watch.job:
                 on_progress(_fraction(h), str(h.get("message")))
@@ -355,10 +391,12 @@ class EngineClient:
             message = protocol.read_message(watch.sock, limits, self.silence_timeout, check, incoming, meter)
         except (ConnectionClosed, TimeoutError):
             if watch.cancel_sent_at is not None:
-                raise EngineError("cancelled", "Cancelled.") from None
+                raise EngineError("cancelled", _("Cancelled.")) from None
             raise self._died() from None
         except ProtocolError as exc:
-            raise EngineError("protocol-error", f"The engine sent something unexpected: {exc}") from None
+            raise EngineError(
+                "protocol-error", _("The engine sent something unexpected: {problem}").format(problem=exc)
+            ) from None
         watch.heard = time.monotonic()
         return message
 
@@ -388,12 +426,14 @@ class _Watch:
             if self.job is not None:
                 protocol.send_message(self.sock, {"type": "cancel", "job": self.job})
         elif self.cancel_sent_at is not None and now - self.cancel_sent_at > 3.0:
-            raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the job
+            raise EngineError("cancelled", _("Cancelled."))  # closing the connection cancels the job
         if now - self.heard > silence_timeout:
             raise EngineError(
                 "engine-unresponsive",
-                f"The engine has not reported anything for {silence_timeout:.0f} s. "
-                f"Its log is {log}; `nst stop` and a new run restart it.",
+                _(
+                    "The engine has not reported anything for {seconds:.0f} s. Its log is {path}; "
+                    "`nst stop` and a new run restart it."
+                ).format(seconds=silence_timeout, path=log),
             )
 
 
@@ -405,15 +445,18 @@ def _fraction(header: dict[str, Any]) -> float:
 def _job_error(header: dict[str, Any]) -> EngineError:
     """The engine's `error` event about a job or download, for the user."""
     code = str(header.get("code", "error"))
-    return EngineError(code, "Cancelled." if code == "cancelled" else str(header.get("message")))
+    return EngineError(code, _("Cancelled.") if code == "cancelled" else str(header.get("message")))
 
 
 def _pull_unsupported(hello: dict[str, Any], ids: list[str]) -> EngineError:
     version = hello.get("engine", "?")
     return EngineError(
         "pull-unsupported",
-        f"The engine (version {version}) cannot download models for the plug-in; engines from 0.2.0 can. "
-        f"Run `nst models pull {' '.join(ids)}` on the engine's machine, or update the engine (install.py).",
+        _(
+            "The engine (version {version}) cannot download models for the plug-in; engines from 0.2.0 "
+            "can. Run `nst models pull {weights}` on the engine's machine, or update the engine "
+            "(install.py)."
+        ).format(version=version, weights=" ".join(ids)),
     )
 
 
@@ -435,18 +478,20 @@ class _Meter:
 
     def __call__(self, done: int, total: int) -> None:
         if self.is_cancelled():
-            raise EngineError("cancelled", "Cancelled.")  # the connection closes: no job was queued
+            raise EngineError("cancelled", _("Cancelled."))  # the connection closes: no job was queued
         if self.sock is not None and select.select([self.sock], [], [], 0)[0]:
             raise _refusal(self.sock) or EngineError(
-                "protocol-error", "The engine answered before the whole job had been sent."
+                "protocol-error", _("The engine answered before the whole job had been sent.")
             )
         percent = 100 * done // max(1, total)
         if percent != self.percent:
             self.percent = percent
             if self.receiving:
-                self.on_progress(1.0, f"Receiving the result ({percent}% of {total >> 20} MiB)")
+                text = _("Receiving the result ({percent}% of {mib} MiB)")
+                self.on_progress(1.0, text.format(percent=percent, mib=total >> 20))
             else:
-                self.on_progress(0.0, f"Sending the image to the engine ({percent}% of {total >> 20} MiB)")
+                text = _("Sending the image to the engine ({percent}% of {mib} MiB)")
+                self.on_progress(0.0, text.format(percent=percent, mib=total >> 20))
 
 
 PREVIEW_BYTES = 1 << 20  # progress previews are at most 256 px u8 RGB: far below this
@@ -483,7 +528,7 @@ def _refusal(sock: Any) -> EngineError | None:
     if header.get("type") != "error":
         return None
     code = str(header.get("code", "error"))
-    return EngineError(code, f"The engine refused the job: {header.get('message')}")
+    return EngineError(code, _("The engine refused the job: {problem}").format(problem=header.get("message")))
 
 
 def _progress_text(header: dict[str, Any]) -> str:
@@ -492,7 +537,7 @@ def _progress_text(header: dict[str, Any]) -> str:
     seconds = header.get("eta_s")
     if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
         left = eta.describe(float(seconds))
-        return f"{left} — {text}" if left else text
+        return _("{time_left} — {progress}").format(time_left=left, progress=text) if left else text
     return text
 
 
@@ -515,10 +560,14 @@ def _result_image(message: protocol.Message, job: StylizeJob) -> RawImage:
             message.header.get("image"), message.blobs, protocol.CLIENT_LIMITS, "image"
         )
     except ProtocolError as exc:
-        raise EngineError("protocol-error", f"The engine sent a malformed result: {exc.message}") from None
+        raise EngineError(
+            "protocol-error", _("The engine sent a malformed result: {problem}").format(problem=exc.message)
+        ) from None
     c = job.content
     if (image.width, image.height, image.channels, image.dtype) != (c.width, c.height, c.channels, c.dtype):
-        raise EngineError("protocol-error", "The engine's result does not match the layer's size or format.")
+        raise EngineError(
+            "protocol-error", _("The engine's result does not match the layer's size or format.")
+        )
     return image
 
 
@@ -529,10 +578,15 @@ def _load_config(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise EngineError("bad-config", f"Cannot read {path} ({exc}); re-run install.py.") from None
+        raise EngineError(
+            "bad-config",
+            _("Cannot read {path} ({problem}); re-run install.py.").format(path=path, problem=exc),
+        ) from None
     env = data.get("env", {}) if isinstance(data, dict) else None
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise EngineError("bad-config", f"{path} is not a valid engine config; re-run install.py.")
+        raise EngineError(
+            "bad-config", _("{path} is not a valid engine config; re-run install.py.").format(path=path)
+        )
     return data
 
 
@@ -540,4 +594,4 @@ def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
-        return "(no output)"
+        return _("(no output)")

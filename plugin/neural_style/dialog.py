@@ -15,6 +15,7 @@ gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
 import model_choice  # noqa: E402
 from gi.repository import Gimp, GimpUi, GObject, Gtk  # noqa: E402
+from i18n import _  # noqa: E402
 from settings import DIALOG_SETTINGS, METHODS, MODEL_METHODS, REGION_COUNT, argument_name  # noqa: E402
 
 from nst_common import settings as declared  # noqa: E402
@@ -38,24 +39,24 @@ def run(
     for name in METHODS:  # a model method needs a model it has or can download
         usable = name in available and (available[name] is None or bool(available[name] or known.get(name)))
         method_choice.set_sensitive(name, usable)
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, _("Neural Style Transfer"))
 
     def title(label_id: str, text: str) -> None:
         label = dialog.get_label(label_id, text, False, False)
         label.set_line_wrap(True)
         label.set_max_width_chars(64)
 
-    status = "Methods in the running engine:\n" + model_choice.describe_methods(available)
+    status = _("Methods in the running engine:") + "\n" + model_choice.describe_methods(available)
     dialog.get_label("engine-status", status, False, False)
-    title("style-title", "Style: an image file, or a layer of any open image")
+    title("style-title", _("Style: an image file, or a layer of any open image"))
     dialog.fill_box("style-box", ["style-file", "style-layer"])
     dialog.fill_frame("style-frame", "style-title", False, "style-box")
-    title("style2-title", "Second style (optional)")
+    title("style2-title", _("Second style (optional)"))
     dialog.fill_box("style2-box", ["style2-file", "style2-layer", "style2-weight"])
     dialog.fill_frame("style2-frame", "style2-title", False, "style2-box")
     dialog.fill_box("output-box", ["output", "only-selection", "remember-paths", "layer-mask"])
     for n in _REGION_NUMBERS:
-        dialog.get_label(f"region{n}-tab", f"Region {n}", False, False)
+        dialog.get_label(f"region{n}-tab", _("Region {n}").format(n=n), False, False)
         parts = ("source", "channel", "style-file", "style-layer")
         dialog.fill_box(f"region{n}-box", [f"region{n}-{part}" for part in parts])
     dialog.fill_notebook(
@@ -65,14 +66,18 @@ def run(
     )
     title(
         "regions-title",
-        "Regions (Masks: Regions): each region's mask takes its own style; what no region covers "
-        "keeps the layer",
+        _(
+            "Regions (with “Masks” set to “Regions”): each region's mask takes its own style; what "
+            "no region covers keeps the layer"
+        ),
     )
     dialog.fill_frame("regions-frame", "regions-title", False, "regions-book")
     title(
         "maps-title",
-        "Semantic maps (optional): label layers painted in matching colours; each colour of the content "
-        "takes the style of the same colour",
+        _(
+            "Semantic maps (optional): label layers painted in matching colours; each colour of the "
+            "content takes the style of the same colour"
+        ),
     )
     dialog.fill_box("maps-box", ["content-map", "style-map", "map-weight"])
     dialog.fill_frame("maps-frame", "maps-title", False, "maps-box")
@@ -136,7 +141,7 @@ def _model_list(
     """The model field as a list of the chosen method's models, each marked installed or to
     download, in place of the `model` argument's text entry (which stays for scripts). Returns the
     row and the function that refills it for the config's method."""
-    label = dialog.get_label("model-label", "Mo_del", False, True)
+    label = dialog.get_label("model-label", _(declared.BY_NAME["model"].label), False, True)
     label.set_xalign(0.0)
     method = dialog.get_widget("method", GObject.TYPE_NONE)
     if isinstance(method, GimpUi.Labeled):  # line the list up with the method's choice above it
@@ -149,8 +154,10 @@ def _model_list(
     combo = Gtk.ComboBoxText()
     combo.set_hexpand(True)
     combo.set_tooltip_text(
-        "The trained model to run. One that is not installed is downloaded when you press OK, "
-        "with its progress on the progress bar."
+        _(
+            "The trained model to run. One that is not installed is downloaded when you press OK, "
+            "with its progress on the progress bar."
+        )
     )
     label.set_mnemonic_widget(combo)
     box.pack_start(combo, True, True, 0)

@@ -29,6 +29,7 @@ import dialog  # noqa: E402
 import model_choice  # noqa: E402
 import pixels  # noqa: E402
 from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
+from i18n import CATALOG_DIR, DOMAIN, _  # noqa: E402
 from job import build_job, region_masks, style_weights  # noqa: E402
 from settings import (  # noqa: E402
     DIALOG_SETTINGS,
@@ -97,8 +98,9 @@ def _make_plugin_class(table: list[ProcedureSpec]) -> type:
         def do_query_procedures(self) -> list[str]:
             return list(specs)
 
-        def do_set_i18n(self, name: str) -> bool:
-            return False
+        def do_set_i18n(self, name: str) -> tuple[bool, str, str]:
+            """GIMP's default scheme, said outright: the plug-in's name, its locale/ folder."""
+            return True, DOMAIN, CATALOG_DIR
 
         def do_create_procedure(self, name: str) -> Gimp.Procedure:
             spec = specs[name]
@@ -201,7 +203,7 @@ def _read_selection(image: Gimp.Image, layer: Gimp.Layer) -> RawImage:
     Outside the canvas the selection is empty, hence the NONE abyss. Feathered edges keep their
     soft values because the mask is read in its own linear "Y" space.
     """
-    _, ox, oy = layer.get_offsets()
+    _found, ox, oy = layer.get_offsets()
     w, h = layer.get_width(), layer.get_height()
     data = (
         image.get_selection()
@@ -214,7 +216,7 @@ def _read_selection(image: Gimp.Image, layer: Gimp.Layer) -> RawImage:
 def _read_channel(channel: Gimp.Channel, layer: Gimp.Layer) -> RawImage:
     """A channel (image-sized) over the layer's extent, 0..1 float: read like the selection, which
     is a channel too, so an offset or smaller layer gets the part of the channel it covers."""
-    _, ox, oy = layer.get_offsets()
+    _found, ox, oy = layer.get_offsets()
     w, h = layer.get_width(), layer.get_height()
     data = channel.get_buffer().get(
         Gegl.Rectangle.new(ox, oy, w, h), 1.0, pixels.MASK_FORMAT, Gegl.AbyssPolicy.NONE
@@ -254,7 +256,9 @@ def _read_maps(layer: Gimp.Layer, map_layers: list[Gimp.Layer | None]) -> tuple[
         return None
     content_map, style_map = (_read_pixels(m) for m in map_layers)
     if (content_map.width, content_map.height) != (layer.get_width(), layer.get_height()):
-        raise _Failure(f"The content's label map must have the size of “{layer.get_name()}”.")
+        raise _Failure(
+            _("The “Content label map” must have the size of “{layer}”.").format(layer=layer.get_name())
+        )
     return content_map, style_map
 
 
@@ -266,7 +270,9 @@ def _client() -> Any:
     try:
         import client
     except Exception as exc:  # any import failure is reported the same way to the user
-        raise _Failure(f"The neural-style engine client could not be loaded: {exc}") from None
+        raise _Failure(
+            _("The neural-style engine client could not be loaded: {problem}").format(problem=exc)
+        ) from None
     return client
 
 
@@ -276,9 +282,13 @@ def _hello() -> tuple[Any, dict[str, list[str] | None]]:
         engine = client.EngineClient()
         return engine, model_choice.method_models(engine.hello())
     except client.EngineError as exc:
-        raise _Failure(f"The neural-style engine is not available: {exc.message}") from None
+        raise _Failure(
+            _("The neural-style engine is not available: {problem}").format(problem=exc.message)
+        ) from None
     except OSError as exc:
-        raise _Failure(f"The neural-style engine could not be reached: {exc}") from None
+        raise _Failure(
+            _("The neural-style engine could not be reached: {problem}").format(problem=exc)
+        ) from None
 
 
 def _download_model(
@@ -295,7 +305,7 @@ def _download_model(
     if wanted is None:
         return available
     client = _client()
-    label = f"Downloading the {method} model {model}"
+    label = _("Downloading the {method} model {model}").format(method=method, model=model)
 
     def on_progress(fraction: float, message: str) -> None:
         Gimp.progress_set_text(message or label)
@@ -305,9 +315,15 @@ def _download_model(
     try:
         engine.pull(list(wanted.weights), on_progress)
     except client.EngineError as exc:
-        raise _Failure(f"Could not download the {method} model {model}: {exc.message}") from None
+        raise _Failure(
+            _("Could not download the {method} model {model}: {problem}").format(
+                method=method, model=model, problem=exc.message
+            )
+        ) from None
     except OSError as exc:
-        raise _Failure(f"Lost the connection to the neural-style engine: {exc}") from None
+        raise _Failure(
+            _("Lost the connection to the neural-style engine: {problem}").format(problem=exc)
+        ) from None
     return _hello()[1]
 
 
@@ -319,22 +335,28 @@ def _stylize(
     client = _client()
 
     def on_progress(fraction: float, message: str) -> None:
-        Gimp.progress_set_text(f"{label}: {message}" if message else label)
+        Gimp.progress_set_text(
+            _("{layer}: {progress}").format(layer=label, progress=message) if message else label
+        )
         Gimp.progress_update((done + max(0.0, min(1.0, fraction))) / total)
 
     Gimp.progress_init(label)
     try:
         return engine.stylize(job, on_progress, lambda: False, preview.show if preview else None)
     except client.EngineError as exc:
-        raise _Failure(f"Neural style failed on {label}: {exc.message}") from None
+        raise _Failure(
+            _("Neural style failed on “{layer}”: {problem}").format(layer=label, problem=exc.message)
+        ) from None
     except OSError as exc:
-        raise _Failure(f"Lost the connection to the neural-style engine: {exc}") from None
+        raise _Failure(
+            _("Lost the connection to the neural-style engine: {problem}").format(problem=exc)
+        ) from None
 
 
 # --- Live preview --------------------------------------------------------------------------------
 
-PREVIEW_NAME = "Neural style preview"
-PREVIEW_PARASITE = "neural-style-preview"  # marks the temporary layer; neither saved nor undoable
+PREVIEW_NAME = _("Neural style preview")
+PREVIEW_PARASITE = "neural-style-preview"  # marks the temporary layer, in any language; not saved
 PREVIEW_EVERY_S = 1.5  # at most one refresh this often (and never more than a fifth of the time)
 PREVIEW_FORMAT = "R'G'B' u8"  # the engine's previews: small u8 RGB (docs/protocol.md)
 
@@ -406,7 +428,7 @@ class _Preview:
         layer = Gimp.Layer.new(image, PREVIEW_NAME, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
         image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
         self.layer = layer  # from here on `remove` takes it out, whatever fails next
-        _, ox, oy = source.get_offsets()
+        _found, ox, oy = source.get_offsets()
         layer.set_offsets(ox, oy)
         layer.attach_parasite(Gimp.Parasite.new(PREVIEW_PARASITE, 0, [1]))
         if self.selection:
@@ -463,7 +485,7 @@ def _remove_stale_previews(image: Gimp.Image) -> None:
         layer = pending.pop()
         if layer.is_group():
             pending += layer.get_children()
-        elif layer.get_name().startswith(PREVIEW_NAME) and _is_preview(layer):
+        elif _is_preview(layer):
             stale.append(layer)
     if stale:
         with _undo_frozen(image):
@@ -484,7 +506,9 @@ def _read_style_file(path: str) -> RawImage:
     try:
         picture = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
     except GLib.Error as exc:
-        raise _Failure(f"The style file {path} could not be read: {exc.message}") from None
+        raise _Failure(
+            _("The style file {path} could not be read: {problem}").format(path=path, problem=exc.message)
+        ) from None
     try:
         return _read_pixels(picture.flatten())
     finally:
@@ -518,11 +542,13 @@ def _prepare_styles(settings: Settings, items: dict[str, Any], send_files: bool)
 
 def _check_drawables(drawables: list[Gimp.Drawable], settings: Settings) -> list[Gimp.Layer]:
     if not drawables:
-        raise _Failure("Select at least one layer.")
+        raise _Failure(_("Select at least one layer."))
     out = []
     for d in drawables:
         if not isinstance(d, Gimp.Layer) or isinstance(d, Gimp.LayerMask):
-            raise _Failure(f"“{d.get_name()}” is not a layer; neural style works on layers only.")
+            raise _Failure(
+                _("“{layer}” is not a layer; neural style works on layers only.").format(layer=d.get_name())
+            )
         check_layer(d.get_name(), is_group=d.is_group(), is_text=d.is_text_layer(), settings=settings)
         out.append(d)
     return out
@@ -604,8 +630,10 @@ def _execute(
         mask = _read_layer_mask(layer) if settings.layer_mask in ("confine", "split") else None
         if mask is not None and settings.content_map:
             raise _Failure(
-                f"“{layer.get_name()}” has a layer mask; semantic maps cannot be combined with it yet. "
-                "Set “Layer mask” to ignore it."
+                _(
+                    "“{layer}” has a layer mask; semantic maps cannot be combined with it yet. "
+                    "Set “Masks” to “Ignore”, or take the label maps away."
+                ).format(layer=layer.get_name())
             )
         if mask is not None and settings.layer_mask == "confine":
             coverage = pixels.selection_coverage(mask)
@@ -618,7 +646,9 @@ def _execute(
         )
         jobs.append((layer, job, selection is not None))
     if not jobs:
-        raise _Failure("The selection and the layer masks leave nothing to stylize in the selected layers.")
+        raise _Failure(
+            _("The selection and the layer masks leave nothing to stylize in the selected layers.")
+        )
 
     views: list[_Preview] = []  # each stays until every result is in, so no layer goes blank meanwhile
     try:
@@ -660,12 +690,14 @@ def _rerun(
     the PDB interactively would make GIMP replace the stored settings with its last-used values.
     """
     if len(drawables) != 1:
-        raise _Failure("Select exactly one layer made by Neural Style Transfer.")
+        raise _Failure(_("Select exactly one layer made by Neural Style Transfer."))
     layer = drawables[0]
     parasite = layer.get_parasite(PARASITE_NAME)
     if parasite is None:
         raise _Failure(
-            f"“{layer.get_name()}” carries no neural-style settings; it was not made by this plug-in."
+            _("“{layer}” carries no neural-style settings; it was not made by this plug-in.").format(
+                layer=layer.get_name()
+            )
         )
     try:
         settings, tattoo = settings_from_bytes(bytes(parasite.get_data()))

@@ -5,6 +5,7 @@ only, run by the tests with the host Python.
 
 from __future__ import annotations
 
+from i18n import _
 from pixels import inverse, selection_coverage
 from settings import Settings, SettingsError, regions
 
@@ -26,15 +27,19 @@ def region_masks(
             mask = channels[region.number]
         elif layer_mask is None:
             raise SettingsError(
-                f"Region {region.number} is marked by the layer mask, but “{layer_name}” has no mask. "
-                "Add one, or mark the region with a channel."
+                _(
+                    "Region {n} is marked by the layer mask, but “{layer}” has no mask. Add a layer "
+                    "mask to it, or set the region's “Mask” to a channel."
+                ).format(n=region.number, layer=layer_name)
             )
         else:
             mask = layer_mask if region.source == "layer-mask" else inverse(layer_mask)
         if selection_coverage(mask) == "none":
             raise SettingsError(
-                f"{region.describe()} selects nothing over “{layer_name}”. "
-                "Paint the region into it, or choose another mask."
+                _(
+                    "{region} selects nothing over “{layer}”. Paint the region into it, or choose "
+                    "another “Mask”."
+                ).format(region=region.describe(), layer=layer_name)
             )
         out[region.number] = mask
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from i18n import _
 from settings import METHODS, MODEL_METHODS
 
 
@@ -27,8 +28,10 @@ class Model:
     def label(self) -> str:
         """The list's line: "candy (installed)", "mosaic — download, 6.4 MiB"."""
         if self.installed:
-            return f"{self.id} (installed)"
-        return f"{self.id} — download" + (f", {self.size / (1 << 20):.1f} MiB" if self.size else "")
+            return _("{model} (installed)").format(model=self.id)
+        if self.size:
+            return _("{model} — download, {mib:.1f} MiB").format(model=self.id, mib=self.size / (1 << 20))
+        return _("{model} — download").format(model=self.id)
 
 
 def known_models(hello: dict[str, Any]) -> dict[str, list[Model]]:
@@ -93,11 +96,14 @@ def describe_methods(available: dict[str, list[str] | None]) -> str:
     lines = []
     for name in METHODS:
         if name not in available:
-            lines.append(f"{name}: not offered by this engine")
+            lines.append(_("{method}: not offered by this engine").format(method=name))
         elif available[name] is None:
-            lines.append(f"{name}: ready")
+            lines.append(_("{method}: ready").format(method=name))
         elif available[name]:
-            lines.append(f"{name}: models {', '.join(available[name] or [])}")
+            models = ", ".join(available[name] or [])
+            lines.append(_("{method}: models {models}").format(method=name, models=models))
         else:
-            lines.append(f"{name}: no models installed yet (choose one to download it)")
+            lines.append(
+                _("{method}: no models installed yet (choose one to download it)").format(method=name)
+            )
     return "\n".join(lines)

@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from i18n import _
+
 from nst_common import settings as declared
 
 PARASITE_NAME = "neural-style-settings"
@@ -22,28 +24,28 @@ PATHS_PARASITE_NAME = "neural-style-paths"
 SETTINGS_VERSION = 2  # 1 held the engine settings as flat fields
 
 METHODS = declared.METHOD_NAMES
-METHOD_LABELS = {m.name: m.label for m in declared.METHODS}
+METHOD_LABELS = {m.name: _(m.label) for m in declared.METHODS}
 # Johnson and CycleGAN carry their style in a trained model; the other two need a style image.
 MODEL_METHODS = frozenset(m.name for m in declared.METHODS if not m.needs_style)
 # The engine settings the dialog shows (the declaration's non-expert rows); experts use `nst`.
 DIALOG_SETTINGS = tuple(s for s in declared.SETTINGS if not s.expert)
 OUTPUTS = ("new-layer", "in-place")
 MASK_MODES = ("confine", "split", "ignore", "regions")
-MASK_MODE_LABELS = {  # the dialog's one-line explanation of each mode
-    "confine": "Confine: style only where the layer mask is white (grey blends)",
-    "split": "Split: the first style where the layer mask is white, the second where black",
-    "ignore": "Ignore: style the whole layer, whatever its mask",
-    "regions": "Regions: each region below (a channel or the layer mask) takes its own style",
+MASK_MODE_LABELS = {  # the dialog's one-line explanation of each mode; messages name its first word
+    "confine": _("Confine: style only where the layer mask is white (grey blends)"),
+    "split": _("Split: the first style where the layer mask is white, the second where black"),
+    "ignore": _("Ignore: style the whole layer, whatever its mask"),
+    "regions": _("Regions: each region below (a channel or the layer mask) takes its own style"),
 }
 REGION_COUNT = 4  # regions the dialog offers
 REGION_SOURCES = ("none", "channel", "layer-mask", "layer-mask-inverse")
 REGION_SOURCE_LABELS = {  # what marks a region, one line each
-    "none": "Not used",
-    "channel": "The channel chosen below (a saved selection)",
-    "layer-mask": "The layer mask: its white part",
-    "layer-mask-inverse": "The layer mask inverted: its black part",
+    "none": _("Not used"),
+    "channel": _("The channel chosen below (a saved selection)"),
+    "layer-mask": _("The layer mask: its white part"),
+    "layer-mask-inverse": _("The layer mask inverted: its black part"),
 }
-OUTPUT_LABELS = {"new-layer": "New layer above each source", "in-place": "Replace the layer's pixels"}
+OUTPUT_LABELS = {"new-layer": _("New layer above each source"), "in-place": _("Replace the layer's pixels")}
 
 
 @dataclass(frozen=True)
@@ -83,15 +85,19 @@ def argument_name(field_name: str) -> str:
 
 def declared_param(s: declared.Setting) -> Param:
     """The procedure argument of a declared setting: the widest range any method takes (the
-    validation narrows it to the chosen method's), 0 or "" for an unset optional one."""
+    validation narrows it to the chosen method's), 0 or "" for an unset optional one. The
+    declaration's words are data, translated here where the dialog takes them."""
     w = s.widest()
-    scope = "" if set(s.methods) == set(METHODS) else f" ({', '.join(s.methods)})"
     kind = _ARGUMENT_KINDS.get(s.kind, "string")
-    blurb = s.help + ("; 0 = the default" if s.optional and kind in ("int", "double") else "") + scope
+    blurb = _(s.help)
+    if s.optional and kind in ("int", "double"):
+        blurb = _("{help}; 0 = the default").format(help=blurb)
+    if set(s.methods) != set(METHODS):
+        blurb = _("{help} ({methods})").format(help=blurb, methods=", ".join(s.methods))
     lo = 0 if s.optional else w.lo or 0
-    choices = tuple((c, w.choice_label(c)) for c in w.choices) if kind == "choice" else ()
+    choices = tuple((c, _(w.choice_label(c))) for c in w.choices) if kind == "choice" else ()
     return Param(
-        argument_name(s.name), kind, s.label, blurb, dialog_value(s, s.default), lo, w.hi or 0, choices
+        argument_name(s.name), kind, _(s.label), blurb, dialog_value(s, s.default), lo, w.hi or 0, choices
     )
 
 
@@ -199,10 +205,12 @@ class Region:
         return ("", self.style_layer) if self.style_layer else (self.style_file, "")
 
     def describe(self) -> str:
+        """The region as messages name it: its tab and what marks it."""
         if self.source == "channel":
-            return f"Region {self.number} (channel “{self.channel}”)"
-        inverted = " inverted" if self.source == "layer-mask-inverse" else ""
-        return f"Region {self.number} (the layer mask{inverted})"
+            return _("Region {n} (channel “{channel}”)").format(n=self.number, channel=self.channel)
+        if self.source == "layer-mask-inverse":
+            return _("Region {n} (the layer mask inverted)").format(n=self.number)
+        return _("Region {n} (the layer mask)").format(n=self.number)
 
 
 def regions(settings: Settings) -> list[Region]:
@@ -229,36 +237,45 @@ def validate(
     when given, its devices); returns them normalised (the first installed model filled in where
     none is chosen)."""
     s = settings.with_engine(model=str(settings.get("model")).strip())
-    for value, allowed, what in (
-        (s.method, METHODS, "method"),
-        (s.output, OUTPUTS, "output"),
-        (s.layer_mask, MASK_MODES, "masks mode"),
+    for value, allowed, message in (
+        (s.method, METHODS, _("“Method” cannot be {value!r}: choose one of {choices}.")),
+        (s.output, OUTPUTS, _("“Output” cannot be {value!r}: choose one of {choices}.")),
+        (s.layer_mask, MASK_MODES, _("“Masks” cannot be {value!r}: choose one of {choices}.")),
     ):
         if value not in allowed:
-            raise SettingsError(f"Unknown {what} {value!r}; choose one of {', '.join(allowed)}.")
+            raise SettingsError(message.format(value=value, choices=", ".join(allowed)))
     for row in declared.for_method(s.method):
         if row.name in s.engine:
             try:
                 declared.check_value(row, wire_value(row, s.engine[row.name]))
             except declared.SettingError as exc:
-                raise SettingsError(f"{_label(row)}: {exc}.") from None
+                # The declaration's own words after the dialog's label: nst_common has no catalog.
+                raise SettingsError(
+                    _("{label}: {problem}.").format(label=label_text(row.label), problem=exc)
+                ) from None
     if s.method not in available:
-        raise SettingsError(f"The engine does not offer the {s.method} method.")
+        raise SettingsError(_("The engine does not offer the {method} method.").format(method=s.method))
     device = s.get("device")
     if devices is not None and device != "auto" and device not in devices:
         raise SettingsError(
-            f"The engine has no {device} device; it can use {', '.join(devices)}. Choose one, or Automatic."
+            _(
+                "The engine has no {device} device; it can use {devices}. "
+                "Choose one of them as the “Device”, or “Automatic”."
+            ).format(device=device, devices=", ".join(devices))
         )
     models = available[s.method]
     if models is not None:
         # Only the dialog downloads a model (host._download_model); a script's run says how.
         chosen = s.get("model")
         if chosen and chosen not in models:
-            raise SettingsError(
-                f"The {s.method} model {chosen!r} is not installed; install it with "
-                f"`nst models pull {s.method}_{chosen}`, or choose it in the dialog, which downloads it"
-                + (f" (installed: {', '.join(models)})." if models else ".")
-            )
+            text = _(
+                "The {method} model {model!r} is not installed: install it with "
+                "`nst models pull {method}_{model}`, or choose it in the dialog's “Model” list, "
+                "which downloads it."
+            ).format(method=s.method, model=chosen)
+            if models:
+                text += " " + _("Installed: {models}.").format(models=", ".join(models))
+            raise SettingsError(text)
         if not chosen and models:
             s = s.with_engine(model=models[0])
         # With none installed and none chosen, the engine picks its default model and its error
@@ -266,31 +283,46 @@ def validate(
     elif s.layer_mask == "regions":
         _validate_regions(s)
     elif not (s.style_file or s.style_layer):
-        raise SettingsError(f"{s.method} needs a style: pick an image file or a layer.")
+        raise SettingsError(
+            _("{method} needs a style: choose a “Style file” or a “Style layer”.").format(method=s.method)
+        )
     if s.layer_mask == "split" and (models is not None or not (s.style2_file or s.style2_layer)):
         raise SettingsError(
-            "Splitting by the layer mask needs Gatys or AdaIN and a second style for the black part."
+            _(
+                "“Masks” set to “Split” needs Gatys or AdaIN and a second style for the black part: "
+                "a “Second style file” or a “Second style layer”."
+            )
         )
     if bool(s.content_map) != bool(s.style_map):
         raise SettingsError(
-            "Semantic maps need two label-map layers: one for the content, one for the style."
+            _("Semantic maps need both label maps: a “Content label map” and a “Style label map”.")
         )
     if s.content_map and (models is not None or s.layer_mask in ("split", "regions")):
         raise SettingsError(
-            "Semantic maps need Gatys or AdaIN, and cannot be combined with a split layer mask or regions."
+            _(
+                "Semantic maps need Gatys or AdaIN, and cannot be combined with “Masks” set to "
+                "“Split” or “Regions”."
+            )
         )
     if s.layer_mask == "regions" and models is not None:
-        raise SettingsError("Regions need Gatys or AdaIN: each region takes its own style image.")
+        raise SettingsError(
+            _("“Masks” set to “Regions” needs Gatys or AdaIN: each region takes its own style image.")
+        )
     if not 0.0 <= s.style2_weight <= 1.0:
-        raise SettingsError("The second style's weight must be between 0 and 1.")
+        raise SettingsError(_("The “Second style weight” must be between 0 and 1."))
     if s.style2_weight > 0 and not (s.style2_file or s.style2_layer):
-        raise SettingsError("A second-style weight is set but no second style is chosen.")
+        raise SettingsError(
+            _(
+                "A “Second style weight” is set but no second style is chosen: choose a “Second style "
+                "file” or a “Second style layer”, or set the weight to 0."
+            )
+        )
     return s
 
 
-def _label(row: declared.Setting) -> str:
-    """The dialog's label of a setting, without its mnemonic."""
-    return row.label.replace("_", "")
+def label_text(label: str) -> str:
+    """A dialog label as messages quote it: translated, without its mnemonic underscore."""
+    return _(label).replace("_", "")
 
 
 def _validate_regions(s: Settings) -> None:
@@ -299,31 +331,47 @@ def _validate_regions(s: Settings) -> None:
         source = getattr(s, f"region{n}_source")
         if source not in REGION_SOURCES:
             raise SettingsError(
-                f"Unknown mask {source!r} for region {n}; choose one of {', '.join(REGION_SOURCES)}."
+                _("Region {n}'s “Mask” cannot be {value!r}: choose one of {choices}.").format(
+                    n=n, value=source, choices=", ".join(REGION_SOURCES)
+                )
             )
     used = regions(s)
     if not used:
         raise SettingsError(
-            "The regions mode needs at least one region: choose its mask (a channel or the layer mask) "
-            "and its style."
+            _(
+                "“Masks” set to “Regions” needs at least one region: on the “Region 1” tab (or another), "
+                "choose its “Mask” and its “Style file” or “Style layer”."
+            )
         )
     for region in used:
         if region.source == "channel" and not region.channel:
-            raise SettingsError(f"Region {region.number} is marked by a channel, but no channel is chosen.")
+            raise SettingsError(
+                _("Region {n} is marked by a channel, but no “Channel” is chosen on its tab.").format(
+                    n=region.number
+                )
+            )
         if not any(region.style):
-            raise SettingsError(f"Region {region.number} needs a style: pick an image file or a layer.")
+            raise SettingsError(
+                _("Region {n} needs a style: choose a “Style file” or a “Style layer” on its tab.").format(
+                    n=region.number
+                )
+            )
 
 
 def check_layer(name: str, *, is_group: bool, is_text: bool, settings: Settings) -> None:
     """Refuse layers the run cannot handle, with a message that says why and what to do."""
     if is_group:
         raise SettingsError(
-            f"“{name}” is a layer group. Select the layers inside it, or merge the group first."
+            _("“{layer}” is a layer group. Select the layers inside it, or merge the group first.").format(
+                layer=name
+            )
         )
     if is_text and settings.output == "in-place":
         raise SettingsError(
-            f"“{name}” is a text layer; stylizing it in place would discard its text. "
-            "Choose the output “new layer” or rasterize it first."
+            _(
+                "“{layer}” is a text layer; stylizing it in place would discard its text. "
+                "Set “Output” to “New layer above each source”, or rasterize the layer first."
+            ).format(layer=name)
         )
 
 
@@ -389,9 +437,17 @@ def settings_from_bytes(data: bytes) -> tuple[Settings, int]:
         raw = body["settings"]
         tattoo = int(body.get("source_tattoo", 0))
     except (ValueError, KeyError, TypeError) as exc:
-        raise SettingsError(f"The layer's {PARASITE_NAME} parasite is unreadable: {exc}") from None
+        raise SettingsError(
+            _("The layer's {parasite} parasite is unreadable: {problem}").format(
+                parasite=PARASITE_NAME, problem=exc
+            )
+        ) from None
     if body.get("version") not in (1, SETTINGS_VERSION) or not isinstance(raw, dict):
-        raise SettingsError(f"The layer's settings are from an unknown version {body.get('version')!r}.")
+        raise SettingsError(
+            _("The layer's settings are from an unknown version {version!r}.").format(
+                version=body.get("version")
+            )
+        )
     defaults = Settings()
     stored = raw.get("engine") if isinstance(raw.get("engine"), dict) else raw
     values: dict[str, Any] = {}

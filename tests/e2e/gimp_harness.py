@@ -129,9 +129,17 @@ def install_plugin(work: Path, engine_config: dict) -> Path:
     return target
 
 
-def run_gimp_batch(work: Path, script: Path, args: dict, gui: bool = False, timeout: float = 240) -> dict:
+def run_gimp_batch(
+    work: Path,
+    script: Path,
+    args: dict,
+    gui: bool = False,
+    timeout: float = 240,
+    gimp_env: dict[str, str] | None = None,
+) -> dict:
     """Run `script` in GIMP inside the chroot (gimp-console, or the GUI under Xvfb when `gui`);
-    it reports through args["out"]."""
+    it reports through args["out"]. `gimp_env`: variables for GIMP (and so its plug-ins), such as
+    LANGUAGE; the chroot starts from an empty environment."""
     args_path = work / "args.json"
     args["out"] = str(work / "findings.json")
     args_path.write_text(json.dumps(args))
@@ -141,7 +149,16 @@ def run_gimp_batch(work: Path, script: Path, args: dict, gui: bool = False, time
     batch = ["--batch-interpreter", "python-fu-eval", "-b", "-"] + ([] if gui else ["--quit"])
     xvfb = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"] if gui else []
     proc = subprocess.Popen(
-        [str(CHROOT), "run", *xvfb, "env", f"GIMP3_DIRECTORY={work / 'gimp3'}", *gimp, *batch],
+        [
+            str(CHROOT),
+            "run",
+            *xvfb,
+            "env",
+            f"GIMP3_DIRECTORY={work / 'gimp3'}",
+            *(f"{key}={value}" for key, value in (gimp_env or {}).items()),
+            *gimp,
+            *batch,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

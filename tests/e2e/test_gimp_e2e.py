@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from gimp_harness import HERE, install_plugin, run_gimp_batch, running_engine, write_style
+from helpers import write_catalog
 
 pytestmark = pytest.mark.gimp
 
@@ -271,3 +272,25 @@ def test_a_style_file_reaches_an_engine_over_tcp_as_pixels(gimp_chroot: Path, wo
         findings = run_gimp_batch(work, HERE / "batch_tcp.py", {"style": str(style)})
     assert findings["status"] == "success", findings["error"]
     assert findings["layers"] == ["Photo (style, gatys)", "Photo"]
+
+
+def test_a_catalog_translates_what_gimp_shows_of_the_plug_in(
+    gimp_chroot: Path, work: Path, engine: Path
+) -> None:
+    """GIMP started with LANGUAGE=xx and a catalog for "xx" in the installed plug-in's locale/
+    folder: the labels GIMP registered (the plug-in's own and the settings declaration's), the
+    menu label and the plug-in's messages come in that language."""
+    plugin_dir = install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    write_catalog(
+        plugin_dir / "locale" / "xx" / "LC_MESSAGES" / "neural_style.mo",
+        {
+            "_Masks": "_Maskoj",
+            "_Quality": "_Kvalito",
+            "Neural Style Transfer…": "Neŭrala stilo…",
+            "{method} needs a style: choose a “Style file” or a “Style layer”.": "{method} bezonas stilon.",
+        },
+    )
+    findings = run_gimp_batch(work, HERE / "batch_i18n.py", {}, gimp_env={"LANGUAGE": "xx"})
+    assert (findings["masks_label"], findings["quality_label"]) == ("_Maskoj", "_Kvalito")
+    assert findings["menu_label"] == "Neŭrala stilo…"
+    assert findings["no_style"] == ["execution-error", "gatys bezonas stilon."]
