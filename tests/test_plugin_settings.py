@@ -15,6 +15,7 @@ from settings import (
     Settings,
     SettingsError,
     check_layer,
+    check_style_files,
     paths_to_bytes,
     regions,
     result_layer_name,
@@ -170,3 +171,43 @@ def test_saved_settings_name_style_files_and_the_session_keeps_their_paths() -> 
 
     remembered = replace(s, remember_paths=True)
     assert settings_from_bytes(settings_to_bytes(remembered, 3))[0] == remembered
+
+
+def test_a_style_file_the_run_cannot_read_is_named_with_its_field(tmp_path: Path) -> None:
+    """Only the files the run reads count: a layer wins over its file, a second style counts with a
+    weight or a split, a region only when in use."""
+    painting = tmp_path / "painting.png"
+    painting.write_bytes(b"pixels")
+    gone = str(tmp_path / "gone.jpg")
+    for settings, fragments in [
+        (
+            Settings.of(style_file=gone),
+            [f"The style file {gone} does not exist", "“Style file”", "“Style layer”"],
+        ),
+        (Settings.of(style_file=str(tmp_path)), [f"{tmp_path} is a folder"]),
+        (
+            Settings.of(style_file=str(painting), style2_file=gone, style2_weight=0.5),
+            [f"The second style file {gone} does not exist", "“Second style file”"],
+        ),
+        (
+            Settings.of(layer_mask="regions", region2_source="layer-mask", region2_style_file=gone),
+            [f"Region 2's style file {gone} does not exist", "its “Style layer”"],
+        ),
+    ]:
+        with pytest.raises(SettingsError) as err:
+            check_style_files(validate(settings, AVAILABLE))
+        for fragment in fragments:
+            assert fragment in str(err.value)
+    for fine in [
+        Settings.of(style_file=str(painting)),
+        Settings.of(style_file=gone, style_layer="Paint"),  # the layer is the style
+        Settings.of(style_file=str(painting), style2_file=gone),  # weight 0: not read
+        Settings.of(method="johnson", style_file=gone),
+        Settings.of(
+            layer_mask="regions",
+            region1_source="layer-mask",
+            region1_style_file=str(painting),
+            region3_style_file=gone,
+        ),
+    ]:
+        check_style_files(validate(fine, AVAILABLE))

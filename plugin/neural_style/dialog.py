@@ -16,7 +16,7 @@ gi.require_version("Gtk", "3.0")
 import model_choice  # noqa: E402
 from gi.repository import Gimp, GimpUi, GObject, Gtk  # noqa: E402
 from i18n import _  # noqa: E402
-from settings import DIALOG_SETTINGS, METHODS, MODEL_METHODS, REGION_COUNT, argument_name  # noqa: E402
+from settings import DIALOG_SETTINGS, FILE_FIELDS, METHODS, MODEL_METHODS, REGION_COUNT, argument_name  # noqa: E402
 
 from nst_common import settings as declared  # noqa: E402
 
@@ -39,6 +39,10 @@ def run(
     for name in METHODS:  # a model method needs a model it has or can download
         usable = name in available and (available[name] is None or bool(available[name] or known.get(name)))
         method_choice.set_sensitive(name, usable)
+    for name in FILE_FIELDS:  # GIMP's file chooser takes no ANY argument (host._add_argument)
+        Gimp.param_spec_file_set_action(
+            config.find_property(argument_name(name)), Gimp.FileChooserAction.OPEN
+        )
     dialog = GimpUi.ProcedureDialog.new(procedure, config, _("Neural Style Transfer"))
 
     def title(label_id: str, text: str) -> None:

@@ -44,6 +44,7 @@ from settings import (  # noqa: E402
     SettingsError,
     argument_name,
     check_layer,
+    check_style_files,
     paths_to_bytes,
     regions,
     result_layer_name,
@@ -82,7 +83,10 @@ def _add_argument(procedure: Gimp.Procedure, p: Param) -> None:
     elif p.kind == "string":
         procedure.add_string_argument(p.name, p.label, blurb, p.default, _RW)
     elif p.kind == "file":
-        procedure.add_file_argument(p.name, p.label, blurb, Gimp.FileChooserAction.OPEN, True, None, _RW)
+        # ANY, not OPEN: GIMP refuses a missing file for an OPEN argument before the plug-in runs,
+        # with a message that names neither the file nor the fix; check_style_files does both.
+        # The dialog sets the config's file properties to OPEN for its file choosers (dialog.run).
+        procedure.add_file_argument(p.name, p.label, blurb, Gimp.FileChooserAction.ANY, True, None, _RW)
     elif p.kind == "layer":
         procedure.add_layer_argument(p.name, p.label, blurb, True, _RW)
     elif p.kind == "channel":
@@ -609,6 +613,7 @@ def _execute(
     try:
         devices = engine.last_hello.get("capabilities", {}).get("devices")
         settings = validate(raw_settings, available, devices if isinstance(devices, list) else None)
+        check_style_files(settings)
         sources = _check_drawables(drawables, settings)
     except SettingsError as exc:
         raise _Failure(str(exc)) from None

@@ -375,6 +375,68 @@ def check_layer(name: str, *, is_group: bool, is_text: bool, settings: Settings)
         )
 
 
+def check_style_files(settings: Settings) -> None:
+    """Refuse a style file the run would read but cannot, naming the file and its field: GIMP
+    passes any path through (the file arguments take any file, so that this check is reached), and
+    the engine's own error would only name the path."""
+    for path, message, region in _style_files(settings):
+        try:
+            with open(path, "rb"):
+                continue
+        except FileNotFoundError:
+            problem = _("does not exist")
+        except IsADirectoryError:
+            problem = _("is a folder, not an image")
+        except OSError as exc:
+            problem = _("cannot be read ({reason})").format(reason=exc.strerror or exc)
+        raise SettingsError(message.format(path=path, problem=problem, n=region))
+
+
+def _style_files(settings: Settings) -> list[tuple[str, str, int]]:
+    """The style files a validated run reads (a layer wins over its file), each with the message
+    that names its field and its region's number (0 outside regions); none for a model method."""
+    if settings.method in MODEL_METHODS:
+        return []
+    if settings.layer_mask == "regions":
+        return [
+            (
+                region.style_file,
+                _(
+                    "Region {n}'s style file {path} {problem}: choose another painting as its “Style "
+                    "file”, or pick its “Style layer”."
+                ),
+                region.number,
+            )
+            for region in regions(settings)
+            if region.style_file and not region.style_layer
+        ]
+    files: list[tuple[str, str, int]] = []
+    if settings.style_file and not settings.style_layer:
+        files.append(
+            (
+                settings.style_file,
+                _(
+                    "The style file {path} {problem}: choose another painting as the “Style file”, or "
+                    "pick a “Style layer”."
+                ),
+                0,
+            )
+        )
+    second = settings.style2_weight > 0 or settings.layer_mask == "split"
+    if second and settings.style2_file and not settings.style2_layer:
+        files.append(
+            (
+                settings.style2_file,
+                _(
+                    "The second style file {path} {problem}: choose another painting as the “Second "
+                    "style file”, or pick a “Second style layer”."
+                ),
+                0,
+            )
+        )
+    return files
+
+
 def style_label(settings: Settings) -> str:
     """Short human name of the style(s), for layer names: file stems, layer or model names."""
 

@@ -68,8 +68,8 @@ try:
     before = snapshot(image)
     findings["before"] = before
 
-    # 1. The engine answers but the job fails: the style file is not an image. (A missing file
-    # never reaches the plug-in: GIMP rejects it as a calling error.)
+    # 1. The engine answers but the job fails: the style file is not an image. (A missing file is
+    # the plug-in's own refusal: test_a_missing_style_file_is_named_with_what_to_do.)
     status, error = run_transfer(image, [base, top], ARGS["broken_style"])
     findings["steps"].append(
         {"name": "engine-fails", "status": status, "error": error, "after": snapshot(image)}

@@ -294,3 +294,26 @@ def test_a_catalog_translates_what_gimp_shows_of_the_plug_in(
     assert (findings["masks_label"], findings["quality_label"]) == ("_Maskoj", "_Kvalito")
     assert findings["menu_label"] == "Neŭrala stilo…"
     assert findings["no_style"] == ["execution-error", "gatys bezonas stilon."]
+
+
+def test_a_missing_style_file_is_named_with_what_to_do(gimp_chroot: Path, work: Path, engine: Path) -> None:
+    """A script passes a style file that does not exist. GIMP would refuse a missing file for an
+    OPEN file argument itself ("value ... for argument 'style-file' ... out of range", naming
+    neither the file nor the fix); the plug-in's arguments take any file, so its own check answers,
+    for the first style, the second and a region's, before the image is touched."""
+    style = work / "style.png"
+    write_style(style)
+    missing = work / "paintings" / "starry.jpg"
+    install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{engine}"})
+    findings = run_gimp_batch(
+        work, HERE / "batch_missing_style.py", {"style": str(style), "missing": str(missing)}
+    )
+    expected = {
+        "first": f"The style file {missing} does not exist: choose another painting as the “Style file”",
+        "second": f"The second style file {missing} does not exist: choose another painting as the “Second",
+        "region": f"Region 1's style file {missing} does not exist: choose another painting as its “Style",
+    }
+    for case, message in expected.items():
+        got = findings[case]
+        assert (got["status"], got["unchanged"]) == ("execution-error", True), (case, got)
+        assert got["error"].startswith(message), (case, got["error"])
