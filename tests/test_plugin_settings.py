@@ -159,7 +159,7 @@ def test_regions_mode_needs_a_mask_and_a_style_per_region_in_use() -> None:
     assert regions(replace(s, layer_mask="confine")) == []
 
 
-def test_saved_settings_name_style_files_and_the_session_keeps_their_paths() -> None:
+def test_saved_settings_name_style_files_and_their_paths_last_while_the_image_is_open() -> None:
     s = Settings.of(style_file="/home/me/paintings/starry.jpg", region2_style_file="/home/me/b.png")
     saved = settings_to_bytes(s, 3)
     assert b"/home/me" not in saved

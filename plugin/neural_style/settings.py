@@ -471,12 +471,14 @@ def settings_to_bytes(settings: Settings, source_tattoo: int) -> bytes:
 
 
 def paths_to_bytes(settings: Settings) -> bytes:
-    """The style files' full paths, for the session-only parasite."""
+    """The style files' full paths, for the parasite that keeps them while the image stays open
+    (never saved)."""
     return json.dumps({name: getattr(settings, name) for name in FILE_FIELDS}).encode("utf-8")
 
 
 def with_paths(settings: Settings, data: bytes) -> Settings:
-    """`settings` with the full paths of the session-only parasite, where it names the same files."""
+    """`settings` with the full paths of the paths parasite (kept while the image stays open), where
+    it names the same files."""
     try:
         paths = json.loads(bytes(data).decode("utf-8"))
     except ValueError:
