@@ -15,6 +15,7 @@ when the committed template differs from what this makes.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -95,8 +96,14 @@ def write_template(output: Path) -> None:
         )
         text = made.read_text(encoding="utf-8")
     text = text.replace("SOME DESCRIPTIVE TITLE.", "Translations of the neural-style GIMP plug-in.", 1)
+    if output.is_file() and undated(output.read_text(encoding="utf-8")) == undated(text):
+        return  # the same texts: keep the file, and the date it was made
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
+
+
+def undated(template: str) -> str:
+    return re.sub(r'^"POT-Creation-Date: .*$', "", template, flags=re.MULTILINE)
 
 
 def main() -> None:
