@@ -537,6 +537,8 @@ def _progress_text(header: dict[str, Any]) -> str:
     seconds = header.get("eta_s")
     if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
         left = eta.describe(float(seconds))
+        # TRANSLATORS: the time left comes first ("about 3 min left"): GIMP's progress bar cuts off
+        # the end of a long text.
         return _("{time_left} — {progress}").format(time_left=left, progress=text) if left else text
     return text
 

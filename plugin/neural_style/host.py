@@ -339,9 +339,9 @@ def _stylize(
     client = _client()
 
     def on_progress(fraction: float, message: str) -> None:
-        Gimp.progress_set_text(
-            _("{layer}: {progress}").format(layer=label, progress=message) if message else label
-        )
+        # TRANSLATORS: the progress bar's text: the layer's name, then the engine's progress.
+        text = _("{layer}: {progress}").format(layer=label, progress=message)
+        Gimp.progress_set_text(text if message else label)
         Gimp.progress_update((done + max(0.0, min(1.0, fraction))) / total)
 
     Gimp.progress_init(label)

@@ -91,8 +91,10 @@ def declared_param(s: declared.Setting) -> Param:
     kind = _ARGUMENT_KINDS.get(s.kind, "string")
     blurb = _(s.help)
     if s.optional and kind in ("int", "double"):
+        # TRANSLATORS: a number setting's tooltip, then what 0 in its field means.
         blurb = _("{help}; 0 = the default").format(help=blurb)
     if set(s.methods) != set(METHODS):
+        # TRANSLATORS: a setting's tooltip, then the methods that take it (gatys, adain, ...).
         blurb = _("{help} ({methods})").format(help=blurb, methods=", ".join(s.methods))
     lo = 0 if s.optional else w.lo or 0
     choices = tuple((c, _(w.choice_label(c))) for c in w.choices) if kind == "choice" else ()
