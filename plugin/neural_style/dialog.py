@@ -16,7 +16,14 @@ gi.require_version("Gtk", "3.0")
 import model_choice  # noqa: E402
 from gi.repository import Gimp, GimpUi, GObject, Gtk  # noqa: E402
 from i18n import _  # noqa: E402
-from settings import DIALOG_SETTINGS, FILE_FIELDS, METHODS, MODEL_METHODS, REGION_COUNT, argument_name  # noqa: E402
+from settings import (  # noqa: E402
+    DIALOG_SETTINGS,
+    FILE_FIELDS,
+    METHODS,
+    MODEL_METHODS,
+    REGION_COUNT,
+    argument_name,
+)
 
 from nst_common import settings as declared  # noqa: E402
 
