@@ -65,7 +65,7 @@ from engine.errors import CancelToken  # noqa: E402
 from engine.methods import gatys  # noqa: E402
 from engine.methods.base import PreparedJob, Progress, RunContext, Style  # noqa: E402
 from engine.pipeline import run_job  # noqa: E402
-from nst_common.protocol import StyleRef, StylizeJob  # noqa: E402
+from nst_common.messages import StyleRef, StylizeJob  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 CONTENT = "content/golden_gate.jpg"

@@ -85,7 +85,7 @@ def run_part(part: str, side: int, memory_mb: int) -> dict:
     from engine.cache import ModelCache
     from engine.errors import CancelToken
     from engine.pipeline import run_job
-    from nst_common.protocol import RawImage, StyleRef, StylizeJob
+    from nst_common.messages import RawImage, StyleRef, StylizeJob
 
     allocator.configure()  # as `nst serve` and `nst stylize` do
     folder = Path(os.environ["NST_HOME"])

@@ -14,7 +14,7 @@ from nst_common import eta, settings
 if TYPE_CHECKING:
     import numpy as np
 
-    from nst_common.protocol import RawImage, StylizeJob
+    from nst_common.messages import RawImage, StylizeJob
 
 # Every method setting is an option, built from its declaration (nst_common/settings.py); only
 # those the user gives are sent, so each method validates exactly what it was asked to do.
@@ -105,7 +105,7 @@ def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int])
     """--mask, --region and the maps, as the plug-in would send them: masks and maps are resized to
     the (possibly --size'd) content; region styles are appended to the job's styles."""
     from engine import images
-    from nst_common.protocol import StyleRef
+    from nst_common.messages import StyleRef
 
     def grey(path: str) -> RawImage:
         picture = images.split_alpha(images.load_image(path))[0].mean(axis=2, keepdims=True)
@@ -149,7 +149,7 @@ def _stylize(args: argparse.Namespace) -> int:
     from engine.cache import ModelCache
     from engine.errors import CancelToken
     from engine.pipeline import plan_job, run_job
-    from nst_common.protocol import StyleRef, StylizeJob
+    from nst_common.messages import StyleRef, StylizeJob
 
     inputs = [args.content, *args.style, args.mask, args.content_map, *args.style_map]
     inputs += [part for item in args.region for part in item.split("=", 1)]

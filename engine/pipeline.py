@@ -22,7 +22,7 @@ from engine.devices import available_devices, resolve_device
 from engine.errors import CancelToken, UserError
 from engine.methods.base import Guide, Method, PreparedJob, Progress, ProgressFn, RunContext, Style
 from nst_common import settings
-from nst_common.protocol import RawImage, StyleRef, StylizeJob
+from nst_common.messages import RawImage, StyleRef, StylizeJob
 
 MAX_REGIONS = 16
 

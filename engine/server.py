@@ -1,8 +1,8 @@
 """The engine's socket server: a reader and a writer thread per connection, jobs on the queue's workers.
 
-Every request is validated by `nst_common.protocol` before anything else sees it; every handler is
-wrapped so that no request can stop the server. Internal errors reach the client as an `error`
-event with code "internal"; the traceback goes only to the log.
+Every request is validated by `nst_common.framing` and `nst_common.messages` before anything else
+sees it; every handler is wrapped so that no request can stop the server. Internal errors reach
+the client as an `error` event with code "internal"; the traceback goes only to the log.
 
 Against hostile or broken clients: a connection has `hello_timeout` seconds from accept for its
 whole handshake, and handshakes have a pool of their own (`max_handshakes`, the oldest dropped when
@@ -44,22 +44,17 @@ from engine.errors import CancelToken, UserError
 from engine.files import LOCAL, FileAccess, confined
 from engine.jobs import Job, JobQueue, Runner, Task
 from engine.methods.base import Progress, ProgressFn
-from nst_common.protocol import (
-    PROTOCOL_VERSION,
+from nst_common.endpoints import Endpoint
+from nst_common.framing import (
     ConnectionClosed,
-    Endpoint,
     Limits,
     Message,
     ProtocolError,
-    RawImage,
     Rejected,
-    StylizeJob,
-    check_job,
-    image_header,
-    parse_job,
     read_message,
     send_message,
 )
+from nst_common.messages import PROTOCOL_VERSION, RawImage, StylizeJob, check_job, image_header, parse_job
 
 log = logging.getLogger(__name__)
 

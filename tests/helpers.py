@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from engine.server import Server
-from nst_common.protocol import RawImage, open_session
+from nst_common.messages import RawImage
+from nst_common.session import open_session
 
 
 def noise(w: int, h: int, c: int, seed: int = 0) -> RawImage:

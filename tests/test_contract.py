@@ -28,7 +28,7 @@ from layers import Settings, SettingsError
 from engine import pipeline
 from engine.server import Server
 from nst_common import settings as declared
-from nst_common.protocol import RawImage
+from nst_common.messages import RawImage
 
 W, H = 24, 20
 NO_CONFIG = "/nonexistent/engine.json"

@@ -17,7 +17,7 @@ from engine.losses import Target, gram
 from engine.methods import adain
 from engine.methods.base import Guide, StyleSource
 from engine.pipeline import run_job
-from nst_common.protocol import StyleRef, StylizeJob
+from nst_common.messages import StyleRef, StylizeJob
 
 SIDE = 48
 RED, BLUE = np.array([0.85, 0.15, 0.1]), np.array([0.1, 0.2, 0.85])

@@ -135,7 +135,7 @@ RETRY = textwrap.dedent(
     from engine.cache import ModelCache
     from engine.errors import CancelToken
     from engine.pipeline import run_job
-    from nst_common.protocol import StylizeJob
+    from nst_common.messages import StylizeJob
 
     torch.save(zoo.johnson_state_dict(zoo.johnson_model()), {home!r} + "/j.pth")
     weights.import_file("johnson_candy", {home!r} + "/j.pth")

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin" / "neural_
 import layers
 from layers import Settings, SettingsError
 
-from nst_common.protocol import RawImage, job_message
+from nst_common.messages import RawImage, job_message
 
 HELLO = {
     "type": "hello",
@@ -170,7 +170,8 @@ def test_build_job_sends_file_and_layer_styles_and_the_selection() -> None:
 
 
 def test_a_layer_mask_becomes_the_jobs_one_region() -> None:
-    from nst_common.protocol import Limits, Message, parse_job
+    from nst_common.framing import Limits, Message
+    from nst_common.messages import parse_job
 
     s = layers.validate(Settings.of(style_file="/a.png"), AVAILABLE)
     content = RawImage(2, 1, 3, "f32", floats(*[0.5] * 6))
@@ -185,7 +186,8 @@ def test_a_layer_mask_becomes_the_jobs_one_region() -> None:
 
 
 def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
-    from nst_common.protocol import Limits, Message, parse_job
+    from nst_common.framing import Limits, Message
+    from nst_common.messages import parse_job
 
     with pytest.raises(SettingsError, match="second style"):
         layers.validate(Settings.of(style_file="/a.png", layer_mask="split"), AVAILABLE)
@@ -209,7 +211,8 @@ def test_split_by_the_layer_mask_gives_black_to_the_second_style() -> None:
 
 
 def test_semantic_maps_travel_with_the_content_and_the_first_style() -> None:
-    from nst_common.protocol import Limits, Message, parse_job
+    from nst_common.framing import Limits, Message
+    from nst_common.messages import parse_job
 
     for bad, fragment in [
         (Settings.of(style_file="/a.png", content_map="Labels"), "two label-map layers"),
@@ -299,7 +302,8 @@ def test_region_masks_come_from_channels_or_the_layer_mask_and_must_select_somet
 
 
 def test_regions_become_the_jobs_masks_each_with_its_own_style() -> None:
-    from nst_common.protocol import Limits, Message, parse_job
+    from nst_common.framing import Limits, Message
+    from nst_common.messages import parse_job
 
     s = layers.validate(
         Settings.of(

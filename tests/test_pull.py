@@ -21,13 +21,9 @@ from helpers import Files, serve_files
 from engine import cli_server, methods, weights
 from engine import server as engine_server
 from engine.server import Server
-from nst_common.protocol import (
-    CLIENT_LIMITS,
-    Endpoint,
-    open_session,
-    read_message,
-    send_message,
-)
+from nst_common.endpoints import Endpoint
+from nst_common.framing import read_message, send_message
+from nst_common.session import CLIENT_LIMITS, open_session
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CONFIG = "/nonexistent/engine.json"  # connect only, never start an engine

@@ -20,7 +20,7 @@ from engine.methods.johnson import METHOD as JOHNSON
 from engine.nets.resnet_generator import load_resnet_generator
 from engine.nets.transformer_net import load_transformer_net
 from engine.pipeline import run_job
-from nst_common.protocol import StyleRef, StylizeJob
+from nst_common.messages import StyleRef, StylizeJob
 
 CPU = torch.device("cpu")
 

@@ -534,7 +534,7 @@ def test_bf16_autocast_runs_close_to_fp32(home: Path) -> None:
 def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -> None:
     from engine import images
     from engine.pipeline import run_job
-    from nst_common.protocol import StyleRef, StylizeJob
+    from nst_common.messages import StyleRef, StylizeJob
 
     content = image(32, 48, seed=23)
     mask = np.zeros((32, 48, 1), np.float32)
@@ -557,7 +557,7 @@ def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -
 def test_adain_semantic_maps_take_each_labels_own_style_statistics(home: Path) -> None:
     from engine import images
     from engine.pipeline import run_job
-    from nst_common.protocol import StyleRef, StylizeJob
+    from nst_common.messages import StyleRef, StylizeJob
 
     content, style = image(32, 32, seed=25), image(32, 32, seed=26)
     style[:16] *= 0.3  # a dark top and a bright bottom: different statistics per label

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nst_common import eta, protocol
-from nst_common.protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
+from nst_common import endpoints, eta, framing, messages, session
+from nst_common.framing import ConnectionClosed, ProtocolError
+from nst_common.messages import RawImage, StylizeJob
 
 CONFIG_NAME = "engine.json"
 
@@ -50,8 +51,8 @@ class EngineClient:
         self.config = _load_config(self.config_path)
         self.env = {**os.environ, **self.config.get("env", {})}
         try:
-            self.endpoint = protocol.parse_endpoint(
-                endpoint or self.config.get("endpoint") or str(protocol.default_endpoint(self.env))
+            self.endpoint = endpoints.parse_endpoint(
+                endpoint or self.config.get("endpoint") or str(endpoints.default_endpoint(self.env))
             )
         except ValueError as exc:
             raise EngineError("bad-config", f"{self.config_path}: {exc}") from None
@@ -88,7 +89,7 @@ class EngineClient:
         gets the engine's previews of the result as they come (small u8 RGB images, at most one
         every half second); a malformed one is skipped, never the job's failure.
         """
-        header, blobs = protocol.job_message(job)
+        header, blobs = messages.job_message(job)
         size = sum(memoryview(b).nbytes for b in blobs)
         sock, hello = self._session(is_cancelled)
         with sock:
@@ -100,11 +101,11 @@ class EngineClient:
                     f"The images add up to {size >> 20} MiB but the engine accepts {limit >> 20} MiB "
                     "per job. Scale the image down, or start the engine with a larger --max-message.",
                 )
-            chunk = protocol.CHUNK_SIZE
+            chunk = framing.CHUNK_SIZE
             if isinstance(limits.get("max_payload"), int) and limits["max_payload"] > 0:
                 chunk = min(chunk, limits["max_payload"])
             try:
-                protocol.send_message(
+                framing.send_message(
                     sock, header, blobs, self.silence_timeout, chunk, _Meter(on_progress, is_cancelled, sock)
                 )
             except (ConnectionClosed, TimeoutError):
@@ -129,7 +130,7 @@ class EngineClient:
         with sock:
             if "pull" not in (hello.get("requests") or ()):
                 raise _pull_unsupported(hello, ids)
-            protocol.send_message(sock, {"type": "pull", "ref": "pull", "weights": ids})
+            framing.send_message(sock, {"type": "pull", "ref": "pull", "weights": ids})
             return self._wait_for_pull(sock, ids, hello, on_progress, is_cancelled)
 
     # --- Sessions --------------------------------------------------------------------------------
@@ -146,9 +147,9 @@ class EngineClient:
     def _open(self) -> tuple[Any, dict[str, Any]]:
         token = None
         if self.endpoint.kind == "tcp":
-            token = self.config.get("token") or protocol.read_token(self.env)
+            token = self.config.get("token") or endpoints.read_token(self.env)
         try:
-            sock, hello = protocol.open_session(
+            sock, hello = session.open_session(
                 self.endpoint, token, self.connect_timeout, client=f"gimp-plugin {self.config.get('version')}"
             )
         except ProtocolError as exc:
@@ -161,7 +162,7 @@ class EngineClient:
             theirs = exc.details.get("protocol", "?")
             return EngineError(
                 "protocol-mismatch",
-                f"The engine speaks protocol {theirs} but this plug-in speaks {protocol.PROTOCOL_VERSION}. "
+                f"The engine speaks protocol {theirs} but this plug-in speaks {messages.PROTOCOL_VERSION}. "
                 "Re-run install.py so both come from the same release, and stop the old engine "
                 "(`nst stop`).",
             )
@@ -169,7 +170,7 @@ class EngineClient:
             return EngineError(
                 "unauthorized",
                 f"The engine at {self.endpoint} refused this plug-in's token. Copy the token file from the "
-                f"engine's machine (`nst token` shows it) to {protocol.token_path(self.env)}.",
+                f"engine's machine (`nst token` shows it) to {endpoints.token_path(self.env)}.",
             )
         return EngineError(exc.code, f"The engine at {self.endpoint} refused the connection: {exc.message}")
 
@@ -247,7 +248,7 @@ class EngineClient:
         import fcntl
 
         try:
-            fd = os.open(protocol.runtime_dir(self.env) / protocol.LOCK_NAME, os.O_RDONLY)
+            fd = os.open(endpoints.runtime_dir(self.env) / endpoints.LOCK_NAME, os.O_RDONLY)
         except OSError:
             return False
         try:
@@ -259,11 +260,11 @@ class EngineClient:
             os.close(fd)
 
     def _output_path(self) -> Path:
-        return protocol.data_dir(self.env) / "engine.out"
+        return endpoints.data_dir(self.env) / "engine.out"
 
     def _died(self) -> EngineError:
         where = (
-            f"Its log is {protocol.log_path(self.env)}."
+            f"Its log is {endpoints.log_path(self.env)}."
             if self.endpoint.is_loopback
             else "Its log is on the engine's machine."
         )
@@ -289,22 +290,22 @@ class EngineClient:
             if state["cancel_sent_at"] is None and is_cancelled():
                 state["cancel_sent_at"] = now
                 if state["job"] is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
+                    framing.send_message(sock, {"type": "cancel", "job": state["job"]})
             elif state["cancel_sent_at"] is not None and now - state["cancel_sent_at"] > 3.0:
                 raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the job
             if now - state["heard"] > self.silence_timeout:
                 raise EngineError(
                     "engine-unresponsive",
                     f"The engine has not reported anything for {self.silence_timeout:.0f} s. "
-                    f"Its log is {protocol.log_path(self.env)}; `nst stop` and a new run restart it.",
+                    f"Its log is {endpoints.log_path(self.env)}; `nst stop` and a new run restart it.",
                 )
 
         while True:
             try:
                 check()
-                message = protocol.read_message(
+                message = framing.read_message(
                     sock,
-                    protocol.CLIENT_LIMITS,
+                    session.CLIENT_LIMITS,
                     self.silence_timeout,
                     check,
                     lambda header, sizes: _check_incoming(header, sizes, job, state["job"]),
@@ -324,7 +325,7 @@ class EngineClient:
                 ahead = h.get("position", 0)
                 on_progress(0.0, f"Waiting for {ahead} job(s) ahead" if ahead else "Starting")
                 if state["cancel_sent_at"] is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": state["job"]})
+                    framing.send_message(sock, {"type": "cancel", "job": state["job"]})
             elif kind == "progress" and h.get("job") == state["job"]:
                 fraction = h.get("fraction")
                 on_progress(float(fraction) if isinstance(fraction, (int, float)) else 0.0, _progress_text(h))
@@ -355,23 +356,21 @@ class EngineClient:
             if cancel_sent_at is None and is_cancelled():
                 cancel_sent_at = now
                 if job is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": job})
+                    framing.send_message(sock, {"type": "cancel", "job": job})
             elif cancel_sent_at is not None and now - cancel_sent_at > 3.0:
                 raise EngineError("cancelled", "Cancelled.")  # closing the connection cancels the pull
             if now - heard > self.silence_timeout:
                 raise EngineError(
                     "engine-unresponsive",
                     f"The engine has not reported anything for {self.silence_timeout:.0f} s. "
-                    f"Its log is {protocol.log_path(self.env)}.",
+                    f"Its log is {endpoints.log_path(self.env)}.",
                 )
 
         while True:
             try:
                 check()
                 # Pull events carry no images: anything with a payload is refused as a bad frame.
-                message = protocol.read_message(
-                    sock, protocol.HEADER_ONLY_LIMITS, self.silence_timeout, check
-                )
+                message = framing.read_message(sock, session.HEADER_ONLY_LIMITS, self.silence_timeout, check)
             except (ConnectionClosed, TimeoutError):
                 if cancel_sent_at is not None:
                     raise EngineError("cancelled", "Cancelled.") from None
@@ -388,7 +387,7 @@ class EngineClient:
                     0.0, f"Waiting for {ahead} download(s) ahead" if ahead else "Starting the download"
                 )
                 if cancel_sent_at is not None:
-                    protocol.send_message(sock, {"type": "cancel", "job": job})
+                    framing.send_message(sock, {"type": "cancel", "job": job})
             elif kind == "progress" and job is not None and h.get("job") == job:
                 fraction = h.get("fraction")
                 on_progress(
@@ -473,7 +472,7 @@ def _refusal(sock: Any) -> EngineError | None:
             raise TimeoutError
 
     try:
-        header = protocol.read_message(sock, protocol.HEADER_ONLY_LIMITS, 1.0, on_idle).header
+        header = framing.read_message(sock, session.HEADER_ONLY_LIMITS, 1.0, on_idle).header
     except (ConnectionClosed, ProtocolError, TimeoutError, OSError):
         return None
     if header.get("type") != "error":
@@ -492,23 +491,23 @@ def _progress_text(header: dict[str, Any]) -> str:
     return text
 
 
-def _preview_image(message: protocol.Message) -> RawImage | None:
+def _preview_image(message: framing.Message) -> RawImage | None:
     """A progress event's preview when it has a well-formed one (u8 RGB); None otherwise."""
     if "preview" not in message.header:
         return None
     try:
-        image = protocol.parse_image(
-            message.header["preview"], message.blobs, protocol.CLIENT_LIMITS, "preview"
+        image = messages.parse_image(
+            message.header["preview"], message.blobs, session.CLIENT_LIMITS, "preview"
         )
     except ProtocolError:
         return None
     return image if (image.channels, image.dtype) == (3, "u8") else None
 
 
-def _result_image(message: protocol.Message, job: StylizeJob) -> RawImage:
+def _result_image(message: framing.Message, job: StylizeJob) -> RawImage:
     try:
-        image = protocol.parse_image(
-            message.header.get("image"), message.blobs, protocol.CLIENT_LIMITS, "image"
+        image = messages.parse_image(
+            message.header.get("image"), message.blobs, session.CLIENT_LIMITS, "image"
         )
     except ProtocolError as exc:
         raise EngineError("protocol-error", f"The engine sent a malformed result: {exc.message}") from None

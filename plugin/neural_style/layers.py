@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nst_common import settings as declared
-from nst_common.protocol import RawImage, StyleRef, StylizeJob
+from nst_common.messages import RawImage, StyleRef, StylizeJob
 
 PARASITE_NAME = "neural-style-settings"
 # The style files' full paths, for re-runs while the image stays open: not saved in the XCF, which
