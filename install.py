@@ -761,8 +761,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 # dir (the one the plug-in starts), never one NST_ENDPOINT or engine.json's endpoint names.
 _STOP = """
 import sys
-from nst_common import endpoints
-endpoint = endpoints.lock_holder().get("endpoint")
+from nst_common import endpoints, engine_lock
+endpoint = engine_lock.holder().get("endpoint")
 try:
     endpoints.parse_endpoint(endpoint).connect(2.0).close()
 except (OSError, TypeError, ValueError, AttributeError):

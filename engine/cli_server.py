@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from nst_common import endpoints, framing, session
+from nst_common import endpoints, engine_lock, framing, session
 from nst_common.endpoints import Endpoint
+from nst_common.engine_lock import EngineLock
 from nst_common.framing import Limits, ProtocolError
 
 _DEFAULTS = Limits()
@@ -119,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         token = token or ensure_token(endpoints.token_path())
         check_private(endpoints.token_path())
-    from engine.server import EngineLock, Server, ServerConfig, device_of
+    from engine.server import Server, ServerConfig, acquire_lock, device_of
 
     styles_dir = None
     if args.styles_dir is not None:
@@ -128,9 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
             raise UserError("bad-option", f"--styles-dir {args.styles_dir}: no such folder")
     log_file = args.log_file or endpoints.log_path()
     _setup_logging(log_file)
-    lock = EngineLock(endpoints.runtime_dir() / endpoints.LOCK_NAME)
-    if not lock.acquire(endpoint):
-        holder = endpoints.lock_holder()
+    lock = EngineLock(engine_lock.lock_path())
+    if not acquire_lock(lock, endpoint):
+        holder = engine_lock.holder()
         raise UserError(
             "already-running",
             f"An engine is already running (pid {holder.get('pid', '?')}, {holder.get('endpoint', '?')}); "
@@ -236,7 +237,7 @@ def _target(args: argparse.Namespace) -> Endpoint:
     """--connect, else what the running engine wrote in its lock file, else the default."""
     if args.connect:
         return _parse(args.connect)
-    recorded = endpoints.lock_holder().get("endpoint")
+    recorded = engine_lock.holder().get("endpoint")
     if isinstance(recorded, str):
         try:
             return endpoints.parse_endpoint(recorded)

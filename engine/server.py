@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import itertools
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from engine.files import LOCAL, FileAccess, confined
 from engine.jobs import Job, JobQueue, Runner, Task
 from engine.methods.base import Progress, ProgressFn
 from nst_common.endpoints import Endpoint
+from nst_common.engine_lock import EngineLock
 from nst_common.framing import (
     ConnectionClosed,
     Limits,
@@ -835,49 +835,17 @@ def device_of(spec: StylizeJob) -> str:
     return str(resolve_device(name))
 
 
-class EngineLock:
-    """One engine per user: an exclusive lock on a file in the runtime dir, released when the process
-    dies. The file also records the pid and endpoint, so `nst ping` finds a non-default endpoint."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, endpoint: Endpoint) -> bool:
-        prepare_private_dir(self.path.parent)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise UserError(
-                "unsafe-runtime-dir", f"Cannot open the lock {self.path}: {exc.strerror or exc}."
-            ) from None
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        self.record(endpoint)
-        return True
-
-    def record(self, endpoint: Endpoint) -> None:
-        """Write who holds the lock: `nst ping` and friends find a non-default endpoint there."""
-        assert self._fd is not None
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.write(self._fd, json.dumps({"pid": os.getpid(), "endpoint": str(endpoint)}).encode())
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+def acquire_lock(lock: EngineLock, endpoint: Endpoint) -> bool:
+    """Take the one-engine-per-user lock (nst_common/engine_lock.py) in a folder fit to hold it;
+    False when another engine holds it. A lock file that cannot be opened (a link in its place,
+    say) is the user's to fix, so it is a UserError."""
+    prepare_private_dir(lock.path.parent)
+    try:
+        return lock.acquire(endpoint)
+    except OSError as exc:
+        raise UserError(
+            "unsafe-runtime-dir", f"Cannot open the lock {lock.path}: {exc.strerror or exc}."
+        ) from None
 
 
 def _answers(ep: Endpoint) -> bool:

@@ -7,21 +7,18 @@ the folders platformdirs gives for "neural-style" (tests/test_protocol.py compar
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 APP_NAME = "neural-style"
 DEFAULT_PORT = 47913
 SOCKET_NAME = "engine.sock"
 TOKEN_NAME = "token"
 LOG_NAME = "engine.log"
-LOCK_NAME = "engine.lock"
 
 
 @dataclass(frozen=True)
@@ -148,15 +145,6 @@ def token_path(env: dict[str, str] | None = None) -> Path:
 def log_path(env: dict[str, str] | None = None) -> Path:
     """The engine's log, which error messages point the user to."""
     return data_dir(env) / LOG_NAME
-
-
-def lock_holder(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """What the running engine wrote in its lock file: {"pid", "endpoint"} (may be stale)."""
-    try:
-        data = json.loads((runtime_dir(env) / LOCK_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def read_token(env: dict[str, str] | None = None) -> str | None:

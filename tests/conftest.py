@@ -102,14 +102,14 @@ def engine_config(nst_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     import time
 
     from engine import __version__
-    from nst_common import endpoints
+    from nst_common import engine_lock
 
     path = tmp_path / "plugin" / "engine.json"
     path.parent.mkdir()
     config = {"python": sys.executable, "env": {**nst_env, "OMP_NUM_THREADS": "1"}, "version": __version__}
     path.write_text(json.dumps(config), encoding="utf-8")
     yield path
-    pid = endpoints.lock_holder(nst_env).get("pid")
+    pid = engine_lock.holder(nst_env).get("pid")
     if isinstance(pid, int) and not _gone(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10

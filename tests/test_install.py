@@ -389,7 +389,7 @@ def test_uninstall_removes_a_symlinked_plugin_folder_but_not_its_target(tmp_path
 @pytest.fixture
 def running_engine(nst_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """A real engine server (`python -m engine serve`) in the test's NST_HOME and runtime dir."""
-    from nst_common import endpoints
+    from nst_common import endpoints, engine_lock
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", "--idle-timeout", "0"],
@@ -401,7 +401,7 @@ def running_engine(nst_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, "the engine exited while starting"
-            endpoint = endpoints.lock_holder(nst_env).get("endpoint")
+            endpoint = engine_lock.holder(nst_env).get("endpoint")
             try:
                 endpoints.parse_endpoint(endpoint).connect(1.0).close()
                 break

@@ -19,9 +19,10 @@ import pytest
 from helpers import is_final, noise, session
 
 from engine.errors import UserError
-from engine.server import EngineLock, Server, preview_image
-from nst_common import endpoints, framing, messages
+from engine.server import Server, acquire_lock, preview_image
+from nst_common import engine_lock, framing, messages
 from nst_common.endpoints import Endpoint
+from nst_common.engine_lock import EngineLock
 from nst_common.framing import ConnectionClosed, ProtocolError, read_message, send_message
 from nst_common.messages import RawImage, StyleRef, StylizeJob, job_message
 from nst_common.session import CLIENT_LIMITS, open_session
@@ -327,19 +328,22 @@ def test_the_lock_file_is_never_followed_through_a_link(short_dir: Path) -> None
     mine.write_text("the user's own file")
     (short_dir / "engine.lock").symlink_to(mine)
     with pytest.raises(UserError):
-        EngineLock(short_dir / "engine.lock").acquire(Endpoint("unix", path="/x.sock"))
+        acquire_lock(EngineLock(short_dir / "engine.lock"), Endpoint("unix", path="/x.sock"))
     assert mine.read_text() == "the user's own file"
 
 
 def test_one_engine_per_user_lock(short_dir: Path) -> None:
     ep = Endpoint("unix", path="/x.sock")
-    first, second = EngineLock(short_dir / "engine.lock"), EngineLock(short_dir / "engine.lock")
-    assert first.acquire(ep)
-    assert not second.acquire(ep)
-    holder = endpoints.lock_holder({"NST_RUNTIME_DIR": str(short_dir)})
-    assert holder == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
+    env = {"NST_RUNTIME_DIR": str(short_dir)}
+    first, second = EngineLock(engine_lock.lock_path(env)), EngineLock(engine_lock.lock_path(env))
+    assert not engine_lock.is_held(env) and engine_lock.holder(env) == {}
+    assert acquire_lock(first, ep)
+    assert not acquire_lock(second, ep)
+    assert engine_lock.is_held(env)
+    assert engine_lock.holder(env) == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
     first.release()
-    assert second.acquire(ep)
+    assert not engine_lock.is_held(env)  # the file stays; the lock went with its holder
+    assert acquire_lock(second, ep)
     second.release()
 
 

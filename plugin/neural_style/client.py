@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nst_common import endpoints, eta, framing, messages, session
+from nst_common import endpoints, engine_lock, eta, framing, messages, session
 from nst_common.framing import ConnectionClosed, ProtocolError
 from nst_common.messages import RawImage, StylizeJob
 
@@ -248,7 +248,7 @@ class EngineClient:
         import fcntl
 
         try:
-            fd = os.open(endpoints.runtime_dir(self.env) / endpoints.LOCK_NAME, os.O_RDONLY)
+            fd = os.open(engine_lock.lock_path(self.env), os.O_RDONLY)
         except OSError:
             return False
         try:
