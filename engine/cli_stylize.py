@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
-from nst_common import eta, settings
+from nst_common import endpoints, eta, settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -199,13 +199,13 @@ class _ProgressBar:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from engine import __version__, paths
+    from engine import __version__
     from engine.backbones import find_backbones
     from engine.pipeline import capabilities
 
     report = {
         "version": __version__,
-        "data_dir": str(paths.data_dir()),
+        "data_dir": str(endpoints.data_dir()),
         "backbones": find_backbones(),
         **{k: v for k, v in capabilities().items() if k != "backbones"},
     }
