@@ -286,7 +286,7 @@ def default_torch_spec() -> list[str]:
 
 
 def code_files(packages: dict[str, str | Path]) -> dict[str, str]:
-    """{"engine/cli.py": sha256, ...} for every .py file of the engine's packages, wherever they lie."""
+    """{"engine/errors.py": sha256, ...} for every .py file of the engine's packages, wherever they lie."""
     files = {}
     for name, folder in packages.items():
         root = Path(folder)

@@ -57,11 +57,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import reference_gatys as ref  # noqa: E402
 
-from engine import allocator, images  # noqa: E402
 from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, random_backbone, vgg  # noqa: E402
 from engine.backbones.base import Backbone  # noqa: E402
-from engine.cache import ModelCache  # noqa: E402
+from engine.compute import allocator  # noqa: E402
+from engine.compute.cache import ModelCache  # noqa: E402
 from engine.errors import CancelToken  # noqa: E402
+from engine.imaging import images  # noqa: E402
 from engine.methods import gatys  # noqa: E402
 from engine.methods.base import PreparedJob, Progress, RunContext, Style  # noqa: E402
 from engine.pipeline import run_job  # noqa: E402

@@ -81,9 +81,10 @@ def run_part(part: str, side: int, memory_mb: int) -> dict:
     """One job in this process; returns its figures (call it in a fresh process: RSS is per process)."""
     import numpy as np
 
-    from engine import allocator, images
-    from engine.cache import ModelCache
+    from engine.compute import allocator
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
+    from engine.imaging import images
     from engine.pipeline import run_job
     from nst_common.messages import RawImage, StyleRef, StylizeJob
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import images
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
+from engine.imaging import images
 from engine.pipeline import run_job
 from nst_common.messages import StyleRef, StylizeJob
 

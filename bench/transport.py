@@ -33,7 +33,7 @@ TARGET_U8_S = 0.5
 
 def _serve(path: str, chunk: int) -> None:
     """The child: a real engine server whose runner returns the content unchanged."""
-    from engine.server import Server, ServerConfig
+    from engine.service.server import Server, ServerConfig
     from nst_common.endpoints import Endpoint
     from nst_common.framing import Limits
 

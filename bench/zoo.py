@@ -10,7 +10,7 @@ The references follow the upstream inference code step by step, copies and conve
 Both sides get the same fixed-seed random weights (saved in the upstream layouts; ours installs
 them through engine.weights) and the same synthetic images. Each side runs in its own fresh process,
 as its authors run it: the reference as upstream leaves the process, ours configured as the engine
-configures itself at start-up (engine.allocator). The processes alternate, reference and ours, for
+configures itself at start-up (engine.compute.allocator). The processes alternate, reference and ours, for
 several rounds; each warms up once per size, then times `--reps` runs. The table gives median
 seconds over all rounds, the ratio of the medians and of the fastest runs, and the max abs
 difference of the 0..1 outputs.
@@ -346,7 +346,7 @@ def ref_runner(method: str, device: torch.device, folder: Path) -> Callable[...,
 
 def our_runner(method_name: str, device: torch.device) -> Callable[..., np.ndarray]:
     """Ours through the method's own entry point, fp32, the style at its full size for AdaIN."""
-    from engine.cache import ModelCache
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
     from engine.methods.base import PreparedJob, RunContext, Style
 
@@ -380,7 +380,7 @@ def worker(side: str, method: str, device: torch.device, sizes: list[int], reps:
     """One side of one method: per size one untimed run, then `reps` timed ones; prints the times
     as JSON and leaves the last output in `folder` for the parent to compare."""
     if side == "ours":
-        from engine import allocator
+        from engine.compute import allocator
 
         allocator.configure()  # as engine.cli.main() does first
     run = our_runner(method, device) if side == "ours" else ref_runner(method, device, folder)

@@ -68,7 +68,7 @@ def make_server(short_dir: Path) -> Iterator[Callable[..., Any]]:
 
     The runner defaults to the real pipeline; keyword arguments go to ServerConfig.
     """
-    from engine.server import Server, ServerConfig, device_of
+    from engine.service.server import Server, ServerConfig, device_of
     from nst_common.endpoints import Endpoint
 
     servers: list[Server] = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.server import Server
+from engine.service.server import Server
 from nst_common.messages import RawImage
 from nst_common.session import open_session
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from client import EngineClient, EngineError
 
-from engine.server import Server
+from engine.service.server import Server
 from nst_common import endpoints, messages, session
 from nst_common.endpoints import Endpoint
 

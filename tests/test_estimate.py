@@ -18,7 +18,7 @@ import torch
 from engine import planner
 from engine.estimate import Tracker
 from engine.methods.base import Progress
-from engine.server import Server
+from engine.service.server import Server
 from nst_common import eta
 from nst_common.framing import read_message, send_message
 from nst_common.messages import RawImage, StyleRef, StylizeJob, job_message

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import images
 from engine.backbones import load_backbone, random_backbone
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import Cancelled, CancelToken, UserError
-from engine.losses import Target, gram, total_variation
-from engine.methods import gatys, gatys_tiles
+from engine.imaging import images
+from engine.methods import gatys
 from engine.methods.base import PreparedJob, Progress, RunContext, Style
+from engine.methods.gatys import tiles
+from engine.methods.gatys.losses import Target, gram, total_variation
 from nst_common import settings
 
 
@@ -164,7 +165,7 @@ def test_seeded_runs_are_deterministic_and_noise_init_depends_on_the_seed() -> N
 
 
 def test_preserve_colors_keeps_the_content_chroma() -> None:
-    from engine.colors import rgb_to_ycc
+    from engine.imaging.colors import rgb_to_ycc
 
     content, style = synthetic_photo(48, 48), synthetic_painting(48)
     result = run_gatys(content, style, iterations=20, preserve_colors="luminance")
@@ -368,7 +369,7 @@ def test_a_trial_made_tile_by_tile_scores_as_the_trial_image_and_is_taken_exactl
         objective = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile=240)
         x = (content + 0.2 * torch.randn_like(content)).clamp(0, 1)
         direction = torch.randn_like(x)
-        step = gatys_tiles.Step(direction, 0.3)
+        step = tiles.Step(direction, 0.3)
         trial = step.apply(x)  # the whole trial image, as one tensor
         at_trial = objective.tiled.loss(x, step)
         expected = objective.tiled.loss(trial)

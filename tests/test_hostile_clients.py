@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from helpers import is_final, noise, session
 
-from engine import images
 from engine.errors import CancelToken
+from engine.imaging import images
 from engine.methods.base import Progress
-from engine.server import Server
+from engine.service.server import Server
 from nst_common import framing, messages
 from nst_common.endpoints import Endpoint
 from nst_common.framing import ConnectionClosed, ProtocolError, read_message, send_message
@@ -350,14 +350,14 @@ def test_on_the_unix_socket_the_user_may_name_any_file(
 @pytest.fixture
 def engine_log(tmp_path: Path) -> Iterator[Path]:
     """The engine's log file as `nst serve` sets it up, for this process, with a common umask."""
-    from engine import cli_server
+    from engine.cli import serve
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     umask = os.umask(0o022)
     path = tmp_path / "data" / "engine.log"
     try:
-        cli_server._setup_logging(path)
+        serve._setup_logging(path)
         yield path
     finally:
         for handler in root.handlers:

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import images, weights
-from engine.cache import ModelCache
+from engine import weights
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
+from engine.imaging import images
 from engine.pipeline import capabilities, run_job
 from nst_common.messages import RawImage, StyleRef, StylizeJob
 

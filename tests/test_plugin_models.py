@@ -17,7 +17,7 @@ from layers import Settings, SettingsError
 from model_choice import Model
 
 from engine import weights
-from engine.server import Server
+from engine.service.server import Server
 from nst_common.session import open_session
 
 

@@ -19,7 +19,7 @@ import pytest
 from helpers import is_final, noise, session
 
 from engine.errors import UserError
-from engine.server import Server, acquire_lock, preview_image
+from engine.service.server import Server, acquire_lock, preview_image
 from nst_common import engine_lock, framing, messages
 from nst_common.endpoints import Endpoint
 from nst_common.engine_lock import EngineLock

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import images, methods, planner, tiling, weights
-from engine.cache import ModelCache
+from engine import methods, planner, weights
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
+from engine.imaging import images
 from engine.methods.base import PreparedJob, RunContext
 from engine.methods.johnson import METHOD as JOHNSON
+from engine.nets import tiling
 from engine.nets.resnet_generator import load_resnet_generator
 from engine.nets.transformer_net import load_transformer_net
 from engine.pipeline import run_job

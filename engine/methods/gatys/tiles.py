@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from engine.losses import gram
+from engine.methods.gatys.losses import gram
 
 HALO = 80  # px of context per side: relu5_1's receptive radius is 66 px in VGG16, 78 in VGG19
 ALIGN = 16  # the backbone's total stride: tiles start on pooling-grid boundaries

@@ -120,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         token = token or ensure_token(endpoints.token_path())
         check_private(endpoints.token_path())
-    from engine.server import Server, ServerConfig, acquire_lock, device_of
+    from engine.service.server import Server, ServerConfig, acquire_lock, device_of
 
     styles_dir = None
     if args.styles_dir is not None:
@@ -138,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
             "`nst stop` stops it.",
         )
     try:
-        from engine.cache import ModelCache
+        from engine.compute.cache import ModelCache
         from engine.pipeline import capabilities, run_job
 
         limits = Limits(

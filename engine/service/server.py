@@ -12,7 +12,7 @@ it is full), so clients without the token cannot take the places of those with i
 `max_jobs_per_connection` jobs at once. Workers never write to a socket: each connection's writer
 thread does, from a queue in which progress is coalesced, so a client that stops reading holds up
 no one else. Over TCP no path a client names reaches the file system outside the styles folder
-(engine/files.py). Client text goes to the log through %r, never raw.
+(engine/service/files.py). Client text goes to the log through %r, never raw.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from engine import __version__, weights
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
-from engine.files import LOCAL, FileAccess, confined
-from engine.jobs import Job, JobQueue, Runner, Task
 from engine.methods.base import Progress, ProgressFn
+from engine.service.files import LOCAL, FileAccess, confined
+from engine.service.jobs import Job, JobQueue, Runner, Task
 from nst_common.endpoints import Endpoint
 from nst_common.engine_lock import EngineLock
 from nst_common.framing import (
@@ -827,7 +827,7 @@ def prepare_private_dir(path: Path) -> bool:
 def device_of(spec: StylizeJob) -> str:
     """The queue a job waits in: its resolved device. Unknown names are refused here, so a client
     cannot make the engine start a worker thread per made-up device name."""
-    from engine.devices import resolve_device
+    from engine.compute.devices import resolve_device
 
     name = spec.params.get("device", "auto")
     if not isinstance(name, str):

@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import allocator, images, masks, params
+from engine import params
 from engine.backbones import Backbone, load_backbone
-from engine.colors import luminance_transfer, match_color_histogram
+from engine.compute import allocator
 from engine.errors import UserError
-from engine.losses import Target, gram, total_variation
-from engine.methods import gatys_tiles
+from engine.imaging import images, masks
+from engine.imaging.colors import luminance_transfer, match_color_histogram
 from engine.methods.base import Footprint, Guide, PreparedJob, Progress, RunContext
+from engine.methods.gatys import tiles as gatys_tiles
+from engine.methods.gatys.losses import Target, gram, masked_gram, total_variation
 
 MIN_SCALE = 16
 PREVIEW_SIDE = 256
@@ -253,7 +255,7 @@ class _Objective:
         style_weights: np.ndarray,
         on_tile: gatys_tiles.TileDone | None,
     ) -> None:
-        """Targets summed tile by tile (engine/methods/gatys_tiles.py): no full-size activations."""
+        """Targets summed tile by tile (engine/methods/gatys/tiles.py): no full-size activations."""
         strides = {name: 2 ** (int(name[4]) - 1) for name in self.taps}  # reluB_L: pooled B-1 times
         tiler = gatys_tiles.Tiler(self._features, strides, self.tile, on_tile)
         targets: dict[str, torch.Tensor] = {}
@@ -283,7 +285,7 @@ class _Objective:
                     g = gram(f, self.shift)
                 else:
                     own = masks.layer_mask(source.mask, f.shape[-2:], f.device)
-                    g = masks.masked_gram(f, own, self.shift)
+                    g = masked_gram(f, own, self.shift)
                 target = target + g * (source.weight / total)
             mask = masks.layer_mask(guide.mask, feats[name].shape[-2:], feats[name].device)
             out[name] = (mask, Target.of(target))
@@ -304,7 +306,7 @@ class _Objective:
         if not self.guide_targets:
             return sum(w * self.style_targets[n].loss(gram(feats[n], self.shift)) for n, w in layers.items())
         return sum(
-            layers[n] * target.loss(masks.masked_gram(feats[n], mask, self.shift))
+            layers[n] * target.loss(masked_gram(feats[n], mask, self.shift))
             for guide in self.guide_targets
             for n, (mask, target) in guide.items()
         )

@@ -104,7 +104,7 @@ def _style_weights(args: argparse.Namespace) -> list[float]:
 def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int]) -> None:
     """--mask, --region and the maps, as the plug-in would send them: masks and maps are resized to
     the (possibly --size'd) content; region styles are appended to the job's styles."""
-    from engine import images
+    from engine.imaging import images
     from nst_common.messages import StyleRef
 
     def grey(path: str) -> RawImage:
@@ -145,9 +145,9 @@ def _nearest(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _stylize(args: argparse.Namespace) -> int:
-    from engine import images
-    from engine.cache import ModelCache
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
+    from engine.imaging import images
     from engine.pipeline import plan_job, run_job
     from nst_common.messages import StyleRef, StylizeJob
 
