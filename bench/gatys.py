@@ -6,7 +6,7 @@ Three figures (GitHub issue 2, item 6):
   A "step" is one evaluation, not one L-BFGS iteration: ours does a strong-Wolfe line search (one
   evaluation per iteration once under way, more when a trial overshoots), the reference's default
   L-BFGS exactly one. Ours is timed
-  through engine.methods.gatys._Objective, the code every optimiser step runs. Interleaved, medians.
+  through engine.methods.gatys.objective.Objective, the code every optimiser step runs. Interleaved, medians.
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
   odd landscape): the reference runs 200 L-BFGS iterations (final objective L_ref), before ours and
   again after it (T_ref: the mean of the two, against drift in the machine's speed); then the
@@ -65,6 +65,8 @@ from engine.errors import CancelToken  # noqa: E402
 from engine.imaging import images  # noqa: E402
 from engine.methods import gatys  # noqa: E402
 from engine.methods.base import PreparedJob, Progress, RunContext, Style  # noqa: E402
+from engine.methods.gatys import optimiser  # noqa: E402
+from engine.methods.gatys.objective import Objective  # noqa: E402
 from engine.pipeline import run_job  # noqa: E402
 from nst_common.messages import StyleRef, StylizeJob  # noqa: E402
 
@@ -128,7 +130,7 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
     """Median seconds of one loss+gradient evaluation, ours and the reference's, interleaved."""
     backbone = random_backbone("vgg19", seed)
     content_t, style_t = (images.to_tensor(at_long_side(p, sizes.step)) for p in (content, style))
-    objective = gatys._Objective(
+    objective = Objective(
         backbone, gatys.METHOD.parse_params({"backbone": "vgg19"}), content_t, [style_t], np.ones(1), []
     )
     x = content_t.clone().requires_grad_(True)
@@ -218,8 +220,8 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
             raise _Stop
 
     context = RunContext(torch.device("cpu"), progress, CancelToken(), cache)
-    preview_every = gatys.PREVIEW_EVERY_S
-    gatys.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
+    preview_every = optimiser.PREVIEW_EVERY_S
+    optimiser.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
     start = time.perf_counter()
     try:
         # Coarse to fine: cheap iterations at a quarter and at half the size form the style patterns,
@@ -244,7 +246,7 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
     except _Stop:
         pass
     finally:
-        gatys.PREVIEW_EVERY_S = preview_every
+        optimiser.PREVIEW_EVERY_S = preview_every
     ours_s = time.perf_counter() - start
     judged = judge.loss_of(images.to_tensor(seen["image"])) if seen["image"] is not None else float("inf")
     terms = {"reference": judge.terms_of(reference.image.detach())}
@@ -284,11 +286,11 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
 
 @contextlib.contextmanager
 def counting_evaluations() -> Iterator[dict[tuple[int, ...], list[float]]]:
-    """Per image shape: [evaluations, first start, last end] of _Objective calls (tiny overhead)."""
+    """Per image shape: [evaluations, first start, last end] of Objective calls (tiny overhead)."""
     seen: dict[tuple[int, ...], list[float]] = {}
-    original = gatys._Objective.__call__
+    original = Objective.__call__
 
-    def counted(self: gatys._Objective, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def counted(self: Objective, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         now = time.perf_counter()
         entry = seen.setdefault(tuple(image.shape[-2:]), [0, now, now])
         entry[0] += 1
@@ -296,11 +298,11 @@ def counting_evaluations() -> Iterator[dict[tuple[int, ...], list[float]]]:
         entry[2] = time.perf_counter()
         return result
 
-    gatys._Objective.__call__ = counted  # type: ignore[method-assign]
+    Objective.__call__ = counted  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        gatys._Objective.__call__ = original  # type: ignore[method-assign]
+        Objective.__call__ = original  # type: ignore[method-assign]
 
 
 def bench_balanced(folder: Path, sizes: Sizes) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def measure(tile: int) -> dict:
     from engine.compute import allocator
     from engine.imaging import images
     from engine.methods import gatys
-    from engine.methods.gatys import tiles
+    from engine.methods.gatys import objective, tiles
 
     allocator.configure()  # as `nst` does: the figures include glibc's behaviour
     p = gatys.METHOD.parse_params({"preset": "balanced"})
@@ -54,8 +54,7 @@ def measure(tile: int) -> dict:
     side = 2 * tile - 2 * tiles.HALO  # three windows a side, the middle one full
     content = images.to_tensor(_synthetic(side, 1), torch.device("cpu"))
     style = images.to_tensor(_synthetic(512, 2), torch.device("cpu"))
-    objective = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile)
-    tiled = objective.tiled
+    tiled = objective.for_scale(backbone, p, content, [style], np.ones(1), [], tile)
     image = content.clone()
     del content, style
     allocator.release()

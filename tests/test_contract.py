@@ -228,10 +228,9 @@ def test_the_declaration_matches_the_engine() -> None:
     """Where the engine keeps its own table (presets, backbones, the smallest Gatys tile), the
     declaration lists the same."""
     from engine.backbones import BACKBONES
-    from engine.methods import gatys
-    from engine.methods.gatys import tiles
+    from engine.methods.gatys import presets, tiles
 
-    assert declared.BY_NAME["preset"].choices == tuple(gatys.PRESETS)
+    assert declared.BY_NAME["preset"].choices == tuple(presets.PRESETS)
     assert declared.BY_NAME["backbone"].choices == BACKBONES
     assert declared.BY_NAME["tile"].for_method("gatys").lo == 2 * tiles.HALO + tiles.ALIGN
     for row in declared.SETTINGS:

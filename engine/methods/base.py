@@ -115,7 +115,7 @@ class Footprint:
 
 class Method(Protocol):
     """One method; its label, settings and whether it takes style images are declared in
-    nst_common/settings.py, and its module is engine/methods/<name>.py with a METHOD."""
+    nst_common/settings.py, and its module (or package) is engine/methods/<name> with a METHOD."""
 
     name: str
     models: tuple[str, ...]  # the trained models to choose from (Johnson, CycleGAN); empty otherwise
