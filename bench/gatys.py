@@ -2,7 +2,7 @@
 
 Three figures (GitHub issue 2, item 6):
 - step: seconds per loss+gradient evaluation at 512 px, both sides on the same random-weight VGG19
-  (engine.backbones.random_backbone, copied conv by conv into the reference's torchvision stack).
+  (tests/helpers.py random_backbone, copied conv by conv into the reference's torchvision stack).
   A "step" is one evaluation, not one L-BFGS iteration: ours does a strong-Wolfe line search (one
   evaluation per iteration once under way, more when a trial overshoots), the reference's default
   L-BFGS exactly one. Ours is timed
@@ -54,10 +54,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.random_backbone: seeded weights, no files
 
 import reference_gatys as ref  # noqa: E402
+from helpers import random_backbone  # noqa: E402
 
-from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, random_backbone, vgg  # noqa: E402
+from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, vgg  # noqa: E402
 from engine.backbones.base import Backbone  # noqa: E402
 from engine.compute import allocator  # noqa: E402
 from engine.compute.cache import ModelCache  # noqa: E402

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import random_backbone
 
-from engine.backbones import load_backbone, random_backbone
+from engine.backbones import load_backbone
 from engine.compute.cache import ModelCache
 from engine.errors import Cancelled, CancelToken, UserError
 from engine.imaging import images
