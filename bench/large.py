@@ -1,4 +1,4 @@
-"""Large images within a memory bound (issue 7): time and peak RSS of whole jobs through the pipeline.
+"""Large images within a memory bound: time and peak RSS of whole jobs through the pipeline.
 
 Each part runs in its own process, so that its peak resident memory (ru_maxrss) is its own: an
 8192x8192 RGB u8 layer through Johnson and through AdaIN, and a 4096x4096 one through Gatys with

@@ -306,7 +306,7 @@ def _stamped(weight_id: str, path: Path, sha256: str | None) -> bool:
 
 
 # Files hashed right in this process, by (path, size, mtime_ns, expected sha256): a package's file is
-# not stamped in the data dir (it is not ours), and a long-lived engine hashes each file once.
+# not stamped in the data dir (the package owns it), and a long-lived engine hashes each file once.
 _checked: set[tuple[str, int, int, str]] = set()
 
 

@@ -120,12 +120,12 @@ def engine_config(nst_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
 
 
 def _gone(pid: int) -> bool:
-    """Whether the process has exited (reaping it when it is our child)."""
+    """Whether the process has exited (reaping it when it is this process's child)."""
     import os
 
     try:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
-    except ChildProcessError:  # not our child: ask the kernel whether it exists
+    except ChildProcessError:  # not a child of this process: ask the kernel whether it exists
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

@@ -1,4 +1,4 @@
-"""Regions and semantic maps (issue 6): mask arithmetic by hand, then real Gatys runs through the
+"""Regions and semantic maps: mask arithmetic by hand, then real Gatys runs through the
 whole pipeline (wire masks, the `regions` setting, label maps) measured from the outside."""
 
 from __future__ import annotations

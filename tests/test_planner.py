@@ -1,4 +1,4 @@
-"""The memory planner (issue 7): tile sizes that fit the memory, the retry path when memory runs
+"""The memory planner: tile sizes that fit the memory, the retry path when memory runs
 out for real, and `nst stylize --dry-run`."""
 
 from __future__ import annotations

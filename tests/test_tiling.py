@@ -1,4 +1,4 @@
-"""Tiled inference (issue 7): the tile grid, its feathered weights, shared norm statistics, and the
+"""Tiled inference: the tile grid, its feathered weights, shared norm statistics, and the
 seam test: a tiled run against an untiled run of the same job, through the real pipeline and nets
 (fixed-seed random weights in the upstream layouts, as in tests/test_zoo.py)."""
 

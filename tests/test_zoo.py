@@ -527,7 +527,7 @@ def test_bf16_autocast_runs_close_to_fp32(home: Path) -> None:
     assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).mean() < 0.05
 
 
-# --- regions (issue 6) ----------------------------------------------------------------------------
+# --- regions --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["johnson", "adain", "cyclegan"])

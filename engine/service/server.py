@@ -171,7 +171,7 @@ class Server:
                         os.link(scratch / "s", path)  # never replaces what appeared meanwhile
                     except FileExistsError:
                         raise
-                    except OSError:  # no hard links to sockets here: the folder is ours or sticky
+                    except OSError:  # no hard links to sockets here: the folder is the engine's own or sticky
                         os.rename(scratch / "s", path)
                 finally:
                     with contextlib.suppress(OSError):

@@ -8,9 +8,9 @@ Random weights make no art, so each result is checked against what `nst stylize`
 pixels with the same settings: the plug-in must hand the engine exactly the layer, mask, selection
 and style the user sees, and put back exactly what the engine made.
 
-One GIMP session per method runs every case (plain RGB, RGBA, grey, layer mask, selection, two
+One GIMP process per method runs every case (plain RGB, RGBA, grey, layer mask, selection, two
 layers at once and, for the methods that take a style image, a layer as the style); each case is
-its own test. A GUI session checks that one Ctrl+Z undoes a run of each feed-forward method (the
+its own test. A GUI process checks that one Ctrl+Z undoes a run of each feed-forward method (the
 Gatys undo is test_gimp_e2e's), and an engine without weights checks the error a user gets.
 """
 
@@ -179,7 +179,7 @@ def read_png(path: Path) -> np.ndarray:
     return data[..., None] if data.ndim == 2 else data
 
 
-# --- one GIMP session per method, `nst stylize` per distinct input ---------------------------------
+# --- one GIMP process per method, `nst stylize` per distinct input ---------------------------------
 
 
 class Suite:
@@ -192,7 +192,7 @@ class Suite:
         self._undo: dict | BaseException | None = None
 
     def record(self, method: str, case: str) -> dict:
-        """The case's findings from the method's GIMP session (run on first use)."""
+        """The case's findings from the method's GIMP process (run on first use)."""
         if method not in self._runs:
             cases = [c for c in CASES if c != "style-layer" or method in STYLE_METHODS]
             entries = [
@@ -208,7 +208,7 @@ class Suite:
                 self._runs[method] = exc
         run = self._runs[method]
         if isinstance(run, BaseException):
-            pytest.fail(f"the {method} session in GIMP failed: {run}")
+            pytest.fail(f"the {method} run in GIMP failed: {run}")
         return run[case]
 
     def reference(self, args: list[str], content: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -241,7 +241,7 @@ class Suite:
             except (Exception, pytest.fail.Exception) as exc:
                 self._undo = exc
         if isinstance(self._undo, BaseException):
-            pytest.fail(f"the undo session in GIMP failed: {self._undo}")
+            pytest.fail(f"the undo run in GIMP failed: {self._undo}")
         return self._undo
 
 
@@ -380,7 +380,7 @@ MISSING = {
 @pytest.fixture(scope="module")
 def bare() -> Iterator[dict[str, dict]]:
     """A fresh engine with no weights: each method that needs some, then a Gatys run (its backbone
-    ships with the engine) in the same GIMP session."""
+    ships with the engine) in the same GIMP process."""
     ensure_chroot()
     with short_dir("bare") as work, running_engine(work) as sock:
         style = work / "style.png"
