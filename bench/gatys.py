@@ -1,29 +1,31 @@
-"""Gatys: our optimiser against the classic tutorial loop (bench/reference_gatys.py), in one process.
+"""Gatys: the engine's optimiser against the classic tutorial loop (bench/reference_gatys.py), in one
+process ("ours" in the output is the engine).
 
-Three figures (GitHub issue 2, item 6):
+Three figures:
 - step: seconds per loss+gradient evaluation at 512 px, both sides on the same random-weight VGG19
-  (engine.backbones.random_backbone, copied conv by conv into the reference's torchvision stack).
-  A "step" is one evaluation, not one L-BFGS iteration: ours does a strong-Wolfe line search (one
-  evaluation per iteration once under way, more when a trial overshoots), the reference's default
-  L-BFGS exactly one. Ours is timed
-  through engine.methods.gatys._Objective, the code every optimiser step runs. Interleaved, medians.
+  (tests/helpers.py random_backbone, copied conv by conv into the reference's torchvision stack).
+  A "step" is one evaluation, not one L-BFGS iteration: the engine does a strong-Wolfe line search
+  (one evaluation per iteration once under way, more when a trial overshoots), the reference's
+  default L-BFGS exactly one. The engine is timed through engine.methods.gatys.objective.Objective,
+  the code every optimiser step runs. Interleaved, medians.
 - time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
-  odd landscape): the reference runs 200 L-BFGS iterations (final objective L_ref), before ours and
-  again after it (T_ref: the mean of the two, against drift in the machine's speed); then the
-  real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at half the size, from the
+  odd landscape): the reference runs 200 L-BFGS iterations (final objective L_ref), before the
+  engine and again after it (T_ref: the mean of the two, against drift in the machine's speed);
+  then the real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at half the size, from the
   content as the reference starts; then at full size 40 on the style layers relu1_1 and relu2_1
   alone, which the upsampled image misses most, and 80 on those and relu3_1, at about a quarter and
   a half of an evaluation's cost; each result starts the next run), then on the whole objective
   until its full-size image reaches L_ref (T_ours, all the runs before included). Those three
   layers make up 83% of L_ref; the deeper terms keep about what the half-size run gave them. A run
   at a quarter of the size first saves time but restyles the picture so thoroughly that the
-  content's shapes are lost (README). Both images' per-term scores are printed. Ours minimises
-  the same function: its relative per-layer losses are weighted by the reference targets' energy,
-  which turns them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV),
-  divided by one constant. So its own reported loss, times that constant, says when to stop (0.1%
-  below L_ref), and after the clock has stopped the reference objective scores the image it stopped
-  on: that score decides "reached". (Until session 6 the reference's model scored every iteration
-  while ours ran: its time was subtracted, its effect on caches and the heap was not.)
+  content's shapes are lost (README). Both images' per-term scores are printed. The engine
+  minimises the same function: its relative per-layer losses are weighted by the reference
+  targets' energy, which turns them into the reference's absolute MSE terms (style weight 1e6,
+  content 1, no TV), divided by one constant. So its own reported loss, times that constant, says
+  when to stop (0.1% below L_ref), and after the clock has stopped the reference objective scores
+  the image it stopped on: that score decides "reached". (An earlier version of this bench had the
+  reference's model score every iteration while the engine ran: its time was subtracted, its effect
+  on caches and the heap was not.)
 - wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
   with evaluations and seconds per scale.
 
@@ -54,18 +56,23 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.random_backbone: seeded weights, no files
 
 import reference_gatys as ref  # noqa: E402
+from helpers import random_backbone  # noqa: E402
 
-from engine import allocator, images  # noqa: E402
-from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, random_backbone, vgg  # noqa: E402
+from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, vgg  # noqa: E402
 from engine.backbones.base import Backbone  # noqa: E402
-from engine.cache import ModelCache  # noqa: E402
+from engine.compute import allocator  # noqa: E402
+from engine.compute.cache import ModelCache  # noqa: E402
 from engine.errors import CancelToken  # noqa: E402
+from engine.imaging import images  # noqa: E402
 from engine.methods import gatys  # noqa: E402
 from engine.methods.base import PreparedJob, Progress, RunContext, Style  # noqa: E402
+from engine.methods.gatys import optimiser  # noqa: E402
+from engine.methods.gatys.objective import Objective  # noqa: E402
 from engine.pipeline import run_job  # noqa: E402
-from nst_common.protocol import StyleRef, StylizeJob  # noqa: E402
+from nst_common.messages import StyleRef, StylizeJob  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 CONTENT = "content/golden_gate.jpg"
@@ -73,20 +80,20 @@ STYLE = "style/woman_with_hat_matisse.jpg"
 PARTS = ("step", "ttr", "balanced")
 SHALLOW = ("relu1_1", "relu2_1")  # the style layers at full and half resolution
 MIDDLE = (*SHALLOW, "relu3_1")
-STOP_MARGIN = 1e-3  # ours stops 0.1% below the reference's loss: float sums differ between the two
+STOP_MARGIN = 1e-3  # the engine stops 0.1% below the reference's loss: float sums differ between the two
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each part runs: the issue's figures, or tiny ones for --quick."""
+    """How big each part runs: the published figures' sizes, or tiny ones for --quick."""
 
     step: int = 512
     step_reps: int = 5
     ttr: int = 256
     ref_iterations: int = 200
     ours_iteration_cap: int = 200
-    stall_iterations: int = 20  # give up on ours after this many iterations without a better loss
-    # Ours' runs before the one that is timed to the reference's loss, each starting from the last:
+    stall_iterations: int = 20  # give up on the engine after this many iterations without a better loss
+    # The engine's runs before the one that is timed to the reference's loss, each starting from the last:
     # (long side, iterations, only these style layers or None for the whole objective).
     stages: tuple[tuple[int, int, tuple[str, ...] | None], ...] = (
         (128, 60, None), (256, 40, SHALLOW), (256, 80, MIDDLE),
@@ -124,10 +131,10 @@ def reference_for(
 
 
 def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) -> dict[str, float]:
-    """Median seconds of one loss+gradient evaluation, ours and the reference's, interleaved."""
+    """Median seconds of one loss+gradient evaluation, the engine's and the reference's, interleaved."""
     backbone = random_backbone("vgg19", seed)
     content_t, style_t = (images.to_tensor(at_long_side(p, sizes.step)) for p in (content, style))
-    objective = gatys._Objective(
+    objective = Objective(
         backbone, gatys.METHOD.parse_params({"backbone": "vgg19"}), content_t, [style_t], np.ones(1), []
     )
     x = content_t.clone().requires_grad_(True)
@@ -158,13 +165,13 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
 
 
 class _Stop(Exception):
-    """Raised from the progress callback: ours has matched the reference, or has stopped improving."""
+    """Raised from the progress callback: the engine has matched the reference, or stopped improving."""
 
 
 def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
-    """T_ref for 200 reference iterations against our time to the same reference loss."""
+    """T_ref for 200 reference iterations against the engine's time to the same reference loss."""
     backbone = load_backbone("vgg16-hed")
-    # Ours gets the pictures at the timed size as well: a run hands back its result at the size of the
+    # The engine gets the pictures at the timed size as well: a run hands back its result at the size of the
     # content it was given, so from 512 px each result went up to 512 and the next run took it back
     # down, which blurred away the detail a run at the timed size had added.
     content, style = (at_long_side(p, sizes.ttr) for p in (content, style))
@@ -178,7 +185,7 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
         reference.run(sizes.ref_iterations)
         return time.perf_counter() - start, reference
 
-    # Reference, ours, reference again: T_ref is the mean of the two, so a machine that speeds up or
+    # Reference, engine, reference again: T_ref is the mean of the two, so a machine that speeds up or
     # slows down steadily during the ~6 minutes moves both sides alike (shared VMs drift by 10-20%).
     first_s, reference = run_reference()
     ref_loss = judge.loss_of(reference.image.detach())
@@ -203,7 +210,7 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
     }
     cache = ModelCache()
     cache.get(("backbone", DEFAULT_BACKBONE, "max", "cpu"), lambda: backbone)  # loading is not timed
-    # Ours reports its best loss so far, which is the reference objective divided by `scale`: the run
+    # The engine reports its best loss so far, which is the reference objective divided by `scale`: the run
     # stops on it, and the judge scores the image it stopped on only after the clock has stopped.
     seen: dict[str, Any] = {"iterations": 0, "best": float("inf"), "best_at": 0, "image": None}
 
@@ -217,8 +224,8 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
             raise _Stop
 
     context = RunContext(torch.device("cpu"), progress, CancelToken(), cache)
-    preview_every = gatys.PREVIEW_EVERY_S
-    gatys.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
+    preview_every = optimiser.PREVIEW_EVERY_S
+    optimiser.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
     start = time.perf_counter()
     try:
         # Coarse to fine: cheap iterations at a quarter and at half the size form the style patterns,
@@ -243,7 +250,7 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
     except _Stop:
         pass
     finally:
-        gatys.PREVIEW_EVERY_S = preview_every
+        optimiser.PREVIEW_EVERY_S = preview_every
     ours_s = time.perf_counter() - start
     judged = judge.loss_of(images.to_tensor(seen["image"])) if seen["image"] is not None else float("inf")
     terms = {"reference": judge.terms_of(reference.image.detach())}
@@ -283,11 +290,11 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
 
 @contextlib.contextmanager
 def counting_evaluations() -> Iterator[dict[tuple[int, ...], list[float]]]:
-    """Per image shape: [evaluations, first start, last end] of _Objective calls (tiny overhead)."""
+    """Per image shape: [evaluations, first start, last end] of Objective calls (tiny overhead)."""
     seen: dict[tuple[int, ...], list[float]] = {}
-    original = gatys._Objective.__call__
+    original = Objective.__call__
 
-    def counted(self: gatys._Objective, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def counted(self: Objective, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         now = time.perf_counter()
         entry = seen.setdefault(tuple(image.shape[-2:]), [0, now, now])
         entry[0] += 1
@@ -295,11 +302,11 @@ def counting_evaluations() -> Iterator[dict[tuple[int, ...], list[float]]]:
         entry[2] = time.perf_counter()
         return result
 
-    gatys._Objective.__call__ = counted  # type: ignore[method-assign]
+    Objective.__call__ = counted  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        gatys._Objective.__call__ = original  # type: ignore[method-assign]
+        Objective.__call__ = original  # type: ignore[method-assign]
 
 
 def bench_balanced(folder: Path, sizes: Sizes) -> dict[str, Any]:

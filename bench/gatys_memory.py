@@ -4,7 +4,7 @@ For each tile side, a fresh process builds the tiled objective of the balanced p
 image three windows wide (so that a full-size interior window exists), then measures the peak resident
 memory (VmHWM, reset through /proc/self/clear_refs) above what it held before the first pass, through
 loss, gradient and trial passes as the descent runs them, less the image-sized gradient. Divided by the tile's
-pixels, that is the figure `EVAL_BYTES_PER_PIXEL` in engine/methods/gatys.py must cover.
+pixels, that is the figure `EVAL_BYTES_PER_PIXEL` in engine/methods/gatys/__init__.py must cover.
 
     .venv/bin/python bench/gatys_memory.py                  # tiles of 384, 512, 768 and 1024 px
     .venv/bin/python bench/gatys_memory.py --tiles 512 640
@@ -42,18 +42,19 @@ def measure(tile: int) -> dict:
     import numpy as np
     import torch
 
-    from engine import allocator, images
     from engine.backbones import load_backbone
-    from engine.methods import gatys, gatys_tiles
+    from engine.compute import allocator
+    from engine.imaging import images
+    from engine.methods import gatys
+    from engine.methods.gatys import objective, tiles
 
     allocator.configure()  # as `nst` does: the figures include glibc's behaviour
     p = gatys.METHOD.parse_params({"preset": "balanced"})
     backbone = load_backbone(p["backbone"], p["pooling"], torch.device("cpu"))
-    side = 2 * tile - 2 * gatys_tiles.HALO  # three windows a side, the middle one full
+    side = 2 * tile - 2 * tiles.HALO  # three windows a side, the middle one full
     content = images.to_tensor(_synthetic(side, 1), torch.device("cpu"))
     style = images.to_tensor(_synthetic(512, 2), torch.device("cpu"))
-    objective = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile)
-    tiled = objective.tiled
+    tiled = objective.for_scale(backbone, p, content, [style], np.ones(1), [], tile)
     image = content.clone()
     del content, style
     allocator.release()
@@ -75,7 +76,7 @@ def measure(tile: int) -> dict:
 
     evaluation = measured("loss", partial(tiled.loss, image))
     grad = measured("gradient", partial(tiled.gradient, image, evaluation), gradient_bytes)
-    step = gatys_tiles.Step(grad, 1e-3)
+    step = tiles.Step(grad, 1e-3)
     measured("trial", partial(tiled.loss, image, step), gradient_bytes)
     del grad, step
     measured("loss_again", partial(tiled.loss, image))

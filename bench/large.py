@@ -1,4 +1,4 @@
-"""Large images within a memory bound (issue 7): time and peak RSS of whole jobs through the pipeline.
+"""Large images within a memory bound: time and peak RSS of whole jobs through the pipeline.
 
 Each part runs in its own process, so that its peak resident memory (ru_maxrss) is its own: an
 8192x8192 RGB u8 layer through Johnson and through AdaIN, and a 4096x4096 one through Gatys with
@@ -81,11 +81,12 @@ def run_part(part: str, side: int, memory_mb: int) -> dict:
     """One job in this process; returns its figures (call it in a fresh process: RSS is per process)."""
     import numpy as np
 
-    from engine import allocator, images
-    from engine.cache import ModelCache
+    from engine.compute import allocator
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
+    from engine.imaging import images
     from engine.pipeline import run_job
-    from nst_common.protocol import RawImage, StyleRef, StylizeJob
+    from nst_common.messages import RawImage, StyleRef, StylizeJob
 
     allocator.configure()  # as `nst serve` and `nst stylize` do
     folder = Path(os.environ["NST_HOME"])

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import images
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
+from engine.imaging import images
 from engine.pipeline import run_job
-from nst_common.protocol import StyleRef, StylizeJob
+from nst_common.messages import StyleRef, StylizeJob
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SKY, HILL, SUN = (0.55, 0.75, 0.95), (0.35, 0.6, 0.3), (1.0, 0.9, 0.5)

@@ -33,8 +33,9 @@ TARGET_U8_S = 0.5
 
 def _serve(path: str, chunk: int) -> None:
     """The child: a real engine server whose runner returns the content unchanged."""
-    from engine.server import Server, ServerConfig
-    from nst_common.protocol import Endpoint, Limits
+    from engine.service.server import Server, ServerConfig
+    from nst_common.endpoints import Endpoint
+    from nst_common.framing import Limits
 
     def echo(job: Any, progress: Any, cancel: Any, cache: Any) -> Any:
         return job.content
@@ -58,7 +59,7 @@ def _kib(pid: int, field: str) -> int:
 def _measure(cases: list[tuple[int, int, str]], repeat: int, chunk: int) -> dict[str, Any]:
     import client
 
-    from nst_common import protocol
+    from nst_common import messages
 
     folder = tempfile.mkdtemp(prefix="nst-bench-", dir="/tmp")
     path = os.path.join(folder, "engine.sock")
@@ -78,10 +79,10 @@ def _measure(cases: list[tuple[int, int, str]], repeat: int, chunk: int) -> dict
         out: dict[str, Any] = {"repeat": repeat, "chunk_mib": chunk / (1 << 20), "cases": []}
         largest = 0
         for side, channels, dtype in cases:
-            size = side * side * channels * protocol.DTYPE_SIZES[dtype]
+            size = side * side * channels * messages.DTYPE_SIZES[dtype]
             largest = max(largest, size)
             data = os.urandom(size)
-            job = protocol.StylizeJob("echo", {}, protocol.RawImage(side, side, channels, dtype, data))
+            job = messages.StylizeJob("echo", {}, messages.RawImage(side, side, channels, dtype, data))
             times = []
             for _ in range(repeat):
                 start = time.perf_counter()

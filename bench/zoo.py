@@ -1,4 +1,5 @@
-"""Johnson, AdaIN and CycleGAN inference: ours against faithful re-implementations of upstream.
+"""Johnson, AdaIN and CycleGAN inference: the engine ("ours" in the output) against faithful
+re-implementations of upstream.
 
 The references follow the upstream inference code step by step, copies and conversions included:
 - Johnson: pytorch/examples fast_neural_style/neural_style/transformer_net.py and neural_style.py
@@ -7,13 +8,13 @@ The references follow the upstream inference code step by step, copies and conve
   and test.py style_transfer();
 - CycleGAN: junyanz/pytorch-CycleGAN-and-pix2pix models/networks.py ResnetGenerator (resnet_9blocks,
   instance norm, no dropout) and test.py (Normalize to -1..1, forward, util.tensor2im's (x + 1) / 2).
-Both sides get the same fixed-seed random weights (saved in the upstream layouts; ours installs
-them through engine.weights) and the same synthetic images. Each side runs in its own fresh process,
-as its authors run it: the reference as upstream leaves the process, ours configured as the engine
-configures itself at start-up (engine.allocator). The processes alternate, reference and ours, for
-several rounds; each warms up once per size, then times `--reps` runs. The table gives median
-seconds over all rounds, the ratio of the medians and of the fastest runs, and the max abs
-difference of the 0..1 outputs.
+Both sides get the same fixed-seed random weights (saved in the upstream layouts; the engine's side
+installs them through engine.weights) and the same synthetic images. Each side runs in its own fresh
+process, as its authors run it: the reference as upstream leaves the process, the engine's
+configured as the engine configures itself at start-up (engine.compute.allocator). The processes
+alternate, reference and engine, for several rounds; each warms up once per size, then times
+`--reps` runs. The table gives median seconds over all rounds, the ratio of the medians and of the
+fastest runs, and the max abs difference of the 0..1 outputs.
 
     .venv/bin/python bench/zoo.py            # 512 and 1024 px: ~15 min on 2 idle CPU cores
     .venv/bin/python bench/zoo.py --sizes 256 --rounds 1 --reps 1
@@ -307,7 +308,7 @@ WEIGHT_FILES = {
 
 
 def save_weights(folder: Path) -> None:
-    """The fixed-seed models' state dicts, saved as upstream saves them, and installed for ours."""
+    """The fixed-seed models' state dicts, saved as upstream saves them, and installed for the engine."""
     from engine import weights
 
     vgg, decoder = adain_models()
@@ -345,8 +346,8 @@ def ref_runner(method: str, device: torch.device, folder: Path) -> Callable[...,
 
 
 def our_runner(method_name: str, device: torch.device) -> Callable[..., np.ndarray]:
-    """Ours through the method's own entry point, fp32, the style at its full size for AdaIN."""
-    from engine.cache import ModelCache
+    """The engine through the method's own entry point, fp32, the style at its full size for AdaIN."""
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
     from engine.methods.base import PreparedJob, RunContext, Style
 
@@ -380,13 +381,13 @@ def worker(side: str, method: str, device: torch.device, sizes: list[int], reps:
     """One side of one method: per size one untimed run, then `reps` timed ones; prints the times
     as JSON and leaves the last output in `folder` for the parent to compare."""
     if side == "ours":
-        from engine import allocator
+        from engine.compute import allocator
 
         allocator.configure()  # as engine.cli.main() does first
     run = our_runner(method, device) if side == "ours" else ref_runner(method, device, folder)
     style = synthetic_image(512, 512, seed=2)
-    # Each call gets a new style (one pixel nudged, the same sequence on both sides): our per-style
-    # statistics cache never hits, so both sides encode the style every time, as upstream does.
+    # Each call gets a new style (one pixel nudged, the same sequence on both sides): the engine's
+    # per-style statistics cache never hits, so both sides encode the style every time, as upstream does.
     nudges = itertools.count(1)
 
     def call(content: np.ndarray) -> np.ndarray:
@@ -419,8 +420,8 @@ def run_worker(side: str, method: str, args: argparse.Namespace, device: str, fo
 
 
 def bench(device: str, args: argparse.Namespace, folder: Path) -> list[dict]:
-    """`args.rounds` rounds; in each, per method, a reference and an our process, alternating which
-    goes first. Returns one row per method and size."""
+    """`args.rounds` rounds; in each, per method, a reference and an engine process, alternating
+    which goes first. Returns one row per method and size."""
     times = {(side, m, s): [] for side in ("ref", "ours") for m in METHODS for s in args.sizes}
     diffs = {(m, s): 0.0 for m in METHODS for s in args.sizes}
     for round_ in range(args.rounds):

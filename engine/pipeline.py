@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import estimate, images, masks, methods, params, planner, weights
+from engine import estimate, methods, params, planner, weights
 from engine.backbones import find_backbones
-from engine.cache import ModelCache
-from engine.devices import available_devices, resolve_device
+from engine.compute.cache import ModelCache
+from engine.compute.devices import available_devices, resolve_device
 from engine.errors import CancelToken, UserError
+from engine.imaging import images, masks
 from engine.methods.base import Guide, Method, PreparedJob, Progress, ProgressFn, RunContext, Style
 from nst_common import settings
-from nst_common.protocol import RawImage, StyleRef, StylizeJob
+from nst_common.messages import RawImage, StyleRef, StylizeJob
 
 MAX_REGIONS = 16
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from engine import devices, tiling
+from engine.compute import devices
 from engine.errors import UserError
 from engine.methods.base import Footprint, Method
+from engine.nets import tiling
 
 TILE_SIDES = (4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256)  # tried largest first
 STATS_PIXELS = 4 << 20  # most pixels the pass that measures norm statistics for tiles looks at
@@ -65,7 +66,7 @@ class Plan:
         return min(STATS_PIXELS, max(self.tile**2, int(room / fp.bytes_per_pixel)))
 
     def stats_crops(self) -> list[tuple[slice, slice]]:
-        """Where the statistics pass looks (engine/tiling.py `sample_crops`)."""
+        """Where the statistics pass looks (engine/nets/tiling.py `sample_crops`)."""
         align = self.footprint.align if self.footprint is not None else 1
         return tiling.sample_crops(*self.work, self.stats_pixels, STATS_CROP, align)
 

@@ -32,8 +32,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from engine import __version__, paths
+from engine import __version__
 from engine.errors import UserError
+from nst_common.endpoints import data_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -240,12 +241,19 @@ def load_manifest(path: Path | None = None) -> Manifest:
 # --- local state --------------------------------------------------------------------------------
 
 
+def weights_dir() -> Path:
+    """Where downloaded and imported weights live: `weights` in the data folder, created on demand."""
+    path = data_dir() / "weights"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _pins_path() -> Path:
-    return paths.weights_dir() / "pins.json"
+    return weights_dir() / "pins.json"
 
 
 def _stamps_path() -> Path:
-    return paths.weights_dir() / "verified.json"
+    return weights_dir() / "verified.json"
 
 
 def _read_json(path: Path) -> dict:
@@ -298,7 +306,7 @@ def _stamped(weight_id: str, path: Path, sha256: str | None) -> bool:
 
 
 # Files hashed right in this process, by (path, size, mtime_ns, expected sha256): a package's file is
-# not stamped in the data dir (it is not ours), and a long-lived engine hashes each file once.
+# not stamped in the data dir (the package owns it), and a long-lived engine hashes each file once.
 _checked: set[tuple[str, int, int, str]] = set()
 
 
@@ -321,7 +329,7 @@ def _installed_path(entry: Entry) -> Path | None:
         except metadata.PackageNotFoundError:
             return None
         return Path(str(dist.locate_file(entry.member or entry.file)))
-    return paths.weights_dir() / entry.file
+    return weights_dir() / entry.file
 
 
 def _expected(entry: Entry) -> str | None:
@@ -544,7 +552,7 @@ def download(
 def _install_from_part(entry: Entry, part: Path, source: str) -> Path:
     """Verify a complete .part and rename it into place (atomic on one file system)."""
     _accept(entry, part, source)
-    final = paths.weights_dir() / entry.file
+    final = weights_dir() / entry.file
     os.replace(part, final)
     _stamp(entry.id, final, _expected(entry) or sha256_file(final))
     return final
@@ -554,7 +562,7 @@ def _extract_member(archive_file: Path, member: str, entry: Entry, source: str) 
     """Extract `member` to the entry's .part and install it. A member whose declared size is over
     the entry's limit is refused before anything is written, and the bytes are counted while they
     are inflated, so a member that inflates past its declared size (a zip can lie) is stopped there."""
-    part = paths.weights_dir() / (entry.file + ".part")
+    part = weights_dir() / (entry.file + ".part")
     limit = file_limit(entry)
     what = f"{entry.id}: {member} in {archive_file.name}"
     try:
@@ -595,7 +603,7 @@ def _pull_archive(
     manifest: Manifest, archive: Archive, wanted: list[Entry], progress: ProgressFn | None
 ) -> None:
     """Download a bundle once, extract every member that is a manifest entry, then delete it."""
-    dest = paths.weights_dir() / archive.file
+    dest = weights_dir() / archive.file
     part = dest.with_name(dest.name + ".part")
     limit = size_limit(archive.size, MAX_UNSIZED_ARCHIVE_BYTES)
     url = download(archive.urls, dest, archive.id, archive.size, progress, limit=limit)
@@ -653,7 +661,7 @@ def pull(
         elif entry.archive:
             by_archive.setdefault(entry.archive, []).append(entry)
         else:
-            dest = paths.weights_dir() / entry.file
+            dest = weights_dir() / entry.file
             url = download(entry.urls, dest, entry.id, entry.size, progress, limit=file_limit(entry))
             _install_from_part(entry, dest.with_name(dest.name + ".part"), url)
     for archive_id, wanted in by_archive.items():
@@ -685,7 +693,7 @@ def import_file(weight_id: str, source: Path, manifest: Manifest | None = None) 
             "weights-too-large",
             f"{weight_id}: {source} is {size} bytes, over the limit of {limit} bytes for {entry.file}",
         )
-    part = paths.weights_dir() / (entry.file + ".part")
+    part = weights_dir() / (entry.file + ".part")
     shutil.copyfile(source, part)
     return _install_from_part(entry, part, f"import:{source.resolve()}")
 
@@ -756,7 +764,7 @@ def remove(weight_id: str, unpin: bool = False, manifest: Manifest | None = None
     entry = (manifest or load_manifest()).entry(weight_id)
     if entry.package:
         raise UserError("not-removable", f"{weight_id} ships inside the {entry.package} package")
-    final = paths.weights_dir() / entry.file
+    final = weights_dir() / entry.file
     removed = False
     for file in (final, final.with_name(final.name + ".part")):
         if file.exists():

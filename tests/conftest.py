@@ -68,8 +68,8 @@ def make_server(short_dir: Path) -> Iterator[Callable[..., Any]]:
 
     The runner defaults to the real pipeline; keyword arguments go to ServerConfig.
     """
-    from engine.server import Server, ServerConfig, device_of
-    from nst_common.protocol import Endpoint
+    from engine.service.server import Server, ServerConfig, device_of
+    from nst_common.endpoints import Endpoint
 
     servers: list[Server] = []
 
@@ -102,14 +102,14 @@ def engine_config(nst_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     import time
 
     from engine import __version__
-    from nst_common import protocol
+    from nst_common import engine_lock
 
     path = tmp_path / "plugin" / "engine.json"
     path.parent.mkdir()
     config = {"python": sys.executable, "env": {**nst_env, "OMP_NUM_THREADS": "1"}, "version": __version__}
     path.write_text(json.dumps(config), encoding="utf-8")
     yield path
-    pid = protocol.lock_holder(nst_env).get("pid")
+    pid = engine_lock.holder(nst_env).get("pid")
     if isinstance(pid, int) and not _gone(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -120,12 +120,12 @@ def engine_config(nst_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
 
 
 def _gone(pid: int) -> bool:
-    """Whether the process has exited (reaping it when it is our child)."""
+    """Whether the process has exited (reaping it when it is this process's child)."""
     import os
 
     try:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
-    except ChildProcessError:  # not our child: ask the kernel whether it exists
+    except ChildProcessError:  # not a child of this process: ask the kernel whether it exists
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

@@ -1,8 +1,9 @@
 """Helpers several test modules share (pytest puts tests/ on sys.path, so `from helpers import ...`
-works from tests/ and tests/e2e/)."""
+works from tests/ and tests/e2e/; bench/gatys.py takes its random backbone from here too)."""
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import threading
@@ -15,15 +16,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from engine.server import Server
-from nst_common.protocol import RawImage, open_session
+from engine.backbones import Backbone, source_of
+from engine.backbones.base import check_pooling
+from engine.service.server import Server
+from nst_common.messages import RawImage
+from nst_common.session import open_session
 
 
 def noise(w: int, h: int, c: int, seed: int = 0) -> RawImage:
     """A w x h u8 image of `c` channels of uniform noise from `seed`."""
     data = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
     return RawImage(w, h, c, "u8", data.tobytes())
+
+
+def random_backbone(name: str, seed: int = 0, pooling: str = "max", device: str = "cpu") -> Backbone:
+    """The named backbone's architecture and input transform with seeded random weights.
+
+    For tests and benchmarks that need realistic cost and activation scale without weight files:
+    He-normal kernels keep activations from vanishing or exploding through 16 layers.
+    """
+    module = source_of(name)
+    check_pooling(pooling)
+    backbone = Backbone(name, module.SPEC, pooling, module.transform())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in backbone.layers:
+            if isinstance(conv, torch.nn.Conv2d):
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * math.sqrt(2 / fan_in))
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.01)
+    return backbone.freeze(device)
 
 
 def is_final(header: dict[str, Any]) -> bool:

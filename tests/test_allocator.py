@@ -1,4 +1,4 @@
-"""engine.allocator: after configure(), a worker thread re-allocating a big tensor faults in no pages;
+"""engine.compute.allocator: after configure(), a worker thread re-allocating a big tensor faults in no pages;
 release() hands freed heap pages back."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ PROBE = """
 import resource, sys, threading
 sys.path.insert(0, {root!r})
 if {configure}:
-    from engine import allocator
+    from engine.compute import allocator
     assert allocator.configure() and allocator.configure()  # idempotent
 import torch
 
@@ -63,7 +63,7 @@ def test_configured_worker_thread_reuses_freed_tensor_memory() -> None:
 RELEASE_PROBE = """
 import sys
 sys.path.insert(0, {root!r})
-from engine import allocator
+from engine.compute import allocator
 assert allocator.configure()
 import torch
 
@@ -90,7 +90,7 @@ def test_release_returns_freed_heap_pages_below_a_live_block() -> None:
 # a release after every tile (Gatys on the CPU, whose tiles take seconds).
 TILE_DONE_PROBE = RELEASE_PROBE.replace(
     "held = resident()\nassert allocator.release()\nprint(held - resident())",
-    """from engine.cache import ModelCache
+    """from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
 from engine.methods.base import RunContext
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_backbone
 
 from engine import weights
-from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, random_backbone, winograd
+from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, winograd
 from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

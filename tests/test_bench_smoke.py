@@ -29,7 +29,7 @@ def test_gatys_bench_quick_prints_one_json_line() -> None:
 
 @pytest.mark.slow
 def test_zoo_bench_runs_both_sides_and_they_agree() -> None:
-    """One round at a tiny size: every reference and our process runs, and their outputs match."""
+    """One round at a tiny size: every reference and engine process runs, and their outputs match."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "zoo.py"), "--sizes", "32", "--rounds", "1", "--reps", "1"],
         capture_output=True, text=True, timeout=600, check=False,

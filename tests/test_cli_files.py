@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import images
 from engine.errors import UserError
+from engine.imaging import images
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--size", "16", "--iterations", "1", "--optimizer", "adam", "--device", "cpu"]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from client import EngineClient, EngineError
 
-from engine.server import Server
-from nst_common import protocol as plugin_protocol
-from nst_common.protocol import Endpoint
+from engine.service.server import Server
+from nst_common import endpoints, messages, session
+from nst_common.endpoints import Endpoint
 
 TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
 LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
@@ -26,9 +26,9 @@ NO_CONFIG = "/nonexistent/engine.json"  # no config: connect only, never start a
 
 
 def _job(params: dict[str, Any], seed: int = 0, selection: bool = False) -> Any:
-    """A job built from the plug-in's copy of the protocol module, as GIMP would."""
+    """A job built from the plug-in's copy of the message schema, as GIMP would."""
     rng = np.random.default_rng(seed)
-    P = plugin_protocol
+    P = messages
     content = P.RawImage(20, 14, 4, "u8", rng.integers(0, 256, (14, 20, 4), dtype=np.uint8).tobytes())
     style = P.RawImage(12, 12, 3, "u8", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8).tobytes())
     sel = P.RawImage(20, 14, 1, "u8", bytes(20 * 14)) if selection else None
@@ -103,7 +103,7 @@ def test_starts_the_engine_runs_jobs_cancels_and_survives_a_kill(engine_config: 
     assert isinstance(error, EngineError) and error.code == "engine-died", box
     assert box["at"] - killed < 1.0
     assert "stopped unexpectedly" in error.message and "next run" in error.message
-    assert str(plugin_protocol.log_path(engine.env)) in error.message
+    assert str(endpoints.log_path(engine.env)) in error.message
 
     job = _job(TINY, 3, selection=True)
     assert bytes(engine.stylize(job, Progress(), lambda: False).data) == job.content.data
@@ -114,8 +114,8 @@ def test_a_protocol_mismatch_says_what_to_do(
     make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = make_server()
-    ours = plugin_protocol.PROTOCOL_VERSION
-    monkeypatch.setattr(plugin_protocol, "PROTOCOL_VERSION", ours + 1)  # a newer plug-in, an older engine
+    ours = messages.PROTOCOL_VERSION
+    monkeypatch.setattr(session, "PROTOCOL_VERSION", ours + 1)  # a newer plug-in, an older engine
     with pytest.raises(EngineError) as info:
         EngineClient(NO_CONFIG, endpoint=str(server.address)).hello()
     assert info.value.code == "protocol-mismatch"
@@ -158,7 +158,7 @@ def test_no_engine_and_no_config(nst_env: dict[str, str], tmp_path: Path) -> Non
 
 
 def test_too_large_for_the_engine_is_refused_before_sending(make_server: Callable[..., Server]) -> None:
-    from nst_common.protocol import Limits
+    from nst_common.framing import Limits
 
     server = make_server(limits=Limits(max_message=1000))
     with pytest.raises(EngineError) as info:
@@ -193,7 +193,7 @@ def test_the_plug_in_uses_only_the_standard_library_and_gimps_own_modules() -> N
 
 def _echo_server(make_server: Callable[..., Server], calls: list[int] | None = None, **limits: Any) -> Server:
     """A real server whose runner hands the content back: what is tested is the transport."""
-    from nst_common.protocol import Limits
+    from nst_common.framing import Limits
 
     def echo(job: Any, progress: Any, cancel: Any, cache: Any) -> Any:
         if calls is not None:
@@ -204,7 +204,7 @@ def _echo_server(make_server: Callable[..., Server], calls: list[int] | None = N
 
 
 def _layer(width: int, height: int, channels: int = 4, dtype: str = "u8", data: Any = None) -> Any:
-    P = plugin_protocol
+    P = messages
     size = width * height * channels * P.DTYPE_SIZES[dtype]
     content = P.RawImage(width, height, channels, dtype, os.urandom(size) if data is None else data)
     return P.StylizeJob("echo", {"device": "cpu"}, content)
@@ -303,7 +303,7 @@ def test_previews_and_the_time_left_reach_the_caller(make_server: Callable[..., 
     images of the work, and the progress text starts with the time left once the engine knows it."""
     server = make_server()
     engine = EngineClient(NO_CONFIG, endpoint=str(server.address))
-    previews: list[plugin_protocol.RawImage] = []
+    previews: list[messages.RawImage] = []
     progress = Progress()
     job = _job({"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 30})
     result = engine.stylize(job, progress, lambda: False, previews.append)

@@ -27,9 +27,9 @@ from model_choice import method_models
 from settings import DIALOG_SETTINGS, MODEL_METHODS, Settings, SettingsError, dialog_value, validate
 
 from engine import pipeline
-from engine.server import Server
+from engine.service.server import Server
 from nst_common import settings as declared
-from nst_common.protocol import RawImage
+from nst_common.messages import RawImage
 
 W, H = 24, 20
 NO_CONFIG = "/nonexistent/engine.json"
@@ -229,11 +229,11 @@ def test_the_declaration_matches_the_engine() -> None:
     """Where the engine keeps its own table (presets, backbones, the smallest Gatys tile), the
     declaration lists the same."""
     from engine.backbones import BACKBONES
-    from engine.methods import gatys, gatys_tiles
+    from engine.methods.gatys import presets, tiles
 
-    assert declared.BY_NAME["preset"].choices == tuple(gatys.PRESETS)
+    assert declared.BY_NAME["preset"].choices == tuple(presets.PRESETS)
     assert declared.BY_NAME["backbone"].choices == BACKBONES
-    assert declared.BY_NAME["tile"].for_method("gatys").lo == 2 * gatys_tiles.HALO + gatys_tiles.ALIGN
+    assert declared.BY_NAME["tile"].for_method("gatys").lo == 2 * tiles.HALO + tiles.ALIGN
     for row in declared.SETTINGS:
         assert row.methods and set(row.methods) <= set(declared.METHOD_NAMES), row.name
         assert row.default is None or declared.check_value(row, row.default) == row.default, row.name

@@ -18,18 +18,11 @@ import torch
 from engine import planner
 from engine.estimate import Tracker
 from engine.methods.base import Progress
-from engine.server import Server
+from engine.service.server import Server
 from nst_common import eta
-from nst_common.protocol import (
-    CLIENT_LIMITS,
-    RawImage,
-    StyleRef,
-    StylizeJob,
-    job_message,
-    open_session,
-    read_message,
-    send_message,
-)
+from nst_common.framing import read_message, send_message
+from nst_common.messages import RawImage, StyleRef, StylizeJob, job_message
+from nst_common.session import CLIENT_LIMITS, open_session
 
 # One scale of 60 L-BFGS iterations at 128x96 px: some 10 to 30 s on one of two shared cores.
 JOB = {"preset": "draft", "size": 128, "seed": 0, "device": "cpu", "iterations": 60}

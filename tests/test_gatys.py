@@ -8,14 +8,18 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import random_backbone
 
-from engine import images
-from engine.backbones import load_backbone, random_backbone
-from engine.cache import ModelCache
+from engine.backbones import load_backbone
+from engine.compute.cache import ModelCache
 from engine.errors import Cancelled, CancelToken, UserError
-from engine.losses import Target, gram, total_variation
-from engine.methods import gatys, gatys_tiles
+from engine.imaging import images
+from engine.methods import gatys
 from engine.methods.base import PreparedJob, Progress, RunContext, Style
+from engine.methods.gatys import presets, tiles
+from engine.methods.gatys.losses import Target, gram, total_variation
+from engine.methods.gatys.objective import Objective, for_scale
+from engine.methods.gatys.optimiser import Optimiser
 from nst_common import settings
 
 
@@ -74,14 +78,14 @@ def test_relative_loss_and_total_variation_by_hand() -> None:
 
 
 def test_schedule_is_coarse_to_fine_and_ends_at_the_requested_size() -> None:
-    assert gatys.schedule(1024, gatys.PRESETS["balanced"]) == [256, 512, 1024]
-    assert gatys.schedule(200, gatys.PRESETS["balanced"]) == [200]
-    best = gatys.schedule(1000, gatys.PRESETS["best"])
+    assert presets.schedule(1024, presets.PRESETS["balanced"]) == [256, 512, 1024]
+    assert presets.schedule(200, presets.PRESETS["balanced"]) == [200]
+    best = presets.schedule(1000, presets.PRESETS["best"])
     assert best[-1] == 1000 and best[0] >= 250 and best == sorted(best)
-    assert gatys.schedule(1024, gatys.PRESETS["balanced"], scales=2) == [512, 1024]
-    assert gatys.schedule(64, gatys.PRESETS["draft"], scales=3) == [16, 32, 64]
-    assert gatys.schedule(53, gatys.PRESETS["draft"], scales=3) == [26, 53]  # never below 16 px
-    assert gatys.PRESETS["balanced"].iterations([256, 512, 1024]) == [80, 20, 5]
+    assert presets.schedule(1024, presets.PRESETS["balanced"], scales=2) == [512, 1024]
+    assert presets.schedule(64, presets.PRESETS["draft"], scales=3) == [16, 32, 64]
+    assert presets.schedule(53, presets.PRESETS["draft"], scales=3) == [26, 53]  # never below 16 px
+    assert presets.PRESETS["balanced"].iterations([256, 512, 1024]) == [80, 20, 5]
 
 
 @pytest.mark.parametrize(
@@ -164,7 +168,7 @@ def test_seeded_runs_are_deterministic_and_noise_init_depends_on_the_seed() -> N
 
 
 def test_preserve_colors_keeps_the_content_chroma() -> None:
-    from engine.colors import rgb_to_ycc
+    from engine.imaging.colors import rgb_to_ycc
 
     content, style = synthetic_photo(48, 48), synthetic_painting(48)
     result = run_gatys(content, style, iterations=20, preserve_colors="luminance")
@@ -231,7 +235,7 @@ def test_an_lbfgs_stall_is_detected_and_adam_carries_on() -> None:
 
     messages: list[str] = []
     ctx = RunContext(torch.device("cpu"), lambda p: messages.append(p.message), CancelToken(), ModelCache())
-    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [50])
+    run = Optimiser(gatys.METHOD.parse_params({}), ctx, [8], [50])
     start = torch.full((1, 3, 8, 8), 0.5)
     _, stalled_loss, done, _ = run._lbfgs(0, start, objective, 50)
     assert done < 50, "expected this objective to stall L-BFGS"
@@ -253,7 +257,7 @@ def test_lbfgs_line_search_rescues_an_overshooting_trial() -> None:
         return loss, loss
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
-    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [10])
+    run = Optimiser(gatys.METHOD.parse_params({}), ctx, [8], [10])
     _, loss, _, _ = run._lbfgs(0, torch.zeros(1, 3, 8, 8), objective, 10)
     assert loss < 200.0
 
@@ -269,7 +273,7 @@ def test_lbfgs_keeps_the_image_displayable() -> None:
         return loss, loss
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
-    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [10])
+    run = Optimiser(gatys.METHOD.parse_params({}), ctx, [8], [10])
     result, loss, _, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 10)
     assert min(lo for lo, _ in seen) >= 0.0 and max(hi for _, hi in seen) <= 1.0
     assert loss == pytest.approx(float(objective(target.clamp(0, 1))[0]), rel=1e-3)
@@ -293,7 +297,7 @@ def test_lbfgs_converges_to_a_minimum_on_the_bounds() -> None:
         return loss, loss
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
-    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [20])
+    run = Optimiser(gatys.METHOD.parse_params({}), ctx, [8], [20])
     result, loss, _, _ = run._lbfgs(0, torch.full((1, 3, 8, 8), 0.5), objective, 20)
     x = result.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(objective(x)[0], x)
@@ -317,7 +321,7 @@ def test_an_lbfgs_scale_evaluates_only_the_points_the_optimiser_asks_for() -> No
         return loss, loss
 
     ctx = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), ModelCache())
-    run = gatys._Run(gatys.METHOD.parse_params({}), ctx, [8], [5])
+    run = Optimiser(gatys.METHOD.parse_params({}), ctx, [8], [5])
     start = torch.full((1, 3, 8, 8), 0.5)
     result = run.optimise_scale(0, start, objective)
     assert float(objective(result)[0]) < float(objective(start)[0]) / 2
@@ -337,22 +341,21 @@ def test_tiled_objective_gives_the_whole_image_loss_and_gradient(name: str) -> N
     style = torch.rand(1, 3, 150, 170)
     p = gatys.METHOD.parse_params({"activation_shift": 1.5, "tv_weight": 2.0})
     image = (content + 0.2 * torch.randn_like(content)).clamp(0, 1)
-    results = []
     # oneDNN's direct convolutions: NNPACK's Winograd rounds differently in a tile than over the
     # whole image, and where a ReLU's input lies within that rounding of zero the gradient takes
     # another way (tests/test_backbones.py compares the two convolutions).
     with torch.backends.nnpack.flags(enabled=False):
-        whole = gatys._Objective(backbone, p, content, [style], np.ones(1), [])
-        tiled = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile=240)
-        for objective in (whole, tiled):
-            x = image.clone().requires_grad_(True)
-            total, style_part = objective(x)
-            total.backward()
-            results.append((total.item(), style_part.item(), x.grad))
-    (loss, style_loss, grad), (tiled_loss, tiled_style, tiled_grad) = results
-    assert tiled_loss == pytest.approx(loss, rel=1e-4)
-    assert tiled_style == pytest.approx(style_loss, rel=1e-4)
-    assert float((tiled_grad - grad).abs().max()) < 1e-3 * float(grad.abs().max())
+        whole = Objective(backbone, p, content, [style], np.ones(1), [])
+        x = image.clone().requires_grad_(True)
+        total, style_part = whole(x)
+        total.backward()
+        tiled = for_scale(backbone, p, content, [style], np.ones(1), [], tile=240)
+        assert isinstance(tiled, tiles.TiledObjective)
+        evaluation = tiled.loss(image)
+        tiled_grad = tiled.gradient(image, evaluation)
+    assert float(evaluation.total) == pytest.approx(total.item(), rel=1e-4)
+    assert float(evaluation.style) == pytest.approx(style_part.item(), rel=1e-4)
+    assert float((tiled_grad - x.grad).abs().max()) < 1e-3 * float(x.grad.abs().max())
 
 
 def test_a_trial_made_tile_by_tile_scores_as_the_trial_image_and_is_taken_exactly() -> None:
@@ -365,16 +368,17 @@ def test_a_trial_made_tile_by_tile_scores_as_the_trial_image_and_is_taken_exactl
     p = gatys.METHOD.parse_params({"tv_weight": 2.0})
     with torch.backends.nnpack.flags(enabled=False):
         style = torch.rand(1, 3, 150, 170)
-        objective = gatys._Objective(backbone, p, content, [style], np.ones(1), [], tile=240)
+        tiled = for_scale(backbone, p, content, [style], np.ones(1), [], tile=240)
+        assert isinstance(tiled, tiles.TiledObjective)
         x = (content + 0.2 * torch.randn_like(content)).clamp(0, 1)
         direction = torch.randn_like(x)
-        step = gatys_tiles.Step(direction, 0.3)
+        step = tiles.Step(direction, 0.3)
         trial = step.apply(x)  # the whole trial image, as one tensor
-        at_trial = objective.tiled.loss(x, step)
-        expected = objective.tiled.loss(trial)
+        at_trial = tiled.loss(x, step)
+        expected = tiled.loss(trial)
         assert float(at_trial.total) == pytest.approx(float(expected.total), rel=1e-6)
         assert float(at_trial.style) == pytest.approx(float(expected.style), rel=1e-6)
-        assert float(at_trial.total) != pytest.approx(float(objective.tiled.loss(x).total), rel=1e-3)
+        assert float(at_trial.total) != pytest.approx(float(tiled.loss(x).total), rel=1e-3)
         step.take(x)
     assert torch.equal(x, trial)
 

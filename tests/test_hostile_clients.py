@@ -23,24 +23,15 @@ import numpy as np
 import pytest
 from helpers import is_final, noise, session
 
-from engine import images
 from engine.errors import CancelToken
+from engine.imaging import images
 from engine.methods.base import Progress
-from engine.server import Server
-from nst_common import protocol
-from nst_common.protocol import (
-    CLIENT_LIMITS,
-    ConnectionClosed,
-    Endpoint,
-    ProtocolError,
-    RawImage,
-    StyleRef,
-    StylizeJob,
-    job_message,
-    open_session,
-    read_message,
-    send_message,
-)
+from engine.service.server import Server
+from nst_common import framing, messages
+from nst_common.endpoints import Endpoint
+from nst_common.framing import ConnectionClosed, ProtocolError, read_message, send_message
+from nst_common.messages import RawImage, StyleRef, StylizeJob, job_message
+from nst_common.session import CLIENT_LIMITS, open_session
 
 TOKEN = "hostile-suite-token"
 LAYER = 4096 * 4096 * 4  # a 4096x4096 RGBA u8 layer: 64 MiB
@@ -111,7 +102,7 @@ def _submit(sock: socket.socket, job: StylizeJob, ref: Any = None) -> None:
 
 def _raw_frame(header: dict[str, Any], payload_len: int = 0) -> bytes:
     text = json.dumps(header).encode()  # json escapes a lone surrogate as \ud800, as a peer may send it
-    return protocol.PREFIX.pack(protocol.MAGIC, len(text), payload_len) + text
+    return framing.PREFIX.pack(framing.MAGIC, len(text), payload_len) + text
 
 
 def _upload_header(ref: Any) -> bytes:
@@ -143,8 +134,8 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 def _dribble(server: Server, pause: float, stop: threading.Event | None = None) -> socket.socket:
     """Connect and start sending a hello one byte per `pause` seconds, from a thread."""
     sock = server.address.connect(2.0)
-    frame = protocol.encode_header(
-        {"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": TOKEN}, []
+    frame = framing.encode_header(
+        {"type": "hello", "protocol": messages.PROTOCOL_VERSION, "token": TOKEN}, []
     )
 
     def run() -> None:
@@ -210,7 +201,7 @@ def test_stalled_uploads_share_one_budget_and_cost_no_memory(make_server: Callab
     """Four clients declare a 64 MiB layer each and send none of it: two fit the 150 MiB budget of
     images being received and are dropped when they stall; the other two are told `busy` at once.
     The engine's memory does not grow by what they declared."""
-    limits = protocol.Limits(max_message=256 << 20)
+    limits = framing.Limits(max_message=256 << 20)
     server = _tcp_server(make_server, limits=limits, max_in_flight=150 << 20, stall_timeout=1.5)
     socks = [session(server) for _ in range(4)]
     try:
@@ -359,14 +350,14 @@ def test_on_the_unix_socket_the_user_may_name_any_file(
 @pytest.fixture
 def engine_log(tmp_path: Path) -> Iterator[Path]:
     """The engine's log file as `nst serve` sets it up, for this process, with a common umask."""
-    from engine import cli_server
+    from engine.cli import serve
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     umask = os.umask(0o022)
     path = tmp_path / "data" / "engine.log"
     try:
-        cli_server._setup_logging(path)
+        serve._setup_logging(path)
         yield path
     finally:
         for handler in root.handlers:
@@ -403,7 +394,7 @@ def test_a_token_that_is_not_utf8_is_just_unauthorized(
     server = _tcp_server(make_server)
     for token in ("\ud800", "a\udfffb", 12, None):
         with server.address.connect(2.0) as sock:
-            sock.sendall(_raw_frame({"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": token}))
+            sock.sendall(_raw_frame({"type": "hello", "protocol": messages.PROTOCOL_VERSION, "token": token}))
             assert _next(sock)["code"] == "unauthorized", token
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
@@ -427,7 +418,7 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
         stall_timeout=1.0,
         max_handshakes=8,
         max_jobs_per_connection=2,
-        limits=protocol.Limits(max_message=256 << 20),
+        limits=framing.Limits(max_message=256 << 20),
         max_in_flight=160 << 20,  # the two stalled uploads (128 MiB) leave room for small jobs
         styles_dir=styles,
     )
@@ -484,7 +475,7 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
             _until(sock, is_final)
         with server.address.connect(2.0) as sock:
             sock.sendall(
-                _raw_frame({"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": "\ud800"})
+                _raw_frame({"type": "hello", "protocol": messages.PROTOCOL_VERSION, "token": "\ud800"})
             )
             assert _next(sock)["code"] == "unauthorized"
 

@@ -128,8 +128,10 @@ def test_install_lays_out_the_plugin_and_is_idempotent(tmp_path: Path, home: Pat
     entry = plugin / "neural_style.py"
     assert entry.stat().st_mode & stat.S_IXUSR
     shared = plugin / "nst_common"
-    assert {p.name for p in shared.glob("*.py")} == {p.name for p in (REPO / "nst_common").glob("*.py")}
-    assert (shared / "protocol.py").read_bytes() == (REPO / "nst_common" / "protocol.py").read_bytes()
+    modules = sorted(p.name for p in (REPO / "nst_common").glob("*.py"))
+    assert sorted(p.name for p in shared.glob("*.py")) == modules
+    for name in modules:
+        assert (shared / name).read_bytes() == (REPO / "nst_common" / name).read_bytes(), name
     assert not (plugin / "__pycache__").exists()
     sources = {p.name for p in (REPO / "plugin" / "neural_style").iterdir() if p.name != "__pycache__"}
     assert {p.name for p in plugin.iterdir()} == sources | {"engine.json", "nst_common"}
@@ -387,7 +389,7 @@ def test_uninstall_removes_a_symlinked_plugin_folder_but_not_its_target(tmp_path
 @pytest.fixture
 def running_engine(nst_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """A real engine server (`python -m engine serve`) in the test's NST_HOME and runtime dir."""
-    from nst_common import protocol
+    from nst_common import endpoints, engine_lock
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", "--idle-timeout", "0"],
@@ -399,9 +401,9 @@ def running_engine(nst_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, "the engine exited while starting"
-            endpoint = protocol.lock_holder(nst_env).get("endpoint")
+            endpoint = engine_lock.holder(nst_env).get("endpoint")
             try:
-                protocol.parse_endpoint(endpoint).connect(1.0).close()
+                endpoints.parse_endpoint(endpoint).connect(1.0).close()
                 break
             except (OSError, TypeError, ValueError, AttributeError):
                 assert time.monotonic() < deadline, "the engine did not start within 120 s"

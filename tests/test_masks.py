@@ -1,4 +1,4 @@
-"""Regions and semantic maps (issue 6): mask arithmetic by hand, then real Gatys runs through the
+"""Regions and semantic maps: mask arithmetic by hand, then real Gatys runs through the
 whole pipeline (wire masks, the `regions` setting, label maps) measured from the outside."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from engine import images, masks
 from engine.backbones import load_backbone
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
-from engine.losses import Target, gram
+from engine.imaging import images, masks
 from engine.methods import adain
 from engine.methods.base import Guide, StyleSource
+from engine.methods.gatys.losses import Target, gram, masked_gram
 from engine.pipeline import run_job
-from nst_common.protocol import StyleRef, StylizeJob
+from nst_common.messages import StyleRef, StylizeJob
 
 SIDE = 48
 RED, BLUE = np.array([0.85, 0.15, 0.1]), np.array([0.1, 0.2, 0.85])
@@ -108,9 +108,9 @@ def test_masked_gram_of_a_binary_mask_is_the_gram_of_that_region() -> None:
     features = torch.rand(1, 4, 6, 6, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(1, 1, 6, 6)
     mask[..., :, :2] = 1.0
-    assert torch.allclose(masks.masked_gram(features, mask), gram(features[..., :2].contiguous()), atol=1e-6)
+    assert torch.allclose(masked_gram(features, mask), gram(features[..., :2].contiguous()), atol=1e-6)
     # A soft mask weights positions: 0.5 everywhere is the plain Gram (weights normalise away).
-    assert torch.allclose(masks.masked_gram(features, torch.full_like(mask, 0.5)), gram(features), atol=1e-6)
+    assert torch.allclose(masked_gram(features, torch.full_like(mask, 0.5)), gram(features), atol=1e-6)
 
 
 def test_layer_masks_average_areas_so_soft_edges_stay_soft() -> None:

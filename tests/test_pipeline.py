@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import images, weights
-from engine.cache import ModelCache
+from engine import weights
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
+from engine.imaging import images
 from engine.pipeline import capabilities, run_job
-from nst_common.protocol import RawImage, StyleRef, StylizeJob
+from nst_common.messages import RawImage, StyleRef, StylizeJob
 
 GATYS_FAST = {"preset": "draft", "iterations": 3, "device": "cpu"}
 

@@ -1,4 +1,4 @@
-"""The memory planner (issue 7): tile sizes that fit the memory, the retry path when memory runs
+"""The memory planner: tile sizes that fit the memory, the retry path when memory runs
 out for real, and `nst stylize --dry-run`."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import devices, planner
+from engine import planner
+from engine.compute import devices
 from engine.errors import UserError
 from engine.methods.adain import METHOD as ADAIN
 from engine.methods.johnson import METHOD as JOHNSON
@@ -131,11 +132,13 @@ RETRY = textwrap.dedent(
     spec = importlib.util.spec_from_file_location("bench_zoo", {root!r} + "/bench/zoo.py")
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
-    from engine import devices, images, weights
-    from engine.cache import ModelCache
+    from engine import weights
+    from engine.compute import devices
+    from engine.imaging import images
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
     from engine.pipeline import run_job
-    from nst_common.protocol import StylizeJob
+    from nst_common.messages import StylizeJob
 
     torch.save(zoo.johnson_state_dict(zoo.johnson_model()), {home!r} + "/j.pth")
     weights.import_file("johnson_candy", {home!r} + "/j.pth")

@@ -18,7 +18,8 @@ from settings import (
     with_paths,
 )
 
-from nst_common.protocol import Limits, Message, RawImage, job_message, parse_job
+from nst_common.framing import Limits, Message
+from nst_common.messages import RawImage, job_message, parse_job
 
 # What a `hello` with two style methods and Johnson's mosaic and candy installed offers.
 AVAILABLE: dict[str, list[str] | None] = {

@@ -16,8 +16,8 @@ from model_choice import Model
 from settings import Settings, SettingsError, validate
 
 from engine import weights
-from engine.server import Server
-from nst_common.protocol import open_session
+from engine.service.server import Server
+from nst_common.session import open_session
 
 
 def test_the_list_comes_from_a_real_hello(

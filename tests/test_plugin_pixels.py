@@ -7,7 +7,7 @@ import struct
 import pytest
 from pixels import pixels_from_raw, raw_from_pixels, selection_coverage
 
-from nst_common.protocol import RawImage
+from nst_common.messages import RawImage
 
 
 def floats(*values: float) -> bytes:

@@ -18,24 +18,20 @@ from typing import Any
 import platformdirs
 import pytest
 
-from nst_common import protocol
-from nst_common.protocol import (
+from nst_common import endpoints, framing, messages
+from nst_common.framing import (
     MAGIC,
     PREFIX,
     ConnectionClosed,
     Limits,
     Message,
     ProtocolError,
-    RawImage,
-    StyleRef,
-    StylizeJob,
     encode_chunk,
     encode_header,
-    job_message,
-    parse_job,
     read_message,
     send_message,
 )
+from nst_common.messages import RawImage, StyleRef, StylizeJob, job_message, parse_job
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_payload=1 << 27, max_side=4096)
@@ -43,13 +39,13 @@ LIMITS = Limits(max_payload=1 << 27, max_side=4096)
 
 def _pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
-    a.settimeout(protocol.POLL)
-    b.settimeout(protocol.POLL)
+    a.settimeout(framing.POLL)
+    b.settimeout(framing.POLL)
     return a, b
 
 
 def _image(w: int, h: int, c: int, dtype: str, seed: int = 0) -> RawImage:
-    size = w * h * c * protocol.DTYPE_SIZES[dtype]
+    size = w * h * c * messages.DTYPE_SIZES[dtype]
     return RawImage(w, h, c, dtype, bytes((seed + i * 7) % 256 for i in range(size)))
 
 
@@ -264,21 +260,21 @@ def test_prefix_is_big_endian_magic_then_lengths() -> None:
     ],
 )
 def test_endpoints_parse_and_print(text: str, expected: str) -> None:
-    assert str(protocol.parse_endpoint(text)) == expected
-    assert protocol.parse_endpoint(expected) == protocol.parse_endpoint(text)
+    assert str(endpoints.parse_endpoint(text)) == expected
+    assert endpoints.parse_endpoint(expected) == endpoints.parse_endpoint(text)
 
 
 @pytest.mark.parametrize("text", ["", "unix:", "host", "host:65536", ":80", "host:http"])
 def test_bad_endpoints_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
-        protocol.parse_endpoint(text)
+        endpoints.parse_endpoint(text)
 
 
 def test_loopback_detection() -> None:
-    assert protocol.parse_endpoint("127.0.0.1:1").is_loopback
-    assert protocol.parse_endpoint("[::1]:1").is_loopback
-    assert not protocol.parse_endpoint("0.0.0.0:1").is_loopback
-    assert not protocol.parse_endpoint("192.168.1.5:1").is_loopback
+    assert endpoints.parse_endpoint("127.0.0.1:1").is_loopback
+    assert endpoints.parse_endpoint("[::1]:1").is_loopback
+    assert not endpoints.parse_endpoint("0.0.0.0:1").is_loopback
+    assert not endpoints.parse_endpoint("192.168.1.5:1").is_loopback
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the XDG rule")
@@ -287,15 +283,15 @@ def test_dirs_follow_platformdirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     for var in ("NST_HOME", "NST_RUNTIME_DIR", "NST_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
-    assert protocol.runtime_dir() == Path(platformdirs.user_runtime_dir("neural-style", appauthor=False))
-    assert protocol.data_dir() == Path(platformdirs.user_data_dir("neural-style", appauthor=False))
-    assert protocol.default_endpoint() == protocol.Endpoint(
+    assert endpoints.runtime_dir() == Path(platformdirs.user_runtime_dir("neural-style", appauthor=False))
+    assert endpoints.data_dir() == Path(platformdirs.user_data_dir("neural-style", appauthor=False))
+    assert endpoints.default_endpoint() == endpoints.Endpoint(
         "unix", path=str(tmp_path / "run" / "neural-style" / "engine.sock")
     )
     env = {"NST_HOME": "/h", "NST_RUNTIME_DIR": "/r", "NST_ENDPOINT": "127.0.0.1:5"}
-    assert protocol.data_dir(env) == Path("/h") and protocol.runtime_dir(env) == Path("/r")
-    assert protocol.default_endpoint(env) == protocol.parse_endpoint("tcp:127.0.0.1:5")
-    assert protocol.token_path(env) == Path("/h/token")
+    assert endpoints.data_dir(env) == Path("/h") and endpoints.runtime_dir(env) == Path("/r")
+    assert endpoints.default_endpoint(env) == endpoints.parse_endpoint("tcp:127.0.0.1:5")
+    assert endpoints.token_path(env) == Path("/h/token")
 
 
 def test_shared_package_is_stdlib_only() -> None:
@@ -429,7 +425,7 @@ def test_check_runs_before_allocation_and_a_rejected_message_can_be_skipped() ->
     with a, b:
         # 16 TiB declared: a receiver that allocated before asking `check` would die here.
         a.sendall(_raw_frame({"type": "x", "ref": 5, "blobs": [1 << 44], "chunked": True}))
-        with pytest.raises(protocol.Rejected) as info:
+        with pytest.raises(framing.Rejected) as info:
             read_message(b, huge, 0.5, check=refuse)
         assert seen == [[1 << 44]] and info.value.code == "bad-request" and info.value.header["ref"] == 5
 
@@ -438,7 +434,7 @@ def test_check_runs_before_allocation_and_a_rejected_message_can_be_skipped() ->
                 target=send_message, args=(a, {"type": "x"}, [A8, B4]), kwargs={"chunk_size": chunk_size}
             )
             sender.start()
-            with pytest.raises(protocol.Rejected) as info:
+            with pytest.raises(framing.Rejected) as info:
                 read_message(b, SMALL, 0.5, check=refuse)
             info.value.skip()
             sender.join()
@@ -449,11 +445,11 @@ def test_check_runs_before_allocation_and_a_rejected_message_can_be_skipped() ->
 
 def test_check_job_validates_a_stylize_header_without_its_blobs() -> None:
     header, _ = _stylize_header()
-    protocol.check_job(header, [12, 4, 16], LIMITS)
+    messages.check_job(header, [12, 4, 16], LIMITS)
     for over, sizes in (({"content": _content(width=5000, height=1)}, [15000]), ({}, [13])):
         bad, _ = _stylize_header(**over)
         with pytest.raises(ProtocolError) as info:
-            protocol.check_job(bad, sizes, LIMITS)
+            messages.check_job(bad, sizes, LIMITS)
         assert info.value.code == "bad-request"
 
 

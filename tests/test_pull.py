@@ -18,16 +18,13 @@ import pytest
 from client import EngineClient, EngineError
 from helpers import Files, serve_files
 
-from engine import cli_server, methods, weights
-from engine import server as engine_server
-from engine.server import Server
-from nst_common.protocol import (
-    CLIENT_LIMITS,
-    Endpoint,
-    open_session,
-    read_message,
-    send_message,
-)
+from engine import methods, weights
+from engine.cli import serve
+from engine.service import server as engine_server
+from engine.service.server import Server
+from nst_common.endpoints import Endpoint
+from nst_common.framing import read_message, send_message
+from nst_common.session import CLIENT_LIMITS, open_session
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CONFIG = "/nonexistent/engine.json"  # connect only, never start an engine
@@ -218,7 +215,7 @@ def test_one_pull_per_connection_nst_jobs_shows_it_and_a_disconnect_cancels_it(
             pass
         assert reply["code"] == "busy"
         capsys.readouterr()
-        assert cli_server._jobs(argparse.Namespace(connect=str(server.address), timeout=5.0)) == 0
+        assert serve._jobs(argparse.Namespace(connect=str(server.address), timeout=5.0)) == 0
         line = capsys.readouterr().out.split()
         assert line[:4] == [accepted["job"], "running", "pull", "download"], line
     deadline = time.monotonic() + 10

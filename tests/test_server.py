@@ -19,21 +19,13 @@ import pytest
 from helpers import is_final, noise, session
 
 from engine.errors import UserError
-from engine.server import EngineLock, Server, preview_image
-from nst_common import protocol
-from nst_common.protocol import (
-    CLIENT_LIMITS,
-    ConnectionClosed,
-    Endpoint,
-    ProtocolError,
-    RawImage,
-    StyleRef,
-    StylizeJob,
-    job_message,
-    open_session,
-    read_message,
-    send_message,
-)
+from engine.service.server import Server, acquire_lock, preview_image
+from nst_common import engine_lock, framing, messages
+from nst_common.endpoints import Endpoint
+from nst_common.engine_lock import EngineLock
+from nst_common.framing import ConnectionClosed, ProtocolError, read_message, send_message
+from nst_common.messages import RawImage, StyleRef, StylizeJob, job_message
+from nst_common.session import CLIENT_LIMITS, open_session
 
 TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations": 1, "optimizer": "adam"}
 LONG = {"preset": "draft", "size": 64, "seed": 0, "device": "cpu", "iterations": 100000}
@@ -68,7 +60,7 @@ def test_hello_then_a_real_gatys_job_and_the_model_stays_cached(make_server: Cal
     server = make_server()
     sock, hello = open_session(server.address, None)
     with sock:
-        assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["pid"] == os.getpid()
+        assert hello["protocol"] == messages.PROTOCOL_VERSION and hello["pid"] == os.getpid()
         assert "gatys" in hello["capabilities"]["methods"] and "cpu" in hello["capabilities"]["devices"]
         for seed in (1, 2):
             header, blobs = job_message(_job(TINY, seed))
@@ -80,9 +72,9 @@ def test_hello_then_a_real_gatys_job_and_the_model_stays_cached(make_server: Cal
             assert any(h["type"] == "progress" and h["job"] == first["job"] for h, _ in events)
             for h, blobs in events:
                 if "preview" in h:
-                    preview = protocol.parse_image(h["preview"], blobs, CLIENT_LIMITS, "preview")
+                    preview = messages.parse_image(h["preview"], blobs, CLIENT_LIMITS, "preview")
                     assert (preview.channels, preview.dtype) == (3, "u8") and preview.width <= 256
-            image = protocol.parse_image(last["image"], events[-1][1], CLIENT_LIMITS, "image")
+            image = messages.parse_image(last["image"], events[-1][1], CLIENT_LIMITS, "image")
             assert (image.width, image.height, image.channels, image.dtype) == (20, 14, 4, "u8")
             alpha = np.frombuffer(image.data, np.uint8).reshape(14, 20, 4)[..., 3]
             sent = np.frombuffer(_job(TINY, seed).content.data, np.uint8).reshape(14, 20, 4)[..., 3]
@@ -218,7 +210,7 @@ def test_stalled_and_silent_clients_are_dropped(make_server: Callable[..., Serve
         assert msg.header["code"] == "timeout"
         assert silent.recv(1) == b""
     with session(server) as stalled:
-        stalled.sendall(protocol.encode_header({"type": "jobs"}, [])[:9])
+        stalled.sendall(framing.encode_header({"type": "jobs"}, [])[:9])
         stalled.settimeout(3.0)
         assert read_message(stalled, CLIENT_LIMITS).header["code"] == "timeout"
     with session(server) as idle:  # between frames a client may wait as long as it likes
@@ -234,14 +226,14 @@ def test_hello_is_required_and_protocol_checked(make_server: Callable[..., Serve
         sock.settimeout(3.0)
         assert read_message(sock, CLIENT_LIMITS).header["code"] == "hello-required"
     with server.address.connect(1.0) as sock:  # no payload before the handshake
-        sock.sendall(protocol.PREFIX.pack(protocol.MAGIC, 2, 1 << 20) + b"{}")
+        sock.sendall(framing.PREFIX.pack(framing.MAGIC, 2, 1 << 20) + b"{}")
         sock.settimeout(3.0)
         assert read_message(sock, CLIENT_LIMITS).header["code"] == "too-large"
     with server.address.connect(1.0) as sock:
         send_message(sock, {"type": "hello", "protocol": 99})
         sock.settimeout(3.0)
         reply = read_message(sock, CLIENT_LIMITS).header
-        assert reply["code"] == "protocol-mismatch" and reply["protocol"] == protocol.PROTOCOL_VERSION
+        assert reply["code"] == "protocol-mismatch" and reply["protocol"] == messages.PROTOCOL_VERSION
 
 
 def test_tcp_needs_the_token(make_server: Callable[..., Server]) -> None:
@@ -336,19 +328,22 @@ def test_the_lock_file_is_never_followed_through_a_link(short_dir: Path) -> None
     mine.write_text("the user's own file")
     (short_dir / "engine.lock").symlink_to(mine)
     with pytest.raises(UserError):
-        EngineLock(short_dir / "engine.lock").acquire(Endpoint("unix", path="/x.sock"))
+        acquire_lock(EngineLock(short_dir / "engine.lock"), Endpoint("unix", path="/x.sock"))
     assert mine.read_text() == "the user's own file"
 
 
 def test_one_engine_per_user_lock(short_dir: Path) -> None:
     ep = Endpoint("unix", path="/x.sock")
-    first, second = EngineLock(short_dir / "engine.lock"), EngineLock(short_dir / "engine.lock")
-    assert first.acquire(ep)
-    assert not second.acquire(ep)
-    holder = protocol.lock_holder({"NST_RUNTIME_DIR": str(short_dir)})
-    assert holder == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
+    env = {"NST_RUNTIME_DIR": str(short_dir)}
+    first, second = EngineLock(engine_lock.lock_path(env)), EngineLock(engine_lock.lock_path(env))
+    assert not engine_lock.is_held(env) and engine_lock.holder(env) == {}
+    assert acquire_lock(first, ep)
+    assert not acquire_lock(second, ep)
+    assert engine_lock.is_held(env)
+    assert engine_lock.holder(env) == {"pid": os.getpid(), "endpoint": "unix:/x.sock"}
     first.release()
-    assert second.acquire(ep)
+    assert not engine_lock.is_held(env)  # the file stays; the lock went with its holder
+    assert acquire_lock(second, ep)
     second.release()
 
 
@@ -411,16 +406,16 @@ def _valid_frames() -> Iterator[bytes]:
     """Seeds for the frame-level fuzzer."""
     header, blobs = job_message(_job(TINY))
     header["method"] = "no-such-method"  # whatever gets through validation fails fast
-    yield protocol.encode_header(header, blobs) + b"".join(bytes(b) for b in blobs)
+    yield framing.encode_header(header, blobs) + b"".join(bytes(b) for b in blobs)
     yield b"".join(
         _stream_frames(StylizeJob("no-such-method", {}, noise(32, 16, 4, 0)))
     )  # 2 KiB in 1 KiB chunks
     for h in (
         {"type": "jobs"},
         {"type": "cancel", "job": "1"},
-        {"type": "hello", "protocol": protocol.PROTOCOL_VERSION},
+        {"type": "hello", "protocol": messages.PROTOCOL_VERSION},
     ):
-        yield protocol.encode_header(h, [])
+        yield framing.encode_header(h, [])
 
 
 def _pick(rng: np.random.Generator, values: list[Any]) -> Any:
@@ -490,7 +485,7 @@ def _collect_until_end(sock: socket.socket, out: list[Any]) -> None:
 def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[..., Server]) -> None:
     """Framing-level damage closes the connection; field-level damage gets an error and the
     connection lives on. Either way the server must never fail internally, and must still work."""
-    server = make_server(limits=protocol.Limits(max_payload=1 << 16, max_side=64), stall_timeout=0.5)
+    server = make_server(limits=framing.Limits(max_payload=1 << 16, max_side=64), stall_timeout=0.5)
     rng = np.random.default_rng(1234)
     seeds = list(_valid_frames())
     sent = 0
@@ -518,7 +513,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
         frame = _mutate_frame(_pick(rng, seeds), rng)
         with server.address.connect(2.0) as sock:
             if i % 4:
-                send_message(sock, {"type": "hello", "protocol": protocol.PROTOCOL_VERSION})
+                send_message(sock, {"type": "hello", "protocol": messages.PROTOCOL_VERSION})
             sock.sendall(frame)
             sent += 1
             check(drain(sock))
@@ -530,7 +525,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
         job_header,
         {"type": "cancel", "job": "1"},
         {"type": "jobs"},
-        {"type": "hello", "protocol": protocol.PROTOCOL_VERSION},
+        {"type": "hello", "protocol": messages.PROTOCOL_VERSION},
     ]
     for _ in range(65):
         with session(server) as sock:
@@ -564,7 +559,7 @@ def test_fuzz_10000_malformed_frames_then_a_valid_job(make_server: Callable[...,
 
 # --- Chunked messages ----------------------------------------------------------------------------
 
-STREAM_LIMITS = protocol.Limits(max_payload=1024, max_message=64 << 10, max_side=256, chunk_size=1024)
+STREAM_LIMITS = framing.Limits(max_payload=1024, max_message=64 << 10, max_side=256, chunk_size=1024)
 
 
 def _echo(job: StylizeJob, progress: Any, cancel: Any, cache: Any) -> RawImage:
@@ -589,12 +584,12 @@ def _stream_frames(job: StylizeJob, chunk: int = 1024, ref: Any = None) -> list[
     header, blobs = job_message(job)
     if ref is not None:
         header["ref"] = ref
-    frames = [protocol.encode_header(header, blobs, chunked=True)]
+    frames = [framing.encode_header(header, blobs, chunked=True)]
     for index, blob in enumerate(blobs):
         data = bytes(blob)
         for offset in range(0, len(data), chunk):
             piece = data[offset : offset + chunk]
-            frames.append(protocol.encode_chunk(index, offset, len(piece)) + piece)
+            frames.append(framing.encode_chunk(index, offset, len(piece)) + piece)
     return frames
 
 
@@ -614,7 +609,7 @@ def test_a_job_larger_than_a_chunk_streams_both_ways(make_server: Callable[..., 
             if msg.header["type"] == "result":
                 break
         assert msg.header["chunked"] is True and received[-1] == (8192, 8192) and len(received) == 8
-        image = protocol.parse_image(msg.header["image"], msg.blobs, STREAM_LIMITS, "image")
+        image = messages.parse_image(msg.header["image"], msg.blobs, STREAM_LIMITS, "image")
         assert (image.width, image.height, image.channels) == (64, 32, 4) and image.data == job.content.data
 
 
@@ -629,19 +624,19 @@ def _stream_cases() -> list[tuple[str, Callable[[list[bytes]], list[bytes]], str
         return [f[0], f[1], *f[3:]]
 
     def ends_early(f: list[bytes]) -> list[bytes]:
-        return [*f[:4], protocol.encode_header({"type": "jobs"}, [])]
+        return [*f[:4], framing.encode_header({"type": "jobs"}, [])]
 
     def too_many(f: list[bytes]) -> list[bytes]:
-        return [*f, protocol.encode_chunk(0, 8192, 4) + b"more"]
+        return [*f, framing.encode_chunk(0, 8192, 4) + b"more"]
 
     def too_long(f: list[bytes]) -> list[bytes]:
-        return [f[0], protocol.encode_chunk(0, 0, 8193) + bytes(8193)]  # and over max_payload
+        return [f[0], framing.encode_chunk(0, 0, 8193) + bytes(8193)]  # and over max_payload
 
     def past_the_blob(f: list[bytes]) -> list[bytes]:
-        return [*f[:8], protocol.encode_chunk(0, 7168, 1000) + bytes(1000)]  # 24 bytes too many
+        return [*f[:8], framing.encode_chunk(0, 7168, 1000) + bytes(1000)]  # 24 bytes too many
 
     def too_large_in_all(f: list[bytes]) -> list[bytes]:
-        return [protocol.encode_header({"type": "stylize", "ref": 1}, [bytes(65537)], chunked=True), *f[1:]]
+        return [framing.encode_header({"type": "stylize", "ref": 1}, [bytes(65537)], chunked=True), *f[1:]]
 
     return [
         ("chunks out of order", reorder, "bad-frame"),
@@ -735,7 +730,7 @@ def _mutate_stream(frames: list[bytes], rng: np.random.Generator) -> bytes:
         payload = f[i][16 + int.from_bytes(f[i][4:8], "big") :]
         blob = _pick(rng, [0, 1, 2, 3, 64, -1, 2**63])
         offset = _pick(rng, [0, 1, 1023, 1024, 8191, 8192, 2**40, -5])
-        f[i] = protocol.encode_chunk(blob, offset, len(payload)) + payload
+        f[i] = framing.encode_chunk(blob, offset, len(payload)) + payload
     elif kind == 4:  # a chunk's declared size changed
         frame = bytearray(f[i])
         frame[8:16] = _pick(rng, [0, 1, 1023, 1025, 2**20, 2**64 - 1]).to_bytes(8, "big")
@@ -756,7 +751,7 @@ def _mutate_stream(frames: list[bytes], rng: np.random.Generator) -> bytes:
             rng, [f[0].replace(b'"chunked":true', b'"chunked":false'), f[0].replace(b"8192", b"8193")]
         )
     elif kind == 8:  # another message inside the stream
-        f.insert(i, protocol.encode_header(_pick(rng, [{"type": "jobs"}, {"type": "chunk"}]), []))
+        f.insert(i, framing.encode_header(_pick(rng, [{"type": "jobs"}, {"type": "chunk"}]), []))
     else:  # cut off anywhere
         return b"".join(f)[: int(rng.integers(1, sum(map(len, f))))]
     return b"".join(f)
@@ -797,7 +792,7 @@ def test_an_image_over_max_side_is_refused_before_its_memory_is_allocated(
 ) -> None:
     """A 16 TiB content within a (silly) max_message: an engine that allocated before checking the
     header would fail with out-of-memory; this one answers bad-request and keeps the connection."""
-    server = _echo_server(make_server, limits=protocol.Limits(max_message=1 << 46, max_side=256))
+    server = _echo_server(make_server, limits=framing.Limits(max_message=1 << 46, max_side=256))
     content = {"width": 1 << 22, "height": 1 << 20, "channels": 4, "dtype": "u8", "blob": 0}
     header = {
         "type": "stylize",
@@ -815,7 +810,7 @@ def test_an_image_over_max_side_is_refused_before_its_memory_is_allocated(
 
 def _raw_header(header: dict[str, Any]) -> bytes:
     text = json.dumps(header).encode()
-    return protocol.PREFIX.pack(protocol.MAGIC, len(text), 0) + text
+    return framing.PREFIX.pack(framing.MAGIC, len(text), 0) + text
 
 
 def test_the_engine_holds_one_layer_at_a_time(
@@ -827,10 +822,10 @@ def test_the_engine_holds_one_layer_at_a_time(
     Messages are received into bytearrays here, which tracemalloc sees (memory maps it does not)."""
     import tracemalloc
 
-    monkeypatch.setattr(protocol, "LAZY_BUFFER", 1 << 62)
+    monkeypatch.setattr(framing, "LAZY_BUFFER", 1 << 62)
 
     size = 32 << 20
-    server = _echo_server(make_server, limits=protocol.Limits(max_payload=1 << 20, chunk_size=1 << 20))
+    server = _echo_server(make_server, limits=framing.Limits(max_payload=1 << 20, chunk_size=1 << 20))
     job = StylizeJob(
         "echo", {"device": "cpu"}, RawImage(4096, 2048, 4, "u8", bytearray(os.urandom(1 << 20)) * 32)
     )
@@ -849,7 +844,7 @@ def test_the_engine_holds_one_layer_at_a_time(
                     try:
                         h = read_message(sock, CLIENT_LIMITS, 5.0, check=discard).header
                         assert h["type"] in ("accepted", "progress"), h
-                    except protocol.Rejected as exc:
+                    except framing.Rejected as exc:
                         exc.skip()
                         break
                 time.sleep(0.1)  # the worker drops its reference a moment after the last byte went out

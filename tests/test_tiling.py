@@ -1,4 +1,4 @@
-"""Tiled inference (issue 7): the tile grid, its feathered weights, shared norm statistics, and the
+"""Tiled inference: the tile grid, its feathered weights, shared norm statistics, and the
 seam test: a tiled run against an untiled run of the same job, through the real pipeline and nets
 (fixed-seed random weights in the upstream layouts, as in tests/test_zoo.py)."""
 
@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine import images, methods, planner, tiling, weights
-from engine.cache import ModelCache
+from engine import methods, planner, weights
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
+from engine.imaging import images
 from engine.methods.base import PreparedJob, RunContext
 from engine.methods.johnson import METHOD as JOHNSON
+from engine.nets import tiling
 from engine.nets.resnet_generator import load_resnet_generator
 from engine.nets.transformer_net import load_transformer_net
 from engine.pipeline import run_job
-from nst_common.protocol import StyleRef, StylizeJob
+from nst_common.messages import StyleRef, StylizeJob
 
 CPU = torch.device("cpu")
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from engine import weights
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
 from engine.methods.adain import METHOD as ADAIN
 from engine.methods.base import PreparedJob, RunContext, Style
@@ -418,7 +418,7 @@ def test_adain_style_size_resizes_the_style_short_side(home: Path) -> None:
 
 
 def test_adain_preserve_colors(home: Path) -> None:
-    from engine.colors import rgb_to_ycc
+    from engine.imaging.colors import rgb_to_ycc
 
     content, style = image(40, 40, seed=19), image(40, 40, seed=20)
     plain = run(ADAIN, content, [(style,)])
@@ -510,7 +510,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest
 
 
 def test_strength_blends_towards_the_content_and_luminance_keeps_its_colours(home: Path) -> None:
-    from engine.colors import rgb_to_ycc
+    from engine.imaging.colors import rgb_to_ycc
 
     content = image(32, 40, seed=25)
     assert np.array_equal(run(CYCLEGAN, content, strength=0.0), content)
@@ -527,14 +527,14 @@ def test_bf16_autocast_runs_close_to_fp32(home: Path) -> None:
     assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).mean() < 0.05
 
 
-# --- regions (issue 6) ----------------------------------------------------------------------------
+# --- regions --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["johnson", "adain", "cyclegan"])
 def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -> None:
-    from engine import images
+    from engine.imaging import images
     from engine.pipeline import run_job
-    from nst_common.protocol import StyleRef, StylizeJob
+    from nst_common.messages import StyleRef, StylizeJob
 
     content = image(32, 48, seed=23)
     mask = np.zeros((32, 48, 1), np.float32)
@@ -555,9 +555,9 @@ def test_a_region_mask_confines_the_feedforward_methods(name: str, home: Path) -
 
 
 def test_adain_semantic_maps_take_each_labels_own_style_statistics(home: Path) -> None:
-    from engine import images
+    from engine.imaging import images
     from engine.pipeline import run_job
-    from nst_common.protocol import StyleRef, StylizeJob
+    from nst_common.messages import StyleRef, StylizeJob
 
     content, style = image(32, 32, seed=25), image(32, 32, seed=26)
     style[:16] *= 0.3  # a dark top and a bright bottom: different statistics per label

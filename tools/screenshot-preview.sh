@@ -23,7 +23,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from engine import images
+from engine.imaging import images
 
 work = Path(sys.argv[1])
 spec = importlib.util.spec_from_file_location("pictures", Path("bench/make_readme_pictures.py"))

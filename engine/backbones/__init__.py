@@ -6,7 +6,6 @@ architecture `SPEC`; this module is the registry the methods and `nst info` use.
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
 import torch
@@ -24,7 +23,7 @@ __all__ = [
     "build_vgg",
     "find_backbones",
     "load_backbone",
-    "random_backbone",
+    "source_of",
 ]
 
 _SOURCES = {module.NAME: module for module in (hed, vgg, adain)}
@@ -32,7 +31,8 @@ BACKBONES: tuple[str, ...] = settings.BY_NAME["backbone"].choices  # declared wi
 DEFAULT_BACKBONE: str = settings.BY_NAME["backbone"].default
 
 
-def _source(name: str) -> ModuleType:
+def source_of(name: str) -> ModuleType:
+    """The module of the backbone called `name`: its architecture (SPEC), input transform and files."""
     if name not in _SOURCES:
         raise UserError("bad-option", f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     return _SOURCES[name]
@@ -40,7 +40,7 @@ def _source(name: str) -> ModuleType:
 
 def load_backbone(name: str, pooling: str = "max", device: torch.device | str = "cpu") -> Backbone:
     """The named backbone with its pretrained weights, frozen and in eval mode on `device`."""
-    source = _source(name)
+    source = source_of(name)
     check_pooling(pooling)
     return source.load(pooling).freeze(device)
 
@@ -52,24 +52,3 @@ def find_backbones() -> dict[str, str | None]:
         path = _SOURCES[name].find()
         found[name] = str(path) if path else None
     return found
-
-
-def random_backbone(
-    name: str, seed: int = 0, pooling: str = "max", device: torch.device | str = "cpu"
-) -> Backbone:
-    """The named backbone's architecture and input transform with seeded random weights.
-
-    For benchmarks and tests that need realistic cost and activation scale without weight files:
-    He-normal kernels keep activations from vanishing or exploding through 16 layers.
-    """
-    source = _source(name)
-    check_pooling(pooling)
-    backbone = Backbone(name, source.SPEC, pooling, source.transform())
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for conv in backbone.layers:
-            if isinstance(conv, torch.nn.Conv2d):
-                fan_in = conv.weight[0].numel()
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * math.sqrt(2 / fan_in))
-                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.01)
-    return backbone.freeze(device)

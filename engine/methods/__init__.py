@@ -1,4 +1,5 @@
-"""The method registry: the methods declared in nst_common/settings.py, each engine/methods/<name>.py."""
+"""The method registry: the methods declared in nst_common/settings.py, each the module or package
+engine/methods/<name> with a METHOD."""
 
 from __future__ import annotations
 

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import images, masks, params, tiling, weights
-from engine.colors import match_color_histogram
+from engine import params, weights
 from engine.errors import UserError
+from engine.imaging import images, masks
+from engine.imaging.colors import match_color_histogram
 from engine.methods.base import Footprint, PreparedJob, Progress, RunContext, StyleSource
+from engine.nets import tiling
 from engine.nets.adain_nets import ConvStack, load_decoder, load_encoder
 from engine.nets.inference import (
     MIN_SIDE,
@@ -40,7 +42,7 @@ EPS = 1e-5  # upstream calc_mean_std: added to the (unbiased) variance
 # The encoder pools three times, so sides and tile offsets are multiples of 8. Receptive-field
 # radius 67 px: encoder convs 2 + 4 + 16 + 8 and pools 1 + 2 + 4 px, decoder convs 8 + 16 + 4 + 2 px.
 # Per pixel, a tile's encoder and decoder passes raised the heap by 1150 (512 px), 1500 (768) and 1330
-# (1024) bytes with glibc set up as `nst` sets it (engine/allocator.py): what the decoder frees is
+# (1024) bytes with glibc set up as `nst` sets it (engine/compute/allocator.py): what the decoder frees is
 # not where the encoder's next tile wants it. With 850 an 8192 px job passed 3.1 GiB.
 COST = NetCost(multiple=8, halo=72, bytes_per_pixel=1650, fixed_bytes=30 << 20)
 

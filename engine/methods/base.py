@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from engine import allocator, devices
-from engine.cache import ModelCache
+from engine.compute import allocator, devices
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class RunContext:
     def tile_done(self, every_tile: bool = False) -> None:
         """After each tile: keep host memory to the plan.
 
-        glibc keeps freed heap memory for the next pass (engine/allocator.py), and the holes that
+        glibc keeps freed heap memory for the next pass (engine/compute/allocator.py), and the holes that
         image-sized arrays leave between tiles are only partly reused: a 2048 px Gatys job held 1.8
         GiB of heap for 0.9 GiB in use, Johnson at 8192 px went 0.2 GiB past its plan. Once the
         process is above what the plan counted on, the free pages go back after each tile (the next
@@ -115,7 +115,7 @@ class Footprint:
 
 class Method(Protocol):
     """One method; its label, settings and whether it takes style images are declared in
-    nst_common/settings.py, and its module is engine/methods/<name>.py with a METHOD."""
+    nst_common/settings.py, and its module (or package) is engine/methods/<name> with a METHOD."""
 
     name: str
     models: tuple[str, ...]  # the trained models to choose from (Johnson, CycleGAN); empty otherwise

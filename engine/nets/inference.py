@@ -14,10 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import images, params, tiling, weights
-from engine.colors import luminance_transfer
+from engine import params, weights
 from engine.errors import UserError
+from engine.imaging import images
+from engine.imaging.colors import luminance_transfer
 from engine.methods.base import Footprint, PreparedJob, Progress, RunContext
+from engine.nets import tiling
 from nst_common import settings
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -98,7 +100,7 @@ def stylize_feedforward(
 
     `p` holds size, precision, strength (blend towards the content) and preserve_colors. When the
     plan says tiles, the instance norms of every tile take the statistics of one pass over the
-    image or a sample of it (engine/tiling.py), so that all tiles are normalised alike.
+    image or a sample of it (engine/nets/tiling.py), so that all tiles are normalised alike.
     """
     work = images.resize(content, work_size(content.shape[:2], p["size"]))
     tiles = ctx.plan.tiles() if ctx.plan is not None else []

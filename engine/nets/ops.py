@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import tiling
+from engine.nets import tiling
 
 M = TypeVar("M", bound=nn.Module)
 

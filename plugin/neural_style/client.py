@@ -19,8 +19,9 @@ from typing import Any
 
 from i18n import _, ngettext
 
-from nst_common import eta, protocol
-from nst_common.protocol import ConnectionClosed, ProtocolError, RawImage, StylizeJob
+from nst_common import endpoints, engine_lock, eta, framing, messages, session
+from nst_common.framing import ConnectionClosed, ProtocolError
+from nst_common.messages import RawImage, StylizeJob
 
 CONFIG_NAME = "engine.json"
 
@@ -52,8 +53,8 @@ class EngineClient:
         self.config = _load_config(self.config_path)
         self.env = {**os.environ, **self.config.get("env", {})}
         try:
-            self.endpoint = protocol.parse_endpoint(
-                endpoint or self.config.get("endpoint") or str(protocol.default_endpoint(self.env))
+            self.endpoint = endpoints.parse_endpoint(
+                endpoint or self.config.get("endpoint") or str(endpoints.default_endpoint(self.env))
             )
         except ValueError as exc:
             raise EngineError(
@@ -92,7 +93,7 @@ class EngineClient:
         gets the engine's previews of the result as they come (small u8 RGB images, at most one
         every half second); a malformed one is skipped, never the job's failure.
         """
-        header, blobs = protocol.job_message(job)
+        header, blobs = messages.job_message(job)
         size = sum(memoryview(b).nbytes for b in blobs)
         sock, hello = self._session(is_cancelled)
         with sock:
@@ -106,11 +107,11 @@ class EngineClient:
                         "Scale the image down, or start the engine with a larger --max-message."
                     ).format(size=size >> 20, limit=limit >> 20),
                 )
-            chunk = protocol.CHUNK_SIZE
+            chunk = framing.CHUNK_SIZE
             if isinstance(limits.get("max_payload"), int) and limits["max_payload"] > 0:
                 chunk = min(chunk, limits["max_payload"])
             try:
-                protocol.send_message(
+                framing.send_message(
                     sock, header, blobs, self.silence_timeout, chunk, _Meter(on_progress, is_cancelled, sock)
                 )
             except (ConnectionClosed, TimeoutError):
@@ -135,7 +136,7 @@ class EngineClient:
         with sock:
             if "pull" not in (hello.get("requests") or ()):
                 raise _pull_unsupported(hello, ids)
-            protocol.send_message(sock, {"type": "pull", "ref": "pull", "weights": ids})
+            framing.send_message(sock, {"type": "pull", "ref": "pull", "weights": ids})
             return self._wait_for_pull(sock, ids, hello, on_progress, is_cancelled)
 
     # --- Sessions --------------------------------------------------------------------------------
@@ -152,9 +153,9 @@ class EngineClient:
     def _open(self) -> tuple[Any, dict[str, Any]]:
         token = None
         if self.endpoint.kind == "tcp":
-            token = self.config.get("token") or protocol.read_token(self.env)
+            token = self.config.get("token") or endpoints.read_token(self.env)
         try:
-            sock, hello = protocol.open_session(
+            sock, hello = session.open_session(
                 self.endpoint, token, self.connect_timeout, client=f"gimp-plugin {self.config.get('version')}"
             )
         except ProtocolError as exc:
@@ -170,7 +171,7 @@ class EngineClient:
                 _(
                     "The engine speaks protocol {theirs} but this plug-in speaks {ours}. Re-run install.py "
                     "so both come from the same release, and stop the old engine (`nst stop`)."
-                ).format(theirs=theirs, ours=protocol.PROTOCOL_VERSION),
+                ).format(theirs=theirs, ours=messages.PROTOCOL_VERSION),
             )
         if exc.code == "unauthorized":
             return EngineError(
@@ -178,7 +179,7 @@ class EngineClient:
                 _(
                     "The engine at {endpoint} refused this plug-in's token. Copy the token file from the "
                     "engine's machine (`nst token` shows it) to {path}."
-                ).format(endpoint=self.endpoint, path=protocol.token_path(self.env)),
+                ).format(endpoint=self.endpoint, path=endpoints.token_path(self.env)),
             )
         return EngineError(
             exc.code,
@@ -246,7 +247,7 @@ class EngineClient:
             if is_cancelled():
                 raise EngineError("cancelled", _("Cancelled (the engine goes on starting for the next run)."))
             process = self._process
-            if process is not None and process.poll() is not None and not self._lock_held():
+            if process is not None and process.poll() is not None and not engine_lock.is_held(self.env):
                 raise EngineError(
                     "engine-failed-to-start",
                     _("The engine exited while starting (exit code {code}). Its output is in {path}:").format(
@@ -264,33 +265,15 @@ class EngineClient:
                 )
             time.sleep(0.1)
 
-    def _lock_held(self) -> bool:
-        """Whether some engine holds the one-per-user lock (one racing ours may have won it)."""
-        if sys.platform == "win32":
-            return False
-        import fcntl
-
-        try:
-            fd = os.open(protocol.runtime_dir(self.env) / protocol.LOCK_NAME, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-
     def _output_path(self) -> Path:
-        return protocol.data_dir(self.env) / "engine.out"
+        return endpoints.data_dir(self.env) / "engine.out"
 
     def _died(self) -> EngineError:
         if self.endpoint.is_loopback:
             text = _(
                 "The engine stopped unexpectedly during the job. Its log is {path}. "
                 "The next run will start it again."
-            ).format(path=protocol.log_path(self.env))
+            ).format(path=endpoints.log_path(self.env))
         else:
             text = _(
                 "The engine stopped unexpectedly during the job. Its log is on the engine's machine. "
@@ -312,7 +295,7 @@ class EngineClient:
         while True:
             message = self._next_event(
                 watch,
-                protocol.CLIENT_LIMITS,
+                session.CLIENT_LIMITS,
                 lambda header, sizes: _check_incoming(header, sizes, job, watch.job),
                 _Meter(on_progress, lambda: False),
             )
@@ -348,7 +331,7 @@ class EngineClient:
         watch = _Watch(sock, is_cancelled)
         while True:
             # Pull events carry no images: anything with a payload is refused as a bad frame.
-            message = self._next_event(watch, protocol.HEADER_ONLY_LIMITS)
+            message = self._next_event(watch, session.HEADER_ONLY_LIMITS)
             h = message.header
             kind = h.get("type")
             if kind == "accepted" and watch.job is None and h.get("ref") == "pull":
@@ -375,20 +358,20 @@ class EngineClient:
     def _next_event(
         self,
         watch: _Watch,
-        limits: protocol.Limits,
+        limits: framing.Limits,
         incoming: Callable[[dict[str, Any], list[int]], None] | None = None,
         meter: _Meter | None = None,
-    ) -> protocol.Message:
+    ) -> framing.Message:
         """The engine's next message on `watch`'s connection, the one loop both waits share: while
         none comes, `watch` sends the user's cancel and gives up on an engine that fell silent; a
         closed connection is the engine's death, or the end of a cancel."""
 
         def check() -> None:
-            watch.check(self.silence_timeout, protocol.log_path(self.env))
+            watch.check(self.silence_timeout, endpoints.log_path(self.env))
 
         try:
             check()
-            message = protocol.read_message(watch.sock, limits, self.silence_timeout, check, incoming, meter)
+            message = framing.read_message(watch.sock, limits, self.silence_timeout, check, incoming, meter)
         except (ConnectionClosed, TimeoutError):
             if watch.cancel_sent_at is not None:
                 raise EngineError("cancelled", _("Cancelled.")) from None
@@ -417,14 +400,14 @@ class _Watch:
         """The engine queued the request as `job`: a cancel asked for meanwhile goes now."""
         self.job = job
         if self.cancel_sent_at is not None:
-            protocol.send_message(self.sock, {"type": "cancel", "job": job})
+            framing.send_message(self.sock, {"type": "cancel", "job": job})
 
     def check(self, silence_timeout: float, log: Path) -> None:
         now = time.monotonic()
         if self.cancel_sent_at is None and self.is_cancelled():
             self.cancel_sent_at = now
             if self.job is not None:
-                protocol.send_message(self.sock, {"type": "cancel", "job": self.job})
+                framing.send_message(self.sock, {"type": "cancel", "job": self.job})
         elif self.cancel_sent_at is not None and now - self.cancel_sent_at > 3.0:
             raise EngineError("cancelled", _("Cancelled."))  # closing the connection cancels the job
         if now - self.heard > silence_timeout:
@@ -522,7 +505,7 @@ def _refusal(sock: Any) -> EngineError | None:
             raise TimeoutError
 
     try:
-        header = protocol.read_message(sock, protocol.HEADER_ONLY_LIMITS, 1.0, on_idle).header
+        header = framing.read_message(sock, session.HEADER_ONLY_LIMITS, 1.0, on_idle).header
     except (ConnectionClosed, ProtocolError, TimeoutError, OSError):
         return None
     if header.get("type") != "error":
@@ -543,23 +526,23 @@ def _progress_text(header: dict[str, Any]) -> str:
     return text
 
 
-def _preview_image(message: protocol.Message) -> RawImage | None:
+def _preview_image(message: framing.Message) -> RawImage | None:
     """A progress event's preview when it has a well-formed one (u8 RGB); None otherwise."""
     if "preview" not in message.header:
         return None
     try:
-        image = protocol.parse_image(
-            message.header["preview"], message.blobs, protocol.CLIENT_LIMITS, "preview"
+        image = messages.parse_image(
+            message.header["preview"], message.blobs, session.CLIENT_LIMITS, "preview"
         )
     except ProtocolError:
         return None
     return image if (image.channels, image.dtype) == (3, "u8") else None
 
 
-def _result_image(message: protocol.Message, job: StylizeJob) -> RawImage:
+def _result_image(message: framing.Message, job: StylizeJob) -> RawImage:
     try:
-        image = protocol.parse_image(
-            message.header.get("image"), message.blobs, protocol.CLIENT_LIMITS, "image"
+        image = messages.parse_image(
+            message.header.get("image"), message.blobs, session.CLIENT_LIMITS, "image"
         )
     except ProtocolError as exc:
         raise EngineError(

@@ -54,7 +54,7 @@ from settings import (  # noqa: E402
     with_paths,
 )
 
-from nst_common.protocol import RawImage  # noqa: E402
+from nst_common.messages import RawImage  # noqa: E402
 
 TRANSFER = "plug-in-neural-style-transfer"
 _RW = GObject.ParamFlags.READWRITE

@@ -9,7 +9,7 @@ from i18n import _
 from pixels import inverse, selection_coverage
 from settings import Settings, SettingsError, regions
 
-from nst_common.protocol import RawImage, StyleRef, StylizeJob
+from nst_common.messages import RawImage, StyleRef, StylizeJob
 
 LAYER_MASK = "layer-mask"  # the job's mask name for a layer's own mask
 LAYER_MASK_INVERSE = "layer-mask-inverse"  # its black part, the second style's region in "split"

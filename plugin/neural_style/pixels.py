@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from array import array
 
-from nst_common.protocol import RawImage
+from nst_common.messages import RawImage
 
 # Non-linear (') float with straight alpha, as the protocol wants, by channel count.
 BABL_FORMATS = {1: "Y' float", 2: "Y'A float", 3: "R'G'B' float", 4: "R'G'B'A float"}

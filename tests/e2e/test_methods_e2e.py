@@ -157,7 +157,7 @@ def write_png(path: Path, picture: np.ndarray) -> None:
     assert np.abs(u8 - scaled).max() < 1e-3, "the layer's pixels are not 8-bit values"
     if picture.shape[2] == 1:
         # As 16-bit grey (the same values: v * 257 / 65535 == v / 255): the engine cannot read an
-        # 8-bit grey PNG yet (engine/images.py _pil_to_array returns it without a channel axis).
+        # 8-bit grey PNG yet (engine/imaging/images.py _pil_to_array returns it without a channel axis).
         Image.fromarray((u8 * 257).astype(np.uint16)[..., 0]).save(path)
         return
     mode = {2: "LA", 3: "RGB", 4: "RGBA"}[picture.shape[2]]

@@ -1,8 +1,8 @@
 """The engine's socket server: a reader and a writer thread per connection, jobs on the queue's workers.
 
-Every request is validated by `nst_common.protocol` before anything else sees it; every handler is
-wrapped so that no request can stop the server. Internal errors reach the client as an `error`
-event with code "internal"; the traceback goes only to the log.
+Every request is validated by `nst_common.framing` and `nst_common.messages` before anything else
+sees it; every handler is wrapped so that no request can stop the server. Internal errors reach
+the client as an `error` event with code "internal"; the traceback goes only to the log.
 
 Against hostile or broken clients: a connection has `hello_timeout` seconds from accept for its
 whole handshake, and handshakes have a pool of their own (`max_handshakes`, the oldest dropped when
@@ -12,7 +12,7 @@ it is full), so clients without the token cannot take the places of those with i
 `max_jobs_per_connection` jobs at once. Workers never write to a socket: each connection's writer
 thread does, from a queue in which progress is coalesced, so a client that stops reading holds up
 no one else. Over TCP no path a client names reaches the file system outside the styles folder
-(engine/files.py). Client text goes to the log through %r, never raw.
+(engine/service/files.py). Client text goes to the log through %r, never raw.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import itertools
-import json
 import logging
 import math
 import os
@@ -39,27 +38,23 @@ from typing import Any
 import numpy as np
 
 from engine import __version__, weights
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
-from engine.files import LOCAL, FileAccess, confined
-from engine.jobs import Job, JobQueue, Runner, Task
 from engine.methods.base import Progress, ProgressFn
-from nst_common.protocol import (
-    PROTOCOL_VERSION,
+from engine.service.files import LOCAL, FileAccess, confined
+from engine.service.jobs import Job, JobQueue, Runner, Task
+from nst_common.endpoints import Endpoint
+from nst_common.engine_lock import EngineLock
+from nst_common.framing import (
     ConnectionClosed,
-    Endpoint,
     Limits,
     Message,
     ProtocolError,
-    RawImage,
     Rejected,
-    StylizeJob,
-    check_job,
-    image_header,
-    parse_job,
     read_message,
     send_message,
 )
+from nst_common.messages import PROTOCOL_VERSION, RawImage, StylizeJob, check_job, image_header, parse_job
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +171,7 @@ class Server:
                         os.link(scratch / "s", path)  # never replaces what appeared meanwhile
                     except FileExistsError:
                         raise
-                    except OSError:  # no hard links to sockets here: the folder is ours or sticky
+                    except OSError:  # no hard links to sockets here: the folder is the engine's own or sticky
                         os.rename(scratch / "s", path)
                 finally:
                     with contextlib.suppress(OSError):
@@ -832,7 +827,7 @@ def prepare_private_dir(path: Path) -> bool:
 def device_of(spec: StylizeJob) -> str:
     """The queue a job waits in: its resolved device. Unknown names are refused here, so a client
     cannot make the engine start a worker thread per made-up device name."""
-    from engine.devices import resolve_device
+    from engine.compute.devices import resolve_device
 
     name = spec.params.get("device", "auto")
     if not isinstance(name, str):
@@ -840,49 +835,17 @@ def device_of(spec: StylizeJob) -> str:
     return str(resolve_device(name))
 
 
-class EngineLock:
-    """One engine per user: an exclusive lock on a file in the runtime dir, released when the process
-    dies. The file also records the pid and endpoint, so `nst ping` finds a non-default endpoint."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, endpoint: Endpoint) -> bool:
-        prepare_private_dir(self.path.parent)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise UserError(
-                "unsafe-runtime-dir", f"Cannot open the lock {self.path}: {exc.strerror or exc}."
-            ) from None
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        self.record(endpoint)
-        return True
-
-    def record(self, endpoint: Endpoint) -> None:
-        """Write who holds the lock: `nst ping` and friends find a non-default endpoint there."""
-        assert self._fd is not None
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.write(self._fd, json.dumps({"pid": os.getpid(), "endpoint": str(endpoint)}).encode())
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+def acquire_lock(lock: EngineLock, endpoint: Endpoint) -> bool:
+    """Take the one-engine-per-user lock (nst_common/engine_lock.py) in a folder fit to hold it;
+    False when another engine holds it. A lock file that cannot be opened (a link in its place,
+    say) is the user's to fix, so it is a UserError."""
+    prepare_private_dir(lock.path.parent)
+    try:
+        return lock.acquire(endpoint)
+    except OSError as exc:
+        raise UserError(
+            "unsafe-runtime-dir", f"Cannot open the lock {lock.path}: {exc.strerror or exc}."
+        ) from None
 
 
 def _answers(ep: Endpoint) -> bool:

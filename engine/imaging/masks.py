@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.losses import gram
 from engine.methods.base import Guide, StyleSource
 
 MAX_LABELS = 8  # distinct colours a label map may use
@@ -39,17 +38,6 @@ def layer_mask(
     if t.shape[-2] >= size[0] and t.shape[-1] >= size[1]:
         return F.adaptive_avg_pool2d(t, size)
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-
-
-def masked_gram(features: torch.Tensor, mask: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
-    """The Gram matrix of a soft region: sum_p m_p F_p F_p^T / sum_p m_p, shape (N, C, C).
-
-    A pixel half inside a region counts half towards its statistics, so a soft edge gets a blend
-    of both regions' gradients rather than a hard switch.
-    """
-    height, width = features.shape[-2:]
-    shifted = features + shift if shift else features
-    return gram(shifted * mask.sqrt()) * (height * width / mask.sum().clamp_min(_EPS))
 
 
 def masked_mean_std(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from nst_common import protocol
-from nst_common.protocol import Endpoint, Limits, ProtocolError
+from nst_common import endpoints, engine_lock, framing, session
+from nst_common.endpoints import Endpoint
+from nst_common.engine_lock import EngineLock
+from nst_common.framing import Limits, ProtocolError
 
 _DEFAULTS = Limits()
 
@@ -70,7 +72,7 @@ def register(subparsers: Any) -> None:
         help="the one folder whose images TCP clients may name as styles by path (default: none; they "
         "send pixels). Unix-socket clients, being this user, may name any file",
     )
-    serve.add_argument("--log-file", type=Path, help=f"default: {protocol.LOG_NAME} in the data directory")
+    serve.add_argument("--log-file", type=Path, help=f"default: {endpoints.LOG_NAME} in the data directory")
     serve.set_defaults(handler=_serve)
 
     for name, handler, text in (
@@ -106,37 +108,37 @@ def _size(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    endpoint = _parse(args.listen) if args.listen else protocol.default_endpoint()
+    endpoint = _parse(args.listen) if args.listen else endpoints.default_endpoint()
     token = None
     if endpoint.kind == "tcp":
-        token = protocol.read_token()
+        token = endpoints.read_token()
         if token is None and not endpoint.is_loopback:
             raise UserError(
                 "no-token",
                 f"Refusing to listen on {endpoint.host} without a token: run `nst token` first and give "
                 "the token to the clients (see docs/remote.md).",
             )
-        token = token or ensure_token(protocol.token_path())
-        check_private(protocol.token_path())
-    from engine.server import EngineLock, Server, ServerConfig, device_of
+        token = token or ensure_token(endpoints.token_path())
+        check_private(endpoints.token_path())
+    from engine.service.server import Server, ServerConfig, acquire_lock, device_of
 
     styles_dir = None
     if args.styles_dir is not None:
         styles_dir = args.styles_dir.expanduser().resolve()
         if not styles_dir.is_dir():
             raise UserError("bad-option", f"--styles-dir {args.styles_dir}: no such folder")
-    log_file = args.log_file or protocol.log_path()
+    log_file = args.log_file or endpoints.log_path()
     _setup_logging(log_file)
-    lock = EngineLock(protocol.runtime_dir() / protocol.LOCK_NAME)
-    if not lock.acquire(endpoint):
-        holder = protocol.lock_holder()
+    lock = EngineLock(engine_lock.lock_path())
+    if not acquire_lock(lock, endpoint):
+        holder = engine_lock.holder()
         raise UserError(
             "already-running",
             f"An engine is already running (pid {holder.get('pid', '?')}, {holder.get('endpoint', '?')}); "
             "`nst stop` stops it.",
         )
     try:
-        from engine.cache import ModelCache
+        from engine.compute.cache import ModelCache
         from engine.pipeline import capabilities, run_job
 
         limits = Limits(
@@ -226,7 +228,7 @@ def check_private(path: Path) -> None:
 
 def _parse(text: str) -> Endpoint:
     try:
-        return protocol.parse_endpoint(text)
+        return endpoints.parse_endpoint(text)
     except ValueError as exc:
         raise UserError("bad-endpoint", str(exc)) from None
 
@@ -235,21 +237,21 @@ def _target(args: argparse.Namespace) -> Endpoint:
     """--connect, else what the running engine wrote in its lock file, else the default."""
     if args.connect:
         return _parse(args.connect)
-    recorded = protocol.lock_holder().get("endpoint")
+    recorded = engine_lock.holder().get("endpoint")
     if isinstance(recorded, str):
         try:
-            return protocol.parse_endpoint(recorded)
+            return endpoints.parse_endpoint(recorded)
         except ValueError:
             pass
-    return protocol.default_endpoint()
+    return endpoints.default_endpoint()
 
 
 def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Endpoint]:
     endpoint = _target(args)
-    token = protocol.read_token() if endpoint.kind == "tcp" else None
+    token = endpoints.read_token() if endpoint.kind == "tcp" else None
     try:
-        sock, hello = protocol.open_session(endpoint, token, args.timeout)
-    except (OSError, protocol.ConnectionClosed) as exc:
+        sock, hello = session.open_session(endpoint, token, args.timeout)
+    except (OSError, framing.ConnectionClosed) as exc:
         raise UserError("no-engine", f"No engine answers at {endpoint} ({exc}).") from None
     except ProtocolError as exc:
         raise UserError(exc.code, f"The engine at {endpoint} refused: {exc.message}") from None
@@ -280,8 +282,8 @@ def _ping(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     sock, hello, endpoint = _session(args)
     with sock:
-        protocol.send_message(sock, {"type": "shutdown"})
-        protocol.read_reply(sock, args.timeout)
+        framing.send_message(sock, {"type": "shutdown"})
+        session.read_reply(sock, args.timeout)
     deadline = time.monotonic() + max(args.timeout, 10.0)
     while time.monotonic() < deadline:
         try:
@@ -296,8 +298,8 @@ def _stop(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     sock, _, _ = _session(args)
     with sock:
-        protocol.send_message(sock, {"type": "jobs"})
-        jobs = protocol.read_reply(sock, args.timeout).get("jobs", [])
+        framing.send_message(sock, {"type": "jobs"})
+        jobs = session.read_reply(sock, args.timeout).get("jobs", [])
     if not jobs:
         print("no jobs")
     for job in jobs:
@@ -310,7 +312,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    path = protocol.token_path()
+    path = endpoints.token_path()
     token = ensure_token(path, replace=args.new)
     check_private(path)
     print(f"{token}\n(stored in {path}; TCP clients need the same file, see docs/remote.md)")

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from engine.losses import gram
+from engine.methods.gatys.losses import gram
 
 HALO = 80  # px of context per side: relu5_1's receptive radius is 66 px in VGG16, 78 in VGG19
 ALIGN = 16  # the backbone's total stride: tiles start on pooling-grid boundaries
@@ -118,7 +117,7 @@ class TiledObjective:
     """Content, style and total-variation loss of images of one size, evaluated in tiles.
 
     `content_layers`/`style_layers` map layer names to weights; `style_grams` are the blended target
-    Grams (computed with `shift`). Terms are normalised as `engine.methods.gatys._Objective`'s.
+    Grams (computed with `shift`). Terms are normalised as objective.py `Objective`'s.
     """
 
     def __init__(
@@ -256,18 +255,6 @@ class TiledObjective:
 
         return add
 
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total loss, style loss), as `engine.methods.gatys._Objective` returns them.
-
-        When `image` requires grad, the total carries the exact gradient: its graph is the one
-        product image * gradient, so the caller's backward() holds nothing larger than the image.
-        """
-        evaluation = self.loss(image)
-        if not (torch.is_grad_enabled() and image.requires_grad):
-            return evaluation.total, evaluation.style
-        grad = self.gradient(image, evaluation)
-        return _Precomputed.apply(image, evaluation.total, grad), evaluation.style
-
 
 @dataclass
 class _Half:
@@ -283,19 +270,6 @@ class _Half:
 
     def value(self) -> torch.Tensor:
         return self.data.float() * self.scale
-
-
-class _Precomputed(torch.autograd.Function):
-    """A loss whose gradient is already known: backward hands it over without any temporaries."""
-
-    @staticmethod
-    def forward(ctx: Any, image: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        ctx.grad = grad
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return ctx.grad * upstream if float(upstream) != 1.0 else ctx.grad, None, None
 
 
 @dataclass(frozen=True)

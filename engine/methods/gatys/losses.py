@@ -1,4 +1,5 @@
-"""Losses for optimisation-based style transfer.
+"""Gatys' loss terms: Gram matrices (of the whole image or of a soft region), relative errors, total
+variation.
 
 Every content and style term is a *relative* squared error, normalised by the energy of its target.
 Each layer then starts near the same magnitude whatever its depth, channel count or the image size,
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 _EPS = 1e-8
+_MASS_EPS = 1e-5  # floor of a mask's sum (its area in pixels): an empty region divides by no zero
 
 
 def gram(features: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
@@ -52,6 +54,17 @@ class _Gram(torch.autograd.Function):
         else:
             out = torch.bmm(sym, flat)
         return out.reshape(ctx.shape), None
+
+
+def masked_gram(features: torch.Tensor, mask: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+    """The Gram matrix of a soft region: sum_p m_p F_p F_p^T / sum_p m_p, shape (N, C, C).
+
+    A pixel half inside a region counts half towards its statistics, so a soft edge gets a blend
+    of both regions' gradients rather than a hard switch.
+    """
+    height, width = features.shape[-2:]
+    shifted = features + shift if shift else features
+    return gram(shifted * mask.sqrt()) * (height * width / mask.sum().clamp_min(_MASS_EPS))
 
 
 @dataclass

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.cache import ModelCache
+from engine.compute.cache import ModelCache
 from engine.errors import Cancelled, CancelToken, UserError
 from engine.methods.base import Progress, ProgressFn
-from nst_common.protocol import RawImage, StylizeJob
+from nst_common.messages import RawImage, StylizeJob
 
 log = logging.getLogger(__name__)
 

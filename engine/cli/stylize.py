@@ -9,12 +9,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
-from nst_common import eta, settings
+from nst_common import endpoints, eta, settings
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from nst_common.protocol import RawImage, StylizeJob
+    from nst_common.messages import RawImage, StylizeJob
 
 # Every method setting is an option, built from its declaration (nst_common/settings.py); only
 # those the user gives are sent, so each method validates exactly what it was asked to do.
@@ -104,8 +104,8 @@ def _style_weights(args: argparse.Namespace) -> list[float]:
 def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int]) -> None:
     """--mask, --region and the maps, as the plug-in would send them: masks and maps are resized to
     the (possibly --size'd) content; region styles are appended to the job's styles."""
-    from engine import images
-    from nst_common.protocol import StyleRef
+    from engine.imaging import images
+    from nst_common.messages import StyleRef
 
     def grey(path: str) -> RawImage:
         picture = images.split_alpha(images.load_image(path))[0].mean(axis=2, keepdims=True)
@@ -145,11 +145,11 @@ def _nearest(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _stylize(args: argparse.Namespace) -> int:
-    from engine import images
-    from engine.cache import ModelCache
+    from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
+    from engine.imaging import images
     from engine.pipeline import plan_job, run_job
-    from nst_common.protocol import StyleRef, StylizeJob
+    from nst_common.messages import StyleRef, StylizeJob
 
     inputs = [args.content, *args.style, args.mask, args.content_map, *args.style_map]
     inputs += [part for item in args.region for part in item.split("=", 1)]
@@ -199,13 +199,13 @@ class _ProgressBar:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from engine import __version__, paths
+    from engine import __version__
     from engine.backbones import find_backbones
     from engine.pipeline import capabilities
 
     report = {
         "version": __version__,
-        "data_dir": str(paths.data_dir()),
+        "data_dir": str(endpoints.data_dir()),
         "backbones": find_backbones(),
         **{k: v for k, v in capabilities().items() if k != "backbones"},
     }

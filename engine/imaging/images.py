@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import UserError
-from nst_common.protocol import RawImage
+from nst_common.messages import RawImage
 
 MAX_SIDE = 32768
 BAND_ROWS = 256

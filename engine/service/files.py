@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from nst_common.protocol import StylizeJob
+from nst_common.messages import StylizeJob
 
 INIT_KEYWORDS = ("content", "noise")  # the values of `init` that name no file
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from types import ModuleType
 
-from engine import __version__, allocator
+from engine import __version__
+from engine.compute import allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,13 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_modules() -> list[ModuleType]:
     """Each area of the CLI lives in its own module with a `register(subparsers)` function."""
-    from engine import cli_models, cli_server, cli_stylize
+    from engine.cli import models, serve, stylize
 
-    return [cli_stylize, cli_server, cli_models]
+    return [stylize, serve, models]
 
 
 def main(argv: list[str] | None = None) -> int:
-    allocator.configure()  # before any thread allocates: see engine/allocator.py
+    allocator.configure()  # before any thread allocates: see engine/compute/allocator.py
     from engine.errors import UserError
 
     args = build_parser().parse_args(argv)
