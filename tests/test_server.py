@@ -853,3 +853,34 @@ def test_the_engine_holds_one_layer_at_a_time(
             tracemalloc.stop()
     print(f"traced peak {peak / size:.3f} x the layer")
     assert peak < size + (4 << 20), f"peak {peak >> 20} MiB for a {size >> 20} MiB layer"
+
+
+def test_a_slow_readers_coalesced_progress_keeps_the_latest_preview(
+    make_server: Callable[..., Server],
+) -> None:
+    """A client that reads slower than progress comes gets the latest event, and with it the latest
+    picture: a newer event without a preview must not throw away the queued one that had it."""
+    server = make_server()
+    with session(server) as sock:
+        deadline = time.monotonic() + 5
+        while not [c for c in server._connections if c.authenticated]:
+            assert time.monotonic() < deadline, "the engine never saw the session"
+            time.sleep(0.01)
+        conn = next(c for c in server._connections if c.authenticated)
+        blobs: list[Any] = []
+        picture = preview_image(np.full((4, 6, 3), 0.5, np.float32))
+        with conn.outbox.hold():  # the writer cannot take the first event before the second replaces it
+            with_picture = {
+                "type": "progress",
+                "job": "7",
+                "fraction": 0.1,
+                "stage": "optimise",
+                "message": "",
+            }
+            with_picture["preview"] = messages.image_header(picture, blobs)
+            conn.outbox.event(with_picture, blobs, progress_of="7")
+            later = {"type": "progress", "job": "7", "fraction": 0.2, "stage": "optimise", "message": ""}
+            conn.outbox.event(later, [], progress_of="7")
+        message = read_message(sock, CLIENT_LIMITS, 10.0)
+        assert message.header["fraction"] == 0.2 and message.header["preview"]["width"] == 6
+        assert bytes(message.blobs[message.header["preview"]["blob"]]) == bytes(picture.data)

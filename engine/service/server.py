@@ -367,7 +367,7 @@ class _Outgoing:
 class Outbox:
     """What goes out on one connection, written by its own thread. Job workers and the heartbeat
     only queue events here and never wait for the client: a job's progress is coalesced (a client
-    that reads slowly gets the latest, previews included or dropped), its result or error is kept.
+    that reads slowly gets the latest, with the latest preview still queued), its result or error is kept.
     Replies to requests wait while MAX_QUEUED_REPLIES are queued, which holds up only this
     connection's own reader."""
 
@@ -403,6 +403,9 @@ class Outbox:
         with self._cond:
             queued = self._progress.get(progress_of) if progress_of is not None else None
             if queued is not None:
+                if "preview" in queued.header and "preview" not in header:  # keep the latest picture
+                    header = {**header, "preview": queued.header["preview"]}
+                    blobs = queued.blobs
                 queued.header, queued.blobs = header, blobs or []
                 return
             item = _Outgoing(header, blobs or [], job=progress_of)
