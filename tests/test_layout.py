@@ -80,5 +80,5 @@ def test_a_checkout_without_symlinks_installs_a_plugin_that_starts_its_engine(tm
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.strip() == str(sorted(["adain", "cyclegan", "gatys", "johnson"])), out.stdout
     finally:
-        subprocess.run([str(venv / "bin" / "python"), "-m", "engine", "stop"], env={**env, "NST_HOME": str(nst)},
-                       capture_output=True, timeout=60)  # fmt: skip
+        stop = [str(venv / "bin" / "python"), "-m", "engine", "stop"]
+        subprocess.run(stop, env={**env, "NST_HOME": str(nst)}, capture_output=True, timeout=60)
