@@ -1,8 +1,8 @@
 """The plug-in's side of the engine: find or start it, send a job, stream progress, cancel.
 
-Standard library only: this runs inside GIMP's Python. `protocol` is the engine's own protocol
-module (a symlink), imported as a sibling because GIMP runs plug-ins as scripts. Every failure
-reaches the caller as an `EngineError` whose message says what to do next.
+Standard library only: this runs inside GIMP's Python. The wire format is the engine's own
+`nst_common` package, which install.py copies beside the plug-in. Every failure reaches the caller
+as an `EngineError` whose message says what to do next.
 """
 
 from __future__ import annotations
