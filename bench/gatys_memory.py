@@ -54,7 +54,7 @@ def measure(tile: int) -> dict:
     side = 2 * tile - 2 * tiles.HALO  # three windows a side, the middle one full
     content = images.to_tensor(_synthetic(side, 1), torch.device("cpu"))
     style = images.to_tensor(_synthetic(512, 2), torch.device("cpu"))
-    tiled = objective.for_scale(backbone, p, content, [style], np.ones(1), [], tile)
+    tiled = objective.for_scale(backbone, p, content, [style], np.ones(1), [], tile=tile)
     image = content.clone()
     del content, style
     allocator.release()

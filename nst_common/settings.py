@@ -160,8 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "precision", "choice", "auto", "Precision",
-        "Number format of the network: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16",
-        _FEED_FORWARD, choices=("auto", "fp32", "fp16", "bf16"), expert=True,
+        "Number format of the network's passes: auto (the fastest measured on this machine; fp16 on "
+        "CUDA), fp32, fp16 or bf16",
+        _EVERY, choices=("auto", "fp32", "fp16", "bf16"), expert=True,
     ),
     Setting(
         "style_size", "int", 512, "Style size",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,12 @@ PLUGIN_DIR = ROOT / "plugin" / "neural_style"
 # GIMP runs the plug-in as a script, so its modules import each other as top-level siblings.
 if str(PLUGIN_DIR) not in sys.path:
     sys.path.insert(0, str(PLUGIN_DIR))
+
+
+# Results are compared with references and with each other to float32 rounding, so every test runs
+# the fp32 path unless it sets another; the measured choice and reduced precision have their own
+# tests (tests/test_precision.py), which lift this.
+os.environ["NST_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")

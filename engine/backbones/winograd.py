@@ -11,67 +11,30 @@ another order: the results differ from oneDNN's by about 1e-5 relative.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from engine.nets.ops import nnpack_applies
 
-# Below 64x64 positions NNPACK loses to oneDNN (measured on this AVX-512 CPU, 64-512 channels: 1.2-4x
+# Below 64x64 positions NNPACK loses to oneDNN (measured on an AVX-512 CPU, 64-512 channels: 1.2-4x
 # slower at 16x16 and 32x32, 1.6-2.5x faster from 64x64 up at 128 channels and more): its cost per
-# call of transforming the kernel no longer pays for itself.
+# call of transforming the kernel no longer pays for itself. Whether a whole pass gains is measured
+# per machine (engine/compute/tune.py), not decided here.
 MIN_PIXELS = 64 * 64
 
 
-# From this size every conv on at least MIN_PIXELS positions runs on NNPACK, the whole pass in its
-# NCHW layout. Below it, hand-overs between NNPACK's thread pool and torch's cost more than Winograd
-# saves on an AVX-512 CPU (a vgg16-hed evaluation: 1.5x slower at 128 px, even at 256, 1.2x faster
-# at 512).
-MIN_IMAGE_PIXELS = 512 * 512
-
-# Where oneDNN has only AVX2 (half AVX-512's width; NNPACK's kernels are AVX2 either way), Winograd
-# pays earlier, for some convs: from 256x256 px, those that keep their channel count on at most
-# 128x128 positions, while the pass stays in oneDNN's channels_last layout. A vgg16-hed evaluation at
-# 256 px on an AVX2-only EPYC, interleaved medians of two runs: 0.80 and 0.74 s against 0.92 and
-# 0.84 s on oneDNN alone; with every conv from 64x64 positions up on NNPACK, 0.86 s against 0.92.
-MIN_SQUARE_IMAGE_PIXELS = 256 * 256
-MAX_SQUARE_PIXELS = 128 * 128
-SQUARE_CAPABILITIES = ("AVX2",)  # torch.backends.cpu.get_cpu_capability() values
-
-Mode = Literal["all", "square"]
-
-
 def available(x: torch.Tensor) -> bool:
-    """NNPACK runs on `x` (float32 on a CPU it supports) and `torch.backends.nnpack.flags` allows it."""
-    return nnpack_applies(x) and torch._C._get_nnpack_enabled()
+    """NNPACK runs on `x` (float32 on a CPU it supports), its private torch entry points exist,
+    and `torch.backends.nnpack.flags` allows it."""
+    return nnpack_applies(x)
 
 
-def mode(image: torch.Tensor, square: bool = False) -> Mode | None:
-    """Which convs of a backbone pass over `image` run on NNPACK: "all" that `applies`, only the
-    "square" ones (same channels in and out, at most MAX_SQUARE_PIXELS) where the caller allows
-    them, or None.
-
-    "square" adds layout copies between NNPACK and oneDNN. Passes whose memory is planned (Gatys
-    tiles) do not ask for it and keep to what their estimate was measured with: bench/gatys_memory.py
-    at 384 px gave 3700-4400 bytes per tile pixel either way, too noisy to tell the two apart.
-    """
-    pixels = image.shape[-2] * image.shape[-1]
-    if pixels < min(MIN_IMAGE_PIXELS, MIN_SQUARE_IMAGE_PIXELS) or not available(image):
-        return None
-    if pixels >= MIN_IMAGE_PIXELS:
-        return "all"
-    return "square" if square and torch.backends.cpu.get_cpu_capability() in SQUARE_CAPABILITIES else None
-
-
-def applies(conv: nn.Conv2d, x: torch.Tensor, mode: Mode) -> bool:
-    """A frozen square stride-1 conv on input of at least MIN_PIXELS, and in "square" mode one that
-    keeps its channel count on at most MAX_SQUARE_PIXELS (the caller got `mode` for the image)."""
-    positions = x.shape[-2] * x.shape[-1]
-    if mode == "square" and (conv.in_channels != conv.out_channels or positions > MAX_SQUARE_PIXELS):
-        return False
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """A frozen square stride-1 conv on input of at least MIN_PIXELS positions."""
     return (
-        positions >= MIN_PIXELS
+        x.shape[-2] * x.shape[-1] >= MIN_PIXELS
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1

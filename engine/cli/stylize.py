@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="devices, backbones, methods and the data directory")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=_info)
+
+    tune_cmd = sub.add_parser(
+        "tune",
+        help="measure this machine's fastest compute path for each method",
+        description="Time each compute path (fp32, NNPACK's Winograd, bf16) on a small fixed workload "
+        "for every method whose weights are installed, and remember the fastest for this machine and "
+        "torch; jobs otherwise measure on first use. `nst info` shows the result.",
+    )
+    tune_cmd.set_defaults(handler=_tune)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,6 +219,7 @@ def _info(args: argparse.Namespace) -> int:
         "backbones": find_backbones(),
         **{k: v for k, v in capabilities().items() if k != "backbones"},
     }
+    report["compute"] = _compute_report()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -219,4 +230,57 @@ def _info(args: argparse.Namespace) -> int:
     for name, path in report["backbones"].items():
         print(f"  {name:18} {path or 'not installed'}")
     print(f"methods: {', '.join(report['methods'])}")
+    _print_compute(report["compute"])
+    return 0
+
+
+def _compute_report() -> dict[str, Any]:
+    from engine.compute import tune
+
+    return {
+        "machine": tune.machine(),
+        "override": os.environ.get(tune.PRECISION_ENV) or None,
+        "measured": tune.summary(),
+    }
+
+
+def _print_compute(compute: dict[str, Any]) -> None:
+    m = compute["machine"]
+    print(f"compute: {m['cpu']}, {m['capability']}, {m['threads']} threads, torch {m['torch']}")
+    if compute["override"]:
+        print(f"  NST_PRECISION={compute['override']} overrides the measured choice")
+    if not compute["measured"]:
+        print("  nothing measured yet: the first job of each method measures, or run `nst tune`")
+    for workload, record in compute["measured"].items():
+        for side, found in record["sides"].items():
+            times = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in sorted(found["seconds"].items()))
+            print(f"  {workload} at {side} px: {found['chosen']:14} ({times})")
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """Measure by running each method's smallest job with precision auto, from nothing remembered."""
+    import numpy as np
+
+    from engine.compute import tune
+    from engine.compute.cache import ModelCache
+    from engine.errors import CancelToken
+    from engine.pipeline import run_job
+    from nst_common.messages import RawImage, StyleRef, StylizeJob
+
+    if os.environ.get(tune.PRECISION_ENV):
+        print(f"note: NST_PRECISION={os.environ[tune.PRECISION_ENV]} is set and overrides what is measured")
+    tune.forget()
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8).tobytes()
+    picture = RawImage(64, 64, 3, "u8", pixels)
+    small = {"gatys": {"size": 64, "iterations": 1}}
+    cache = ModelCache()
+    for method in settings.METHOD_NAMES:
+        styles = [StyleRef(image=picture)] if settings.method(method).needs_style else []
+        job = StylizeJob(method, {"precision": "auto", **small.get(method, {})}, picture, styles)
+        print(f"{method}: measuring...", flush=True)
+        try:
+            run_job(job, lambda p: None, CancelToken(), cache)
+        except UserError as exc:
+            print(f"{method}: skipped: {exc.message}")
+    _print_compute(_compute_report())
     return 0

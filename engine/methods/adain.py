@@ -28,6 +28,7 @@ from engine.nets.adain_nets import ConvStack, load_decoder, load_encoder
 from engine.nets.inference import (
     MIN_SIDE,
     NetCost,
+    compute_path,
     finish,
     pad_to_multiple,
     precision_scope,
@@ -80,13 +81,16 @@ class AdaINMethod:
 
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.2, "stylize", "stylising"))
-        with precision_scope(ctx.device, p["precision"]):
+        path = compute_path(
+            "adain", lambda x: decoder(encoder(x)), ctx, p, content.shape[0] * content.shape[1]
+        )
+        with precision_scope(ctx.device, path):
 
             def stats_of(index: int, mask: np.ndarray | None) -> torch.Tensor:
                 ctx.cancel.raise_if_cancelled()
                 key = (_digest(styles[index]), None if mask is None else _digest(mask), p["style_size"])
                 return ctx.cache.get(
-                    ("adain", "style-stats", *key, device, p["precision"]),
+                    ("adain", "style-stats", *key, device, path.name),
                     lambda: _style_stats(encoder, styles[index], p["style_size"], ctx.device, mask),
                 )
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import params, weights
+from engine.compute import tune
 from engine.errors import UserError
 from engine.imaging import images
 from engine.imaging.colors import luminance_transfer
@@ -22,9 +23,7 @@ from engine.methods.base import Footprint, PreparedJob, Progress, RunContext
 from engine.nets import tiling
 from nst_common import settings
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MIN_SIDE = settings.MIN_SIDE  # the deepest reflection pads need at least 2 pixels at 1/8 scale
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -41,17 +40,31 @@ class NetCost:
         return Footprint(work, self.bytes_per_pixel, self.fixed_bytes, self.halo, self.multiple)
 
 
+# The sides at which the nets' compute paths are timed, once per machine (engine/compute/tune.py).
+TUNE_SIDES = (256, 512)
+
+
 @contextlib.contextmanager
-def precision_scope(device: torch.device, precision: str) -> Iterator[None]:
-    """Inference mode plus autocast when asked; `auto` is fp16 on CUDA and fp32 elsewhere."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    with torch.inference_mode():
-        if precision == "fp32":
-            yield
-        else:
-            with torch.autocast(device.type, dtype=_DTYPES[precision]):
-                yield
+def precision_scope(device: torch.device, path: tune.ComputePath) -> Iterator[None]:
+    """Inference mode, plus autocast where `path` runs in reduced precision."""
+    with torch.inference_mode(), path.autocast(device):
+        yield
+
+
+def compute_path(
+    workload: str, net: Callable[[torch.Tensor], Any], ctx: RunContext, p: Mapping[str, Any], pixels: int
+) -> tune.ComputePath:
+    """The `precision` setting's path, else the one measured fastest here for `net` (a method's
+    whole forward pass on a 1x3xSxS image; timed once per machine and method)."""
+
+    def workload_run(path: tune.ComputePath, side: int) -> None:
+        with precision_scope(ctx.device, path):
+            net(torch.rand(1, 3, side, side, device=ctx.device))
+
+    def measuring() -> None:
+        ctx.progress(Progress(0.1, "tune", tune.MEASURING))
+
+    return tune.choose(workload, ctx.device, pixels, workload_run, TUNE_SIDES, p["precision"], measuring)
 
 
 def to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -90,13 +103,15 @@ def run_net(
 
 
 def stylize_feedforward(
+    workload: str,
     net: Callable[[torch.Tensor], torch.Tensor],
     content: np.ndarray,
     ctx: RunContext,
     p: Mapping[str, Any],
     multiple: int,
 ) -> np.ndarray:
-    """Run an image-to-image net at the work size and return a result the size of `content`.
+    """Run an image-to-image net at the work size and return a result the size of `content`, along
+    the compute path `precision` or this machine's measurements choose for `workload`.
 
     `p` holds size, precision, strength (blend towards the content) and preserve_colors. When the
     plan says tiles, the instance norms of every tile take the statistics of one pass over the
@@ -104,7 +119,10 @@ def stylize_feedforward(
     """
     work = images.resize(content, work_size(content.shape[:2], p["size"]))
     tiles = ctx.plan.tiles() if ctx.plan is not None else []
-    with precision_scope(ctx.device, p["precision"]):
+    path = compute_path(
+        workload, lambda x: net(pad_to_multiple(x, multiple)), ctx, p, work.shape[0] * work.shape[1]
+    )
+    with precision_scope(ctx.device, path):
         if not tiles:
             result = run_net(net, work, ctx.device, multiple)
         else:
@@ -207,4 +225,4 @@ class SingleModelMethod:
         )
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.1, "stylize", "stylising"))
-        return stylize_feedforward(net, job.content, ctx, job.params, self._cost.multiple)
+        return stylize_feedforward(self.name, net, job.content, ctx, job.params, self._cost.multiple)

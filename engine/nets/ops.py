@@ -77,13 +77,27 @@ def reflect_conv(x: torch.Tensor, conv: nn.Conv2d, nnpack: bool = False) -> torc
 
 
 def nnpack_applies(x: torch.Tensor) -> bool:
-    """Float32 on the CPU outside autocast, on a CPU that NNPACK supports (AVX2, NEON)."""
+    """Float32 on the CPU outside autocast, on a CPU that NNPACK supports (AVX2, NEON), with
+    torch's private NNPACK entry points present and allowed."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and torch._nnpack_available()  # also initialises NNPACK, once
+        and nnpack_usable()
     )
+
+
+def nnpack_usable() -> bool:
+    """NNPACK's private torch entry points exist, work here and are allowed: a torch release may
+    drop them, and then every path falls back to torch's own convolutions."""
+    try:
+        return bool(
+            hasattr(torch, "_nnpack_spatial_convolution")
+            and torch._nnpack_available()  # also initialises NNPACK, once
+            and torch._C._get_nnpack_enabled()
+        )
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def nnpack_layout(x: torch.Tensor) -> torch.Tensor:

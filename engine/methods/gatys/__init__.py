@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from engine import params
-from engine.backbones import load_backbone
-from engine.compute import allocator
+from engine.backbones import Backbone, load_backbone
+from engine.compute import allocator, tune
 from engine.errors import UserError
 from engine.imaging import images
 from engine.imaging.colors import luminance_transfer, match_color_histogram
-from engine.methods.base import Footprint, PreparedJob, RunContext
+from engine.methods.base import Footprint, PreparedJob, Progress, RunContext
 from engine.methods.gatys import tiles
 from engine.methods.gatys.objective import for_scale
 from engine.methods.gatys.optimiser import HISTORY, HISTORY_BYTES, Optimiser
@@ -35,6 +35,9 @@ from engine.methods.gatys.presets import PRESETS, scale_cost, scales
 # 2820 at 640, 3310 at 768 (with 2000 here, a 2048 px job planned tiles of 768 px for 2.14 GiB and
 # peaked at 3.24 GiB, as 3310 predicts). Fragmentation between tiles goes back (Optimiser.tile_progress).
 EVAL_BYTES_PER_PIXEL = 3650
+# The sides at which the backbone's compute paths are timed, once per machine (engine/compute/tune.py):
+# NNPACK's Winograd kernel pays only on large passes, so one small and one large side.
+TUNE_SIDES = (256, 512)
 # Held for the whole image however it is tiled: image and gradient (12 B each), the content features
 # kept in half precision (16), and during set-up the scale's content and style (12 each). A pass over
 # the whole image adds L-BFGS's or Adam's state, the best image and the start (ONE_PASS_BYTES_PER_PIXEL).
@@ -114,14 +117,28 @@ class GatysMethod:
             ]
             tile = tiles.tile_side_for(*size, ctx.plan.tile if ctx.plan else p["tile"])
             on_tile = run.tile_progress(index) if tile else None
-            objective = for_scale(backbone, p, content_t, style_ts, weights, job.guides, tile, on_tile)
+            path = compute_path(backbone, p, ctx, math.prod(size) if tile is None else tile * tile)
+            objective = for_scale(backbone, p, content_t, style_ts, weights, job.guides, path, tile, on_tile)
             if image is None:
                 image = _initial_image(p["init"], content_t)
             else:
                 image = images.resize_tensor(image, size).clamp_(0, 1)
-            del content_t, style_ts  # tiled objectives keep only what they need of them
-            image = run.optimise_scale(index, image, objective)
-            del objective
+            # Tiled objectives keep only what they need of the inputs; a reduced-precision scale
+            # keeps them for its retry in fp32.
+            retry = (content_t, style_ts) if path.dtype != torch.float32 else None
+            del content_t, style_ts
+            try:
+                start = image
+                image = run.optimise_scale(index, start, objective)
+            except UserError as exc:
+                if exc.code != "no-progress" or retry is None:
+                    raise
+                # Reduced precision's gradient was too coarse for this scale: the scale again in fp32.
+                del objective
+                path = tune.FP32
+                objective = for_scale(backbone, p, *retry, weights, job.guides, path, tile, on_tile)
+                image = run.optimise_scale(index, start, objective)
+            del objective, retry, start
             if ctx.device.type == "cpu":  # this scale's L-BFGS history and passes: the next one is larger
                 allocator.release()
 
@@ -130,6 +147,24 @@ class GatysMethod:
         if p["preserve_colors"] == "luminance":
             result = luminance_transfer(result, content)
         return result
+
+
+def compute_path(backbone: Backbone, p: dict[str, Any], ctx: RunContext, pixels: int) -> tune.ComputePath:
+    """How this scale's backbone passes run: the `precision` setting, else the path measured
+    fastest on this machine for a pass of `pixels` (timed once per machine on this backbone)."""
+    taps = tuple(dict.fromkeys([*p["content_layers"], *p["style_layers"]]))
+
+    def workload(path: tune.ComputePath, side: int) -> None:
+        features = backbone.to(memory_format=path.layout)
+        image = torch.rand(1, 3, side, side, device=ctx.device).contiguous(memory_format=path.layout)
+        image.requires_grad_(True)
+        sum(f.square().mean() for f in features(image, taps, path).values()).backward()
+
+    def measuring() -> None:
+        ctx.progress(Progress(0.0, "tune", tune.MEASURING))
+
+    name = f"gatys/{backbone.name}"
+    return tune.choose(name, ctx.device, pixels, workload, TUNE_SIDES, p["precision"], measuring)
 
 
 def _initial_image(init: str, content: torch.Tensor) -> torch.Tensor:

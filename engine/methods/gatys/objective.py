@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engine.backbones import Backbone
+from engine.compute.tune import FP32, ComputePath
 from engine.imaging import masks
 from engine.methods.base import Guide
 from engine.methods.gatys import tiles
@@ -30,18 +31,19 @@ def for_scale(
     styles: list[torch.Tensor],
     style_weights: np.ndarray,
     guides: list[Guide],
+    path: ComputePath = FP32,
     tile: int | None = None,
     on_tile: tiles.TileDone | None = None,
 ) -> Objective | tiles.TiledObjective:
-    """The objective of one scale: tile by tile when `tile` is set (tiles.tile_side_for), else over
-    the whole image. Regions and semantic maps (`guides`) always run in one pass."""
+    """The objective of one scale, its passes along `path`: tile by tile when `tile` is set
+    (tiles.tile_side_for), else over the whole image. Regions and semantic maps (`guides`) always
+    run in one pass."""
     if tile is None or guides:
-        return Objective(backbone, p, content, styles, style_weights, guides)
+        return Objective(backbone, p, content, styles, style_weights, guides, path)
     content_layers, style_layers = _layers(p)
     taps = tuple(dict.fromkeys([*content_layers, *style_layers]))
     strides = {name: 2 ** (int(name[4]) - 1) for name in taps}  # reluB_L: pooled B-1 times
-    # Tiles keep to the convs their memory estimate was measured with (winograd.mode).
-    features = _Features(backbone, content[..., :tile, :tile], square=False)
+    features = _Features(backbone, path)
     tiler = tiles.Tiler(features, strides, tile, on_tile)
     shift = p["activation_shift"]
     targets: dict[str, torch.Tensor] = {}  # the style Grams, summed tile by tile: no full-size activations
@@ -62,12 +64,13 @@ class Objective:
         styles: list[torch.Tensor],
         style_weights: np.ndarray,
         guides: list[Guide],
+        path: ComputePath = FP32,
     ) -> None:
         self.shift = p["activation_shift"]
         self.content_layers, self.style_layers = _layers(p)
         self.tv_weight = p["tv_weight"]
         self.taps = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
-        self._features = _Features(backbone, content, square=True)
+        self._features = _Features(backbone, path)
         with torch.no_grad():
             feats = self.features(content)
             self.content_targets = {name: Target.of(feats[name]) for name in self.content_layers}
@@ -150,16 +153,15 @@ class _Keep:
 
 
 class _Features:
-    """The backbone's taps of an image, in one memory layout with its weights (else every conv
-    re-lays out its weights on every call), chosen for the size of one pass."""
+    """The backbone's taps of an image along one compute path (engine/compute/tune.py), image and
+    weights in the path's memory layout (else every conv re-lays out its weights on every call)."""
 
-    def __init__(self, backbone: Backbone, one_pass: torch.Tensor, square: bool) -> None:
-        self.layout = backbone.memory_format(one_pass)
-        self.backbone = backbone.to(memory_format=self.layout)
-        self.square = square
+    def __init__(self, backbone: Backbone, path: ComputePath) -> None:
+        self.path = path
+        self.backbone = backbone.to(memory_format=path.layout)
 
     def __call__(self, image: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        return self.backbone(image.contiguous(memory_format=self.layout), taps, square=self.square)
+        return self.backbone(image.contiguous(memory_format=self.path.layout), taps, self.path)
 
 
 def _layers(p: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
