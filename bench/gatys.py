@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -63,7 +64,7 @@ from helpers import random_backbone  # noqa: E402
 
 from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, vgg  # noqa: E402
 from engine.backbones.base import Backbone  # noqa: E402
-from engine.compute import allocator  # noqa: E402
+from engine.compute import allocator, tune  # noqa: E402
 from engine.compute.cache import ModelCache  # noqa: E402
 from engine.errors import CancelToken  # noqa: E402
 from engine.imaging import images  # noqa: E402
@@ -134,9 +135,10 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
     """Median seconds of one loss+gradient evaluation, the engine's and the reference's, interleaved."""
     backbone = random_backbone("vgg19", seed)
     content_t, style_t = (images.to_tensor(at_long_side(p, sizes.step)) for p in (content, style))
-    objective = Objective(
-        backbone, gatys.METHOD.parse_params({"backbone": "vgg19"}), content_t, [style_t], np.ones(1), []
-    )
+    p = gatys.METHOD.parse_params({"backbone": "vgg19"})
+    ctx = RunContext(torch.device("cpu"), lambda _: None, CancelToken(), ModelCache())
+    path = gatys.compute_path(backbone, p, ctx, math.prod(content_t.shape[-2:]))  # as a job chooses it
+    objective = Objective(backbone, p, content_t, [style_t], np.ones(1), [], path)
     x = content_t.clone().requires_grad_(True)
 
     def ours() -> None:
@@ -155,13 +157,20 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
             fn()
             times[name].append(time.perf_counter() - start)
     ours_s, ref_s = (statistics.median(times[name]) for name in runs)
-    print(f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation)")
+    print(
+        f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation), path {path.name}"
+    )
     print(f"  {'':10} {'median s':>9}  all")
     for name in runs:
         each = ", ".join(f"{t:.2f}" for t in times[name])
         print(f"  {name:10} {statistics.median(times[name]):9.3f}  {each}")
     print(f"  ratio reference/ours: {ref_s / ours_s:.2f}")
-    return {"step_ours_s": ours_s, "step_reference_s": ref_s, "step_ratio_512": ref_s / ours_s}
+    return {
+        "step_ours_s": ours_s,
+        "step_reference_s": ref_s,
+        "step_ratio_512": ref_s / ours_s,
+        "step_path": path.name,
+    }
 
 
 class _Stop(Exception):
@@ -353,9 +362,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     content, style = load_pair(args.images)
     style = images.resize(style, content.shape[:2])  # the tutorial needs style and content of one size
-    cpu = torch.backends.cpu.get_cpu_capability()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
-    result: dict[str, Any] = {"quick": args.quick}
+    machine = tune.machine()
+    print(
+        f"{machine['cpu']}, {machine['capability']}, {machine['threads']} threads, torch {machine['torch']}"
+    )
+    result: dict[str, Any] = {"quick": args.quick, "machine": machine}
     if "step" in args.parts:
         result.update(bench_step(content, style, sizes, args.seed))
     if "ttr" in args.parts:

@@ -345,8 +345,9 @@ def ref_runner(method: str, device: torch.device, folder: Path) -> Callable[...,
     return lambda content: ref_cyclegan(net, content)
 
 
-def our_runner(method_name: str, device: torch.device) -> Callable[..., np.ndarray]:
-    """The engine through the method's own entry point, fp32, the style at its full size for AdaIN."""
+def our_runner(method_name: str, device: torch.device, precision: str) -> Callable[..., np.ndarray]:
+    """The engine through the method's own entry point, the style at its full size for AdaIN, with the
+    `precision` setting (auto: the path the engine measures fastest on this machine, as users get)."""
     from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
     from engine.methods.base import PreparedJob, RunContext, Style
@@ -358,7 +359,7 @@ def our_runner(method_name: str, device: torch.device) -> Callable[..., np.ndarr
     }[method_name]
     method = __import__(f"engine.methods.{method_name}", fromlist=["METHOD"]).METHOD
     ctx = RunContext(device=device, progress=lambda _: None, cancel=CancelToken(), cache=ModelCache())
-    parsed = method.parse_params({**settings, "precision": "fp32"})
+    parsed = method.parse_params({**settings, "precision": precision})
 
     def run(content: np.ndarray, *styles: np.ndarray) -> np.ndarray:
         job = PreparedJob(content=content, styles=[Style(s) for s in styles], params=parsed)
@@ -377,14 +378,16 @@ def timed(fn: Callable[[], np.ndarray], device: torch.device) -> tuple[float, np
     return time.perf_counter() - start, out
 
 
-def worker(side: str, method: str, device: torch.device, sizes: list[int], reps: int, folder: Path) -> None:
+def worker(
+    side: str, method: str, device: torch.device, sizes: list[int], reps: int, folder: Path, precision: str
+) -> None:
     """One side of one method: per size one untimed run, then `reps` timed ones; prints the times
     as JSON and leaves the last output in `folder` for the parent to compare."""
     if side == "ours":
         from engine.compute import allocator
 
         allocator.configure()  # as engine.cli.main() does first
-    run = our_runner(method, device) if side == "ours" else ref_runner(method, device, folder)
+    run = our_runner(method, device, precision) if side == "ours" else ref_runner(method, device, folder)
     style = synthetic_image(512, 512, seed=2)
     # Each call gets a new style (one pixel nudged, the same sequence on both sides): the engine's
     # per-style statistics cache never hits, so both sides encode the style every time, as upstream does.
@@ -412,7 +415,8 @@ def worker(side: str, method: str, device: torch.device, sizes: list[int], reps:
 
 def run_worker(side: str, method: str, args: argparse.Namespace, device: str, folder: Path) -> dict:
     command = [sys.executable, __file__, "--worker", side, "--method", method, "--device", device]
-    command += ["--folder", str(folder), "--reps", str(args.reps), "--sizes", *map(str, args.sizes)]
+    command += ["--folder", str(folder), "--reps", str(args.reps), "--precision", args.precision]
+    command += ["--sizes", *map(str, args.sizes)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{side} {method} failed:\n{done.stderr[-3000:]}")
@@ -455,19 +459,32 @@ def bench(device: str, args: argparse.Namespace, folder: Path) -> list[dict]:
 
 
 def main() -> None:
+    from engine.compute import tune
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--rounds", type=int, default=3, help="reference/ours process pairs per method")
     parser.add_argument("--reps", type=int, default=1, help="timed runs per size in each process")
+    parser.add_argument(
+        "--precision", default="auto", help="the engine's precision setting (default auto, as users run it)"
+    )
     parser.add_argument("--worker", choices=("ref", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.method, torch.device(args.device), args.sizes, args.reps, args.folder)
+        worker(
+            args.worker,
+            args.method,
+            torch.device(args.device),
+            args.sizes,
+            args.reps,
+            args.folder,
+            args.precision,
+        )
         return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -476,8 +493,8 @@ def main() -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         summary = {
             "bench": "zoo",
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "machine": tune.machine(),
+            "precision": args.precision,
             "rounds": args.rounds,
             "reps": args.reps,
             "load_before": os.getloadavg(),
@@ -494,6 +511,7 @@ def main() -> None:
                     "max_abs_diff": float(f"{row['max_abs_diff']:.3g}"),
                 }
         summary["load_after"] = os.getloadavg()
+        summary["paths"] = tune.summary()  # what auto chose, per method and size, from the measured times
         print(json.dumps(summary))
 
 
