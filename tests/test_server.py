@@ -19,6 +19,7 @@ import pytest
 from helpers import is_final, noise, session
 
 from engine.errors import UserError
+from engine.methods.base import Progress
 from engine.service.server import Server, acquire_lock, preview_image
 from nst_common import engine_lock, framing, messages
 from nst_common.endpoints import Endpoint
@@ -884,3 +885,20 @@ def test_a_slow_readers_coalesced_progress_keeps_the_latest_preview(
         message = read_message(sock, CLIENT_LIMITS, 10.0)
         assert message.header["fraction"] == 0.2 and message.header["preview"]["width"] == 6
         assert bytes(message.blobs[message.header["preview"]["blob"]]) == bytes(picture.data)
+
+
+def test_a_preview_right_after_the_plan_reaches_the_client(make_server: Callable[..., Server]) -> None:
+    """Progress is throttled, but a due preview never is: a short job may send no other one."""
+
+    def quick(job: StylizeJob, progress: Any, cancel: Any, cache: Any) -> RawImage:
+        progress(Progress(0.05, "plan", "the plan"))
+        progress(Progress(0.5, "optimise", "step 1", preview=np.full((6, 8, 3), 0.25, np.float32)))
+        return job.content
+
+    server = make_server(runner=quick)
+    with session(server) as sock:
+        header, blobs = job_message(_job(TINY))
+        send_message(sock, header, blobs)
+        events = _events(sock, is_final)
+    previews = [h["preview"] for h, _ in events if h["type"] == "progress" and "preview" in h]
+    assert previews and (previews[0]["width"], previews[0]["height"]) == (8, 6), [h for h, _ in events]

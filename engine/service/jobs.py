@@ -269,12 +269,14 @@ class JobQueue:
 
     def _send_progress(self, job: Job, p: Progress, force: bool) -> None:
         now = time.monotonic()
-        if not force and p.fraction < 1.0 and now - job.last_sent < self._progress_interval:
+        # A preview that is due always goes out: the next one may come only after the job has ended.
+        with_preview = p.preview is not None and now - job.last_preview >= self._preview_interval
+        recent = now - job.last_sent < self._progress_interval
+        if recent and not (force or with_preview or p.fraction >= 1.0):
             return
         with job.lock:
             if job.state == "done":
                 return
-            with_preview = p.preview is not None and now - job.last_preview >= self._preview_interval
             job.last_sent = now
             if with_preview:
                 job.last_preview = now
