@@ -1,13 +1,14 @@
 """The fastest correct compute path on this machine, chosen by measuring it, and remembered.
 
 Which kernels win depends on the CPU (AVX2 or AVX-512, bf16 units or not), its core count and the
-torch release, and a CPU's name does not predict it: NNPACK's Winograd kernel beat oneDNN by 1.3x
-on one AVX-512 machine and tied on another, where bf16 autocast was 2.4x faster. So the first
-time a workload runs on a machine, or at `nst tune`, the engine times each candidate path on a
-small fixed workload and keeps the times in the data folder, keyed by the machine and the torch
-version. `nst info` shows the choice and the times behind it. The `precision` setting and the
-NST_PRECISION environment variable override the choice (fp32 or bf16); a path whose private torch
-functions are missing is never a candidate.
+torch release, and a CPU's name does not predict it: on a Zen 4 EPYC, VGG19's passes ran fastest
+in bf16 at 256 px and through NNPACK's Winograd kernel at 512 px (bench/gatys.py); on a Xeon with
+AMX, NNPACK tied with oneDNN and bf16 was 2.4x faster. So the first time a workload runs on a
+machine, or at `nst tune`, the engine times each candidate path on a small fixed workload and keeps
+the times in the data folder, keyed by the machine and the torch version. `nst info` shows the
+choice and the times behind it. The `precision` setting and the NST_PRECISION environment variable
+(a path's name) override the choice; a path whose private torch functions are missing is never a
+candidate.
 
 Candidates are measured where they are exact enough: bf16 keeps the image, the targets and the
 loss in fp32 (only the network's passes run in bf16), and tests/test_precision.py holds each path
@@ -64,11 +65,10 @@ class ComputePath:
 
 
 FP32 = ComputePath("fp32")
-FP32_NCHW = ComputePath("fp32-nchw", channels_last=False)
 WINOGRAD = ComputePath("fp32-winograd", channels_last=False, winograd=True)
 BF16 = ComputePath("bf16", dtype=torch.bfloat16)
 FP16 = ComputePath("fp16", dtype=torch.float16)
-BY_NAME = {p.name: p for p in (FP32, FP32_NCHW, WINOGRAD, BF16, FP16)}
+BY_NAME = {p.name: p for p in (FP32, WINOGRAD, BF16, FP16)}
 
 
 def candidates(workload: str) -> tuple[ComputePath, ...]:
