@@ -162,7 +162,7 @@ def probe(python: Path) -> dict:
     Besides versions: where `import engine` and `import nst_common` find their code (its files are
     compared with this checkout's) and the environment's prefix.
     """
-    names = [DIST_NAME, "torch", "torchvision", HED_SPEC[0], "pytest", "ruff"]
+    names = [DIST_NAME, "torch", "torchvision", HED_SPEC[0], "pytest", "ruff", "matplotlib"]
     result = subprocess.run([str(python), "-I", "-c", _PROBE, *names], capture_output=True, text=True)
     if result.returncode != 0:
         raise InstallError(f"{python} does not run: {result.stderr.strip()}")
@@ -357,7 +357,7 @@ def plan_engine(have: dict, wanted: dict[str, str], args: argparse.Namespace) ->
     engine = have.get(DIST_NAME)
     here = engine is not None and engine["editable"] and engine["url"] == REPO.as_uri()
     editable = args.editable or here  # an editable install from this checkout stays editable
-    dev_missing = args.dev and not ("pytest" in have and "ruff" in have)
+    dev_missing = args.dev and not all(tool in have for tool in ("pytest", "ruff", "matplotlib"))
     installed = installed_files(have) if engine is not None else None
     record = read_record(have)
     if engine is None:
@@ -378,7 +378,7 @@ def plan_engine(have: dict, wanted: dict[str, str], args: argparse.Namespace) ->
     if record and record.get("pyproject") != pyproject_digest():
         return "reinstall", editable, "pyproject.toml changed since it was installed"
     if dev_missing:
-        return "install", editable, "the test tools (pytest, ruff) are missing"
+        return "install", editable, "the test tools (pytest, ruff, matplotlib) are missing"
     how = "editable, from this checkout" if here else "the same code as this checkout"
     return "keep", editable, how
 
@@ -864,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/plug-ins; default: $GIMP3_DIRECTORY, else GIMP's per-user folder)",
     )
     p.add_argument("--editable", action="store_true", help="install the engine in editable mode (developers)")
-    p.add_argument("--dev", action="store_true", help="also install the test tools (pytest, ruff)")
+    p.add_argument("--dev", action="store_true", help="also install the test tools")
     p.add_argument(
         "--torch",
         choices=("auto", "cpu", "cuda"),

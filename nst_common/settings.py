@@ -9,6 +9,7 @@ running. A fifth method is one `Method` row here plus its engine module; a new s
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -332,6 +333,15 @@ def parse_layers(text: str) -> dict[str, float]:
         except ValueError:
             raise SettingError(f"layer weight in {item!r} is not a number") from None
     return out
+
+
+def parse_text(text: str) -> Any:
+    """A value typed on a command line (`--set KEY=VALUE`): JSON where it parses, so numbers, true
+    and lists keep their type, else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def describe(names: Iterable[str] = METHOD_NAMES) -> dict[str, Any]:

@@ -88,10 +88,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError("bad-option", f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            chosen[key] = json.loads(value)
-        except json.JSONDecodeError:
-            chosen[key] = value
+        chosen[key] = settings.parse_text(value)
     return chosen
 
 
