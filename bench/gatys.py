@@ -8,28 +8,24 @@ Three figures:
   (one evaluation per iteration once under way, more when a trial overshoots), the reference's
   default L-BFGS exactly one. The engine is timed through engine.methods.gatys.objective.Objective,
   the code every optimiser step runs. Interleaved, medians.
-- time to reference loss at 256 px on the real offline backbone vgg16-hed (random weights give an
-  odd landscape): the reference runs 200 L-BFGS iterations (final objective L_ref), before the
-  engine and again after it (T_ref: the mean of the two, against drift in the machine's speed);
-  then the real GatysMethod runs coarse to fine (Sizes.stages: 60 iterations at half the size, from the
-  content as the reference starts; then at full size 40 on the style layers relu1_1 and relu2_1
-  alone, which the upsampled image misses most, and 80 on those and relu3_1, at about a quarter and
-  a half of an evaluation's cost; each result starts the next run), then on the whole objective
-  until its full-size image reaches L_ref (T_ours, all the runs before included). Those three
-  layers make up 83% of L_ref; the deeper terms keep about what the half-size run gave them. A run
-  at a quarter of the size first saves time but restyles the picture so thoroughly that the
-  content's shapes are lost (README). Both images' per-term scores are printed. The engine
-  minimises the same function: its relative per-layer losses are weighted by the reference
-  targets' energy, which turns them into the reference's absolute MSE terms (style weight 1e6,
-  content 1, no TV), divided by one constant. So its own reported loss, times that constant, says
-  when to stop (0.1% below L_ref), and after the clock has stopped the reference objective scores
-  the image it stopped on: that score decides "reached". (An earlier version of this bench had the
-  reference's model score every iteration while the engine ran: its time was subtracted, its effect
-  on caches and the heap was not.)
+- each preset against the reference at 512 px on the real offline backbone vgg16-hed (random weights
+  give an odd landscape): the reference runs the tutorial's 300 L-BFGS iterations from the content,
+  noting when each evaluation's loss was known. Then each preset runs as `nst stylize --preset NAME
+  --size 512` runs it (engine.pipeline.run_job: its own scales and iterations, the measured compute
+  path), with settings under which the engine minimises the reference's objective up to one constant
+  factor (per-layer weights from the reference targets' energy, no TV), and the reference objective
+  scores its picture. A preset's ratio is the reference's time to that same loss over the preset's
+  wall time ("equal size and equal result"); where the reference never gets there, its whole run is a
+  lower bound. The reference runs again afterwards until it has reached every preset's loss, and the
+  two runs' times are averaged against drift in the machine's speed. "Time to the reference's result"
+  is the reference's whole run over the fastest preset whose picture scores at least as well.
+  The quality score (engine/score.py) judges as well: the reference keeps every fifth evaluated
+  image, and a preset's style ratio is the reference's time (first run) to a style score as low as
+  the preset's, over the preset's time.
 - wall time of preset `balanced` at 1024 px with the default backbone through engine.pipeline.run_job,
   with evaluations and seconds per scale.
 
-    .venv/bin/python bench/gatys.py                   # all three: about 12 min on 2 cores
+    .venv/bin/python bench/gatys.py                   # all three: about 35 min on 2 cores
     .venv/bin/python bench/gatys.py --parts step ttr  # skip the 1024 px run
     .venv/bin/python bench/gatys.py --quick           # tiny sizes, a smoke test of the code paths
 The last line printed is one JSON object with the ratios and raw seconds.
@@ -43,7 +39,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -69,19 +64,18 @@ from engine.compute.cache import ModelCache  # noqa: E402
 from engine.errors import CancelToken  # noqa: E402
 from engine.imaging import images  # noqa: E402
 from engine.methods import gatys  # noqa: E402
-from engine.methods.base import PreparedJob, Progress, RunContext, Style  # noqa: E402
-from engine.methods.gatys import optimiser  # noqa: E402
+from engine.methods.base import Progress, RunContext  # noqa: E402
 from engine.methods.gatys.objective import Objective  # noqa: E402
+from engine.methods.gatys.presets import PRESETS  # noqa: E402
 from engine.pipeline import run_job  # noqa: E402
+from engine.score import Scorer  # noqa: E402
 from nst_common.messages import StyleRef, StylizeJob  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
+SNAPSHOT_EVERY = 5  # reference evaluations between the images kept for the score
 CONTENT = "content/golden_gate.jpg"
 STYLE = "style/woman_with_hat_matisse.jpg"
 PARTS = ("step", "ttr", "balanced")
-SHALLOW = ("relu1_1", "relu2_1")  # the style layers at full and half resolution
-MIDDLE = (*SHALLOW, "relu3_1")
-STOP_MARGIN = 1e-3  # the engine stops 0.1% below the reference's loss: float sums differ between the two
 
 
 @dataclass(frozen=True)
@@ -90,21 +84,14 @@ class Sizes:
 
     step: int = 512
     step_reps: int = 5
-    ttr: int = 256
-    ref_iterations: int = 200
-    ours_iteration_cap: int = 200
-    stall_iterations: int = 20  # give up on the engine after this many iterations without a better loss
-    # The engine's runs before the one that is timed to the reference's loss, each starting from the last:
-    # (long side, iterations, only these style layers or None for the whole objective).
-    stages: tuple[tuple[int, int, tuple[str, ...] | None], ...] = (
-        (128, 60, None), (256, 40, SHALLOW), (256, 80, MIDDLE),
-    )  # fmt: skip
+    ttr: int = 512
+    ref_iterations: int = 300  # the tutorial's num_steps
+    preset_iterations: int | None = None  # None: each preset's own counts, as users run it
     balanced: int = 1024
     balanced_iterations: int | None = None  # None: the preset's own counts
 
 
-QUICK = Sizes(step=64, step_reps=2, ttr=64, ref_iterations=20, ours_iteration_cap=10, stall_iterations=5,
-              stages=((32, 5, None), (64, 3, SHALLOW), (64, 3, MIDDLE)), balanced=96,
+QUICK = Sizes(step=64, step_reps=2, ttr=64, ref_iterations=20, preset_iterations=2, balanced=96,
               balanced_iterations=2)  # fmt: skip
 
 
@@ -173,128 +160,171 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
     }
 
 
-class _Stop(Exception):
-    """Raised from the progress callback: the engine has matched the reference, or stopped improving."""
+class TracedReference(ref.Reference):
+    """The tutorial loop, noting when each evaluation's loss was known: the loss it reports is the
+    reference objective of the clamped iterate, so the trace says when the loop reached any loss.
+    With `snapshot_every`, it also keeps every so many evaluated images, for the score afterwards."""
+
+    def __init__(self, *args: Any, snapshot_every: int = 0) -> None:
+        super().__init__(*args)
+        self.trace: list[tuple[float, float]] = []
+        self.snapshot_every = snapshot_every
+        self.snapshots: list[tuple[float, torch.Tensor]] = []
+
+    def closure(self) -> torch.Tensor:
+        loss = super().closure()
+        now = time.perf_counter()
+        self.trace.append((now, float(loss.detach())))
+        if self.snapshot_every and self.evaluations % self.snapshot_every == 0:
+            self.snapshots.append((now, self.image.detach().clone()))
+        return loss
+
+    def seconds_to(self, start: float, loss: float) -> float | None:
+        """Seconds from `start` until an evaluation scored `loss` or less; None if none did."""
+        return next((t - start for t, value in self.trace if value <= loss), None)
 
 
-def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
-    """T_ref for 200 reference iterations against the engine's time to the same reference loss."""
-    backbone = load_backbone("vgg16-hed")
-    # The engine gets the pictures at the timed size as well: a run hands back its result at the size of the
-    # content it was given, so from 512 px each result went up to 512 and the next run took it back
-    # down, which blurred away the detail a run at the timed size had added.
-    content, style = (at_long_side(p, sizes.ttr) for p in (content, style))
-    content_t, style_t = images.to_tensor(content), images.to_tensor(style)
-    normalization = ref.Normalization([m / 255 for m in hed.MEAN_BGR], [1 / 255] * 3, bgr=True)
-    judge = reference_for(backbone, "vgg16", normalization, content_t, style_t)  # untouched optimiser
+class _Reached(Exception):
+    """Raised after an L-BFGS step: the reference has reached every loss it was run for."""
 
-    def run_reference() -> tuple[float, ref.Reference]:
-        reference = reference_for(backbone, "vgg16", normalization, content_t, style_t)
-        start = time.perf_counter()
-        reference.run(sizes.ref_iterations)
-        return time.perf_counter() - start, reference
 
-    # Reference, engine, reference again: T_ref is the mean of the two, so a machine that speeds up or
-    # slows down steadily during the ~6 minutes moves both sides alike (shared VMs drift by 10-20%).
-    first_s, reference = run_reference()
-    ref_loss = judge.loss_of(reference.image.detach())
+def preset_settings(reference: ref.Reference, size: int) -> dict[str, Any]:
+    """Settings under which the engine minimises the reference's objective, up to one constant factor.
 
-    # Relative loss x target energy = the reference's absolute MSE: the same objective (and gradient) as
-    # the reference's, up to one constant factor. Same content init as the reference, no TV.
+    The engine's per-layer losses are relative to the targets' energy; weighting each by that energy
+    turns them into the reference's absolute MSE terms (style weight 1e6, content 1, no TV).
+    """
     style_energy = {
         name: ref.STYLE_WEIGHT * float(m.target.pow(2).mean())
         for name, m in zip(ref.STYLE_LAYERS, reference.style_losses, strict=True)
     }
     content_energy = ref.CONTENT_WEIGHT * float(reference.content_losses[0].target.pow(2).mean())
     scale = max(content_energy, sum(style_energy.values()))
-    settings = {
-        "preset": "balanced",
-        "size": sizes.ttr,
-        "iterations": sizes.ours_iteration_cap,
-        "content_layers": {"relu4_2": 1.0},
+    return {
+        "size": size,
+        "content_layers": {name: 1.0 for name in ref.CONTENT_LAYERS},
         "content_weight": content_energy / scale,
         "style_layers": {name: e / max(style_energy.values()) for name, e in style_energy.items()},
         "style_weight": sum(style_energy.values()) / scale,
         "tv_weight": 0.0,
     }
-    cache = ModelCache()
-    cache.get(("backbone", DEFAULT_BACKBONE, "max", "cpu"), lambda: backbone)  # loading is not timed
-    # The engine reports its best loss so far, which is the reference objective divided by `scale`: the run
-    # stops on it, and the judge scores the image it stopped on only after the clock has stopped.
-    seen: dict[str, Any] = {"iterations": 0, "best": float("inf"), "best_at": 0, "image": None}
 
-    def progress(p: Progress) -> None:
-        if p.preview is None or p.stage != "optimise" or p.loss is None:
-            return
-        seen["iterations"], seen["image"] = p.step, p.preview
-        if p.loss * scale < seen["best"]:
-            seen["best"], seen["best_at"] = p.loss * scale, p.step
-        if seen["best"] <= ref_loss * (1 - STOP_MARGIN) or p.step - seen["best_at"] >= sizes.stall_iterations:
-            raise _Stop
 
-    context = RunContext(torch.device("cpu"), progress, CancelToken(), cache)
-    preview_every = optimiser.PREVIEW_EVERY_S
-    optimiser.PREVIEW_EVERY_S = 0.0  # a preview (the whole image at this size) with every iteration
-    start = time.perf_counter()
-    try:
-        # Coarse to fine: cheap iterations at a quarter and at half the size form the style patterns,
-        # and each result starts the next size (an iteration at half the side costs about a quarter).
-        coarse_context = RunContext(torch.device("cpu"), lambda p: None, CancelToken(), cache)
-        init: dict[str, str] = {}
-        with tempfile.TemporaryDirectory() as folder:
-            for number, (side, iterations, layers) in enumerate(sizes.stages):
-                stage = {**settings, **init, "size": side, "iterations": iterations}
-                if layers:  # the pass stops at the deepest of them: a quarter to a half of the cost
-                    chosen = {n: w for n, w in settings["style_layers"].items() if n in layers}
-                    stage.update(style_layers=chosen, content_layers={layers[-1]: 1.0}, content_weight=0.0)
-                params = gatys.METHOD.parse_params(stage)
-                seed = gatys.METHOD.run(
-                    PreparedJob(content=content, styles=[Style(style)], params=params), coarse_context
-                )
-                path = Path(folder) / f"stage{number}.png"
-                images.save_image(path, seed, bits=16)
-                init = {"init": str(path)}
-            params = gatys.METHOD.parse_params({**settings, **init})
-            gatys.METHOD.run(PreparedJob(content=content, styles=[Style(style)], params=params), context)
-    except _Stop:
-        pass
-    finally:
-        optimiser.PREVIEW_EVERY_S = preview_every
-    ours_s = time.perf_counter() - start
-    judged = judge.loss_of(images.to_tensor(seen["image"])) if seen["image"] is not None else float("inf")
-    terms = {"reference": judge.terms_of(reference.image.detach())}
-    if seen["image"] is not None:
-        terms["ours"] = judge.terms_of(images.to_tensor(seen["image"]))
-    reached = judged <= ref_loss
-    second_s, again = run_reference()
-    ref_s = (first_s + second_s) / 2
+def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
+    """Each preset as `nst stylize` runs it, against the reference loop's time to the same loss and
+    to the same style score (engine/score.py)."""
+    backbone = load_backbone(DEFAULT_BACKBONE)
+    content, style = (at_long_side(p, sizes.ttr) for p in (content, style))
+    content_t, style_t = images.to_tensor(content), images.to_tensor(style)
+    normalization = ref.Normalization([m / 255 for m in hed.MEAN_BGR], [1 / 255] * 3, bgr=True)
 
-    print(f"\ntime to the reference's loss at {sizes.ttr} px, vgg16-hed (same weights both sides)")
-    print(f"  reference: {sizes.ref_iterations} iterations ({reference.evaluations} evaluations) "
-          f"in {first_s:.1f} s before ours and {second_s:.1f} s after (mean {ref_s:.1f} s), "
-          f"loss {ref_loss:.5g} (again: {judge.loss_of(again.image.detach()):.5g})")  # fmt: skip
-    status = "reached" if reached else f"NOT reached (best {judged:.5g} at iteration {seen['best_at']})"
-    stages = ", ".join(
-        f"{its} iterations at {side} px" + (f" ({'+'.join(layers)})" if layers else "")
-        for side, its, layers in sizes.stages
-    )
-    print(f"  ours: {status} after {stages} and {seen['iterations']} at {sizes.ttr} px in {ours_s:.1f} s")
-    print(f"  its own loss x scale {seen['best']:.5g}, the reference's objective on its image {judged:.5g}")
-    print("  per term: " + ", ".join(terms["reference"]))
-    for name, values in terms.items():
-        print(f"    {name:9} " + ", ".join(f"{v:.4g}" for v in values.values()))
-    ratio = ref_s / ours_s if reached else None
-    print(f"  ratio T_ref/T_ours: {ratio:.2f}" if ratio else "  ratio: none (not reached)")
-    return {
-        "time_to_ref_ratio_256": ratio,
-        "ttr_reference_s": ref_s,
-        "ttr_reference_runs_s": [first_s, second_s],
-        "ttr_ours_s": ours_s,
+    def new_reference(snapshot_every: int = 0) -> TracedReference:
+        cnn = ref.torchvision_features("vgg16", ceil_mode=backbone.layers[4].ceil_mode)
+        ref.copy_conv_weights(cnn, [m for m in backbone.layers if isinstance(m, nn.Conv2d)])
+        return TracedReference(cnn, normalization, content_t, style_t, snapshot_every=snapshot_every)
+
+    judge = new_reference()  # scores the presets' pictures; its optimiser never steps
+    first = new_reference(SNAPSHOT_EVERY)
+    first_start = time.perf_counter()
+    first.run(sizes.ref_iterations)
+    first_s = time.perf_counter() - first_start
+    ref_loss = judge.loss_of(first.image.detach())
+    ours = run_presets(content, style, preset_settings(judge, sizes.ttr), sizes, backbone)
+
+    # The reference again, against drift in the machine's speed (shared VMs drift by 10-20% in minutes),
+    # until it has reached every preset's loss or run as long as the first time.
+    lowest = min(judge.loss_of(images.to_tensor(o["image"])) for o in ours.values())
+    second = new_reference()
+
+    def reached_all() -> None:
+        if second.trace[-1][1] <= lowest:
+            raise _Reached
+
+    second_start = time.perf_counter()
+    with contextlib.suppress(_Reached):
+        second.run(sizes.ref_iterations, reached_all)
+
+    # After the clocks: the reference objective and the score judge every picture.
+    scorer = Scorer(content, style, backbone)
+    ref_styles = [(t - first_start, scorer(images.to_numpy(x.clamp(0, 1))).style) for t, x in first.snapshots]
+    ref_score = scorer(images.to_numpy(first.image.detach().clamp(0, 1)))
+    for o in ours.values():
+        picture = o.pop("image")
+        o["loss"] = judge.loss_of(images.to_tensor(picture))
+        runs = [r.seconds_to(s, o["loss"]) for r, s in ((first, first_start), (second, second_start))]
+        o["reference_s"] = statistics.mean(runs) if None not in runs else None
+        # The reference never got there: its whole run is a lower bound on its time to this loss.
+        o["ratio"] = (o["reference_s"] or first_s) / o["seconds"]
+        o["ratio_is_lower_bound"] = o["reference_s"] is None
+        o["reached_reference"] = o["loss"] <= ref_loss
+        o["score"] = scorer(picture).as_dict()
+        o["reference_s_to_style"] = next((t for t, st in ref_styles if st <= o["score"]["style"]), None)
+        o["style_ratio"] = (o["reference_s_to_style"] or first_s) / o["seconds"]
+    reaching = [o["seconds"] for o in ours.values() if o["reached_reference"]]
+    result = {
+        "ttr_size": sizes.ttr,
+        "ttr_reference_iterations": sizes.ref_iterations,
+        "ttr_reference_s": first_s,
         "ttr_reference_loss": ref_loss,
-        "ttr_ours_best_reference_loss": judged,
-        "ttr_ours_iterations": seen["iterations"],
-        "ttr_terms": terms,
+        "ttr_reference_score": ref_score.as_dict(),
+        "ttr_presets": ours,
+        "time_to_ref_ratio": first_s / min(reaching) if reaching else None,
     }
+    print_time_to_reference(result, first.evaluations)
+    return result
+
+
+def run_presets(
+    content: np.ndarray, style: np.ndarray, settings: dict[str, Any], sizes: Sizes, backbone: Backbone
+) -> dict[str, dict[str, Any]]:
+    """Each preset through engine.pipeline.run_job, as `nst stylize --preset NAME` runs it: seconds
+    and picture."""
+    if sizes.preset_iterations:
+        settings = {**settings, "iterations": sizes.preset_iterations}
+    cache = ModelCache()
+    cache.get(("backbone", DEFAULT_BACKBONE, "max", "cpu"), lambda: backbone)  # loaded once, as a server does
+    raw, job_style = images.to_raw(content, "f32"), [StyleRef(image=images.to_raw(style, "f32"))]
+    # The compute path is measured once per machine (engine/compute/tune.py); `nst tune` does it up
+    # front, and so does this, so that no preset's time includes it.
+    run_job(
+        StylizeJob("gatys", {**settings, "iterations": 1}, raw, job_style),
+        lambda p: None,
+        CancelToken(),
+        cache,
+    )
+    ours: dict[str, dict[str, Any]] = {}
+    for name in PRESETS:
+        job = StylizeJob("gatys", {**settings, "preset": name}, raw, job_style)
+        start = time.perf_counter()
+        picture = images.from_raw(run_job(job, lambda p: None, CancelToken(), cache))
+        ours[name] = {"seconds": time.perf_counter() - start, "image": picture}
+    return ours
+
+
+def _against(reference_s: float | None, ratio: float, whole_s: float) -> str:
+    """The reference's time and the ratio; where it never got there, its whole run as a bound."""
+    if reference_s is None:
+        return f"{f'>{whole_s:.1f}':>8} {f'>={ratio:.2f}':>7}"
+    return f"{reference_s:8.1f} {ratio:7.2f}"
+
+
+def print_time_to_reference(result: dict[str, Any], evaluations: int) -> None:
+    ref_s, size = result["ttr_reference_s"], result["ttr_size"]
+    print(f"\neach preset against the reference loop at {size} px, {DEFAULT_BACKBONE}, same weights")
+    print(f"  reference: {result['ttr_reference_iterations']} iterations ({evaluations} evaluations), "
+          f"{ref_s:.1f} s, loss {result['ttr_reference_loss']:.5g}, "
+          f"style score {result['ttr_reference_score']['style']:.3f}")  # fmt: skip
+    print(f"  {'preset':9} {'seconds':>8} {'loss':>10} {'ref. s':>8} {'ratio':>7}  "
+          f"{'style':>6} {'ref. s':>8} {'ratio':>7}  beats the reference's loss")  # fmt: skip
+    for name, o in result["ttr_presets"].items():
+        by_loss = _against(o["reference_s"], o["ratio"], ref_s)
+        by_style = _against(o["reference_s_to_style"], o["style_ratio"], ref_s)
+        style = o["score"]["style"]
+        print(f"  {name:9} {o['seconds']:8.1f} {o['loss']:10.5g} {by_loss}  {style:6.3f} {by_style}  "
+              f"{o['reached_reference']}")  # fmt: skip
+    ratio = result["time_to_ref_ratio"]
+    print("  time to the reference's result, by the fastest preset that reaches it: "
+          + (f"{ratio:.2f}x" if ratio else "none reaches it"))  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -23,8 +23,13 @@ def test_gatys_bench_quick_prints_one_json_line() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["quick"] is True
-    for key in ("step_ratio_512", "ttr_reference_s", "ttr_ours_s", "balanced_1024_s"):
+    for key in ("step_ratio_512", "ttr_reference_s", "balanced_1024_s"):
         assert isinstance(result[key], float) and result[key] > 0, key
+    presets = result["ttr_presets"]
+    assert set(presets) == {"draft", "balanced", "best"}
+    for name, row in presets.items():  # each preset ran, was judged by the reference objective, and raced
+        assert row["seconds"] > 0 and row["loss"] > 0 and row["ratio"] > 0, name
+        assert row["style_ratio"] > 0 and 0 <= row["score"]["style"] < 2, name
 
 
 @pytest.mark.slow
