@@ -1,7 +1,10 @@
-"""Make docs/regions.png and docs/semantic.png, the README's pictures of regions and semantic maps.
+"""Make the README's pictures: docs/regions.png and docs/semantic.png (regions and semantic maps),
+and docs/compare.png with docs/compare-plot.png (`nst compare` of the four methods).
 
 Every input is drawn here (a synthetic landscape and two synthetic paintings), so the pictures may
-ship with the project. Runs on the CPU in a few minutes:
+ship with the project. The fast methods run fixed-seed random weights in their upstream layouts
+(bench/zoo.py), installed into a temporary NST_HOME, and the sheet says so. Runs on the CPU in a
+few minutes:
 
     .venv/bin/python bench/make_readme_pictures.py [--side 128] [--iterations 120]
 """
@@ -9,10 +12,13 @@ ship with the project. Runs on the CPU in a few minutes:
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from engine import compare
 from engine.compute.cache import ModelCache
 from engine.errors import CancelToken
 from engine.imaging import images
@@ -20,6 +26,7 @@ from engine.pipeline import run_job
 from nst_common.messages import StyleRef, StylizeJob
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+WARM = [(0.9, 0.35, 0.1), (0.95, 0.75, 0.2), (0.5, 0.1, 0.1)]
 SKY, HILL, SUN = (0.55, 0.75, 0.95), (0.35, 0.6, 0.3), (1.0, 0.9, 0.5)
 
 
@@ -68,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=120)
+    parser.add_argument("--parts", nargs="+", choices=("maps", "compare"), default=["maps", "compare"])
     args = parser.parse_args()
     side = args.side
     params = {
@@ -75,8 +83,12 @@ def main() -> None:
         "iterations": args.iterations, "strength": 5.0, "seed": 0,
     }  # fmt: skip
     photo, label_map = landscape(side)
-    warm = strokes(side, [(0.9, 0.35, 0.1), (0.95, 0.75, 0.2), (0.5, 0.1, 0.1)], 0.6, seed=1)
+    warm = strokes(side, WARM, 0.6, seed=1)
     cool = strokes(side, [(0.1, 0.2, 0.6), (0.2, 0.6, 0.8), (0.9, 0.95, 1.0)], -0.9, seed=2)
+    if "compare" in args.parts:
+        compare_sheet(landscape(2 * side)[0], strokes(2 * side, WARM, 0.6, seed=1))
+    if "maps" not in args.parts:
+        return
 
     # Regions: the left half takes the warm painting, a disc on the right the cool one; the rest is kept.
     y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
@@ -101,6 +113,31 @@ def main() -> None:
     plain = stylize(photo, [StyleRef(image=images.to_raw(painting, "f32"))], params)
     images.save_image(DOCS / "semantic.png", row([painting, painting_map, photo, label_map, result, plain]))
     print(f"wrote {DOCS / 'regions.png'} and {DOCS / 'semantic.png'}")
+
+
+def compare_sheet(photo: np.ndarray, painting: np.ndarray) -> None:
+    """Gatys' quick presets and the three fast methods, each labelled, timed and scored."""
+    from zoo import save_weights  # bench/zoo.py: the fixed-seed random weights, in upstream layouts
+
+    random = "random weights"
+    runs = [
+        compare.Run("gatys", {"preset": "draft"}, "Gatys, draft"),
+        compare.Run("gatys", {"preset": "balanced"}, "Gatys, balanced"),
+        compare.Run("adain", {}, f"AdaIN, {random}"),
+        compare.Run("johnson", {"model": "candy"}, f"Johnson, {random}"),
+        compare.Run("cyclegan", {"model": "style_monet"}, f"CycleGAN, {random}"),
+    ]
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["NST_HOME"] = home
+        save_weights(Path(home))
+        for name, picture in (("photo", photo), ("painting", painting)):
+            images.save_image(Path(home) / f"{name}.png", picture)
+        result = compare.run_all(f"{home}/photo.png", f"{home}/painting.png", runs, None, print)
+    images.save_image(DOCS / "compare.png", compare.contact_sheet(result))
+    plot = compare.plot(result.entries)
+    if plot is not None:
+        images.save_image(DOCS / "compare-plot.png", plot)
+    print(f"wrote {DOCS / 'compare.png'} and {DOCS / 'compare-plot.png'}")
 
 
 if __name__ == "__main__":
