@@ -30,7 +30,8 @@ LINE_HEIGHT = 17
 MARGIN = 8
 COLUMNS = 4
 LABEL_KEY = "label"  # in a run's description: the sheet's title for it, not a setting
-DEFAULT_GATYS_PRESETS = ("draft", "balanced")
+DEFAULT_PRESETS = ("draft", "balanced")  # a method with quality presets runs at these by default
+WARM_UP_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,14 @@ def parse_run(spec: str) -> Run:
 
 
 def default_runs(capabilities: dict[str, Any]) -> list[Run]:
-    """Every method that can run with the weights installed: Gatys at its quick presets, each
-    model method with its first installed model."""
+    """Every method that can run with the weights installed: one with quality presets at the quick
+    ones, one with models at its first installed model."""
     runs: list[Run] = []
     for name, info in capabilities["methods"].items():
         if not info["ready"]:
             continue
-        if name == "gatys":
-            runs += [Run(name, {"preset": p}, f"gatys preset={p}") for p in DEFAULT_GATYS_PRESETS]
+        if name in settings.BY_NAME["preset"].methods:
+            runs += [Run(name, {"preset": p}, f"{name} preset={p}") for p in DEFAULT_PRESETS]
         elif "models" in info:
             model = next(m["id"] for m in info["models"] if m["installed"])
             runs.append(Run(name, {"model": model}, f"{name} model={model}"))
@@ -102,7 +103,8 @@ def default_runs(capabilities: dict[str, Any]) -> list[Run]:
 def run_all(
     content_path: str, style_path: str, runs: list[Run], size: int | None, report: Callable[[str], None]
 ) -> Comparison:
-    """Each run through the pipeline (models loaded once, as a running engine keeps them), timed."""
+    """Each run through the pipeline, timed as a running engine serves it: each method first runs
+    once at a small size, untimed, which loads its models and measures its compute path."""
     from engine.pipeline import run_job
 
     content = images.split_alpha(images.load_image(content_path))[0]
@@ -111,13 +113,24 @@ def run_all(
     painting = images.split_alpha(images.load_image(style_path))[0]
     scorer = Scorer(content, painting)
     cache = ModelCache()
+
+    def run_one(run: Run, picture: np.ndarray, extra: dict[str, Any]) -> np.ndarray:
+        job = StylizeJob(
+            run.method, {**run.settings, **extra}, images.to_raw(picture, "f32"), [StyleRef(path=style_path)]
+        )
+        return images.from_raw(run_job(job, lambda p: None, CancelToken(), cache))
+
+    warmed: set[str] = set()
     entries = []
     for number, run in enumerate(runs, start=1):
         report(f"[{number}/{len(runs)}] {run.label}")
-        raw = images.to_raw(content, "f32")
-        job = StylizeJob(run.method, dict(run.settings), raw, [StyleRef(path=style_path)])
+        if run.method not in warmed:
+            small = images.resize(content, images.fit_long_side(*content.shape[:2], WARM_UP_SIDE))
+            taken = {s.name for s in settings.for_method(run.method)}
+            run_one(run, small, {"size": None} | ({"iterations": 1} if "iterations" in taken else {}))
+            warmed.add(run.method)
         start = time.perf_counter()
-        result = images.from_raw(run_job(job, lambda p: None, CancelToken(), cache))
+        result = run_one(run, content, {})
         seconds = time.perf_counter() - start
         entries.append(Entry(run, seconds, scorer(result), result))
     return Comparison(content, painting, scorer, entries)
