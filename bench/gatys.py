@@ -210,9 +210,11 @@ def preset_settings(reference: ref.Reference, size: int) -> dict[str, Any]:
     }
 
 
-def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes) -> dict[str, Any]:
+def bench_time_to_reference(
+    content: np.ndarray, style: np.ndarray, sizes: Sizes, pictures: Path | None = None
+) -> dict[str, Any]:
     """Each preset as `nst stylize` runs it, against the reference loop's time to the same loss and
-    to the same style score (engine/score.py)."""
+    to the same style score (engine/score.py); with `pictures`, every picture is saved there too."""
     backbone = load_backbone(DEFAULT_BACKBONE)
     content, style = (at_long_side(p, sizes.ttr) for p in (content, style))
     content_t, style_t = images.to_tensor(content), images.to_tensor(style)
@@ -247,9 +249,15 @@ def bench_time_to_reference(content: np.ndarray, style: np.ndarray, sizes: Sizes
     # After the clocks: the reference objective and the score judge every picture.
     scorer = Scorer(content, style, backbone)
     ref_styles = [(t - first_start, scorer(images.to_numpy(x.clamp(0, 1))).style) for t, x in first.snapshots]
-    ref_score = scorer(images.to_numpy(first.image.detach().clamp(0, 1)))
-    for o in ours.values():
+    ref_picture = images.to_numpy(first.image.detach().clamp(0, 1))
+    ref_score = scorer(ref_picture)
+    if pictures:
+        pictures.mkdir(parents=True, exist_ok=True)
+        images.save_image(pictures / "reference.png", ref_picture)
+    for name, o in ours.items():
         picture = o.pop("image")
+        if pictures:
+            images.save_image(pictures / f"{name}.png", picture)
         o["loss"] = judge.loss_of(images.to_tensor(picture))
         runs = [r.seconds_to(s, o["loss"]) for r, s in ((first, first_start), (second, second_start))]
         o["reference_s"] = statistics.mean(runs) if None not in runs else None
@@ -384,6 +392,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="timed evaluations per side for the step figure")
     parser.add_argument("--images", type=Path, default=IMAGES, help="folder with content/ and style/")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pictures", type=Path, help="save the time-to-reference part's pictures here")
     args = parser.parse_args()
     allocator.configure()  # as `nst` does first; the reference, in this process too, gets it as well
     sizes = QUICK if args.quick else Sizes()
@@ -400,7 +409,7 @@ def main() -> None:
     if "step" in args.parts:
         result.update(bench_step(content, style, sizes, args.seed))
     if "ttr" in args.parts:
-        result.update(bench_time_to_reference(content, style, sizes))
+        result.update(bench_time_to_reference(content, style, sizes, args.pictures))
     if "balanced" in args.parts:
         result.update(bench_balanced(args.images, sizes))
     print(json.dumps(result))
