@@ -51,10 +51,16 @@ def _painting(path: Path) -> None:
     Image.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def _nst(words: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:  # noqa: F811
+def _nst(
+    words: list[str],
+    cwd: Path,
+    home: Path,  # noqa: F811
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engine", *map(str, words)],
-        cwd=cwd, env={**os.environ, "NST_HOME": str(home)}, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env={**os.environ, "NST_HOME": str(home), **(env or {})}, capture_output=True, text=True,
+        timeout=600,
     )  # fmt: skip
 
 
@@ -122,10 +128,18 @@ def test_compare_takes_labelled_runs_and_refuses_what_it_cannot_do(
 ) -> None:
     photo, painting = pictures
     runs = ["--run", "gatys preset=draft iterations=2 'label=Two steps'", "--run", "gatys iterations=4"]
-    done = _nst(["compare", photo, painting, "-o", "sheet.png", "--size", "48", *runs], tmp_path, home)
+    # An engine environment without matplotlib (the default install): a package that fails to import.
+    (tmp_path / "blocked" / "matplotlib").mkdir(parents=True)
+    (tmp_path / "blocked" / "matplotlib" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    without = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), os.environ.get("PYTHONPATH", "")])}
+    done = _nst(
+        ["compare", photo, painting, "-o", "sheet.png", "--size", "48", *runs], tmp_path, home, without
+    )
     assert done.returncode == 0, done.stderr
     assert "Two steps" in done.stdout and "gatys iterations=4" in done.stdout
     assert Image.open(tmp_path / "sheet.png").size == (4 * 336, 336 + 51)
+    assert "no plot without matplotlib" in done.stderr and "-m pip install matplotlib" in done.stderr
+    assert not (tmp_path / "sheet-plot.png").exists()
     again = _nst(["compare", photo, painting, "-o", "sheet.png", *runs], tmp_path, home)
     assert again.returncode == 2 and "sheet.png exists" in again.stderr
     for bad, said in [

@@ -84,10 +84,8 @@ def _compare(args: argparse.Namespace) -> int:
         images.save_image(plot_path, plot)
         wrote.append(str(plot_path))
     else:
-        print(
-            "nst: the plot needs matplotlib (pip install matplotlib); the sheet has every number",
-            file=sys.stderr,
-        )
+        install = f"{sys.executable} -m pip install matplotlib"
+        print(f"nst: no plot without matplotlib ({install}); the sheet has every number", file=sys.stderr)
     if args.json:
         rows = [{"label": e.run.label, "method": e.run.method, "settings": e.run.settings,
                  "seconds": e.seconds, "score": e.score.as_dict()} for e in result.entries]  # fmt: skip
