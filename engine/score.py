@@ -69,6 +69,7 @@ class Scorer:
         self.side = min(SIDE, max(content.shape[:2]))
         self.size = images.fit_long_side(*content.shape[:2], self.side)
         self.content = self._prepare(content)
+        style, _ = images.split_alpha(style)  # grey or with alpha, as files come
         self.style = images.to_tensor(images.resize(style, images.fit_long_side(*style.shape[:2], self.side)))
         generator = torch.Generator().manual_seed(SEED)
         self._content_features = self._features(self.content)

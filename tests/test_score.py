@@ -90,6 +90,20 @@ def test_score_anchors_and_a_stylised_result(pictures: tuple[Path, Path], tmp_pa
     assert result["edges"] >= EDGE_FLOOR, result
 
 
+def test_score_takes_grey_and_transparent_pictures(
+    pictures: tuple[Path, Path],
+    tmp_path: Path,
+    home: Path,  # noqa: F811
+) -> None:
+    photo, painting = pictures
+    Image.open(painting).convert("L").save(tmp_path / "grey.png")
+    Image.open(photo).convert("RGBA").save(tmp_path / "clear.png")
+    done = _nst(["score", "clear.png", "grey.png", "grey.png", "clear.png", "--json"], tmp_path, home)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)
+    assert scores["grey.png"]["style"] < 0.01 and scores["clear.png"]["style"] == pytest.approx(1.0)
+
+
 def test_score_names_an_unreadable_picture(pictures: tuple[Path, Path], tmp_path: Path, home: Path) -> None:  # noqa: F811
     photo, painting = pictures
     (tmp_path / "broken.png").write_bytes(b"not a picture")
