@@ -160,6 +160,7 @@ def test_compare_takes_labelled_runs_and_refuses_what_it_cannot_do(
         (["--run", "pointillism"], "must start with a method"),
         (["--run", "gatys iterations"], "expected KEY=VALUE"),
         (["--run", "gatys sharpness=3"], "unknown setting 'sharpness'"),
+        (["--size", "0"], "setting 'size'"),
     ]:
         done = _nst(["compare", photo, painting, "-o", "other.png", *bad], tmp_path, home)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr

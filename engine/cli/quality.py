@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from engine.cli.stylize import check_size
 from engine.errors import UserError
 
 SCORE_HELP = (
@@ -66,6 +67,7 @@ def _compare(args: argparse.Namespace) -> int:
     from engine.imaging import images
     from engine.pipeline import capabilities
 
+    check_size(args.size)
     sheet_path = images.check_output(args.output, [args.content, args.style], args.force)
     if sheet_path.suffix.lower() != ".png":
         raise UserError("bad-option", f"the contact sheet is a PNG; give -o a .png name, not {args.output!r}")

@@ -151,6 +151,14 @@ def _nearest(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return picture[rows][:, cols]
 
 
+def check_size(size: int | None) -> None:
+    """--size against the declared range, before any work."""
+    try:
+        settings.check_value(settings.BY_NAME["size"], size)
+    except settings.SettingError as exc:
+        raise UserError("bad-option", str(exc)) from None
+
+
 def _stylize(args: argparse.Namespace) -> int:
     from engine.compute.cache import ModelCache
     from engine.errors import CancelToken
@@ -161,10 +169,7 @@ def _stylize(args: argparse.Namespace) -> int:
     inputs = [args.content, *args.style, args.mask, args.content_map, *args.style_map]
     inputs += [part for item in args.region for part in item.split("=", 1)]
     output = images.check_output(args.output, [i for i in inputs if i], args.force)
-    try:
-        settings.check_value(settings.BY_NAME["size"], args.size)
-    except settings.SettingError as exc:
-        raise UserError("bad-option", str(exc)) from None
+    check_size(args.size)
     content = images.load_image(args.content)
     if args.size is not None:
         content = images.resize(content, images.fit_long_side(*content.shape[:2], args.size))
