@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -105,17 +105,23 @@ def at_long_side(picture: np.ndarray, side: int) -> np.ndarray:
     return images.resize(picture, images.fit_long_side(*picture.shape[:2], side))
 
 
+R = TypeVar("R", bound=ref.Reference)
+
+
 def reference_for(
     backbone: Backbone,
     arch: str,
     normalization: ref.Normalization,
     content: torch.Tensor,
     style: torch.Tensor,
-) -> ref.Reference:
-    """The tutorial loop on torchvision's `arch` stack carrying exactly the backbone's conv weights."""
+    kind: type[R] = ref.Reference,  # type: ignore[assignment]
+    **options: Any,
+) -> R:
+    """The tutorial loop (or `kind` of it) on torchvision's `arch` stack carrying exactly the
+    backbone's conv weights."""
     cnn = ref.torchvision_features(arch, ceil_mode=backbone.layers[4].ceil_mode)
     ref.copy_conv_weights(cnn, [m for m in backbone.layers if isinstance(m, nn.Conv2d)])
-    return ref.Reference(cnn, normalization, content, style)
+    return kind(cnn, normalization, content, style, **options)
 
 
 def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) -> dict[str, float]:
@@ -221,9 +227,8 @@ def bench_time_to_reference(
     normalization = ref.Normalization([m / 255 for m in hed.MEAN_BGR], [1 / 255] * 3, bgr=True)
 
     def new_reference(snapshot_every: int = 0) -> TracedReference:
-        cnn = ref.torchvision_features("vgg16", ceil_mode=backbone.layers[4].ceil_mode)
-        ref.copy_conv_weights(cnn, [m for m in backbone.layers if isinstance(m, nn.Conv2d)])
-        return TracedReference(cnn, normalization, content_t, style_t, snapshot_every=snapshot_every)
+        args = (backbone, "vgg16", normalization, content_t, style_t, TracedReference)
+        return reference_for(*args, snapshot_every=snapshot_every)
 
     judge = new_reference()  # scores the presets' pictures; its optimiser never steps
     first = new_reference(SNAPSHOT_EVERY)

@@ -25,7 +25,7 @@ from nst_common import settings
 from nst_common.messages import StyleRef, StylizeJob
 
 THUMB = 320  # long side of each picture on the sheet
-LABEL_LINES = 3
+LABEL_LINES = 3  # two lines of text under each picture, and one line of space before the next row
 LINE_HEIGHT = 17
 MARGIN = 8
 COLUMNS = 4
@@ -136,8 +136,7 @@ def run_all(
     return Comparison(content, painting, scorer, entries)
 
 
-def describe(score: Score) -> str:
-    s = score
+def describe(s: Score) -> str:
     return f"style {s.style:.2f}  content {s.content:.2f}  colour {s.colour:.2f}  edges {s.edges:.2f}"
 
 

@@ -66,10 +66,11 @@ class Scorer:
 
     def __init__(self, content: np.ndarray, style: np.ndarray, backbone: Backbone | None = None) -> None:
         self.backbone = backbone or load_backbone(DEFAULT_BACKBONE)
+        content, _ = images.split_alpha(content)  # grey or with alpha, as files come
+        style, _ = images.split_alpha(style)
         self.side = min(SIDE, max(content.shape[:2]))
         self.size = images.fit_long_side(*content.shape[:2], self.side)
         self.content = self._prepare(content)
-        style, _ = images.split_alpha(style)  # grey or with alpha, as files come
         self.style = images.to_tensor(images.resize(style, images.fit_long_side(*style.shape[:2], self.side)))
         generator = torch.Generator().manual_seed(SEED)
         self._content_features = self._features(self.content)
@@ -107,8 +108,8 @@ class Scorer:
             style_layers=per_layer,
         )
 
-    def _prepare(self, picture: np.ndarray) -> torch.Tensor:
-        rgb, _ = images.split_alpha(picture)
+    def _prepare(self, rgb: np.ndarray) -> torch.Tensor:
+        """An RGB picture at the photo's scoring size."""
         return images.to_tensor(images.resize(rgb, self.size))
 
     @torch.no_grad()

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-o", "--output", required=True, help="the contact sheet (PNG); the plot goes beside it")
     c.add_argument(
         "--run", action="append", default=[], metavar="'METHOD KEY=VALUE ...'",
-        help="one picture to make, e.g. 'gatys preset=draft' or 'johnson model=johnson_candy "
-        "label=Candy'; repeat for several (default: every installed method, Gatys at draft and balanced)",
+        help="one picture to make, e.g. 'gatys preset=draft' or 'johnson model=candy label=Candy'; "
+        "repeat for several (default: every installed method, Gatys at draft and balanced)",
     )  # fmt: skip
     c.add_argument("--size", type=int, help="long side of the photo's work size (default: its own)")
     c.add_argument("--force", action="store_true", help="replace the outputs if they exist")
