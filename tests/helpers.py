@@ -120,3 +120,31 @@ def write_catalog(path: Path, translations: dict[str | tuple[str, str], str | tu
     head = struct.pack("<7I", 0x950412DE, 0, len(pairs), 28, 28 + 8 * len(pairs), 0, 0)
     path.parent.mkdir(parents=True)
     path.write_bytes(head + b"".join(struct.pack("<2I", *t) for t in table) + blob)
+
+
+def drawn_scene(seed: int, height: int = 160, width: int = 200) -> np.ndarray:
+    """A photo-like picture (HxWx3 float32 in 0..1): a graded sky and ground, and random houses,
+    discs and bars with shading and grain. Different for each seed; for training on many photos."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / height
+    horizon = rng.uniform(0.5, 0.8)
+    sky, ground = rng.uniform(0.3, 1.0, 3), rng.uniform(0.1, 0.6, 3)
+    picture = np.where(
+        (y < horizon)[..., None], sky * (0.8 + 0.3 * y[..., None]), ground * (1.2 - 0.4 * y[..., None])
+    )
+    for _ in range(rng.integers(3, 8)):
+        colour = rng.uniform(0, 1, 3)
+        cx, cy, r = rng.uniform(0, width / height), rng.uniform(0.1, 0.9), rng.uniform(0.04, 0.25)
+        kind = rng.integers(3)
+        if kind == 0:  # a house: wall, roof, a window
+            wall = (np.abs(x - cx) < r) & (y > cy) & (y < cy + 1.5 * r)
+            picture[wall] = colour * (0.8 + 0.2 * x[wall, None])
+            picture[(y <= cy) & (y > cy - r) & (np.abs(x - cx) < y - cy + r)] = colour[::-1] * 0.6
+            picture[(np.abs(x - cx) < r / 3) & (np.abs(y - cy - 0.6 * r) < r / 4)] = (0.1, 0.12, 0.2)
+        elif kind == 1:  # a disc, lit from one side
+            disc = (x - cx) ** 2 + (y - cy) ** 2 < r**2
+            picture[disc] = colour * (0.6 + 0.4 * ((cx - x[disc] + r) / (2 * r)))[:, None]
+        else:  # a bar
+            picture[(np.abs(x - cx) < r / 4) & (y > cy - r)] = colour
+    picture += rng.normal(0, 0.02, picture.shape)
+    return np.clip(picture, 0, 1).astype(np.float32)

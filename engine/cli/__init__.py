@@ -21,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_modules() -> list[ModuleType]:
     """Each area of the CLI lives in its own module with a `register(subparsers)` function."""
-    from engine.cli import models, quality, serve, stylize
+    from engine.cli import models, quality, serve, stylize, train
 
-    return [stylize, quality, serve, models]
+    return [stylize, quality, serve, models, train]
 
 
 def main(argv: list[str] | None = None) -> int:

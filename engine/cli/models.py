@@ -52,6 +52,8 @@ def _checksum_label(status: weights.ModelStatus, pins: dict) -> str:
     if status.checksum == "published":
         return "published sha256"
     pin = pins.get(status.id)
+    if status.checksum == "pinned when trained":
+        return f"pinned when trained {pin['pinned_at'][:10]}" if pin else "unpinned"
     if status.checksum == "pinned at first download":
         return f"pinned {pin['pinned_at'][:10]}" if pin else "none upstream; pinned at first download"
     return f"published prefix; pinned {pin['pinned_at'][:10]}" if pin else status.checksum

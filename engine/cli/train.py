@@ -1,0 +1,128 @@
+"""`nst train johnson`: train a fast style network on the user's painting and photos
+(engine/training/johnson.py). The settings' options are derived from training.johnson.Settings."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from nst_common import eta
+
+if TYPE_CHECKING:
+    from engine.training.johnson import Progress
+
+PRINT_EVERY_S = 10.0  # a progress line this often when stderr is not a terminal
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from engine.training.settings import Settings
+
+    train = sub.add_parser("train", help="train your own fast style network")
+    kinds = train.add_subparsers(dest="train_command", required=True)
+    p = kinds.add_parser(
+        "johnson",
+        help="a Johnson network for one painting, from a folder of your photos",
+        description="Train a Johnson et al. network on STYLE and the photos under --content-dir "
+        "(searched recursively; unreadable files are skipped). Ctrl-C stops after a checkpoint; "
+        "--resume continues exactly. The model is installed as `--model NAME` of the johnson method.",
+    )
+    p.add_argument("-o", "--name", required=True, help="the model's name (letters, digits, - and _)")
+    p.add_argument("--style", type=Path, help="the painting")
+    p.add_argument("--content-dir", type=Path, help="a folder of photos (COCO works too)")
+    p.add_argument("--validation", type=Path, help="a photo to show progress on (default: one held out)")
+    p.add_argument("--resume", action="store_true", help="continue the run called NAME from its checkpoint")
+    p.add_argument("--restart", action="store_true", help="start again, discarding NAME's checkpoint")
+    p.add_argument("--force", action="store_true", help="replace a trained model called NAME")
+    for f in dataclasses.fields(Settings):
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default),
+            default=argparse.SUPPRESS,  # only what is given reaches the run (a resume keeps the rest)
+            help=f"{f.metadata['help']} (default {f.default})",
+        )
+    p.set_defaults(handler=_johnson)
+
+
+class _StopOnSignal:
+    """The first Ctrl-C (or SIGTERM) asks the run to stop after its step and checkpoint; a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._before = {s: signal.signal(s, self._ask) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _ask(self, signum: int, frame: FrameType | None) -> None:
+        if self.asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("\nstopping after this step (Ctrl-C again: stop at once, no checkpoint)", file=sys.stderr)
+
+    def __call__(self) -> bool:
+        return self.asked
+
+    def close(self) -> None:
+        for s, handler in self._before.items():
+            signal.signal(s, handler)
+
+
+class _ProgressLine:
+    """Step, loss terms, speed and time left: redrawn on a terminal, a line every few seconds else."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        last_step = p.step == p.steps
+        if not self.live and now - self.last < PRINT_EVERY_S and not last_step and p.step != 1:
+            return
+        self.last = now
+        terms = "  ".join(f"{k} {v:.4g}" for k, v in p.terms.items())
+        left = "" if p.eta_s is None else f"  {eta.describe(p.eta_s)}"
+        line = f"step {p.step}/{p.steps}  {terms}  {p.photos_per_s:.2f} photos/s{left}"
+        if self.live:
+            sys.stderr.write("\r" + line[:120].ljust(120) + ("\n" if last_step else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _johnson(args: argparse.Namespace) -> int:
+    from engine.training import johnson
+    from engine.training.settings import Settings, check_name
+
+    names = {f.name for f in dataclasses.fields(Settings)}
+    job = johnson.Job(
+        name=check_name(args.name),
+        style=args.style,
+        content_dir=args.content_dir,
+        validation=args.validation,
+        overrides={k: v for k, v in vars(args).items() if k in names},
+        resume=args.resume,
+        restart=args.restart,
+        replace=args.force,
+    )
+    stop = _StopOnSignal()
+    try:
+        installed = johnson.train(job, _ProgressLine(), stop)
+    except johnson.Stopped as stopped:
+        print(
+            f"nst: stopped at step {stopped.step}; checkpoint {stopped.checkpoint}\n"
+            f"continue with: nst train johnson -o {args.name} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        stop.close()
+    if johnson.is_main_process():
+        print(f"trained johnson model {args.name!r}: {installed}")
+        print(f"validation pictures: {job.folder / 'validation'}")
+        print(f"use it: nst stylize PHOTO --method johnson --model {args.name} -o result.png")
+    return 0

@@ -1,0 +1,74 @@
+"""The settings of a training run, each declared once with its default, range and help:
+`nst train` derives its options from them, and a checkpoint stores them."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import UserError
+from nst_common import settings as declared
+
+BACKBONES: tuple[str, ...] = declared.BY_NAME["backbone"].choices
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
+def _setting(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "range": (lo, hi)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a training run, with its default; `nst train johnson` is derived from it."""
+
+    steps: int = _setting(2000, "optimiser steps, each on one batch of photos", 1, 10_000_000)
+    batch: int = _setting(4, "photos per step (all processes together under torchrun)", 1, 256)
+    size: int = _setting(256, "side of the square photo crops, a multiple of 4", 64, 2048)
+    style_size: int = _setting(512, "long side the painting is read at", 64, 4096)
+    lr: float = _setting(1e-3, "Adam's learning rate", 1e-6, 1.0)
+    content_weight: float = _setting(1.0, "weight of the content loss (relative error at relu2_2)", 0, 1e6)
+    style_weight: float = _setting(10.0, "weight of the style loss (relative Gram error)", 0, 1e6)
+    tv_weight: float = _setting(0.0, "weight of the total-variation smoothing", 0, 1e6)
+    backbone: str = _setting(
+        declared.BY_NAME["backbone"].default, "the loss network: " + ", ".join(BACKBONES)
+    )
+    seed: int = _setting(0, "seeds the network's start and the photo order", 0, 2**31 - 1)
+    precision: str = _setting("auto", "auto (measured fastest here), " + ", ".join(("fp32", "bf16")))
+    checkpoint_minutes: float = _setting(5.0, "minutes between checkpoints", 0.01, 1440)
+    validate_every: int = _setting(250, "steps between validation pictures (0: only at the end)", 0, 10**7)
+
+
+# Settings a resumed run may change: they decide how long and how often, not what is learnt.
+RESUMABLE_CHANGES = ("steps", "checkpoint_minutes", "validate_every")
+
+
+def check(settings: Settings) -> None:
+    """Each setting within its range, named as the command line names it."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        lo, hi = f.metadata["range"]
+        option = "--" + f.name.replace("_", "-")
+        if lo is not None and not lo <= value <= hi:
+            raise UserError("bad-option", f"{option} {value} is out of range: {lo:g} to {hi:g}")
+    if settings.size % 4:
+        raise UserError(
+            "bad-option", f"--size {settings.size} must be a multiple of 4 (the network's stride)"
+        )
+    if settings.backbone not in BACKBONES:
+        raise UserError(
+            "bad-option", f"--backbone {settings.backbone!r}: choose one of {', '.join(BACKBONES)}"
+        )
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        raise UserError("bad-option", f"--precision {settings.precision!r}: choose auto, fp32 or bf16")
+
+
+def check_name(name: str) -> str:
+    """A model name that is safe as a file name and a setting value."""
+    if not NAME.fullmatch(name):
+        raise UserError(
+            "bad-option",
+            f"model name {name!r}: use 1 to 40 letters, digits, - and _, starting with a letter or digit",
+        )
+    return name
