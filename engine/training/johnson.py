@@ -94,9 +94,16 @@ class PerceptualLoss:
         with torch.no_grad():
             wanted = self.backbone(photo, CONTENT_TAPS, path)
         features = self.backbone(result, tuple(dict.fromkeys(STYLE_TAPS + CONTENT_TAPS)), path)
-        content = sum(Target.of(wanted[t]).loss(features[t]) for t in CONTENT_TAPS) / len(CONTENT_TAPS)
+        content = sum(_relative_error(features[t], wanted[t]) for t in CONTENT_TAPS) / len(CONTENT_TAPS)
         style = sum(self.style[t].loss(gram(features[t])) for t in STYLE_TAPS) / len(STYLE_TAPS)
         return {"content": content, "style": style, "tv": total_variation(result)}
+
+
+def _relative_error(current: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each photo's squared error relative to its own features' energy, averaged over the batch:
+    a photo's term does not depend on which others share its batch (or its process, under torchrun)."""
+    error = (current - target).pow(2).flatten(1).mean(1)
+    return (error / (target.pow(2).flatten(1).mean(1) + 1e-8)).mean()
 
 
 def weighted(terms: dict[str, torch.Tensor], settings: Settings) -> torch.Tensor:
@@ -273,9 +280,10 @@ def train(job: Job, report: Callable[[Progress], None], stop: Callable[[], bool]
 def _train(
     job: Job, place: Distributed, report: Callable[[Progress], None], stop: Callable[[], bool]
 ) -> Path:
+    weights.check_trained_id(job.weight_id, job.replace)
+    check(Settings(**job.overrides))  # what was given, before anything is read
     state = _fresh_or_resumed(job)
     settings = _settings_of(job, state)
-    weights.check_trained_id(job.weight_id, job.replace)
     if settings.batch % place.world:
         raise UserError("bad-option", f"--batch {settings.batch} must divide among {place.world} processes")
     device = place.device
@@ -445,7 +453,7 @@ def _install(
     provenance = {
         "style": style_path.name,
         "style_sha256": style_hash,
-        "photos": len(names),
+        "photos": len(names) - len(photos.skipped),  # the readable ones it trained on
         "skipped": len(photos.skipped),
         "steps": settings.steps,
         "settings": dataclasses.asdict(settings),

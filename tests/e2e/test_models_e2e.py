@@ -5,20 +5,25 @@ message and leaves the image as it was.
 
 The served model is a fixed-seed TransformerNet saved as pytorch/examples saves its models
 (bench/zoo.py), listed in a copy of the weights manifest with its sha256. The non-interactive
-refusal of a missing model (the `nst models pull` hint) is test_methods_e2e's.
+refusal of a missing model (the `nst models pull` hint) is test_methods_e2e's. A model trained
+here with `nst train johnson` runs from the same list, with nothing to download.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
-from gimp_harness import HERE, REPO, install_plugin, run_gimp_batch, running_engine
-from helpers import Files, serve_files
+from gimp_harness import HERE, REPO, engine_env, install_plugin, run_gimp_batch, running_engine
+from helpers import Files, drawn_scene, serve_files
+from PIL import Image
 
 pytestmark = pytest.mark.gimp
 
@@ -86,3 +91,31 @@ def test_the_dialog_downloads_the_chosen_model_then_runs(
     assert requests == ["/udnie.pth", "/mosaic.pth"]  # each downloaded once, by the engine
     log = (work / "home" / "engine.log").read_text()
     assert log.count("queued: 'pull' on 'download'") == 2, log
+
+
+def test_a_model_trained_here_runs_from_the_dialog(gimp_chroot: Path, work: Path) -> None:
+    """`nst train johnson` (a few steps on drawn photos), then the dialog with that model: the
+    engine's list offers it as installed, so OK runs it at once, with no download."""
+    photos = work / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    Image.fromarray((drawn_scene(50, 64, 64) * 255).astype(np.uint8)).save(work / "painting.png")
+    trained = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "johnson", "-o", "mine",
+         "--style", str(work / "painting.png"), "--content-dir", str(photos),
+         "--steps", "2", "--batch", "1", "--size", "64", "--lr", "0.01",
+         "--precision", "fp32", "--validate-every", "0"],
+        cwd=REPO, env=engine_env(work / "home"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    with running_engine(work) as sock:
+        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
+        findings = run_gimp_batch(work, HERE / "batch_models.py", {"cases": [{"model": "mine"}]}, gui=True)
+    case = findings["cases"]["mine"]
+    assert case["pressed"], findings["gimp_output"]
+    assert case["status"] == "success", (case, findings["gimp_output"])
+    assert case["layers"] == ["Photo (mine, johnson)", "Photo"]
+    assert case["changed_pixels"] > 100
+    log = (work / "home" / "engine.log").read_text()
+    assert "'pull'" not in log, log  # installed: nothing to download

@@ -1,0 +1,200 @@
+"""`nst train johnson` from the command line, on photos the tests draw: a short training gives a model
+that `nst models list` shows and `nst stylize` runs, closer to the painting than the photo by the
+engine's style score; Ctrl-C and --resume give the weights of an uninterrupted run; two processes
+under torchrun train the model one process trains; what would lose the user's work is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import drawn_scene
+from PIL import Image
+from test_score import _painting
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["--batch", "2", "--size", "64", "--precision", "fp32", "--validate-every", "0"]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "NST_HOME": str(home), **extra}
+
+
+def _nst(words: list[object], home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, words)],
+        cwd=ROOT, env=_env(home, **extra), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def _save(picture: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((picture * 255).round().astype(np.uint8)).save(path)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, Path]:
+    """A painting, and a folder of ten drawn photos (two in a sub-folder) and one unreadable file."""
+    _painting(tmp_path / "painting.png")
+    photos = tmp_path / "photos"
+    for i in range(10):
+        _save(drawn_scene(i, 120, 150), photos / ("holiday" if i > 7 else ".") / f"photo{i}.jpg")
+    (photos / "notes.jpg").write_text("not a picture")
+    return tmp_path / "painting.png", photos
+
+
+def _weights(home: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(home / "weights" / f"johnson_{name}.pth", weights_only=True)
+
+
+def test_a_short_training_gives_a_model_that_stylises_towards_the_painting(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    painting, photos = data
+    home = tmp_path / "home"
+    done = _nst(
+        ["train", "johnson", "-o", "waves", "--style", painting, "--content-dir", photos, "--steps", 150,
+         "--batch", 2, "--size", 96, "--lr", 0.01, "--validate-every", 75, "--precision", "fp32"],
+        home,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "trained johnson model 'waves'" in done.stdout
+    assert "step 150/150" in done.stderr
+
+    listed = _nst(["models", "list"], home)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("johnson_waves"))
+    assert "pinned when trained" in row and "yours (trained here)" in row
+    provenance = json.loads((home / "weights" / "trained.json").read_text())["johnson_waves"]
+    assert provenance["photos"] == 9 and provenance["skipped"] == 1  # one held out, one unreadable
+    assert provenance["steps"] == 150 and provenance["settings"]["backbone"] == "vgg16-hed"
+    assert provenance["style_sha256"] == __import__("hashlib").sha256(painting.read_bytes()).hexdigest()
+    validation = sorted((home / "training" / "johnson_waves" / "validation").iterdir())
+    assert [p.name for p in validation] == ["step-0000000.png", "step-0000075.png", "step-0000150.png"]
+    assert not (home / "training" / "johnson_waves" / "checkpoint.pt").exists()
+
+    # A photo the network never saw: closer to the painting than the photo itself, and clearly not
+    # what the untrained network (the step-0 validation picture's) makes.
+    _save(drawn_scene(99, 120, 150), tmp_path / "unseen.png")
+    made = _nst(["stylize", tmp_path / "unseen.png", "--method", "johnson", "--model", "waves",
+                 "-o", tmp_path / "result.png"], home)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    scored = _nst(["score", tmp_path / "unseen.png", painting, tmp_path / "result.png", "--json"], home)
+    score = json.loads(scored.stdout)[str(tmp_path / "result.png")]
+    assert score["style"] < 0.95, score
+    first, last = (np.asarray(Image.open(p), dtype=np.float32) / 255 for p in (validation[0], validation[-1]))
+    assert np.abs(first - last).mean() > 0.1
+
+    assert _nst(["models", "remove", "johnson_waves"], home).returncode == 0
+    assert "johnson_waves" not in _nst(["models", "list"], home).stdout
+
+
+def test_ctrl_c_then_resume_gives_the_weights_of_an_uninterrupted_run(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    painting, photos = data
+    home = tmp_path / "home"
+    start = ["train", "johnson", "--style", painting, "--content-dir", photos, "--steps", 30, *SHORT]
+    whole = _nst([*start, "-o", "whole"], home)
+    assert whole.returncode == 0, whole.stderr
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "engine", *map(str, start), "-o", "parts"],
+        cwd=ROOT, env=_env(home), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert run.stderr is not None
+    for line in run.stderr:
+        if line.startswith("step 1/30"):
+            run.send_signal(signal.SIGINT)
+            break
+    rest = run.stderr.read()
+    assert run.wait(timeout=120) == 130, rest
+    assert "continue with: nst train johnson -o parts --resume" in rest
+    checkpoint = home / "training" / "johnson_parts" / "checkpoint.pt"
+    stopped_at = torch.load(checkpoint, weights_only=True)["step"]
+    assert 1 <= stopped_at < 30
+
+    again = _nst([*start, "-o", "parts"], home)  # the checkpoint is never discarded unasked
+    assert again.returncode == 2 and "--resume" in again.stderr and "--restart" in again.stderr
+    changed = _nst(["train", "johnson", "-o", "parts", "--resume", "--batch", 4], home)
+    assert changed.returncode == 2 and "started with --batch 2" in changed.stderr
+
+    resumed = _nst(["train", "johnson", "-o", "parts", "--resume"], home)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(home, "whole"), _weights(home, "parts")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+
+    replaced = _nst([*start, "-o", "whole", "--steps", 1], home)
+    assert replaced.returncode == 2 and "--force" in replaced.stderr
+
+
+def test_two_processes_under_torchrun_train_what_one_process_trains(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    painting, photos = data
+    home = tmp_path / "home"
+    words = ["train", "johnson", "--style", painting, "--content-dir", photos, "--steps", 3, *SHORT]
+    words[words.index("--batch") + 1] = "4"  # the global batch: two photos per process
+    one = _nst([*words, "-o", "one"], home)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "engine", *map(str, words), "-o", "two"],
+        cwd=ROOT, env=_env(home, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("trained johnson model 'two'") == 1  # rank 0 reports, and writes
+    # The same sums in another order: a weight whose gradient is near zero can get Adam's opposite
+    # first step (about the learning rate), so the networks are compared by what they make. Both
+    # make an unseen photo within a tenth of a grey level of each other (measured: 0.04 at most),
+    # and both differ clearly from the untrained network.
+    one_out, two_out, untrained = (
+        _stylised(state) for state in (_weights(home, "one"), _weights(home, "two"), None)
+    )
+    assert (one_out - two_out).abs().max() < 0.1
+    assert (one_out - untrained).abs().mean() > 1.0
+
+
+def _stylised(state: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """A network's output (0..255) on a photo outside the training set; `None`: the untrained one."""
+    from engine.training.johnson import new_net
+
+    net = new_net(0)
+    if state is not None:
+        net.load_state_dict(state)
+    photo = torch.from_numpy(drawn_scene(99, 96, 128)).permute(2, 0, 1)[None] * 255
+    with torch.no_grad():
+        return net(photo)
+
+
+@pytest.mark.parametrize(
+    ("words", "says"),
+    [
+        (["-o", "candy"], "published model's name"),
+        (["-o", "../up"], "model name '../up'"),
+        (["-o", "x", "--size", 66], "multiple of 4"),
+        (["-o", "x", "--steps", 0], "--steps 0 is out of range"),
+        (["-o", "x", "--backbone", "alexnet"], "choose one of"),
+        (["-o", "x", "--resume"], "no checkpoint of 'x'"),
+        (["-o", "x"], "needs --style PAINTING and --content-dir"),
+    ],
+)
+def test_refusals_name_the_option_and_the_fix(words: list[object], says: str, tmp_path: Path) -> None:
+    done = _nst(["train", "johnson", *words], tmp_path / "home")
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_folder_without_photos_is_named(tmp_path: Path) -> None:
+    _painting(tmp_path / "painting.png")
+    (tmp_path / "empty").mkdir()
+    done = _nst(["train", "johnson", "-o", "x", "--style", tmp_path / "painting.png",
+                 "--content-dir", tmp_path / "empty"], tmp_path / "home")  # fmt: skip
+    assert done.returncode == 2 and "no pictures" in done.stderr and str(tmp_path / "empty") in done.stderr
