@@ -8,7 +8,8 @@ relu4_3, normalize_batch, gram_matrix / (c h w), MSE content loss at relu2_2 and
 Grams, Adam at 1e-3, fp32. Its loss network is the engine's default (vgg16-hed, the same weights
 through torchvision's VGG16 stack), with that network's own input transform in place of
 normalize_batch's ImageNet statistics. The engine runs through engine.training.johnson.train, on
-the compute path it measures fastest here (and on fp32 too, for comparison).
+the compute path it measures fastest here, and on fp32 with and without NNPACK's Winograd kernel
+in the loss network (the latter forced through NST_PRECISION: no setting names it).
 
 Each side trains `--steps` steps after `--warmup` untimed ones; the reference runs before and after
 the engine, and its two times are averaged against drift in the machine's speed.
@@ -20,11 +21,13 @@ the engine, and its two times are averaged against drift in the machine's speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ from engine.backbones import hed, load_backbone  # noqa: E402
 from engine.compute import allocator, tune  # noqa: E402
 from engine.training import johnson  # noqa: E402
 from engine.training.photos import find_photos, load_rgb, square_crop  # noqa: E402
+from engine.training.settings import PRECISIONS  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 STYLE = IMAGES / "style" / "woman_with_hat_matisse.jpg"
@@ -139,15 +143,31 @@ def time_engine(folder: Path, style: Path, args: argparse.Namespace, precision: 
             "steps": args.warmup + args.steps,
             "batch": args.batch,
             "size": args.size,
-            "precision": precision,
+            "precision": precision if precision in PRECISIONS else "auto",
             "validate_every": 0,
         },
         replace=True,
         restart=True,
     )
-    johnson.train(job, lambda p: seen.setdefault(p.step, time.perf_counter()))
+    forced = {"NST_PRECISION": precision} if precision not in PRECISIONS else {}  # no setting names it
+    with patched_environ(forced):
+        johnson.train(job, lambda p: seen.setdefault(p.step, time.perf_counter()))
     chosen = json.loads((home / "weights" / "trained.json").read_text())[job.weight_id]["precision"]
     return {"s": seen[args.warmup + args.steps] - seen[args.warmup], "path": chosen}
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def pictures(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
@@ -186,9 +206,7 @@ def main() -> None:
         style_picture = johnson.read_at(style, johnson.Settings().style_size)
         reference = ReferenceLoop(folder, names, style_picture, args.size, args.batch)
         ref_s = [time_reference(reference, args.steps, args.warmup)]
-        ours = {
-            precision: time_engine(folder, style, args, precision, home) for precision in ("auto", "fp32")
-        }
+        ours = {p: time_engine(folder, style, args, p, home) for p in ("auto", "fp32", tune.WINOGRAD.name)}
         ref_s.append(time_reference(reference, args.steps, 0))
     photos = args.steps * args.batch
     reference_rate = photos / (sum(ref_s) / len(ref_s))

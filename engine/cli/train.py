@@ -37,7 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--content-dir", type=Path, help="a folder of photos (COCO works too)")
     p.add_argument("--validation", type=Path, help="a photo to show progress on (default: one held out)")
     p.add_argument("--resume", action="store_true", help="continue the run called NAME from its checkpoint")
-    p.add_argument("--restart", action="store_true", help="start again, discarding NAME's checkpoint")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start again, discarding NAME's checkpoint and validation pictures",
+    )
     p.add_argument("--force", action="store_true", help="replace a trained model called NAME")
     for f in dataclasses.fields(Settings):
         p.add_argument(

@@ -70,12 +70,15 @@ WINOGRAD = ComputePath("fp32-winograd", channels_last=False, winograd=True)
 BF16 = ComputePath("bf16", dtype=torch.bfloat16)
 FP16 = ComputePath("fp16", dtype=torch.float16)
 BY_NAME = {p.name: p for p in (FP32, WINOGRAD, BF16, FP16)}
+# Workloads whose time goes into a frozen backbone's passes and input gradients, which the Winograd
+# path speeds up: Gatys' evaluations and the loss network of a training step.
+BACKBONE_WORKLOADS = ("gatys/", "train-")
 
 
 def candidates(workload: str) -> tuple[ComputePath, ...]:
     """The paths worth timing for a workload ("gatys/<backbone>" or a feed-forward method's name)."""
-    if workload.startswith("gatys/"):  # NCHW only where NNPACK wants it: oneDNN is faster in channels_last
-        return (FP32, WINOGRAD, BF16) if nnpack_usable() else (FP32, BF16)
+    if workload.startswith(BACKBONE_WORKLOADS):  # NCHW only where NNPACK wants it: oneDNN is faster
+        return (FP32, WINOGRAD, BF16) if nnpack_usable() else (FP32, BF16)  # in channels_last
     return (FP32, BF16)
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ from nst_common.endpoints import data_dir
 STYLE_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")  # pytorch/examples' choice
 CONTENT_TAPS = ("relu2_2",)
 CHECKPOINT_FORMAT = 1
+OUTPUT_GAIN = 25.0  # the last layer's initial weights against torch's default: output +- 10 of 255
 VALIDATION_SIDE = 512  # long side of the validation pictures
 TUNE_SIDES = (128, 256)  # where the training step's compute paths are timed, once per machine
 
@@ -63,7 +64,18 @@ def _conv(layer: nn.Module, x: torch.Tensor, upsample: bool = False) -> torch.Te
 
 class TrainableTransformerNet(TransformerNet):
     """TransformerNet's parameters under upstream's names, with a forward that autograd can run
-    (the inference net's is in place). 0..255 in and out, as upstream trains and saves it."""
+    (the inference net's is in place). 0..255 in and out, as upstream runs it.
+
+    The last convolution starts at mid-grey with weights OUTPUT_GAIN times torch's default: with
+    the default a new network outputs about 0 +- 0.4, black, and Adam at 1e-3 spends about two
+    thousand steps only growing that layer's weights towards the 0..255 range.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.deconv3.conv2d.weight.mul_(OUTPUT_GAIN)
+            self.deconv3.conv2d.bias.fill_(127.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.in1(_conv(self.conv1, x)))
@@ -75,6 +87,10 @@ class TrainableTransformerNet(TransformerNet):
         y = F.relu(self.in4(_conv(self.deconv1, y, upsample=True)))
         y = F.relu(self.in5(_conv(self.deconv2, y, upsample=True)))
         return _conv(self.deconv3, y)
+
+    def upstream_state(self) -> dict[str, torch.Tensor]:
+        """The weights in pytorch/examples' layout, float32 on the CPU."""
+        return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
 
 
 class PerceptualLoss:
@@ -153,7 +169,6 @@ class Progress:
     terms: dict[str, float]
     photos_per_s: float
     eta_s: float | None
-    message: str = ""
 
 
 class Stopped(Exception):
@@ -191,21 +206,19 @@ class Job:
         return self.folder / "checkpoint.pt"
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class Distributed:
     """This process's place in a torchrun launch (rank 0 of 1 without one)."""
 
     def __init__(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.on = self.world > 1
-        if self.on and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank = dist.get_rank() if self.on else 0
         local = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL's collectives run on the current device
+        if self.on and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.on else 0
 
     def sum(self, values: list[float]) -> list[float]:
         """`values` summed over all processes (as they are, alone)."""
@@ -226,8 +239,13 @@ def _fresh_or_resumed(job: Job) -> dict[str, Any]:
     if job.resume:
         if not job.checkpoint.is_file():
             raise UserError("bad-option", f"no checkpoint of {job.name!r} to resume ({job.checkpoint})")
-        state = torch.load(job.checkpoint, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
+        try:
+            state = torch.load(job.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+            raise UserError(
+                "bad-input", f"cannot read {job.checkpoint} ({exc}); --restart begins anew"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError("bad-input", f"{job.checkpoint} is not a checkpoint this engine can resume")
         return state
     if job.checkpoint.is_file() and not job.restart:
@@ -238,6 +256,8 @@ def _fresh_or_resumed(job: Job) -> dict[str, Any]:
         )
     if job.style is None or job.content_dir is None:
         raise UserError("bad-option", "a new run needs --style PAINTING and --content-dir PHOTOS")
+    if job.restart:  # what the discarded run left: its checkpoint goes at the first save
+        shutil.rmtree(job.folder / "validation", ignore_errors=True)
     return {}
 
 
@@ -287,18 +307,7 @@ def _train(
     if settings.batch % place.world:
         raise UserError("bad-option", f"--batch {settings.batch} must divide among {place.world} processes")
     device = place.device
-    if state:
-        style_path = _same_path(job.style, state["style"], "the painting")
-        content_dir = _same_path(job.content_dir, state["content_dir"], "the photos in")
-        if sha256_of(style_path) != state["style_sha256"]:
-            raise UserError("bad-input", f"{style_path} changed since the run started; --restart to use it")
-        names, validation = list(state["photos"]), state["validation"]
-    else:
-        style_path, content_dir = job.style.resolve(), job.content_dir.resolve()
-        names = find_photos(content_dir)
-        validation = str(job.validation.resolve()) if job.validation else None
-        if validation is None:
-            validation, names = _held_out(content_dir, names)
+    style_path, content_dir, names, validation = _inputs(job, state)
     style_picture = read_at(style_path, settings.style_size)
 
     backbone = load_backbone(settings.backbone, device=device)
@@ -354,7 +363,7 @@ def _train(
         folder.mkdir(parents=True, exist_ok=True)
         images.save_image(folder / f"step-{step:07d}.png", stylise(net, picture, device, path))
 
-    style_hash = state.get("style_sha256") or sha256_of(style_path)
+    style_hash = state.get("style_sha256") or weights.sha256_file(style_path)
     if not state:
         job.folder.mkdir(parents=True, exist_ok=True)
         validate()  # step 0: the untrained network, for comparison
@@ -400,7 +409,25 @@ def _train(
     return installed
 
 
-def _held_out(folder: Path, names: list[str]) -> tuple[str | None, list[str]]:
+def _inputs(job: Job, state: dict[str, Any]) -> tuple[Path, Path, list[str], str | None]:
+    """The painting, the photo folder, the photos to train on and the validation photo: a new
+    run's from the request, a resumed run's from its checkpoint (which the request may repeat)."""
+    if not state:
+        style_path, content_dir = job.style.resolve(), job.content_dir.resolve()
+        names = find_photos(content_dir)
+        if job.validation:
+            return style_path, content_dir, names, str(job.validation.resolve())
+        return style_path, content_dir, *_held_out(content_dir, names)
+    style_path = _same_path(job.style, state["style"], "the painting")
+    content_dir = _same_path(job.content_dir, state["content_dir"], "the photos in")
+    if not style_path.is_file():
+        raise UserError("bad-input", f"the painting this run trains on is gone: {style_path}")
+    if weights.sha256_file(style_path) != state["style_sha256"]:
+        raise UserError("bad-input", f"{style_path} changed since the run started; --restart to use it")
+    return style_path, content_dir, list(state["photos"]), state["validation"]
+
+
+def _held_out(folder: Path, names: list[str]) -> tuple[list[str], str | None]:
     """The first readable photo as the validation picture, kept out of training (where there is
     more than one): the pictures show the network on a photo it never learnt from."""
     for index, name in enumerate(names):
@@ -408,8 +435,8 @@ def _held_out(folder: Path, names: list[str]) -> tuple[str | None, list[str]]:
             load_rgb(folder / name)
         except UserError:
             continue
-        return str(folder / name), (names[:index] + names[index + 1 :] if len(names) > 1 else names)
-    return None, names
+        return (names[:index] + names[index + 1 :] if len(names) > 1 else names), str(folder / name)
+    return names, None
 
 
 def _compute_path(
@@ -435,7 +462,7 @@ def _compute_path(
 
 def _install(
     job: Job,
-    net: nn.Module,
+    net: TrainableTransformerNet,
     settings: Settings,
     path: tune.ComputePath,
     names: list[str],
@@ -448,7 +475,7 @@ def _install(
     """The trained network into the weights folder with its provenance; the checkpoint goes (the
     validation pictures stay)."""
     file = job.folder / "model.pth"
-    state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = net.upstream_state()
     torch.save(state, file)
     provenance = {
         "style": style_path.name,
