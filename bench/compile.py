@@ -131,9 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     allocator.configure()
     machine = tune.machine()
-    print(
-        f"{machine['cpu']}, {machine['capability']}, {machine['threads']} threads, torch {machine['torch']}"
-    )
+    print(tune.describe(machine))
     result: dict[str, Any] = {"machine": machine, "gatys": {}, "johnson": {}}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NST_HOME"] = str(Path(tmp) / "home")  # the fixed-seed weights, installed there

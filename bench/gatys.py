@@ -407,9 +407,7 @@ def main() -> None:
     content, style = load_pair(args.images)
     style = images.resize(style, content.shape[:2])  # the tutorial needs style and content of one size
     machine = tune.machine()
-    print(
-        f"{machine['cpu']}, {machine['capability']}, {machine['threads']} threads, torch {machine['torch']}"
-    )
+    print(tune.describe(machine))
     result: dict[str, Any] = {"quick": args.quick, "machine": machine}
     if "step" in args.parts:
         result.update(bench_step(content, style, sizes, args.seed))

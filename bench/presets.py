@@ -78,9 +78,7 @@ def main() -> None:
     parser.add_argument("--sheets", type=Path, help="write each pair's contact sheet into this folder")
     args = parser.parse_args()
     machine = tune.machine()
-    print(
-        f"{machine['cpu']}, {machine['capability']}, {machine['threads']} threads, torch {machine['torch']}"
-    )
+    print(tune.describe(machine))
     cases = [(preset, variant) for preset in args.presets for variant in args.variants]
     rows: dict[str, list[dict[str, Any]]] = {f"{p}, {v}": [] for p, v in cases}
     for content, style in PAIRS[: args.pairs]:

@@ -194,9 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     allocator.configure()
     machine = tune.machine()
-    print(
-        f"{machine['cpu']}, {machine['capability']}, {machine['threads']} threads, torch {machine['torch']}"
-    )
+    print(tune.describe(machine))
     result: dict[str, Any] = {"machine": machine, "size": args.size, "batch": args.batch, "steps": args.steps}
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"

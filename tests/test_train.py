@@ -53,6 +53,11 @@ def data(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "painting.png", photos
 
 
+def _train_words(painting: Path, photos: Path, steps: int) -> list[object]:
+    """`nst train johnson` on the fixture's pictures, small and in fp32 (the same sums every run)."""
+    return ["train", "johnson", "--style", painting, "--content-dir", photos, "--steps", steps, *SHORT]
+
+
 def _weights(home: Path, name: str) -> dict[str, torch.Tensor]:
     return torch.load(home / "weights" / f"johnson_{name}.pth", weights_only=True)
 
@@ -101,9 +106,8 @@ def test_a_short_training_gives_a_model_that_stylises_towards_the_painting(
 def test_ctrl_c_then_resume_gives_the_weights_of_an_uninterrupted_run(
     data: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    painting, photos = data
     home = tmp_path / "home"
-    start = ["train", "johnson", "--style", painting, "--content-dir", photos, "--steps", 30, *SHORT]
+    start = _train_words(*data, steps=30)
     whole = _nst([*start, "-o", "whole"], home)
     assert whole.returncode == 0, whole.stderr
 
@@ -141,10 +145,8 @@ def test_ctrl_c_then_resume_gives_the_weights_of_an_uninterrupted_run(
 def test_two_processes_under_torchrun_train_what_one_process_trains(
     data: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    painting, photos = data
     home = tmp_path / "home"
-    words = ["train", "johnson", "--style", painting, "--content-dir", photos, "--steps", 3, *SHORT]
-    words[words.index("--batch") + 1] = "4"  # the global batch: two photos per process
+    words = [*_train_words(*data, steps=3), "--batch", 4]  # the global batch: two photos per process
     one = _nst([*words, "-o", "one"], home)
     assert one.returncode == 0, one.stderr
     two = subprocess.run(

@@ -247,8 +247,9 @@ def _compute_report() -> dict[str, Any]:
 
 
 def _print_compute(compute: dict[str, Any]) -> None:
-    m = compute["machine"]
-    print(f"compute: {m['cpu']}, {m['capability']}, {m['threads']} threads, torch {m['torch']}")
+    from engine.compute import tune
+
+    print(f"compute: {tune.describe(compute['machine'])}")
     if compute["override"]:
         print(f"  NST_PRECISION={compute['override']} overrides the measured choice")
     if not compute["measured"]:

@@ -92,6 +92,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def describe(m: dict[str, Any]) -> str:
+    """`machine()` in one line, as every benchmark and `nst info` print it."""
+    return f"{m['cpu']}, {m['capability']}, {m['threads']} threads, torch {m['torch']}"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
