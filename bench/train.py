@@ -137,7 +137,7 @@ def time_engine(folder: Path, style: Path, args: argparse.Namespace, precision: 
     seen: dict[int, float] = {}
     job = johnson.Job(
         name=f"bench-{precision}",
-        style=style,
+        styles=[style],
         content_dir=folder,
         overrides={
             "steps": args.warmup + args.steps,

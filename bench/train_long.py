@@ -64,7 +64,7 @@ def main() -> None:
         os.environ["NST_HOME"] = tmp
         every = math.gcd(*shown[1:])  # a validation picture at each shown step, and few others
         job = johnson.Job(
-            "long", STYLE, IMAGES / "content", overrides={"steps": args.steps, "validate_every": every}
+            "long", [STYLE], IMAGES / "content", overrides={"steps": args.steps, "validate_every": every}
         )
         last = [0.0]
 

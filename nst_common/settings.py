@@ -114,6 +114,11 @@ SETTINGS: tuple[Setting, ...] = (
         "The trained model to run (default: the first installed one)", _MODEL_METHODS,
     ),
     Setting(
+        "mix", "text", None, "Style m_ix",
+        "For a model trained on several paintings: how much of each, as name=weight, comma-separated "
+        "(default: the first painting alone)", ("johnson",),
+    ),
+    Setting(
         "preset", "choice", "balanced", "_Quality",
         "How much work: draft (quick look), balanced, best (slow)", ("gatys",),
         choices=("draft", "balanced", "best"),

@@ -33,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume continues exactly. The model is installed as `--model NAME` of the johnson method.",
     )
     p.add_argument("-o", "--name", required=True, help="the model's name (letters, digits, - and _)")
-    p.add_argument("--style", type=Path, help="the painting")
+    p.add_argument(
+        "--style", type=Path, action="append", default=[], dest="styles", metavar="PAINTING",
+        help="the painting; give several for one network of all, blended by nst stylize --mix",
+    )  # fmt: skip
     p.add_argument("--content-dir", type=Path, help="a folder of photos (COCO works too)")
     p.add_argument("--validation", type=Path, help="a photo to show progress on (default: one held out)")
     p.add_argument("--resume", action="store_true", help="continue the run called NAME from its checkpoint")
@@ -105,7 +108,7 @@ def _johnson(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(Settings)}
     job = johnson.Job(
         name=check_name(args.name),
-        style=args.style,
+        styles=args.styles,
         content_dir=args.content_dir,
         validation=args.validation,
         overrides={k: v for k, v in vars(args).items() if k in names},

@@ -211,7 +211,18 @@ class SingleModelMethod:
                 "bad-option",
                 f"unknown {self.name} model {p['model']!r}; choose one of: {', '.join(models)}",
             )
+        self.settle(p)
         return p
+
+    def settle(self, p: dict[str, Any]) -> None:
+        """Check and complete the settings that depend on the chosen model (none here)."""
+
+    def net_key(self, p: Mapping[str, Any]) -> tuple[Any, ...]:
+        """What makes one loaded network differ from another: the model (and what `load` reads)."""
+        return (self.name, p["model"])
+
+    def load(self, path: Path, p: Mapping[str, Any], device: torch.device) -> torch.nn.Module:
+        return self._loader(path, device)
 
     def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
         return self._cost.footprint(work_size(size, p["size"]))
@@ -220,8 +231,8 @@ class SingleModelMethod:
         model = job.params["model"]
         ctx.progress(Progress(0.05, "load", f"loading the {self.name} model {model}"))
         net = ctx.cache.get(
-            (self.name, model, str(ctx.device)),
-            lambda: self._loader(weights.require(self.weight_ids(model)[0]), ctx.device),
+            (*self.net_key(job.params), str(ctx.device)),
+            lambda: self.load(weights.require(self.weight_ids(model)[0]), job.params, ctx.device),
         )
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.1, "stylize", "stylising"))

@@ -7,11 +7,13 @@ clamped to 0..255). Attribute names match upstream so its state dicts load witho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from engine.errors import UserError
 from engine.nets.ops import (
     UpsampleConv3x3,
     channels_last,
@@ -96,9 +98,26 @@ class TransformerNet(nn.Module):
         return self.head(y).clamp_(0.0, 1.0)
 
 
-def load_transformer_net(path: Path, device: torch.device) -> TransformerNet:
-    """A pytorch/examples fast-neural-style checkpoint (e.g. saved_models/candy.pth), ready to run."""
+def load_transformer_net(
+    path: Path, device: torch.device, mix: Sequence[float] | None = None
+) -> TransformerNet:
+    """A pytorch/examples fast-neural-style checkpoint (e.g. saved_models/candy.pth), ready to run.
+
+    A network of several styles (conditional instance norm, Dumoulin et al. 2017: `nst train
+    johnson` with several paintings) holds each norm's scale and shift once per style, as rows;
+    `mix` weighs the rows (default: the first style alone) into the one-style network it runs as.
+    """
+    state = without_norm_stats(read_state_dict(path))
+    styles = {v.shape[0] for k, v in state.items() if k.endswith((".weight", ".bias")) and v.dim() == 2}
+    if len(styles) > 1:
+        raise UserError("bad-weights", f"{path} holds norms of {sorted(styles)} styles; it is damaged")
+    if mix is not None and styles != {len(mix)}:
+        held = f"{next(iter(styles))} styles" if styles else "one style"
+        raise UserError("bad-option", f"{path} holds {held}, not the {len(mix)} of the mix")
+    if styles:
+        weights = torch.tensor(mix if mix is not None else [1.0] + [0.0] * (styles.pop() - 1))
+        state = {k: weights @ v if v.dim() == 2 else v for k, v in state.items()}
     net = TransformerNet()
-    load_strict(net, without_norm_stats(read_state_dict(path)), path, "fast-neural-style TransformerNet")
+    load_strict(net, state, path, "fast-neural-style TransformerNet")
     net.prepare()
     return frozen(net, device, nchw=(net.res1, net.res2, net.res3, net.res4, net.res5))

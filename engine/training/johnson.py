@@ -71,21 +71,36 @@ class TrainableTransformerNet(TransformerNet):
     thousand steps only growing that layer's weights towards the 0..255 range.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, styles: int = 1) -> None:
         super().__init__()
         with torch.no_grad():
             self.deconv3.conv2d.weight.mul_(OUTPUT_GAIN)
             self.deconv3.conv2d.bias.fill_(127.5)
+        if styles > 1:  # conditional instance norm: a row of scales and shifts per style
+            for norm in self.modules():
+                if isinstance(norm, nn.InstanceNorm2d):
+                    norm.weight = nn.Parameter(norm.weight.detach().repeat(styles, 1))
+                    norm.bias = nn.Parameter(norm.bias.detach().repeat(styles, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.in1(_conv(self.conv1, x)))
-        y = F.relu(self.in2(_conv(self.conv2, y)))
-        y = F.relu(self.in3(_conv(self.conv3, y)))
+    def forward(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        """`styles`: each photo's style, an index into the norms' rows (zeros for one style)."""
+
+        def norm(module: nn.InstanceNorm2d, y: torch.Tensor) -> torch.Tensor:
+            scale, shift = module.weight, module.bias
+            if scale.dim() == 2:
+                scale, shift = scale[styles], shift[styles]
+            else:
+                scale, shift = scale.expand(len(y), -1), shift.expand(len(y), -1)
+            return F.instance_norm(y, eps=module.eps) * scale[..., None, None] + shift[..., None, None]
+
+        y = F.relu(norm(self.in1, _conv(self.conv1, x)))
+        y = F.relu(norm(self.in2, _conv(self.conv2, y)))
+        y = F.relu(norm(self.in3, _conv(self.conv3, y)))
         for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
-            z = F.relu(block.in1(_conv(block.conv1, y)))
-            y = y + block.in2(_conv(block.conv2, z))
-        y = F.relu(self.in4(_conv(self.deconv1, y, upsample=True)))
-        y = F.relu(self.in5(_conv(self.deconv2, y, upsample=True)))
+            z = F.relu(norm(block.in1, _conv(block.conv1, y)))
+            y = y + norm(block.in2, _conv(block.conv2, z))
+        y = F.relu(norm(self.in4, _conv(self.deconv1, y, upsample=True)))
+        y = F.relu(norm(self.in5, _conv(self.deconv2, y, upsample=True)))
         return _conv(self.deconv3, y)
 
     def upstream_state(self) -> dict[str, torch.Tensor]:
@@ -96,23 +111,31 @@ class TrainableTransformerNet(TransformerNet):
 class PerceptualLoss:
     """Content, style and smoothness terms of a batch of results against their photos."""
 
-    def __init__(self, backbone: Backbone, style: torch.Tensor) -> None:
+    def __init__(self, backbone: Backbone, paintings: list[torch.Tensor]) -> None:
         self.backbone = backbone
         with torch.no_grad():
-            features = backbone(style, STYLE_TAPS)
-        self.style = {tap: Target.of(gram(features[tap])) for tap in STYLE_TAPS}
+            grams = [{t: gram(f) for t, f in backbone(p, STYLE_TAPS).items()} for p in paintings]
+        targets = {tap: [Target.of(g[tap]) for g in grams] for tap in STYLE_TAPS}
+        self.grams = {tap: torch.cat([t.value for t in ts]) for tap, ts in targets.items()}  # (S, C, C)
+        self.norms = {tap: torch.stack([t.norm for t in ts]) for tap, ts in targets.items()}  # (S,)
 
     def __call__(
-        self, result: torch.Tensor, photo: torch.Tensor, path: tune.ComputePath
+        self, result: torch.Tensor, photo: torch.Tensor, styles: torch.Tensor, path: tune.ComputePath
     ) -> dict[str, torch.Tensor]:
-        """result and photo: (N, 3, H, W) in 0..1; each term a mean over the batch. The backbone's
-        passes run on `path`; the features come back, and the terms are summed, in float32."""
+        """result and photo: (N, 3, H, W) in 0..1, `styles` each one's painting; each term a mean
+        over the batch. The backbone's passes run on `path`; the features come back, and the terms
+        are summed, in float32."""
         with torch.no_grad():
             wanted = self.backbone(photo, CONTENT_TAPS, path)
         features = self.backbone(result, tuple(dict.fromkeys(STYLE_TAPS + CONTENT_TAPS)), path)
         content = sum(_relative_error(features[t], wanted[t]) for t in CONTENT_TAPS) / len(CONTENT_TAPS)
-        style = sum(self.style[t].loss(gram(features[t])) for t in STYLE_TAPS) / len(STYLE_TAPS)
+        style = sum(self._style_error(gram(features[t]), t, styles) for t in STYLE_TAPS) / len(STYLE_TAPS)
         return {"content": content, "style": style, "tv": total_variation(result)}
+
+    def _style_error(self, grams: torch.Tensor, tap: str, styles: torch.Tensor) -> torch.Tensor:
+        """Each photo's Gram error relative to its painting's Gram energy, averaged over the batch."""
+        error = (grams - self.grams[tap][styles]).pow(2).flatten(1).mean(1)
+        return (error / self.norms[tap][styles]).mean()
 
 
 def _relative_error(current: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -141,19 +164,22 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def new_net(seed: int) -> TrainableTransformerNet:
-    """A freshly initialised network (torch's default initialisation, from `seed`)."""
+def new_net(seed: int, styles: int = 1) -> TrainableTransformerNet:
+    """A freshly initialised network for `styles` paintings, from `seed`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return TrainableTransformerNet()
+        return TrainableTransformerNet(styles)
 
 
-def stylise(net: nn.Module, picture: np.ndarray, device: torch.device, path: tune.ComputePath) -> np.ndarray:
-    """The network's result for an HxWx3 picture in 0..1, as the validation pictures show it."""
+def stylise(
+    net: nn.Module, picture: np.ndarray, style: int, device: torch.device, path: tune.ComputePath
+) -> np.ndarray:
+    """The network's result in painting `style` for an HxWx3 picture in 0..1, as the validation
+    pictures show it."""
     height, width = picture.shape[:2]
     x = torch.from_numpy(picture).permute(2, 0, 1)[None].to(device) * 255
     with torch.no_grad(), path.autocast(device):
-        y = net(pad_to_multiple(x, 4))[..., :height, :width]
+        y = net(pad_to_multiple(x, 4), torch.tensor([style], device=device))[..., :height, :width]
     return (y.float() / 255).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
 
 
@@ -185,7 +211,7 @@ class Job:
     """What a run trains on and where it goes; the settings are separate (they are checkpointed)."""
 
     name: str
-    style: Path | None = None
+    styles: list[Path] = field(default_factory=list)  # the paintings; several: one network for all
     content_dir: Path | None = None
     validation: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # settings given on the command line
@@ -254,8 +280,13 @@ def _fresh_or_resumed(job: Job) -> dict[str, Any]:
             f"a run called {job.name!r} has a checkpoint ({job.checkpoint}); continue it with --resume, "
             "or start again with --restart (discards it)",
         )
-    if job.style is None or job.content_dir is None:
+    if not job.styles or job.content_dir is None:
         raise UserError("bad-option", "a new run needs --style PAINTING and --content-dir PHOTOS")
+    names = [p.stem for p in job.styles]
+    if len(set(names)) < len(names):
+        raise UserError(
+            "bad-option", f"the paintings' file names {names} repeat; a mix names them, rename one"
+        )
     if job.restart:  # what the discarded run left: its checkpoint goes at the first save
         shutil.rmtree(job.folder / "validation", ignore_errors=True)
     return {}
@@ -307,17 +338,17 @@ def _train(
     if settings.batch % place.world:
         raise UserError("bad-option", f"--batch {settings.batch} must divide among {place.world} processes")
     device = place.device
-    style_path, content_dir, names, validation = _inputs(job, state)
-    style_picture = read_at(style_path, settings.style_size)
+    style_paths, content_dir, names, validation = _inputs(job, state)
+    paintings = [images.to_tensor(read_at(p, settings.style_size), device) for p in style_paths]
 
     backbone = load_backbone(settings.backbone, device=device)
-    net = new_net(settings.seed).to(device)
+    net = new_net(settings.seed, len(style_paths)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
     if state:
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
     net = net.to(memory_format=torch.channels_last)
-    loss = PerceptualLoss(backbone, images.to_tensor(style_picture, device))
+    loss = PerceptualLoss(backbone, paintings)
     path = _compute_path(settings, backbone, loss, device, state)
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if place.on else net
     photos = Photos(content_dir, names, settings.size, settings.seed)
@@ -338,8 +369,8 @@ def _train(
             "step": step,
             "net": net.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "style": str(style_path),
-            "style_sha256": style_hash,
+            "styles": [str(p) for p in style_paths],
+            "style_sha256": style_hashes,
             "content_dir": str(content_dir),
             "photos": names,
             "validation": validation,
@@ -361,20 +392,24 @@ def _train(
             return
         folder = job.folder / "validation"
         folder.mkdir(parents=True, exist_ok=True)
-        images.save_image(folder / f"step-{step:07d}.png", stylise(net, picture, device, path))
+        for index, painting in enumerate(style_paths):
+            suffix = f"-{painting.stem}" if len(style_paths) > 1 else ""
+            result = stylise(net, picture, index, device, path)
+            images.save_image(folder / f"step-{step:07d}{suffix}.png", result)
 
-    style_hash = state.get("style_sha256") or weights.sha256_file(style_path)
+    style_hashes = state.get("style_sha256") or [weights.sha256_file(p) for p in style_paths]
     if not state:
         job.folder.mkdir(parents=True, exist_ok=True)
         validate()  # step 0: the untrained network, for comparison
     last_checkpoint = time.monotonic()
     first_step, started = step, time.monotonic()
     while step < settings.steps:
-        x = photos.batch(step * settings.batch + place.rank * local, local).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
+        first = step * settings.batch + place.rank * local
+        x = photos.batch(first, local).to(device).contiguous(memory_format=torch.channels_last)
+        styles = torch.arange(first, first + local, device=device) % len(style_paths)  # by position
         with path.autocast(device):
-            y = model(x * 255)
-        terms = loss(y.float() / 255, x, path)
+            y = model(x * 255, styles)
+        terms = loss(y.float() / 255, x, styles, path)
         total = weighted(terms, settings)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -403,28 +438,32 @@ def _train(
     if place.rank:
         dist.barrier()
         return weights.weights_dir() / f"{job.weight_id}.pth"
-    installed = _install(job, net, settings, path, names, photos, style_path, style_hash, elapsed, history)
+    installed = _install(job, net, settings, path, names, photos, style_paths, style_hashes, elapsed, history)
     if place.on:
         dist.barrier()
     return installed
 
 
-def _inputs(job: Job, state: dict[str, Any]) -> tuple[Path, Path, list[str], str | None]:
+def _inputs(job: Job, state: dict[str, Any]) -> tuple[list[Path], Path, list[str], str | None]:
     """The painting, the photo folder, the photos to train on and the validation photo: a new
     run's from the request, a resumed run's from its checkpoint (which the request may repeat)."""
     if not state:
-        style_path, content_dir = job.style.resolve(), job.content_dir.resolve()
+        style_paths, content_dir = [p.resolve() for p in job.styles], job.content_dir.resolve()
         names = find_photos(content_dir)
         if job.validation:
-            return style_path, content_dir, names, str(job.validation.resolve())
-        return style_path, content_dir, *_held_out(content_dir, names)
-    style_path = _same_path(job.style, state["style"], "the painting")
+            return style_paths, content_dir, names, str(job.validation.resolve())
+        return style_paths, content_dir, *_held_out(content_dir, names)
+    style_paths = [Path(p) for p in state["styles"]]
+    if job.styles and [p.resolve() for p in job.styles] != style_paths:
+        listed = ", ".join(map(str, style_paths))
+        raise UserError("bad-option", f"this run trains on the paintings {listed}; leave --style out")
     content_dir = _same_path(job.content_dir, state["content_dir"], "the photos in")
-    if not style_path.is_file():
-        raise UserError("bad-input", f"the painting this run trains on is gone: {style_path}")
-    if weights.sha256_file(style_path) != state["style_sha256"]:
-        raise UserError("bad-input", f"{style_path} changed since the run started; --restart to use it")
-    return style_path, content_dir, list(state["photos"]), state["validation"]
+    for painting, digest in zip(style_paths, state["style_sha256"], strict=True):
+        if not painting.is_file():
+            raise UserError("bad-input", f"a painting this run trains on is gone: {painting}")
+        if weights.sha256_file(painting) != digest:
+            raise UserError("bad-input", f"{painting} changed since the run started; --restart to use it")
+    return style_paths, content_dir, list(state["photos"]), state["validation"]
 
 
 def _held_out(folder: Path, names: list[str]) -> tuple[list[str], str | None]:
@@ -450,9 +489,10 @@ def _compute_path(
 
     def one_step(path: tune.ComputePath, side: int) -> None:
         x = torch.rand(1, 3, side, side, device=device).contiguous(memory_format=torch.channels_last)
+        first = torch.zeros(1, dtype=torch.long, device=device)
         with path.autocast(device):
-            y = probe(x * 255)
-        total = weighted(loss(y.float() / 255, x, path), settings)
+            y = probe(x * 255, first)
+        total = weighted(loss(y.float() / 255, x, first, path), settings)
         total.backward()
         probe.zero_grad(set_to_none=True)
 
@@ -467,8 +507,8 @@ def _install(
     path: tune.ComputePath,
     names: list[str],
     photos: Photos,
-    style_path: Path,
-    style_hash: str,
+    style_paths: list[Path],
+    style_hashes: list[str],
     elapsed: float,
     history: list[list[float]],
 ) -> Path:
@@ -478,8 +518,9 @@ def _install(
     state = net.upstream_state()
     torch.save(state, file)
     provenance = {
-        "style": style_path.name,
-        "style_sha256": style_hash,
+        "styles": [p.stem for p in style_paths],  # the names a mix gives weights to
+        "style_files": [p.name for p in style_paths],
+        "style_sha256": style_hashes,
         "photos": len(names) - len(photos.skipped),  # the readable ones it trained on
         "skipped": len(photos.skipped),
         "steps": settings.steps,
