@@ -484,8 +484,8 @@ def test_bad_settings_are_refused(method, settings: dict) -> None:
 
 def test_defaults() -> None:
     assert JOHNSON.parse_params({}) == {
-        "model": "candy", "strength": 1.0, "preserve_colors": "none", "size": None, "precision": "auto",
-        "tile": None,
+        "model": "candy", "mix": None, "strength": 1.0, "preserve_colors": "none", "size": None,
+        "precision": "auto", "tile": None,
     }  # fmt: skip
     assert CYCLEGAN.parse_params({})["model"] == "style_monet"
     assert ADAIN.parse_params({"preserve_colors": True}) == {
