@@ -101,10 +101,6 @@ def load_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return content, style
 
 
-def at_long_side(picture: np.ndarray, side: int) -> np.ndarray:
-    return images.resize(picture, images.fit_long_side(*picture.shape[:2], side))
-
-
 R = TypeVar("R", bound=ref.Reference)
 
 
@@ -127,7 +123,7 @@ def reference_for(
 def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) -> dict[str, float]:
     """Median seconds of one loss+gradient evaluation, the engine's and the reference's, interleaved."""
     backbone = random_backbone("vgg19", seed)
-    content_t, style_t = (images.to_tensor(at_long_side(p, sizes.step)) for p in (content, style))
+    content_t, style_t = (images.to_tensor(images.at_long_side(p, sizes.step)) for p in (content, style))
     p = gatys.METHOD.parse_params({"backbone": "vgg19"})
     ctx = RunContext(torch.device("cpu"), lambda _: None, CancelToken(), ModelCache())
     path = gatys.compute_path(backbone, p, ctx, math.prod(content_t.shape[-2:]))  # as a job chooses it
@@ -222,7 +218,7 @@ def bench_time_to_reference(
     """Each preset as `nst stylize` runs it, against the reference loop's time to the same loss and
     to the same style score (engine/score.py); with `pictures`, every picture is saved there too."""
     backbone = load_backbone(DEFAULT_BACKBONE)
-    content, style = (at_long_side(p, sizes.ttr) for p in (content, style))
+    content, style = (images.at_long_side(p, sizes.ttr) for p in (content, style))
     content_t, style_t = images.to_tensor(content), images.to_tensor(style)
     normalization = ref.Normalization([m / 255 for m in hed.MEAN_BGR], [1 / 255] * 3, bgr=True)
 

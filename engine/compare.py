@@ -109,7 +109,7 @@ def run_all(
 
     content = images.split_alpha(images.load_image(content_path))[0]
     if size is not None:
-        content = images.resize(content, images.fit_long_side(*content.shape[:2], size))
+        content = images.at_long_side(content, size)
     painting = images.split_alpha(images.load_image(style_path))[0]
     scorer = Scorer(content, painting)
     cache = ModelCache()
@@ -125,7 +125,7 @@ def run_all(
     for number, run in enumerate(runs, start=1):
         report(f"[{number}/{len(runs)}] {run.label}")
         if run.method not in warmed:
-            small = images.resize(content, images.fit_long_side(*content.shape[:2], WARM_UP_SIDE))
+            small = images.at_long_side(content, WARM_UP_SIDE)
             taken = {s.name for s in settings.for_method(run.method)}
             run_one(run, small, {"size": None} | ({"iterations": 1} if "iterations" in taken else {}))
             warmed.add(run.method)
@@ -153,7 +153,7 @@ def contact_sheet(c: Comparison) -> np.ndarray:
     font = ImageFont.load_default(size=13)
     for index, (title, seconds, numbers, picture) in enumerate(cells):
         x, y = (index % columns) * cell_w + MARGIN, (index // columns) * cell_h + MARGIN
-        thumb = images.resize(picture, images.fit_long_side(*picture.shape[:2], THUMB))
+        thumb = images.at_long_side(picture, THUMB)
         sheet.paste(Image.fromarray((thumb.clip(0, 1) * 255 + 0.5).astype(np.uint8)), (x, y))
         for line, text in enumerate((f"{title}  {seconds}".strip(), numbers)):
             at = (x, y + THUMB + 4 + line * LINE_HEIGHT)

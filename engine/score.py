@@ -71,7 +71,7 @@ class Scorer:
         self.side = min(SIDE, max(content.shape[:2]))
         self.size = images.fit_long_side(*content.shape[:2], self.side)
         self.content = self._prepare(content)
-        self.style = images.to_tensor(images.resize(style, images.fit_long_side(*style.shape[:2], self.side)))
+        self.style = images.to_tensor(images.at_long_side(style, self.side))
         generator = torch.Generator().manual_seed(SEED)
         self._content_features = self._features(self.content)
         style_features = self._features(self.style)

@@ -172,7 +172,7 @@ def _stylize(args: argparse.Namespace) -> int:
     check_size(args.size)
     content = images.load_image(args.content)
     if args.size is not None:
-        content = images.resize(content, images.fit_long_side(*content.shape[:2], args.size))
+        content = images.at_long_side(content, args.size)
     styles = [
         StyleRef(path=str(path), weight=w) for path, w in zip(args.style, _style_weights(args), strict=True)
     ]

@@ -226,6 +226,11 @@ def resize_tensor(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
+def at_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """HxWxC float32 numpy resized to `long_side`, keeping its aspect."""
+    return resize(image, fit_long_side(*image.shape[:2], long_side))
+
+
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize HxWxC float32 numpy to (height, width)."""
     if image.shape[:2] == tuple(size):

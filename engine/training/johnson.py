@@ -156,7 +156,7 @@ def weighted(terms: dict[str, torch.Tensor], settings: Settings) -> torch.Tensor
 def read_at(path: Path, long_side: int) -> np.ndarray:
     """An RGB picture scaled to `long_side`."""
     picture = load_rgb(path)
-    return images.resize(picture, images.fit_long_side(*picture.shape[:2], long_side))
+    return images.at_long_side(picture, long_side)
 
 
 def is_main_process() -> bool:

@@ -110,7 +110,7 @@ class GatysMethod:
             content_t = images.to_tensor(images.resize(content, size), ctx.device)
             style_ts = [
                 images.to_tensor(
-                    images.resize(s, images.fit_long_side(*s.shape[:2], round(side * p["style_scale"]))),
+                    images.at_long_side(s, round(side * p["style_scale"])),
                     ctx.device,
                 )
                 for s in styles
