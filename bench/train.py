@@ -7,7 +7,7 @@ TransformerNet (bench/zoo.py's faithful copy), Vgg16's four slices to relu1_2, r
 relu4_3, normalize_batch, gram_matrix / (c h w), MSE content loss at relu2_2 and style loss on the
 Grams, Adam at 1e-3, fp32. Its loss network is the engine's default (vgg16-hed, the same weights
 through torchvision's VGG16 stack), with that network's own input transform in place of
-normalize_batch's ImageNet statistics. The engine runs through engine.training.johnson.train, on
+normalize_batch's ImageNet statistics. The engine runs through engine.training.loop.train, on
 the compute path it measures fastest here, and on fp32 with and without NNPACK's Winograd kernel
 in the loss network (the latter forced through NST_PRECISION: no setting names it).
 
@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 
 from engine.backbones import hed, load_backbone  # noqa: E402
 from engine.compute import allocator, tune  # noqa: E402
-from engine.training import johnson  # noqa: E402
+from engine.training import johnson, loop  # noqa: E402
 from engine.training.photos import find_photos, load_rgb, square_crop  # noqa: E402
 from engine.training.settings import PRECISIONS  # noqa: E402
 
@@ -135,7 +135,8 @@ def time_engine(folder: Path, style: Path, args: argparse.Namespace, precision: 
     """`nst train johnson` through its entry point; the time from the report of the last warm-up
     step to the report of the last step (checkpoints and validation pictures fall outside it)."""
     seen: dict[int, float] = {}
-    job = johnson.Job(
+    job = loop.Job(
+        method="johnson",
         name=f"bench-{precision}",
         styles=[style],
         content_dir=folder,
@@ -151,7 +152,7 @@ def time_engine(folder: Path, style: Path, args: argparse.Namespace, precision: 
     )
     forced = {"NST_PRECISION": precision} if precision not in PRECISIONS else {}  # no setting names it
     with patched_environ(forced):
-        johnson.train(job, lambda p: seen.setdefault(p.step, time.perf_counter()))
+        loop.train(johnson, job, lambda p: seen.setdefault(p.step, time.perf_counter()))
     chosen = json.loads((home / "weights" / "trained.json").read_text())[job.weight_id]["precision"]
     return {"s": seen[args.warmup + args.steps] - seen[args.warmup], "path": chosen}
 
@@ -200,8 +201,8 @@ def main() -> None:
         home = Path(tmp) / "home"
         os.environ["NST_HOME"] = str(home)
         folder, style = pictures(args, Path(tmp))
-        names = find_photos(folder)
-        style_picture = johnson.read_at(style, johnson.Settings().style_size)
+        names = find_photos(folder, "--content-dir")
+        style_picture = loop.read_at(style, johnson.SETTINGS().style_size)
         reference = ReferenceLoop(folder, names, style_picture, args.size, args.batch)
         ref_s = [time_reference(reference, args.steps, args.warmup)]
         ours = {p: time_engine(folder, style, args, p, home) for p in ("auto", "fp32", tune.WINOGRAD.name)}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.compute import allocator, tune  # noqa: E402
-from engine.training import johnson  # noqa: E402
+from engine.training import johnson, loop  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 STYLE = IMAGES / "style" / "woman_with_hat_matisse.jpg"
@@ -63,19 +63,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NST_HOME"] = tmp
         every = math.gcd(*shown[1:])  # a validation picture at each shown step, and few others
-        job = johnson.Job(
-            "long", [STYLE], IMAGES / "content", overrides={"steps": args.steps, "validate_every": every}
+        job = loop.Job(
+            "johnson",
+            "long",
+            styles=[STYLE],
+            content_dir=IMAGES / "content",
+            overrides={"steps": args.steps, "validate_every": every},
         )
         last = [0.0]
 
-        def report(p: johnson.Progress) -> None:
+        def report(p: loop.Progress) -> None:
             if time.monotonic() - last[0] > 30 or p.step == p.steps:
                 last[0] = time.monotonic()
                 terms = ", ".join(f"{k} {v:.3f}" for k, v in p.terms.items())
                 print(f"step {p.step}/{p.steps}: {terms}; {p.photos_per_s:.2f} photos/s", flush=True)
 
         started = time.monotonic()
-        johnson.train(job, report)
+        loop.train(johnson, job, report)
         minutes = (time.monotonic() - started) / 60
         folder = job.folder / "validation"
         strip([(f"step {s}", folder / f"step-{s:07d}.png") for s in shown], args.out)

@@ -236,12 +236,18 @@ def _method_info(method: Method) -> dict[str, Any]:
         ids = method.weight_ids(name)
         sizes = [manifest.download_size(w) for w in ids]
         size = None if None in sizes else sum(s for s in sizes if s is not None)
-        return {"id": name, "installed": installed(ids), "weights": list(ids), "size": size}
+        return {
+            "id": name,
+            "installed": installed(ids),
+            "weights": list(ids),
+            "size": size,
+            "styles": weights.trained_styles(ids[0], manifest),  # the paintings a mix names
+        }
 
     declared = settings.method(method.name)
     info: dict[str, Any] = {**dataclasses.asdict(declared)}
-    if not declared.needs_style:  # its style lives in a trained model
-        info["models"] = [model(m) for m in manifest.models(method.name)]
+    if declared.has_models:
+        info["models"] = [model(m) for m in method.models]
         info["ready"] = any(m["installed"] for m in info["models"])
     else:
         info["weights"] = list(method.weight_ids(None))

@@ -817,6 +817,14 @@ def install_trained(weight_id: str, method: str, file: Path, provenance: dict, r
     return dest
 
 
+def trained_styles(weight_id: str, manifest: Manifest | None = None) -> list[str]:
+    """The paintings a model trained here on several learnt, in order (the names a mix takes);
+    [] for any other model."""
+    entry = (manifest or load_manifest()).entries.get(weight_id)
+    styles = list(entry.trained.get("styles", [])) if entry is not None else []
+    return styles if len(styles) > 1 else []
+
+
 def check_trained_id(weight_id: str, replace: bool) -> None:
     """Refuse, before any training, an id that a shipped model has, or that a trained model has
     unless `replace`: nothing the user has is overwritten by surprise."""

@@ -30,30 +30,33 @@ class Method:
     help: str  # one line: when to pick it
     needs_style: bool  # takes style images; False: its style lives in a trained model
     guided: bool  # matches each region's (or label's) own style inside the method
+    has_models: bool  # runs one of a list of trained models (the `model` setting)
 
 
 METHODS: tuple[Method, ...] = (
     Method(
         "gatys", "Gatys (optimisation, slow, best quality)",
-        "Optimises the picture itself against any style image; minutes on a CPU", True, True,
+        "Optimises the picture itself against any style image; minutes on a CPU", True, True, False,
     ),
     Method(
         "johnson", "Johnson (fast, one model per style)",
-        "One forward pass of a network trained for one style; needs a model", False, False,
+        "One forward pass of a network trained for one style; needs a model", False, False, True,
     ),
     Method(
         "adain", "AdaIN (fast, any style image)",
-        "One forward pass for any style image; needs the AdaIN encoder and decoder", True, True,
+        "One forward pass for any style image; needs a decoder: the published one, or one trained "
+        "by nst train adain", True, True, True,
     ),
     Method(
         "cyclegan", "CycleGAN (fast, painter models)",
-        "One forward pass of a generator trained on a painter's work; needs a model", False, False,
+        "One forward pass of a generator trained on a painter's work; needs a model", False, False, True,
     ),
 )  # fmt: skip
 METHOD_NAMES = tuple(m.name for m in METHODS)
 _EVERY = METHOD_NAMES
 _FEED_FORWARD = ("johnson", "adain", "cyclegan")
-_MODEL_METHODS = tuple(m.name for m in METHODS if not m.needs_style)
+_MODEL_METHODS = tuple(m.name for m in METHODS if m.has_models)
+_STYLELESS = tuple(m.name for m in METHODS if not m.needs_style)  # the style lives in the model
 _GUIDED = tuple(m.name for m in METHODS if m.guided)
 
 # Gatys' feature taps, shared by its layer settings.
@@ -112,6 +115,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "model", "model", None, "Mo_del",
         "The trained model to run (default: the first installed one)", _MODEL_METHODS,
+        per_method={"adain": {"help": "The decoder to run: published (with its VGG-19 encoder) or one "
+                              "trained by nst train adain (default: the first installed one)"}},
     ),
     Setting(
         "mix", "text", None, "Style m_ix",
@@ -138,7 +143,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Keep the photo's colours: by luminance, or by matching the style's colour histogram",
         _EVERY, choices=("none", "luminance", "histogram"),
         labels=("No", "Keep the photo's luminance", "Match the style's colours to the photo"),
-        per_method={name: {"choices": ("none", "luminance")} for name in _MODEL_METHODS},
+        per_method={name: {"choices": ("none", "luminance")} for name in _STYLELESS},
     ),
     Setting(
         "iterations", "int", None, "_Iterations",

@@ -24,7 +24,7 @@ import pytest
 from client import EngineClient, EngineError
 from job import build_job, region_masks, style_weights
 from model_choice import method_models
-from settings import DIALOG_SETTINGS, MODEL_METHODS, Settings, SettingsError, dialog_value, validate
+from settings import DIALOG_SETTINGS, STYLELESS_METHODS, Settings, SettingsError, dialog_value, validate
 
 from engine import pipeline
 from engine.service.server import Server
@@ -75,7 +75,8 @@ def _values(row: declared.Setting, method: str, models: list[str]) -> list[Any]:
 
 def _variants(method: str, models: list[str]) -> Iterator[tuple[str, dict[str, Any], str]]:
     """(name, Settings.of fields, shape of the layer) for one method."""
-    style = {} if models is not None else {"style_file": "STYLE"}
+    needs_style = declared.method(method).needs_style
+    style = {"style_file": "STYLE"} if needs_style else {}
     yield "defaults", style, "plain"
     for row in DIALOG_SETTINGS:
         if method not in row.methods:
@@ -85,7 +86,7 @@ def _variants(method: str, models: list[str]) -> Iterator[tuple[str, dict[str, A
     yield "layer mask", style, "mask"
     yield "selection", style, "selection"
     yield "grey with alpha", style, "grey"
-    if models is None:
+    if needs_style:
         two = {**style, "style2_layer": "Second", "style2_weight": 0.5}
         yield "two styles", two, "plain"
         yield "split", {**two, "layer_mask": "split"}, "mask"
@@ -109,7 +110,7 @@ def _variants(method: str, models: list[str]) -> Iterator[tuple[str, dict[str, A
 def _job(settings: Settings, shape: str, style_file: Path) -> Any:
     """The job the plug-in builds for one layer of `shape`, as host.py does."""
     content = _raw(2, 1) if shape == "grey" else _raw(4 if shape == "mask" else 3, 1)
-    if settings.method in MODEL_METHODS:
+    if settings.method in STYLELESS_METHODS:
         styles: list[tuple[Any, float]] = []
     elif settings.layer_mask == "regions":
         styles = [(str(style_file), 1.0), (_raw(3, 3, 16, 16), 1.0)]
@@ -215,7 +216,7 @@ def test_every_method_runs_with_the_dialogs_defaults(
     """The real pipeline, the plug-in's own Settings() defaults (Gatys kept short)."""
     client, available, devices = _client(make_server())
     extra = {"size": 32, "iterations": 2} if method == "gatys" else {}
-    style = {} if method in MODEL_METHODS else {"style_file": str(style_file)}
+    style = {} if method in STYLELESS_METHODS else {"style_file": str(style_file)}
     settings = validate(Settings.of(method=method, **style, **extra), available, devices)
     job = _job(settings, "plain", style_file)
     result = client.stylize(job, lambda *_: None, lambda: False)

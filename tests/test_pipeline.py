@@ -82,8 +82,12 @@ def test_hello_lists_a_model_only_once_its_weights_are_installed(
     assert before["gatys"]["ready"] is True
     johnson = before["johnson"]
     assert (johnson["needs_style"], johnson["guided"], johnson["ready"]) == (False, False, False)
+    assert before["gatys"]["has_models"] is False and "models" not in before["gatys"]
     assert not any(m["installed"] for m in johnson["models"])
-    assert before["adain"]["ready"] is False and "models" not in before["adain"]
+    adain = before["adain"]
+    assert (adain["needs_style"], adain["has_models"], adain["ready"]) == (True, True, False)
+    published = ("published", ["adain_vgg", "adain_decoder"])
+    assert [(m["id"], m["weights"]) for m in adain["models"]] == [published]
 
     file = tmp_path / "candy.pth"
     file.write_bytes(b"a user's own copy of the candy model")  # no published checksum: pinned on import

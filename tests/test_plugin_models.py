@@ -30,7 +30,8 @@ def test_the_list_comes_from_a_real_hello(
     sock.close()
 
     known = model_choice.known_models(hello)
-    assert set(known) == {"johnson", "cyclegan"}  # the methods that take style images have no list
+    assert set(known) == {"johnson", "adain", "cyclegan"}  # Gatys runs no models
+    assert [(m.id, m.weights) for m in known["adain"]] == [("published", ("adain_vgg", "adain_decoder"))]
     johnson = known["johnson"]
     assert [m.id for m in johnson] == list(weights.load_manifest().models("johnson"))
     assert [m.id for m in johnson if m.installed] == ["mosaic"]
@@ -43,6 +44,26 @@ def test_the_list_comes_from_a_real_hello(
     assert model_choice.to_download(known, "johnson", "mosaic") is None  # installed
     assert model_choice.to_download(known, "johnson", "no-such-model") is None
     assert model_choice.to_download(known, "gatys", "candy") is None
+
+
+def test_a_model_of_several_paintings_offers_them_to_the_mix(
+    make_server: Callable[..., Server], nst_env: dict[str, str], tmp_path: Path
+) -> None:
+    import torch
+
+    from engine.training.johnson import new_net
+
+    file = tmp_path / "model.pth"
+    torch.save(new_net(0, styles=2).upstream_state(), file)
+    weights.install_trained("johnson_both", "johnson", file, {"styles": ["dawn", "dusk"]}, replace=False)
+    sock, hello = open_session(make_server().address, None)
+    sock.close()
+
+    johnson = model_choice.known_models(hello)["johnson"]
+    both = next(m for m in johnson if m.id == "both")
+    assert both.installed and both.styles == ("dawn", "dusk")
+    assert model_choice.mix_hint(johnson, "both") == "dawn=0.5, dusk=0.5"  # the dialog's example
+    assert model_choice.mix_hint(johnson, "candy") == ""  # one painting: the field is hidden
 
 
 def test_labels_sizes_and_malformed_entries() -> None:

@@ -29,27 +29,39 @@ HELLO = {
     "type": "hello",
     "capabilities": {
         "methods": {
-            "gatys": {"needs_style": True},
-            "adain": {"needs_style": True},
+            "gatys": {"needs_style": True, "has_models": False},
+            "adain": {
+                "needs_style": True,
+                "has_models": True,
+                "models": [
+                    {"id": "published", "installed": False, "weights": ["adain_vgg", "adain_decoder"]},
+                    {"id": "mine", "installed": True, "weights": ["adain_mine", "hed"]},
+                ],
+            },
             "johnson": {
                 "needs_style": False,
+                "has_models": True,
                 "models": [
                     {"id": "mosaic", "installed": True},
                     {"id": "candy", "installed": True},
                     {"id": "udnie", "installed": False},
                 ],
             },
-            "cyclegan": {"needs_style": False, "models": [{"id": "style_monet", "installed": False}]},
+            "cyclegan": {
+                "needs_style": False,
+                "has_models": True,
+                "models": [{"id": "style_monet", "installed": False}],
+            },
         }
     },
 }
 AVAILABLE = method_models(HELLO)
 
 
-def test_method_models_reads_needs_style_and_models() -> None:
-    assert AVAILABLE == {"gatys": None, "adain": None, "johnson": ["mosaic", "candy"], "cyclegan": []}
+def test_method_models_reads_has_models_and_models() -> None:
+    assert AVAILABLE == {"gatys": None, "adain": ["mine"], "johnson": ["mosaic", "candy"], "cyclegan": []}
     text = describe_methods(AVAILABLE)
-    assert "johnson: models mosaic, candy" in text
+    assert "johnson: models mosaic, candy" in text and "adain: models mine" in text
     assert "cyclegan: no models installed yet (choose one to download it)" in text
 
 
@@ -57,6 +69,23 @@ def test_validate_accepts_a_gatys_run_and_fills_the_default_model() -> None:
     s = validate(Settings.of(method="gatys", style_file="/s.png"), AVAILABLE)
     assert s.method == "gatys"
     assert validate(Settings.of(method="johnson"), AVAILABLE).get("model") == "mosaic"
+    assert validate(Settings.of(method="adain", style_file="/s.png"), AVAILABLE).get("model") == "mine"
+    # GIMP hands an unset text argument over as None
+    unset = Settings.of(method="adain", style_file="/s", model=None)
+    assert validate(unset, AVAILABLE).get("model") == "mine"
+
+
+def test_a_model_that_is_not_installed_names_the_weights_to_pull() -> None:
+    """AdaIN's published model is two files: the message names both, as the engine lists them."""
+    pulls = {
+        m: {x["id"]: x.get("weights", []) for x in i.get("models", [])}
+        for m, i in HELLO["capabilities"]["methods"].items()
+    }
+    adain = Settings.of(method="adain", style_file="/s.png", model="published")
+    with pytest.raises(SettingsError, match="nst models pull adain_vgg adain_decoder"):
+        validate(adain, AVAILABLE, None, pulls)
+    with pytest.raises(SettingsError, match="nst models pull johnson_udnie"):
+        validate(Settings.of(method="johnson", model="udnie"), AVAILABLE, None, pulls)
 
 
 @pytest.mark.parametrize(

@@ -87,11 +87,17 @@ def test_the_manifest_is_the_list_of_models(manifest: Files, make_server: Callab
     sock, hello = open_session(make_server().address, None)
     sock.close()
     assert _models(hello, "johnson")[:3] == [
-        {"id": "candy", "installed": False, "weights": ["johnson_candy"], "size": SIZE},
-        {"id": "mosaic", "installed": False, "weights": ["johnson_mosaic"], "size": SIZE},
-        {"id": "rain_princess", "installed": False, "weights": ["johnson_rain_princess"], "size": None},
+        {"id": "candy", "installed": False, "weights": ["johnson_candy"], "size": SIZE, "styles": []},
+        {"id": "mosaic", "installed": False, "weights": ["johnson_mosaic"], "size": SIZE, "styles": []},
+        {
+            "id": "rain_princess",
+            "installed": False,
+            "weights": ["johnson_rain_princess"],
+            "size": None,
+            "styles": [],
+        },
     ]
-    assert hello["requests"] == ["pull"] and hello["limits"]["max_pull_weights"] == 8
+    assert hello["requests"] == ["pull", "train"] and hello["limits"]["max_pull_weights"] == 8
 
 
 def test_pull_downloads_with_progress_while_other_clients_are_answered(

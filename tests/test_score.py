@@ -122,7 +122,7 @@ def test_compare_runs_every_installed_method_onto_one_sheet(
     report = json.loads(done.stdout)
     labels = [row["label"] for row in report["runs"]]
     assert labels == [
-        "gatys preset=draft", "gatys preset=balanced", "johnson model=candy", "adain",
+        "gatys preset=draft", "gatys preset=balanced", "johnson model=candy", "adain model=published",
         "cyclegan model=style_monet",
     ]  # fmt: skip
     for row in report["runs"]:

@@ -489,8 +489,8 @@ def test_defaults() -> None:
     }  # fmt: skip
     assert CYCLEGAN.parse_params({})["model"] == "style_monet"
     assert ADAIN.parse_params({"preserve_colors": True}) == {
-        "strength": 1.0, "style_size": 512, "preserve_colors": "luminance", "size": None, "precision": "auto",
-        "tile": None,
+        "model": "published", "strength": 1.0, "style_size": 512, "preserve_colors": "luminance",
+        "size": None, "precision": "auto", "tile": None,
     }  # fmt: skip
 
 

@@ -8,6 +8,9 @@ and a trained decoder turns them back into an image. Follows naoto0804/pytorch-A
 - the alpha blend and the normalisation fold into one per-channel scale and shift;
 - a style's statistics are cached (keyed by its pixels), so re-running with new content or alpha
   skips the style's encoder pass.
+
+The models are the published decoder with its VGG-19 encoder, and the decoders trained here by
+`nst train adain` (engine/training/adain.py), each with the backbone its provenance names as encoder.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import numpy as np
 import torch
 
 from engine import params, weights
+from engine.backbones import source_of
 from engine.errors import UserError
 from engine.imaging import images, masks
 from engine.imaging.colors import match_color_histogram
 from engine.methods.base import Footprint, PreparedJob, Progress, RunContext, StyleSource
 from engine.nets import tiling
-from engine.nets.adain_nets import ConvStack, load_decoder, load_encoder
+from engine.nets.adain_nets import load_backbone_encoder, load_decoder, load_encoder
 from engine.nets.inference import (
     MIN_SIDE,
     NetCost,
@@ -48,18 +52,64 @@ EPS = 1e-5  # upstream calc_mean_std: added to the (unbiased) variance
 COST = NetCost(multiple=8, halo=72, bytes_per_pixel=1650, fixed_bytes=30 << 20)
 
 
+PUBLISHED = "published"  # the model of naoto0804's decoder and its VGG-19 encoder
+PREFIX = "adain_"  # a decoder trained here is the weights adain_<model>
+
+
+def _decoder_id(model: str) -> str:
+    return "adain_decoder" if model == PUBLISHED else PREFIX + model
+
+
 class AdaINMethod:
     name = "adain"
-    models = ()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The published decoder, then those trained here (read from the manifest in use)."""
+        entries = weights.load_manifest().entries.values()
+        return (PUBLISHED, *(e.id[len(PREFIX) :] for e in entries if e.method == self.name and e.trained))
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
-        return ("adain_vgg", "adain_decoder")
+        if model in (None, PUBLISHED):
+            return ("adain_vgg", _decoder_id(PUBLISHED))
+        return (_decoder_id(model), source_of(self._encoder_of(model)).WEIGHTS_ID)
+
+    def _encoder_of(self, model: str) -> str:
+        """The backbone a decoder trained here was trained for."""
+        return str(weights.load_manifest().entry(PREFIX + model).trained["backbone"])
 
     def parse_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         p = params.parse(self.name, raw)
         if 0 < p["style_size"] < MIN_SIDE:
             raise UserError("bad-option", f"setting 'style_size' must be 0 (keep) or at least {MIN_SIDE}")
+        models = self.models
+        if p["model"] is None:  # the first installed one, as the setting's help says
+            installed = (m for m in models if all(weights.path_for(w) for w in self.weight_ids(m)))
+            p["model"] = next(installed, PUBLISHED)
+        elif p["model"] not in models:
+            raise UserError(
+                "bad-option", f"unknown adain model {p['model']!r}; choose one of: {', '.join(models)}"
+            )
         return p
+
+    def _nets(self, model: str, ctx: RunContext) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The encoder and decoder of `model`, loaded once per engine."""
+        device = str(ctx.device)
+        if model == PUBLISHED:
+            encoder = ctx.cache.get(
+                ("adain", "encoder", PUBLISHED, device),
+                lambda: load_encoder(weights.require("adain_vgg"), ctx.device),
+            )
+        else:
+            backbone = self._encoder_of(model)
+            encoder = ctx.cache.get(
+                ("adain", "encoder", backbone, device), lambda: load_backbone_encoder(backbone, ctx.device)
+            )
+        decoder = ctx.cache.get(
+            ("adain", "decoder", model, device),
+            lambda: load_decoder(weights.require(_decoder_id(model)), ctx.device),
+        )
+        return encoder, decoder
 
     def footprint(self, p: dict[str, Any], size: tuple[int, int]) -> Footprint:
         return COST.footprint(work_size(size, p["size"]))
@@ -67,13 +117,8 @@ class AdaINMethod:
     def run(self, job: PreparedJob, ctx: RunContext) -> np.ndarray:
         p = job.params
         device = str(ctx.device)
-        ctx.progress(Progress(0.05, "load", "loading the AdaIN encoder and decoder"))
-        encoder = ctx.cache.get(
-            ("adain", "encoder", device), lambda: load_encoder(weights.require("adain_vgg"), ctx.device)
-        )
-        decoder = ctx.cache.get(
-            ("adain", "decoder", device), lambda: load_decoder(weights.require("adain_decoder"), ctx.device)
-        )
+        ctx.progress(Progress(0.05, "load", f"loading the AdaIN encoder and decoder ({p['model']})"))
+        encoder, decoder = self._nets(p["model"], ctx)
         content = images.resize(job.content, work_size(job.content.shape[:2], p["size"]))
         styles = [s.image for s in job.styles]
         if p["preserve_colors"] == "histogram":  # upstream's --preserve_color recolours the style (coral)
@@ -81,8 +126,9 @@ class AdaINMethod:
 
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.2, "stylize", "stylising"))
+        workload = "adain" if p["model"] == PUBLISHED else f"adain/{self._encoder_of(p['model'])}"
         path = compute_path(
-            "adain", lambda x: decoder(encoder(x)), ctx, p, content.shape[0] * content.shape[1]
+            workload, lambda x: decoder(encoder(x)), ctx, p, content.shape[0] * content.shape[1]
         )
         with precision_scope(ctx.device, path):
 
@@ -90,7 +136,7 @@ class AdaINMethod:
                 ctx.cancel.raise_if_cancelled()
                 key = (_digest(styles[index]), None if mask is None else _digest(mask), p["style_size"])
                 return ctx.cache.get(
-                    ("adain", "style-stats", *key, device, path.name),
+                    ("adain", "style-stats", p["model"], *key, device, path.name),
                     lambda: _style_stats(encoder, styles[index], p["style_size"], ctx.device, mask),
                 )
 
@@ -176,8 +222,8 @@ class _Transfer:
 
     def __init__(
         self,
-        encoder: ConvStack,
-        decoder: ConvStack,
+        encoder: torch.nn.Module,
+        decoder: torch.nn.Module,
         targets: list[torch.Tensor],
         alpha: float,
         device: torch.device,
@@ -240,7 +286,7 @@ class _Transfer:
 
 
 def _style_stats(
-    encoder: ConvStack,
+    encoder: torch.nn.Module,
     style: np.ndarray,
     style_size: int,
     device: torch.device,

@@ -118,7 +118,7 @@ class Method(Protocol):
     nst_common/settings.py, and its module (or package) is engine/methods/<name> with a METHOD."""
 
     name: str
-    models: tuple[str, ...]  # the trained models to choose from (Johnson, CycleGAN); empty otherwise
+    models: tuple[str, ...]  # the trained models to choose from (Johnson, AdaIN, CycleGAN); empty otherwise
 
     def weight_ids(self, model: str | None) -> tuple[str, ...]:
         """The weights (manifest ids) it needs to run, with `model` where it has models."""

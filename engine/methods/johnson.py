@@ -51,16 +51,10 @@ def parse_mix(text: str, styles: list[str]) -> tuple[float, ...]:
 
 
 class JohnsonMethod(SingleModelMethod):
-    def styles_of(self, model: str) -> list[str]:
-        """The paintings a model trained here learnt, in order; [] for a one-style model."""
-        entry = weights.load_manifest().entries.get(self.weight_ids(model)[0])
-        styles = entry.trained.get("styles", []) if entry is not None else []
-        return list(styles) if len(styles) > 1 else []
-
     def settle(self, p: dict[str, Any]) -> None:
         """`mix` as one weight per style of the chosen model, summing to 1 (None: a one-style model,
         or the first style)."""
-        styles = self.styles_of(p["model"])
+        styles = weights.trained_styles(self.weight_ids(p["model"])[0])
         if p["mix"] is not None and not styles:
             raise UserError(
                 "bad-option", f"the johnson model {p['model']} holds one style; mix is for models of several"

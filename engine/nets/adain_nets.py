@@ -1,4 +1,5 @@
-"""AdaIN's encoder (normalised VGG-19 up to relu4_1) and decoder, as naoto0804/pytorch-AdaIN saves them.
+"""AdaIN's encoder (normalised VGG-19 up to relu4_1) and decoder, as naoto0804/pytorch-AdaIN saves them,
+and the encoder of a decoder trained here (`nst train adain`): any engine backbone up to relu4_1.
 
 Upstream: naoto0804/pytorch-AdaIN net.py (`vgg` and `decoder` Sequentials), test.py (the encoder is
 the first 31 layers of `vgg`; RGB 0..1 goes straight in). Both files are plain Sequential state
@@ -15,15 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.backbones import Backbone, load_backbone
 from engine.backbones.adain import SPEC as VGG_NORMALISED
 from engine.backbones.base import build_vgg
 from engine.nets.ops import UpsampleConv3x3, frozen, reflect_conv
 from engine.nets.state import load_strict, read_state_dict
 
 ENCODER_LAYERS = 31  # vgg[:31] ends at relu4_1
+ENCODER_TAP = "relu4_1"
 
 
-def _decoder_layers() -> nn.Sequential:
+def decoder_layers() -> nn.Sequential:
     """The upstream decoder layer for layer: relu4_1 features (512 channels) back to RGB."""
     layers: list[nn.Module] = []
     # (in, out) per 3x3 conv; "up" is a nearest 2x upsampling before the next conv.
@@ -104,7 +107,24 @@ def load_encoder(path: Path, device: torch.device) -> ConvStack:
 def load_decoder(path: Path, device: torch.device) -> ConvStack:
     """decoder.pth from pytorch-AdaIN's release (or one trained with its train.py)."""
     with torch.device("meta"):
-        layers = _decoder_layers()
+        layers = decoder_layers()
     layers.to_empty(device="cpu")
     load_strict(layers, read_state_dict(path), path, "AdaIN decoder")
     return frozen(ConvStack(layers), device)
+
+
+class BackboneEncoder(nn.Module):
+    """A backbone's relu4_1 features: the encoder of a decoder trained by `nst train adain`.
+
+    It runs in whatever precision the caller's autocast says and returns float32."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x, (ENCODER_TAP,))[ENCODER_TAP]
+
+
+def load_backbone_encoder(name: str, device: torch.device) -> BackboneEncoder:
+    return BackboneEncoder(load_backbone(name, device=device))

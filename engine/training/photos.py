@@ -20,10 +20,10 @@ from engine.imaging import images
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-def find_photos(folder: Path) -> list[str]:
-    """The picture files under `folder`, as sorted paths relative to it."""
+def find_photos(folder: Path, option: str) -> list[str]:
+    """The picture files under `folder` (given as `option`), as sorted paths relative to it."""
     if not folder.is_dir():
-        raise UserError("bad-input", f"{folder} is not a folder; --content-dir takes a folder of photos")
+        raise UserError("bad-input", f"{folder} is not a folder; {option} takes a folder of pictures")
     found = sorted(
         str(p.relative_to(folder))
         for p in folder.rglob("*")
@@ -35,14 +35,18 @@ def find_photos(folder: Path) -> list[str]:
     return found
 
 
-def square_crop(picture: np.ndarray, side: int) -> np.ndarray:
-    """The picture scaled so its short side is `side`, then its centre `side` x `side` square
-    (pytorch/examples' Resize + CenterCrop)."""
+def square_crop(
+    picture: np.ndarray, side: int, zoom: float = 1.0, where: tuple[float, float] = (0.5, 0.5)
+) -> np.ndarray:
+    """The picture scaled so its short side is `zoom` x `side`, then the `side` x `side` square at
+    `where` (0..1 down and across the room left). Zoom 1 at the centre is pytorch/examples' Resize +
+    CenterCrop; zoom 2 anywhere is pytorch-AdaIN's Resize(512) + RandomCrop(256)."""
     height, width = picture.shape[:2]
-    scale = side / min(height, width)
-    size = (max(side, round(height * scale)), max(side, round(width * scale)))
+    short = round(side * zoom)
+    scale = short / min(height, width)
+    size = (max(short, round(height * scale)), max(short, round(width * scale)))
     scaled = images.resize(picture, size)
-    top, left = (size[0] - side) // 2, (size[1] - side) // 2
+    top, left = round((size[0] - side) * where[0]), round((size[1] - side) * where[1])
     return scaled[top : top + side, left : left + side]
 
 
@@ -54,14 +58,27 @@ def load_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(picture[..., :3])
 
 
+def held_out(folder: Path, names: list[str]) -> tuple[list[str], str | None]:
+    """The first readable picture as the validation picture, kept out of training (where there is
+    more than one): the validation pictures show the network on one it never learnt from."""
+    for index, name in enumerate(names):
+        try:
+            load_rgb(folder / name)
+        except UserError:
+            continue
+        return (names[:index] + names[index + 1 :] if len(names) > 1 else names), str(folder / name)
+    return names, None
+
+
 class Photos:
     """Batches of square crops from a fixed list of photos, addressed by global position."""
 
-    def __init__(self, folder: Path, names: list[str], side: int, seed: int) -> None:
+    def __init__(self, folder: Path, names: list[str], side: int, seed: int, zoom: float = 1.0) -> None:
         self.folder = folder
         self.names = names
         self.side = side
         self.seed = seed
+        self.zoom = zoom  # above 1: a crop of the picture scaled up, placed by the seed and position
         self.skipped: set[str] = set()
         self._orders: dict[int, torch.Tensor] = {}
 
@@ -79,10 +96,19 @@ class Photos:
             if name in self.skipped:
                 continue
             try:
-                return square_crop(load_rgb(self.folder / name), self.side)
+                return square_crop(
+                    load_rgb(self.folder / name), self.side, self.zoom, self._where(position + offset)
+                )
             except UserError:
                 self.skipped.add(name)
         raise UserError("bad-input", f"none of the {len(self.names)} pictures in {self.folder} can be read")
+
+    def _where(self, position: int) -> tuple[float, float]:
+        if self.zoom == 1.0:
+            return (0.5, 0.5)
+        generator = torch.Generator().manual_seed((self.seed << 32) + position)  # positions < 2**32
+        down, across = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        return down, across
 
     def batch(self, start: int, count: int) -> torch.Tensor:
         """Photos at positions start .. start + count - 1 as a (count, 3, side, side) tensor in 0..1."""

@@ -22,6 +22,7 @@ from settings import (  # noqa: E402
     METHODS,
     MODEL_METHODS,
     REGION_COUNT,
+    STYLELESS_METHODS,
     argument_name,
 )
 
@@ -122,21 +123,26 @@ def run(
 
     def sync(*_args: object) -> None:
         method = config.get_property("method")
-        needs_model = method in MODEL_METHODS
         regions = config.get_property("layer-mask") == "regions"
-        # Only what the chosen method takes: a model or style images, regions, label maps.
-        model_box.set_visible(needs_model)
+        # Only what the chosen method takes: a model, style images, regions, label maps.
+        model_box.set_visible(method in MODEL_METHODS)
         for widget in (style_widget, style2_widget, regions_widget, remember_widget):
-            widget.set_visible(not needs_model)
+            widget.set_visible(method not in STYLELESS_METHODS)
         maps_widget.set_visible(declared.method(method).guided)
         style_widget.set_sensitive(not regions)
         regions_widget.set_sensitive(regions)
         for n, widget in channel_widgets.items():
             widget.set_sensitive(config.get_property(f"region{n}-source") == "channel")
-        for row, widget in setting_widgets:  # only what the chosen method uses
-            widget.set_visible(method in row.methods)
+        # A model of several paintings shows the Style mix field, with an even mix of its paintings
+        # as the example; other models hide it.
+        hint = model_choice.mix_hint(known.get(method, []), str(config.get_property("model") or ""))
+        for row, widget in setting_widgets:  # only what the chosen method (and model) uses
+            widget.set_visible(method in row.methods and (row.name != "mix" or bool(hint)))
+            entry = _entry_in(widget) if row.name == "mix" else None
+            if entry is not None:
+                entry.set_placeholder_text(hint)
 
-    for prop in ("method", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
+    for prop in ("method", "model", "layer-mask", *(f"region{n}-source" for n in _REGION_NUMBERS)):
         config.connect(f"notify::{prop}", sync)
     config.connect("notify::method", fill_models)
     fill_models()
@@ -144,6 +150,18 @@ def run(
     ok = dialog.run()
     dialog.destroy()
     return bool(ok)
+
+
+def _entry_in(widget: Gtk.Widget) -> Gtk.Entry | None:
+    """The text entry inside a generated field (GIMP wraps it with its label)."""
+    if isinstance(widget, Gtk.Entry):
+        return widget
+    if isinstance(widget, Gtk.Container):
+        for child in widget.get_children():
+            found = _entry_in(child)
+            if found is not None:
+                return found
+    return None
 
 
 def _model_list(

@@ -34,10 +34,10 @@ from job import build_job, region_masks, style_weights  # noqa: E402
 from settings import (  # noqa: E402
     DIALOG_SETTINGS,
     FILE_FIELDS,
-    MODEL_METHODS,
     PARASITE_NAME,
     PATHS_PARASITE_NAME,
     REGION_COUNT,
+    STYLELESS_METHODS,
     Param,
     ProcedureSpec,
     Settings,
@@ -523,7 +523,7 @@ def _prepare_styles(settings: Settings, items: dict[str, Any], send_files: bool)
     """The job's styles: a file path or a layer's pixels each, with its weight. In the regions mode
     each region's own style, in region order, counting fully. Without `send_files` (the engine
     reads no paths of this client) a file goes as its pixels too."""
-    if settings.method in MODEL_METHODS:
+    if settings.method in STYLELESS_METHODS:
         return []
     if settings.layer_mask == "regions":
         chosen = [(items[f"region{r.number}_style_layer"], r.style_file, 1.0) for r in regions(settings)]
@@ -612,7 +612,11 @@ def _execute(
     raw_settings, items = _settings_from_config(config)
     try:
         devices = engine.last_hello.get("capabilities", {}).get("devices")
-        settings = validate(raw_settings, available, devices if isinstance(devices, list) else None)
+        pulls = {
+            method: {m.id: list(m.weights) for m in models}
+            for method, models in model_choice.known_models(engine.last_hello).items()
+        }
+        settings = validate(raw_settings, available, devices if isinstance(devices, list) else None, pulls)
         check_style_files(settings)
         sources = _check_drawables(drawables, settings)
     except SettingsError as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from i18n import _
-from settings import METHODS, MODEL_METHODS
+from settings import METHODS
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Model:
     installed: bool
     weights: tuple[str, ...]  # the manifest ids a download fetches
     size: int | None = None  # bytes a download fetches, where the manifest knows
+    styles: tuple[str, ...] = ()  # the paintings of a model trained on several: what a mix names
 
     def label(self) -> str:
         """The list's line: "candy (installed)", "mosaic — download, 6.4 MiB"."""
@@ -53,7 +54,11 @@ def known_models(hello: dict[str, Any]) -> dict[str, list[Model]]:
                 weights = [f"{name}_{m['id']}"]  # the engine's naming, for an engine that omits them
             size = m.get("size")
             size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
-            out[name].append(Model(m["id"], m.get("installed") is True, tuple(weights), size))
+            styles = m.get("styles")
+            styles = (
+                tuple(styles) if isinstance(styles, list) and all(isinstance(x, str) for x in styles) else ()
+            )
+            out[name].append(Model(m["id"], m.get("installed") is True, tuple(weights), size, styles))
     return out
 
 
@@ -65,6 +70,16 @@ def selected(models: list[Model], current: str) -> str:
     return next((m.id for m in models if m.installed), models[0].id if models else "")
 
 
+def mix_hint(models: list[Model], model: str) -> str:
+    """What the Style mix field shows for the chosen model: an even mix of its paintings, as the
+    field takes it ("" for a model of one painting)."""
+    styles = next((m.styles for m in models if m.id == model), ())
+    if not styles:
+        return ""
+    share = 1 / len(styles)
+    return ", ".join(f"{name}={share:.2g}" for name in styles)
+
+
 def to_download(known: dict[str, list[Model]], method: str, model: str) -> Model | None:
     """The chosen model when it has to be downloaded before the run: known to the engine and not
     installed. None for an installed or unknown model, and for methods that take style images."""
@@ -73,16 +88,16 @@ def to_download(known: dict[str, list[Model]], method: str, model: str) -> Model
 
 def method_models(hello: dict[str, Any]) -> dict[str, list[str] | None]:
     """Methods the engine offers, from its `hello` reply: name -> installed models, or None for
-    a method that takes a style image instead of a model.
+    a method that runs no models.
 
-    The reply carries `capabilities.methods` as {name: {"needs_style": bool, "models":
+    The reply carries `capabilities.methods` as {name: {"has_models": bool, "models":
     [{"id": ..., "installed": bool}, ...]}}.
     """
     caps = hello.get("capabilities", hello)
     out: dict[str, list[str] | None] = {}
     for name, info in (caps.get("methods") or {}).items():
         info = info if isinstance(info, dict) else {}
-        if info.get("needs_style", name not in MODEL_METHODS):
+        if not info.get("has_models", isinstance(info.get("models"), list)):
             out[name] = None
         else:
             out[name] = [

@@ -25,8 +25,10 @@ SETTINGS_VERSION = 2  # 1 held the engine settings as flat fields
 
 METHODS = declared.METHOD_NAMES
 METHOD_LABELS = {m.name: _(m.label) for m in declared.METHODS}
-# Johnson and CycleGAN carry their style in a trained model; the other two need a style image.
-MODEL_METHODS = frozenset(m.name for m in declared.METHODS if not m.needs_style)
+# Johnson, AdaIN and CycleGAN run one of a list of trained models (the `model` setting).
+MODEL_METHODS = frozenset(m.name for m in declared.METHODS if m.has_models)
+# Johnson and CycleGAN carry their style in the model; the other two need a style image.
+STYLELESS_METHODS = frozenset(m.name for m in declared.METHODS if not m.needs_style)
 # The engine settings the dialog shows (the declaration's non-expert rows); experts use `nst`.
 DIALOG_SETTINGS = tuple(s for s in declared.SETTINGS if not s.expert)
 OUTPUTS = ("new-layer", "in-place")
@@ -233,12 +235,15 @@ def regions(settings: Settings) -> list[Region]:
 
 
 def validate(
-    settings: Settings, available: dict[str, list[str] | None], devices: list[str] | None = None
+    settings: Settings,
+    available: dict[str, list[str] | None],
+    devices: list[str] | None = None,
+    pulls: dict[str, dict[str, list[str]]] | None = None,
 ) -> Settings:
     """Check the choices against the declaration and what the engine has (its methods, models and,
-    when given, its devices); returns them normalised (the first installed model filled in where
-    none is chosen)."""
-    s = settings.with_engine(model=str(settings.get("model")).strip())
+    when given, its devices and the weights each model needs: {method: {model: ids}}); returns them
+    normalised (the first installed model filled in where none is chosen)."""
+    s = settings.with_engine(model=str(settings.get("model") or "").strip())
     for value, allowed, message in (
         (s.method, METHODS, _("“Method” cannot be {value!r}: choose one of {choices}.")),
         (s.output, OUTPUTS, _("“Output” cannot be {value!r}: choose one of {choices}.")),
@@ -270,11 +275,12 @@ def validate(
         # Only the dialog downloads a model (host._download_model); a script's run says how.
         chosen = s.get("model")
         if chosen and chosen not in models:
+            ids = (pulls or {}).get(s.method, {}).get(chosen) or [f"{s.method}_{chosen}"]
             text = _(
                 "The {method} model {model!r} is not installed: install it with "
-                "`nst models pull {method}_{model}`, or choose it in the dialog's “Model” list, "
+                "`nst models pull {ids}`, or choose it in the dialog's “Model” list, "
                 "which downloads it."
-            ).format(method=s.method, model=chosen)
+            ).format(method=s.method, model=chosen, ids=" ".join(ids))
             if models:
                 text += " " + _("Installed: {models}.").format(models=", ".join(models))
             raise SettingsError(text)
@@ -282,13 +288,16 @@ def validate(
             s = s.with_engine(model=models[0])
         # With none installed and none chosen, the engine picks its default model and its error
         # names the exact `nst models pull` to run.
+    styleless = s.method in STYLELESS_METHODS  # the style lives in the model
+    if styleless:
+        pass
     elif s.layer_mask == "regions":
         _validate_regions(s)
     elif not (s.style_file or s.style_layer):
         raise SettingsError(
             _("{method} needs a style: choose a “Style file” or a “Style layer”.").format(method=s.method)
         )
-    if s.layer_mask == "split" and (models is not None or not (s.style2_file or s.style2_layer)):
+    if s.layer_mask == "split" and (styleless or not (s.style2_file or s.style2_layer)):
         raise SettingsError(
             _(
                 "“Masks” set to “Split” needs Gatys or AdaIN and a second style for the black part: "
@@ -299,14 +308,14 @@ def validate(
         raise SettingsError(
             _("Semantic maps need both label maps: a “Content label map” and a “Style label map”.")
         )
-    if s.content_map and (models is not None or s.layer_mask in ("split", "regions")):
+    if s.content_map and (styleless or s.layer_mask in ("split", "regions")):
         raise SettingsError(
             _(
                 "Semantic maps need Gatys or AdaIN, and cannot be combined with “Masks” set to "
                 "“Split” or “Regions”."
             )
         )
-    if s.layer_mask == "regions" and models is not None:
+    if s.layer_mask == "regions" and styleless:
         raise SettingsError(
             _("“Masks” set to “Regions” needs Gatys or AdaIN: each region takes its own style image.")
         )
@@ -396,8 +405,9 @@ def check_style_files(settings: Settings) -> None:
 
 def _style_files(settings: Settings) -> list[tuple[str, str, int]]:
     """The style files a validated run reads (a layer wins over its file), each with the message
-    that names its field and its region's number (0 outside regions); none for a model method."""
-    if settings.method in MODEL_METHODS:
+    that names its field and its region's number (0 outside regions); none where the model holds
+    the style."""
+    if settings.method in STYLELESS_METHODS:
         return []
     if settings.layer_mask == "regions":
         return [
@@ -445,7 +455,7 @@ def style_label(settings: Settings) -> str:
     def one(path: str, layer: str) -> str:
         return layer or os.path.splitext(os.path.basename(path))[0]
 
-    if settings.method in MODEL_METHODS:
+    if settings.method in STYLELESS_METHODS:
         return str(settings.get("model"))
     if settings.layer_mask == "regions":
         return " + ".join(dict.fromkeys(one(*region.style) for region in regions(settings)))

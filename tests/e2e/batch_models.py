@@ -34,17 +34,27 @@ try:
     layer = Gimp.Layer.new(image, "Photo", 40, 32, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
     image.insert_layer(layer, None, 0)
     fill(layer, 3, "R'G'B' float", lambda x, y, c: ((x * 7 + y * 5 + c * 11) % 32) / 32.0)
+    styled = {}  # AdaIN takes a painting: a layer of stripes, as a user picks a layer as the style
+    if any(case.get("method") == "adain" for case in ARGS["cases"]):
+        paint = Gimp.Layer.new(image, "Paint", 40, 32, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(paint, None, 1)
+        fill(paint, 3, "R'G'B' float", lambda x, y, c: ((x + y) // 4 % 2) * (0.9 if c == 1 else 0.2))
+        styled = {"style_layer": paint}
     Gimp.Display.new(image)  # the progress bar lives in the image window
     for case in ARGS["cases"]:
         before = layer_state(image)
-        presser = subprocess.Popen(["sh", "-c", PRESS_OK])
+        kept = {layer.get_id() for layer in image.get_layers()}
+        interactive = case.get("interactive", True)
+        presser = subprocess.Popen(["sh", "-c", PRESS_OK if interactive else "exit 0"])
         proc, config = procedure_config(
             image,
             [layer],
-            run_mode=Gimp.RunMode.INTERACTIVE,
-            method="johnson",
+            run_mode=Gimp.RunMode.INTERACTIVE if interactive else Gimp.RunMode.NONINTERACTIVE,
+            method=case.get("method", "johnson"),
             model=case["model"],
             device="cpu",
+            **({"mix": case["mix"]} if "mix" in case else {}),
+            **(styled if case.get("method") == "adain" else {}),
         )
         status, error = run_procedure(proc, config)
         try:
@@ -53,7 +63,8 @@ try:
             presser.kill()
             pressed = False
         after = layer_state(image)
-        findings["cases"][case["model"]] = {
+        added = len(after) > len(before)
+        findings["cases"][case.get("key", case["model"])] = {
             "pressed": pressed,
             "status": status,
             "error": error,
@@ -62,9 +73,13 @@ try:
             "changed_pixels": sum(
                 1 for a, b in zip(after[0]["pixels"], before[0]["pixels"], strict=True) if abs(a - b) > 1e-3
             )
-            if len(after) > len(before)
+            if added
             else 0,
+            "result": after[0]["pixels"] if added else None,
         }
+        for extra in image.get_layers():  # the next case starts from the same image
+            if extra.get_id() not in kept:
+                image.remove_layer(extra)
 except Exception:
     findings["exception"] = traceback.format_exc()
 

@@ -5,8 +5,8 @@ message and leaves the image as it was.
 
 The served model is a fixed-seed TransformerNet saved as pytorch/examples saves its models
 (bench/zoo.py), listed in a copy of the weights manifest with its sha256. The non-interactive
-refusal of a missing model (the `nst models pull` hint) is test_methods_e2e's. A model trained
-here with `nst train johnson` runs from the same list, with nothing to download.
+refusal of a missing model (the `nst models pull` hint) is test_methods_e2e's. Models trained
+here with `nst train johnson` and `nst train adain` run from the same list, with nothing to download.
 """
 
 from __future__ import annotations
@@ -119,3 +119,69 @@ def test_a_model_trained_here_runs_from_the_dialog(gimp_chroot: Path, work: Path
     assert case["changed_pixels"] > 100
     log = (work / "home" / "engine.log").read_text()
     assert "'pull'" not in log, log  # installed: nothing to download
+
+
+def test_a_decoder_trained_here_runs_from_the_dialog(gimp_chroot: Path, work: Path) -> None:
+    """`nst train adain` (a few steps on drawn photos and paintings), then the dialog with AdaIN,
+    that decoder and a layer as the painting: it runs with the published encoder and decoder not
+    installed, and nothing is downloaded."""
+    photos, paintings = work / "photos", work / "paintings"
+    for folder, seeds in ((photos, range(3)), (paintings, range(60, 63))):
+        folder.mkdir()
+        for i in seeds:
+            Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    trained = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "adain", "-o", "mine",
+         "--style-dir", str(paintings), "--content-dir", str(photos),
+         "--steps", "2", "--batch", "1", "--size", "64", "--lr", "0.01",
+         "--precision", "fp32", "--validate-every", "0"],
+        cwd=REPO, env=engine_env(work / "home"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    with running_engine(work) as sock:
+        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
+        findings = run_gimp_batch(
+            work, HERE / "batch_models.py", {"cases": [{"method": "adain", "model": "mine"}]}, gui=True
+        )
+    case = findings["cases"]["mine"]
+    assert case["pressed"], findings["gimp_output"]
+    assert case["status"] == "success", (case, findings["gimp_output"])
+    assert case["layers"] == ["Photo (Paint, adain)", "Photo", "Paint"]
+    assert case["changed_pixels"] > 100
+    log = (work / "home" / "engine.log").read_text()
+    assert "'pull'" not in log, log  # installed: nothing to download
+
+
+def test_a_mix_of_a_model_of_two_paintings_runs_from_the_dialog(gimp_chroot: Path, work: Path) -> None:
+    """`nst train johnson` on two paintings, then the dialog with that model and Style mix set to
+    the second painting alone: it runs, and makes another picture than a run with the first
+    painting alone (non-interactive: an interactive run after a first one starts from GIMP's
+    last-used values, not from the caller's)."""
+    photos = work / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    for name, seed in (("dawn", 50), ("dusk", 51)):
+        picture = drawn_scene(seed, 64, 64)[..., [2, 0, 1] if name == "dusk" else [0, 1, 2]]
+        Image.fromarray((picture * 255).astype(np.uint8)).save(work / f"{name}.png")
+    trained = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "johnson", "-o", "both",
+         "--style", str(work / "dawn.png"), "--style", str(work / "dusk.png"), "--content-dir", str(photos),
+         "--steps", "16", "--batch", "2", "--size", "64", "--lr", "0.01",
+         "--precision", "fp32", "--validate-every", "0"],
+        cwd=REPO, env=engine_env(work / "home"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    cases = [
+        {"model": "both", "mix": "dusk=1", "key": "dusk"},
+        {"model": "both", "mix": "dawn=1", "key": "dawn", "interactive": False},
+    ]
+    with running_engine(work) as sock:
+        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
+        findings = run_gimp_batch(work, HERE / "batch_models.py", {"cases": cases}, gui=True)
+    for name in ("dawn", "dusk"):
+        case = findings["cases"][name]
+        assert case["pressed"] and case["status"] == "success", (case["status"], findings["gimp_output"])
+        assert case["layers"] == ["Photo (both, johnson)", "Photo"]
+    dawn, dusk = (np.array(findings["cases"][name]["result"]) for name in ("dawn", "dusk"))
+    assert np.abs(dawn - dusk).mean() > 1 / 255  # RGBA: the alpha is 1 in both
