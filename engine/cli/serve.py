@@ -88,6 +88,10 @@ def register(subparsers: Any) -> None:
         )
         sub.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
         sub.set_defaults(handler=handler)
+        if name == "jobs":
+            sub.add_argument(
+                "--cancel", metavar="ID", help="cancel the job ID (a training keeps its checkpoint)"
+            )
 
     token = subparsers.add_parser("token", help="show the token TCP clients present (creates it if missing)")
     token.add_argument("--new", action="store_true", help="replace the token with a fresh one")
@@ -298,17 +302,37 @@ def _stop(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     sock, _, _ = _session(args)
     with sock:
+        if args.cancel is not None:
+            framing.send_message(sock, {"type": "cancel", "job": args.cancel})
+            try:
+                session.read_reply(sock, args.timeout)
+            except ProtocolError as exc:
+                raise UserError(exc.code, f"{exc.message} (`nst jobs` lists them)") from None
+            print(f"cancelled job {args.cancel}")
+            return 0
         framing.send_message(sock, {"type": "jobs"})
         jobs = session.read_reply(sock, args.timeout).get("jobs", [])
     if not jobs:
         print("no jobs")
     for job in jobs:
+        what = job.get("method") or job.get("kind", "?")
+        title = f"  {job['title']}" if job.get("title") else ""
         print(
-            f"{job['job']:>5}  {job['state']:<8} {job.get('method') or job.get('kind', '?'):<10} "
-            f"{job['device']:<8} "
-            f"{100 * job['fraction']:5.1f}%  {job['stage']}"
+            f"{job['job']:>5}  {job['state']:<8} {what:<10} {job['device']:<8} "
+            f"{100 * job['fraction']:5.1f}%  {job['stage']}{title}"
         )
     return 0
+
+
+def ask_engine(header: dict[str, Any], connect: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """One request to the running engine and its reply (an `error` raised as a UserError)."""
+    sock, _, _ = _session(argparse.Namespace(connect=connect, timeout=timeout))
+    with sock:
+        framing.send_message(sock, header)
+        try:
+            return session.read_reply(sock, timeout)
+        except ProtocolError as exc:
+            raise UserError(exc.code, exc.message) from None
 
 
 def _token(args: argparse.Namespace) -> int:

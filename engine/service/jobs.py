@@ -49,6 +49,7 @@ class Job:
     token: CancelToken = field(default_factory=CancelToken)
     kind: str = "stylize"  # or a task's kind, e.g. "pull"
     task: Task | None = None
+    title: str | None = None  # what a task works on, for `jobs` (a training's model)
     state: str = "queued"  # queued | running | done
     lock: threading.Lock = field(default_factory=threading.Lock)  # orders heartbeats before the end
     last: Progress | None = None
@@ -63,6 +64,7 @@ class Job:
             "job": self.id,
             "kind": self.kind,
             "method": self.spec.method if self.spec is not None else None,
+            **({} if self.title is None else {"title": self.title}),
             "device": self.device,
             "state": self.state,
             "position": position,
@@ -114,11 +116,37 @@ class JobQueue:
         return self._enqueue(device, lambda i: Job(i, spec, device, listener, owner))
 
     def submit_task(
-        self, kind: str, queue: str, task: Task, listener: JobListener, owner: object
+        self,
+        kind: str,
+        queue: str,
+        task: Task,
+        listener: JobListener,
+        owner: object,
+        title: str | None = None,
     ) -> tuple[Job, int]:
         """Queue a task in its own queue (one per kind, e.g. "download"): it neither waits for the
         devices' jobs nor holds them up. Returns it and how many must finish before it starts."""
-        return self._enqueue(queue, lambda i: Job(i, None, queue, listener, owner, kind=kind, task=task))
+        return self._enqueue(
+            queue, lambda i: Job(i, None, queue, listener, owner, kind=kind, task=task, title=title)
+        )
+
+    def tasks(self, kind: str) -> list[Job]:
+        """The queued and running tasks of `kind`."""
+        with self._cond:
+            return [j for j in self._all_jobs() if j.kind == kind]
+
+    def wait_for_devices(self, device: str, token: CancelToken) -> None:
+        """Block while jobs are queued or running on `device` (any device of its type) and the
+        token is not set: a background task takes its turns between the stylising jobs."""
+        kind = device.split(":")[0]
+
+        def busy() -> bool:
+            names = [n for n in {*self._queues, *self._running} if n.split(":")[0] == kind]
+            return any(self._queues.get(n) or self._running.get(n) for n in names)
+
+        with self._cond:
+            while busy() and not token.cancelled and not self._closing:
+                self._cond.wait(0.25)
 
     def count(self, owner: object, kind: str) -> int:
         """How many jobs of `kind` that `owner` submitted are queued or running."""

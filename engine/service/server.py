@@ -41,8 +41,10 @@ from engine import __version__, weights
 from engine.compute.cache import ModelCache
 from engine.errors import CancelToken, UserError
 from engine.methods.base import Progress, ProgressFn
+from engine.service import training
 from engine.service.files import LOCAL, FileAccess, confined
 from engine.service.jobs import Job, JobQueue, Runner, Task
+from engine.service.training import Trainings
 from nst_common.endpoints import Endpoint
 from nst_common.engine_lock import EngineLock
 from nst_common.framing import (
@@ -63,7 +65,7 @@ PULL_QUEUE = "download"  # pulls wait in their own queue: never behind a device'
 MAX_PULL_WEIGHTS = 8  # weight ids one `pull` may name
 MAX_WEIGHT_ID = 128  # characters of one id; the manifest's are far shorter
 # Optional requests beyond stylize, cancel, jobs, hello and shutdown, listed in `hello`.
-REQUESTS = ("pull",)
+REQUESTS = ("pull", "train")
 # Nobody gets memory before the token check.
 HELLO_LIMITS = Limits(max_header=64 << 10, max_payload=0, max_message=0)
 MAX_QUEUED_REPLIES = 32  # replies waiting for a client that does not read before its reader waits too
@@ -105,6 +107,7 @@ class Server:
         self._capabilities = capabilities
         self.cache = cache or ModelCache()
         self.jobs = JobQueue(runner, self.cache, device_of, config.slots_per_device)
+        self.training = Trainings(self.jobs)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._connections: dict[Connection, threading.Thread] = {}
@@ -199,6 +202,7 @@ class Server:
             self.bind()
         assert self._listener is not None
         try:
+            self.training.resume_pending()  # the runs an engine stopped, or died, in the middle of
             while not self._stop.is_set():
                 if self._idle_for() > self.config.idle_timeout > 0:
                     log.info("idle for %.0f s: shutting down", self.config.idle_timeout)
@@ -532,6 +536,9 @@ class Connection:
         if job.kind == "pull":  # the task's result: what is installed now
             self.outbox.event({"type": "pulled", "job": job.id, "weights": image})
             return
+        if job.kind == "train":  # the task's result: the model installed
+            self.outbox.event({"type": "trained", "job": job.id, **image})
+            return
         blobs: list[Any] = []
         self.outbox.event({"type": "result", "job": job.id, "image": image_header(image, blobs)}, blobs)
 
@@ -687,10 +694,23 @@ class Connection:
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
+        elif kind == "train":
+            if self.files.paths != "any":
+                raise UserError(
+                    "path-refused",
+                    "Training reads folders on the engine's machine: start it there (nst train), or "
+                    "through the engine's Unix socket.",
+                )
+            with self.outbox.hold():
+                job, position = self.server.training.submit(training.job_of(h), self)
+                self.outbox.reply(
+                    _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
+                )
         elif kind == "cancel":
             job_id = h.get("job")
             if not isinstance(job_id, str) or not self.server.jobs.cancel(job_id):
                 raise ProtocolError("unknown-job", f"No queued or running job {str(job_id)[:64]!r}.")
+            self.server.training.cancel(job_id)
             self.send(_with_ref({"type": "ok"}, ref))
         elif kind == "jobs":
             self.send(_with_ref({"type": "jobs", "jobs": self.server.jobs.snapshot()}, ref))
