@@ -217,6 +217,11 @@ class _Pending:
         return self.size
 
 
+def pending(sizes: list[int]) -> list[Any]:
+    """Stand-ins for a message's blobs before they arrive, for checks that need only their sizes."""
+    return [_Pending(n) for n in sizes]
+
+
 def check_job(header: dict[str, Any], sizes: list[int], limits: Limits) -> StylizeJob:
     """Everything `parse_job` checks, before the blobs exist (a `read_message` check for `stylize`):
     so an image over max_side, or one whose blob does not match its size, costs no memory. Returns

@@ -75,13 +75,14 @@ def test_the_template_holds_the_plug_ins_and_the_declarations_texts() -> None:
 
 
 def dialog_labels() -> set[str]:
-    """What the dialog shows as labels and choices, without mnemonics; for a choice that explains
+    """What the dialogs show as labels and choices, without mnemonics; for a choice that explains
     itself ("Split: the first style ..."), also its name before the colon; the region tabs."""
-    from neural_style import TRANSFER_PARAMS
+    from neural_style import TABLE
     from settings import REGION_COUNT
 
-    labels = {p.label for p in TRANSFER_PARAMS}
-    for p in TRANSFER_PARAMS:
+    params = [p for spec in TABLE for p in spec.params]
+    labels = {p.label for p in params}
+    for p in params:
         for _nick, label in p.choices:
             labels |= {label, label.partition(":")[0]}
     labels |= {f"Region {n}" for n in range(1, REGION_COUNT + 1)}

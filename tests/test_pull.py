@@ -221,7 +221,7 @@ def test_one_pull_per_connection_nst_jobs_shows_it_and_a_disconnect_cancels_it(
             pass
         assert reply["code"] == "busy"
         capsys.readouterr()
-        assert serve._jobs(argparse.Namespace(connect=str(server.address), timeout=5.0)) == 0
+        assert serve._jobs(argparse.Namespace(connect=str(server.address), timeout=5.0, cancel=None)) == 0
         line = capsys.readouterr().out.split()
         assert line[:4] == [accepted["job"], "running", "pull", "download"], line
     deadline = time.monotonic() + 10

@@ -56,7 +56,15 @@ from nst_common.framing import (
     read_message,
     send_message,
 )
-from nst_common.messages import PROTOCOL_VERSION, RawImage, StylizeJob, check_job, image_header, parse_job
+from nst_common.messages import (
+    PROTOCOL_VERSION,
+    RawImage,
+    StylizeJob,
+    check_job,
+    image_header,
+    parse_job,
+    pending,
+)
 
 log = logging.getLogger(__name__)
 
@@ -615,13 +623,17 @@ class Connection:
         and the engine have room for gets memory."""
         if not self.authenticated:
             return  # HELLO_LIMITS allow no payload at all
-        if header.get("type") != "stylize":
+        kind = header.get("type")
+        if kind not in ("stylize", "train"):
             if any(sizes):
-                raise ProtocolError("bad-request", "Only `stylize` requests carry images.")
+                raise ProtocolError("bad-request", "Only `stylize` and `train` requests carry images.")
             return
         try:
-            self.files.check_job(check_job(header, sizes, self.server.config.limits))
-            self._check_room()
+            if kind == "stylize":
+                self.files.check_job(check_job(header, sizes, self.server.config.limits))
+                self._check_room()
+            else:
+                training.paintings_of(header, pending(sizes), self.server.config.limits)
         except UserError as exc:
             raise ProtocolError(exc.code, exc.message) from None
         total = sum(sizes)
@@ -701,8 +713,9 @@ class Connection:
                     "Training reads folders on the engine's machine: start it there (nst train), or "
                     "through the engine's Unix socket.",
                 )
+            paintings = training.paintings_of(h, message.blobs, self.server.config.limits)
             with self.outbox.hold():
-                job, position = self.server.training.submit(training.job_of(h), self)
+                job, position = self.server.training.submit(training.job_of(h), self, paintings)
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )

@@ -19,12 +19,15 @@ from types import ModuleType
 from typing import Any
 
 from engine.errors import Cancelled, CancelToken, UserError
+from engine.imaging import images
 from engine.methods.base import Progress, ProgressFn
 from engine.service.jobs import Job as QueuedJob
 from engine.service.jobs import JobListener, JobQueue, Task
 from engine.training import adain, johnson, loop
 from engine.training.settings import check_name
 from nst_common.endpoints import data_dir
+from nst_common.framing import Limits
+from nst_common.messages import RawImage, parse_image
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,27 @@ NOTE = "engine-job.json"
 METHODS: dict[str, ModuleType] = {"johnson": johnson, "adain": adain}
 MAX_PATH = 4096
 MAX_STYLES = 64  # paintings one Johnson network may learn
+
+
+def paintings_of(request: dict[str, Any], blobs: list[Any], limits: Limits) -> list[tuple[str, RawImage]]:
+    """The paintings a `train` request carries as images (a GIMP layer each), with their names;
+    with stand-in blobs, the check before the pixels arrive."""
+    listed = request.get("paintings", [])
+    if not isinstance(listed, list) or len(listed) > MAX_STYLES:
+        raise UserError("bad-request", f"train: paintings must be a list of at most {MAX_STYLES}")
+    out = []
+    for i, item in enumerate(listed):
+        if not isinstance(item, dict):
+            raise UserError(
+                "bad-request", f"train: paintings[{i}] must be an object with a name and an image"
+            )
+        out.append(
+            (
+                check_name(str(item.get("name", ""))),
+                parse_image(item.get("image"), blobs, limits, f"paintings[{i}]"),
+            )
+        )
+    return out
 
 
 def job_of(request: dict[str, Any]) -> loop.Job:
@@ -137,10 +161,18 @@ class Trainings:
         self.queue = queue
         self._notes: dict[str, Path] = {}  # queued job id -> its note
 
-    def submit(self, job: loop.Job, listener: JobListener | None) -> tuple[QueuedJob, int]:
-        """Check the request as far as that needs no picture, then queue it with its note."""
+    def submit(
+        self, job: loop.Job, listener: JobListener | None, paintings: list[tuple[str, RawImage]] = ()
+    ) -> tuple[QueuedJob, int]:
+        """Check the request as far as that needs no picture, then queue it with its note. Paintings
+        sent as pixels are kept in the run's folder, and trained on as files from there."""
         method = METHODS[job.method]
+        sent = {job.folder / "paintings" / f"{name}.png": image for name, image in paintings}
+        job.styles = [*job.styles, *sent]
         loop.preflight(method, job)
+        for path, image in sent.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            images.save_image(path, images.split_alpha(images.from_raw(image))[0])
         if any(t.title == job.weight_id for t in self.queue.tasks(KIND)):
             raise UserError("busy", f"the engine is training {job.weight_id} already; `nst jobs` lists it")
         note = job.folder / NOTE

@@ -139,6 +139,29 @@ class EngineClient:
             framing.send_message(sock, {"type": "pull", "ref": "pull", "weights": ids})
             return self._wait_for_pull(sock, ids, hello, on_progress, is_cancelled)
 
+    def train(self, request: dict[str, Any], paintings: list[tuple[str, RawImage]]) -> str:
+        """Start a training in the engine (the `train` request, docs/protocol.md) on `paintings`
+        (a name and the pixels each), and return its job id once the engine has accepted it: the
+        training goes on in the engine, whatever GIMP does."""
+        blobs: list[Any] = []
+        listed = [{"name": name, "image": messages.image_header(image, blobs)} for name, image in paintings]
+        sock, hello = self._session()
+        with sock:
+            if "train" not in (hello.get("requests") or ()):
+                raise EngineError(
+                    "train-unsupported",
+                    _("This engine cannot train; update it, or train with `nst train johnson` instead."),
+                )
+            header = {**request, "type": "train", "ref": "train", "paintings": listed}
+            try:
+                framing.send_message(sock, header, blobs, self.silence_timeout)
+                reply = session.read_reply(sock, self.silence_timeout)
+            except ProtocolError as exc:
+                raise EngineError(exc.code, exc.message) from None
+            except (ConnectionClosed, TimeoutError):
+                raise self._died() from None
+        return str(reply.get("job", "?"))
+
     # --- Sessions --------------------------------------------------------------------------------
 
     def _session(self, is_cancelled: Callable[[], bool] = lambda: False) -> tuple[Any, dict[str, Any]]:

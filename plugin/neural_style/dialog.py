@@ -214,3 +214,13 @@ def _model_list(
 
     combo.connect("changed", chosen)
     return box, fill
+
+
+def run_train(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig) -> bool:
+    """The Train Fast Style dialog, generated from the procedure's arguments; False on cancel."""
+    GimpUi.init(procedure.get_name())
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, _("Train Fast Style"))
+    dialog.fill(None)
+    ok = dialog.run()
+    dialog.destroy()
+    return bool(ok)

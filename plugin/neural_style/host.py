@@ -87,6 +87,10 @@ def _add_argument(procedure: Gimp.Procedure, p: Param) -> None:
         # with a message that names neither the file nor the fix; check_style_files does both.
         # The dialog sets the config's file properties to OPEN for its file choosers (dialog.run).
         procedure.add_file_argument(p.name, p.label, blurb, Gimp.FileChooserAction.ANY, True, None, _RW)
+    elif p.kind == "folder":
+        procedure.add_file_argument(
+            p.name, p.label, blurb, Gimp.FileChooserAction.SELECT_FOLDER, True, None, _RW
+        )
     elif p.kind == "layer":
         procedure.add_layer_argument(p.name, p.label, blurb, True, _RW)
     elif p.kind == "channel":
@@ -749,4 +753,57 @@ def _guarded(
     return run
 
 
-_RUNNERS = {"transfer": _guarded(_transfer), "rerun": _guarded(_rerun)}
+def _train(
+    procedure: Gimp.Procedure,
+    run_mode: Gimp.RunMode,
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+    config: Gimp.ProcedureConfig,
+) -> Gimp.ValueArray:
+    """Start a Johnson training in the engine on the selected layer's painting and a photo folder;
+    the engine checks the request (name, folder, an existing model) before it accepts it."""
+    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
+        raise _Failure(_("Select the one layer that holds the painting, then choose Train Fast Style."))
+    if run_mode == Gimp.RunMode.INTERACTIVE and not dialog.run_train(procedure, config):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    name = str(config.get_property("model-name") or "").strip()
+    folder = config.get_property("photos")
+    if not name:
+        raise _Failure(_("Give the model a “Model name”: letters, digits, - and _."))
+    if folder is None or not folder.get_path():
+        raise _Failure(_("Choose the folder of photos to train on as “Photos”."))
+    steps = int(config.get_property("steps"))
+    request = {
+        "method": "johnson",
+        "name": name,
+        "content_dir": folder.get_path(),
+        "settings": {"steps": steps} if steps else {},
+    }
+    client = _client()
+    painting = (_style_name(drawables[0].get_name()), _read_pixels(drawables[0]))
+    try:
+        job = client.EngineClient().train(request, [painting])
+    except client.EngineError as exc:
+        raise _Failure(
+            _("The engine did not start the training: {problem}").format(problem=exc.message)
+        ) from None
+    except OSError as exc:
+        raise _Failure(
+            _("The neural-style engine could not be reached: {problem}").format(problem=exc)
+        ) from None
+    Gimp.message(
+        _(
+            "Training {name} in the neural-style engine (job {job}). It goes on after GIMP closes; "
+            "`nst jobs` shows how far it is. When it ends, {name} is in the Johnson model list."
+        ).format(name=name, job=job)
+    )
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def _style_name(layer_name: str) -> str:
+    """A layer's name as a painting's name (what a mix names): letters, digits, - and _."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in layer_name)
+    return cleaned.strip("_-")[:40] or "painting"
+
+
+_RUNNERS = {"transfer": _guarded(_transfer), "rerun": _guarded(_rerun), "train": _guarded(_train)}

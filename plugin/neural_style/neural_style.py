@@ -125,6 +125,26 @@ TRANSFER_PARAMS = (
     *(param for n in range(1, REGION_COUNT + 1) for param in region_params(n)),
 )
 
+TRAIN_PARAMS = (
+    Param(
+        "model-name",
+        "string",
+        _("Model _name"),
+        _("What the model is called in the Johnson model list: letters, digits, - and _"),
+        "",
+    ),
+    Param("photos", "folder", _("_Photos"), _("A folder of your photos to train on, sub-folders too")),
+    Param(
+        "steps",
+        "int",
+        _("_Steps"),
+        _("Training steps, each on four photos; 0 = the engine's default"),
+        0,
+        0,
+        10_000_000,
+    ),
+)
+
 TABLE = [
     ProcedureSpec(
         name="plug-in-neural-style-transfer",
@@ -148,6 +168,19 @@ TABLE = [
             "dialog with those settings, on the layer the result was made from."
         ),
         run="rerun",
+    ),
+    ProcedureSpec(
+        name="plug-in-neural-style-train",
+        label=_("Train Fast Style…"),
+        menu="<Image>/Filters/Artistic",
+        blurb=_("Train a fast style network on the selected layer's painting and a folder of photos"),
+        help=_(
+            "Starts a training in the neural-style engine: a Johnson network for the painting in the "
+            "selected layer, on your photos. It goes on after GIMP closes; once it ends, the model is "
+            "in the Johnson model list of Neural Style Transfer."
+        ),
+        run="train",
+        params=TRAIN_PARAMS,
     ),
 ]
 

@@ -73,7 +73,7 @@ class ProcedureSpec:
     menu: str
     blurb: str
     help: str
-    run: str  # "transfer" | "rerun"
+    run: str  # "transfer" | "rerun" | "train"
     params: tuple[Param, ...] = ()
 
 

@@ -6,15 +6,18 @@ message and leaves the image as it was.
 The served model is a fixed-seed TransformerNet saved as pytorch/examples saves its models
 (bench/zoo.py), listed in a copy of the weights manifest with its sha256. The non-interactive
 refusal of a missing model (the `nst models pull` hint) is test_methods_e2e's. Models trained
-here with `nst train johnson` and `nst train adain` run from the same list, with nothing to download.
+here with `nst train johnson` and `nst train adain` run from the same list, with nothing to download,
+and Train Fast Style starts a training in the engine from a painting layer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -185,3 +188,36 @@ def test_a_mix_of_a_model_of_two_paintings_runs_from_the_dialog(gimp_chroot: Pat
         assert case["layers"] == ["Photo (both, johnson)", "Photo"]
     dawn, dusk = (np.array(findings["cases"][name]["result"]) for name in ("dawn", "dusk"))
     assert np.abs(dawn - dusk).mean() > 1 / 255  # RGBA: the alpha is 1 in both
+
+
+def test_train_fast_style_starts_a_training_that_outlives_gimp(gimp_chroot: Path, work: Path) -> None:
+    """Filters > Artistic > Train Fast Style on a painting layer, with a folder of photos: GIMP
+    returns at once with the image as it was, the engine trains on the layer's pixels after GIMP
+    has quit, and installs the model under the layer's name as its painting. A missing name, a
+    missing folder and a shipped model's name are refused with what to change."""
+    photos = work / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    cases = [
+        {"name": "gimp_style", "photos": str(photos), "steps": 3},
+        {"name": "", "photos": str(photos)},
+        {"name": "nofolder"},
+        {"name": "candy", "photos": str(photos)},
+    ]
+    with running_engine(work) as sock:
+        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
+        findings = run_gimp_batch(work, HERE / "batch_train.py", {"cases": cases})
+        started, unnamed, no_folder, shipped = findings["cases"]
+        assert started["status"] == "success", (started, findings["gimp_output"])
+        assert all(case["unchanged"] for case in findings["cases"])
+        assert unnamed["status"] == "execution-error" and "Model name" in unnamed["error"]
+        assert no_folder["status"] == "execution-error" and "Photos" in no_folder["error"]
+        assert shipped["status"] == "execution-error" and "published model's name" in shipped["error"]
+        model = work / "home" / "weights" / "johnson_gimp_style.pth"
+        deadline = time.monotonic() + 300
+        while not model.is_file():  # GIMP has quit; the engine goes on
+            assert time.monotonic() < deadline, (work / "home" / "engine.log").read_text()[-2000:]
+            time.sleep(1)
+    provenance = json.loads((work / "home" / "weights" / "trained.json").read_text())["johnson_gimp_style"]
+    assert provenance["styles"] == ["Blue_waves"] and provenance["steps"] == 3
