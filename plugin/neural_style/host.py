@@ -284,19 +284,25 @@ def _client() -> Any:
     return client
 
 
-def _hello() -> tuple[Any, dict[str, list[str] | None]]:
+@contextlib.contextmanager
+def _engine_call(refused: str) -> Iterator[Any]:
+    """The client module, for a call to the engine whose refusal says `refused` (with {problem})
+    and whose lost connection says so; both end the run with that message."""
     client = _client()
     try:
-        engine = client.EngineClient()
-        return engine, model_choice.method_models(engine.hello())
+        yield client
     except client.EngineError as exc:
-        raise _Failure(
-            _("The neural-style engine is not available: {problem}").format(problem=exc.message)
-        ) from None
+        raise _Failure(refused.format(problem=exc.message)) from None
     except OSError as exc:
         raise _Failure(
             _("The neural-style engine could not be reached: {problem}").format(problem=exc)
         ) from None
+
+
+def _hello() -> tuple[Any, dict[str, list[str] | None]]:
+    with _engine_call(_("The neural-style engine is not available: {problem}")) as client:
+        engine = client.EngineClient()
+        return engine, model_choice.method_models(engine.hello())
 
 
 def _download_model(
@@ -779,18 +785,9 @@ def _train(
         "content_dir": folder.get_path(),
         "settings": {"steps": steps} if steps else {},
     }
-    client = _client()
     painting = (_style_name(drawables[0].get_name()), _read_pixels(drawables[0]))
-    try:
+    with _engine_call(_("The engine did not start the training: {problem}")) as client:
         job = client.EngineClient().train(request, [painting])
-    except client.EngineError as exc:
-        raise _Failure(
-            _("The engine did not start the training: {problem}").format(problem=exc.message)
-        ) from None
-    except OSError as exc:
-        raise _Failure(
-            _("The neural-style engine could not be reached: {problem}").format(problem=exc)
-        ) from None
     Gimp.message(
         _(
             "Training {name} in the neural-style engine (job {job}). It goes on after GIMP closes; "

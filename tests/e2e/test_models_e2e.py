@@ -96,25 +96,39 @@ def test_the_dialog_downloads_the_chosen_model_then_runs(
     assert log.count("queued: 'pull' on 'download'") == 2, log
 
 
-def test_a_model_trained_here_runs_from_the_dialog(gimp_chroot: Path, work: Path) -> None:
-    """`nst train johnson` (a few steps on drawn photos), then the dialog with that model: the
-    engine's list offers it as installed, so OK runs it at once, with no download."""
-    photos = work / "photos"
-    photos.mkdir()
-    for i in range(3):
-        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(photos / f"{i}.png")
-    Image.fromarray((drawn_scene(50, 64, 64) * 255).astype(np.uint8)).save(work / "painting.png")
+def _photos(folder: Path, seeds: range = range(3)) -> Path:
+    """A folder of drawn photos to train on."""
+    folder.mkdir()
+    for i in seeds:
+        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _train_here(work: Path, *words: object) -> None:
+    """`nst train METHOD ...`: small fp32 steps (unless `words` say otherwise), into the engine's
+    data directory."""
     trained = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "johnson", "-o", "mine",
-         "--style", str(work / "painting.png"), "--content-dir", str(photos),
-         "--steps", "2", "--batch", "1", "--size", "64", "--lr", "0.01",
-         "--precision", "fp32", "--validate-every", "0"],
+        [sys.executable, "-m", "engine", "train", *map(str, words[:1]), "--batch", "1", "--size", "64",
+         "--lr", "0.01", "--precision", "fp32", "--validate-every", "0", *map(str, words[1:])],
         cwd=REPO, env=engine_env(work / "home"), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+
+
+def _from_the_dialog(work: Path, cases: list[dict]) -> dict:
+    """batch_models.py's cases against a real engine: each from the dialog, OK pressed."""
     with running_engine(work) as sock:
         install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
-        findings = run_gimp_batch(work, HERE / "batch_models.py", {"cases": [{"model": "mine"}]}, gui=True)
+        return run_gimp_batch(work, HERE / "batch_models.py", {"cases": cases}, gui=True)
+
+
+def test_a_model_trained_here_runs_from_the_dialog(gimp_chroot: Path, work: Path) -> None:
+    """`nst train johnson` (a few steps on drawn photos), then the dialog with that model: the
+    engine's list offers it as installed, so OK runs it at once, with no download."""
+    Image.fromarray((drawn_scene(50, 64, 64) * 255).astype(np.uint8)).save(work / "painting.png")
+    _train_here(work, "johnson", "-o", "mine", "--style", work / "painting.png",
+                "--content-dir", _photos(work / "photos"), "--steps", 2)  # fmt: skip
+    findings = _from_the_dialog(work, [{"model": "mine"}])
     case = findings["cases"]["mine"]
     assert case["pressed"], findings["gimp_output"]
     assert case["status"] == "success", (case, findings["gimp_output"])
@@ -128,24 +142,9 @@ def test_a_decoder_trained_here_runs_from_the_dialog(gimp_chroot: Path, work: Pa
     """`nst train adain` (a few steps on drawn photos and paintings), then the dialog with AdaIN,
     that decoder and a layer as the painting: it runs with the published encoder and decoder not
     installed, and nothing is downloaded."""
-    photos, paintings = work / "photos", work / "paintings"
-    for folder, seeds in ((photos, range(3)), (paintings, range(60, 63))):
-        folder.mkdir()
-        for i in seeds:
-            Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    trained = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "adain", "-o", "mine",
-         "--style-dir", str(paintings), "--content-dir", str(photos),
-         "--steps", "2", "--batch", "1", "--size", "64", "--lr", "0.01",
-         "--precision", "fp32", "--validate-every", "0"],
-        cwd=REPO, env=engine_env(work / "home"), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
-    with running_engine(work) as sock:
-        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
-        findings = run_gimp_batch(
-            work, HERE / "batch_models.py", {"cases": [{"method": "adain", "model": "mine"}]}, gui=True
-        )
+    _train_here(work, "adain", "-o", "mine", "--style-dir", _photos(work / "paintings", range(60, 63)),
+                "--content-dir", _photos(work / "photos"), "--steps", 2)  # fmt: skip
+    findings = _from_the_dialog(work, [{"method": "adain", "model": "mine"}])
     case = findings["cases"]["mine"]
     assert case["pressed"], findings["gimp_output"]
     assert case["status"] == "success", (case, findings["gimp_output"])
@@ -160,28 +159,18 @@ def test_a_mix_of_a_model_of_two_paintings_runs_from_the_dialog(gimp_chroot: Pat
     the second painting alone: it runs, and makes another picture than a run with the first
     painting alone (non-interactive: an interactive run after a first one starts from GIMP's
     last-used values, not from the caller's)."""
-    photos = work / "photos"
-    photos.mkdir()
-    for i in range(3):
-        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(photos / f"{i}.png")
     for name, seed in (("dawn", 50), ("dusk", 51)):
         picture = drawn_scene(seed, 64, 64)[..., [2, 0, 1] if name == "dusk" else [0, 1, 2]]
         Image.fromarray((picture * 255).astype(np.uint8)).save(work / f"{name}.png")
-    trained = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "johnson", "-o", "both",
-         "--style", str(work / "dawn.png"), "--style", str(work / "dusk.png"), "--content-dir", str(photos),
-         "--steps", "16", "--batch", "2", "--size", "64", "--lr", "0.01",
-         "--precision", "fp32", "--validate-every", "0"],
-        cwd=REPO, env=engine_env(work / "home"), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
-    cases = [
-        {"model": "both", "mix": "dusk=1", "key": "dusk"},
-        {"model": "both", "mix": "dawn=1", "key": "dawn", "interactive": False},
-    ]
-    with running_engine(work) as sock:
-        install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
-        findings = run_gimp_batch(work, HERE / "batch_models.py", {"cases": cases}, gui=True)
+    _train_here(work, "johnson", "-o", "both", "--style", work / "dawn.png", "--style", work / "dusk.png",
+                "--content-dir", _photos(work / "photos"), "--steps", 16, "--batch", 2)  # fmt: skip
+    findings = _from_the_dialog(
+        work,
+        [
+            {"model": "both", "mix": "dusk=1", "key": "dusk"},
+            {"model": "both", "mix": "dawn=1", "key": "dawn", "interactive": False},
+        ],
+    )
     for name in ("dawn", "dusk"):
         case = findings["cases"][name]
         assert case["pressed"] and case["status"] == "success", (case["status"], findings["gimp_output"])
@@ -195,10 +184,7 @@ def test_train_fast_style_starts_a_training_that_outlives_gimp(gimp_chroot: Path
     returns at once with the image as it was, the engine trains on the layer's pixels after GIMP
     has quit, and installs the model under the layer's name as its painting. A missing name, a
     missing folder and a shipped model's name are refused with what to change."""
-    photos = work / "photos"
-    photos.mkdir()
-    for i in range(3):
-        Image.fromarray((drawn_scene(i, 64, 80) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    photos = _photos(work / "photos")
     cases = [
         {"name": "gimp_style", "photos": str(photos), "steps": 3},
         {"name": "", "photos": str(photos)},
