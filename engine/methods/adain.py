@@ -92,16 +92,18 @@ class AdaINMethod:
             )
         return p
 
-    def _nets(self, model: str, ctx: RunContext) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The encoder and decoder of `model`, loaded once per engine."""
+    def _nets(
+        self, model: str, backbone: str | None, ctx: RunContext
+    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The encoder and decoder of `model` (its encoder `backbone`, None for the published pair),
+        loaded once per engine."""
         device = str(ctx.device)
-        if model == PUBLISHED:
+        if backbone is None:
             encoder = ctx.cache.get(
                 ("adain", "encoder", PUBLISHED, device),
                 lambda: load_encoder(weights.require("adain_vgg"), ctx.device),
             )
         else:
-            backbone = self._encoder_of(model)
             encoder = ctx.cache.get(
                 ("adain", "encoder", backbone, device), lambda: load_backbone_encoder(backbone, ctx.device)
             )
@@ -118,7 +120,9 @@ class AdaINMethod:
         p = job.params
         device = str(ctx.device)
         ctx.progress(Progress(0.05, "load", f"loading the AdaIN encoder and decoder ({p['model']})"))
-        encoder, decoder = self._nets(p["model"], ctx)
+        # The encoder a decoder trained here was trained for (None: the published pair's own).
+        backbone = None if p["model"] == PUBLISHED else self._encoder_of(p["model"])
+        encoder, decoder = self._nets(p["model"], backbone, ctx)
         content = images.resize(job.content, work_size(job.content.shape[:2], p["size"]))
         styles = [s.image for s in job.styles]
         if p["preserve_colors"] == "histogram":  # upstream's --preserve_color recolours the style (coral)
@@ -126,7 +130,7 @@ class AdaINMethod:
 
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.2, "stylize", "stylising"))
-        workload = "adain" if p["model"] == PUBLISHED else f"adain/{self._encoder_of(p['model'])}"
+        workload = "adain" if backbone is None else f"adain/{backbone}"
         path = compute_path(
             workload, lambda x: decoder(encoder(x)), ctx, p, content.shape[0] * content.shape[1]
         )

@@ -721,9 +721,10 @@ class Connection:
                 )
         elif kind == "cancel":
             job_id = h.get("job")
+            if isinstance(job_id, str):
+                self.server.training.forget(job_id)
             if not isinstance(job_id, str) or not self.server.jobs.cancel(job_id):
                 raise ProtocolError("unknown-job", f"No queued or running job {str(job_id)[:64]!r}.")
-            self.server.training.cancel(job_id)
             self.send(_with_ref({"type": "ok"}, ref))
         elif kind == "jobs":
             self.send(_with_ref({"type": "jobs", "jobs": self.server.jobs.snapshot()}, ref))

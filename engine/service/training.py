@@ -11,6 +11,7 @@ note (the checkpoint stays, for `nst train ... --resume`); so do the run's end a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -72,11 +73,10 @@ def job_of(request: dict[str, Any]) -> loop.Job:
     if not isinstance(styles, list) or len(styles) > MAX_STYLES:
         raise UserError("bad-option", f"train: styles must be a list of at most {MAX_STYLES} paths")
     settings = request.get("settings", {})
-    fields = {f for f in METHODS[method].SETTINGS.__dataclass_fields__}
-    if not isinstance(settings, dict) or not set(settings) <= fields:
-        unknown = ", ".join(sorted(set(settings) - fields)) if isinstance(settings, dict) else "?"
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(METHODS[method].SETTINGS)}
+    if not isinstance(settings, dict) or not set(settings) <= set(kinds):
+        unknown = ", ".join(sorted(set(settings) - set(kinds))) if isinstance(settings, dict) else "?"
         raise UserError("bad-option", f"train: unknown settings for {method}: {unknown}")
-    kinds = {f.name: type(f.default) for f in METHODS[method].SETTINGS.__dataclass_fields__.values()}
     overrides = {}
     for key, value in settings.items():
         wanted = kinds[key]
@@ -159,7 +159,6 @@ class Trainings:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
-        self._notes: dict[str, Path] = {}  # queued job id -> its note
 
     def submit(
         self, job: loop.Job, listener: JobListener | None, paintings: list[tuple[str, RawImage]] = ()
@@ -183,14 +182,14 @@ class Trainings:
         queued, position = self.queue.submit_task(
             KIND, QUEUE, self._task(method, job, note), _Relay(listener), None, title=job.weight_id
         )
-        self._notes[queued.id] = note
         return queued, position
 
-    def cancel(self, job_id: str) -> None:
-        """A client cancelled the training `job_id`: the engine no longer takes it up again."""
-        note = self._notes.pop(job_id, None)
-        if note is not None:
-            note.unlink(missing_ok=True)
+    def forget(self, job_id: str) -> None:
+        """A client is cancelling the training `job_id`: the engine no longer takes it up again.
+        Called before the queue lets go of the job (a queued one leaves it at once)."""
+        for task in self.queue.tasks(KIND):
+            if task.id == job_id and task.title is not None:
+                (data_dir() / "training" / task.title / NOTE).unlink(missing_ok=True)
 
     def resume_pending(self) -> list[str]:
         """Queue again every run whose note an engine left (stopped, or died): from its checkpoint,

@@ -15,6 +15,7 @@ as the adain method's model NAME; its encoder is named in its provenance.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,16 @@ class AdaINRecipe:
     def learning_rate(self, step: int) -> float:
         return self.settings.lr / (1.0 + self.settings.lr_decay * step)
 
+    @functools.cached_property
+    def _probe_net(self) -> nn.Module:
+        """A copy of the network's shape for tuning's timed steps, made once."""
+        return new_decoder(0).to(self.device, memory_format=torch.channels_last)
+
     def probe(self, path: tune.ComputePath, side: int) -> None:
-        probe = new_decoder(0).to(self.device, memory_format=torch.channels_last)
+        probe = self._probe_net
         x = torch.rand(2, 3, side, side, device=self.device).contiguous(memory_format=torch.channels_last)
         self.total(self._terms(probe, x[:1], x[1:], path)).backward()
+        probe.zero_grad(set_to_none=True)
 
     def validation(self, picture: np.ndarray, path: tune.ComputePath) -> list[tuple[str, np.ndarray]]:
         if self.validation_style is None:

@@ -11,6 +11,7 @@ one network with a row of instance-norm scales and shifts per painting (Dumoulin
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -226,10 +227,16 @@ class JohnsonRecipe:
     def learning_rate(self, step: int) -> float:
         return self.settings.lr
 
+    @functools.cached_property
+    def _probe_net(self) -> nn.Module:
+        """A copy of the network's shape for tuning's timed steps, made once."""
+        return new_net(0).to(self.device, memory_format=torch.channels_last)
+
     def probe(self, path: tune.ComputePath, side: int) -> None:
-        probe = new_net(0).to(self.device, memory_format=torch.channels_last)
+        probe = self._probe_net
         x = torch.rand(1, 3, side, side, device=self.device).contiguous(memory_format=torch.channels_last)
         self.total(self.terms(probe, x, 0, path)).backward()
+        probe.zero_grad(set_to_none=True)
 
     def validation(self, picture: np.ndarray, path: tune.ComputePath) -> list[tuple[str, np.ndarray]]:
         several = len(self.paintings) > 1
