@@ -70,10 +70,12 @@ def nst_env(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.fixture
-def make_server(short_dir: Path) -> Iterator[Callable[..., Any]]:
+def make_server(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """Start in-process engine servers on a Unix socket (or `endpoint=`); all stop at teardown.
 
-    The runner defaults to the real pipeline; keyword arguments go to ServerConfig.
+    The runner defaults to the real pipeline; keyword arguments go to ServerConfig. Taking
+    `monkeypatch` makes the servers stop before a test's environment (its NST_HOME) is restored,
+    so work still going at teardown never writes into the real home.
     """
     from engine.service.server import Server, ServerConfig, device_of
     from nst_common.endpoints import Endpoint

@@ -21,6 +21,7 @@ from helpers import drawn_scene
 from PIL import Image
 from test_score import _painting
 
+from engine import weights
 from engine.service.server import Server
 from nst_common.endpoints import Endpoint
 from nst_common.framing import read_message, send_message
@@ -96,11 +97,11 @@ def test_a_training_runs_in_the_engine_and_outlives_its_client(
     with sock:
         send_message(sock, _request(*pictures, "orphan", steps=12))
         assert _events(sock, lambda h: h["type"] != "progress")[-1]["type"] == "accepted"
-    installed = home / "weights" / "johnson_orphan.pth"
     deadline = time.monotonic() + 300
-    while not installed.exists():
+    while "johnson_orphan" not in weights.load_manifest().entries:  # listed: the install is done
         assert time.monotonic() < deadline, "the training stopped with its client"
         time.sleep(0.5)
+    assert (home / "weights" / "johnson_orphan.pth").is_file()
 
 
 def test_a_stylising_job_waits_for_at_most_one_training_step(
