@@ -137,7 +137,8 @@ def run_all(
 
 
 def describe(s: Score) -> str:
-    return f"style {s.style:.2f}  content {s.content:.2f}  colour {s.colour:.2f}  edges {s.edges:.2f}"
+    anchor = "" if s.sifid is None else f"  SIFID {s.sifid:.3g}"
+    return f"style {s.style:.2f}  content {s.content:.2f}  colour {s.colour:.2f}  edges {s.edges:.2f}{anchor}"
 
 
 def contact_sheet(c: Comparison) -> np.ndarray:

@@ -13,8 +13,9 @@ Every number is relative to two anchors, so that it reads the same for any photo
   where brush texture is averaged away and the outlines of shapes remain. 1 keeps every outline.
 
 It runs on the offline backbone (vgg16-hed), so it works without a download, with a fixed seed for
-the random directions: the same pictures always score the same. What each number misses is in
-docs/score.md.
+the random directions: the same pictures always score the same. Where the Inception weights are
+installed, each result also gets SIFID (engine/sifid.py), a published measure, against the painting
+at the same sizes. What each number misses is in docs/score.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import sifid
 from engine.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from engine.imaging import images
 
@@ -56,6 +58,7 @@ class Score:
     colour: float
     edges: float
     style_layers: dict[str, float]
+    sifid: float | None = None  # None where the Inception weights are not installed
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -64,7 +67,10 @@ class Score:
 class Scorer:
     """Scores pictures against one photo and one painting; their features are computed once."""
 
-    def __init__(self, content: np.ndarray, style: np.ndarray, backbone: Backbone | None = None) -> None:
+    def __init__(
+        self, content: np.ndarray, style: np.ndarray, backbone: Backbone | None = None, anchor: bool = True
+    ) -> None:
+        """`anchor`: also compute SIFID, where its weights are installed."""
         self.backbone = backbone or load_backbone(DEFAULT_BACKBONE)
         content, _ = images.split_alpha(content)  # grey or with alpha, as files come
         style, _ = images.split_alpha(style)
@@ -89,6 +95,7 @@ class Scorer:
         self._blur_distance = self._content_distance(self._features(blurred))
         self._photo_style = self._style_distances(self._content_features)
         self._photo_colour = self._colour_distance(self.content)
+        self._sifid = sifid.SIFID(self.style) if anchor and sifid.installed() else None
 
     def __call__(self, result: np.ndarray) -> Score:
         """The result's numbers. Its distances to the photo's features and edges are taken at the
@@ -106,6 +113,7 @@ class Scorer:
             colour=self._colour_distance(whole) / max(self._photo_colour, 1e-12),
             edges=float(torch.corrcoef(torch.stack([self._content_edges, _edges(aligned)]))[0, 1]),
             style_layers=per_layer,
+            sifid=self._sifid(whole) if self._sifid is not None else None,
         )
 
     def _prepare(self, rgb: np.ndarray) -> torch.Tensor:

@@ -3,6 +3,7 @@ hold, a stylised result scores as one, and the comparison runs every installed m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,8 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from test_backbones import manifest_with
 from test_zoo import files, home, states  # noqa: F401
+from torch import nn
+from torchvision.models import inception_v3
+
+from engine.imaging import images
 
 # A Gatys result must keep at least this much of the photo's outlines (edge correlation at a quarter
 # of the size): with every default, the drawn street below scores about 0.47 and the painting 0.2.
@@ -88,6 +95,8 @@ def test_score_anchors_and_a_stylised_result(pictures: tuple[Path, Path], tmp_pa
     assert result["style"] < 0.8, result
     assert result["colour"] < 0.8, result
     assert result["edges"] >= EDGE_FLOOR, result
+    # No Inception weights in this home: no SIFID, and the command says how to get it.
+    assert result["sifid"] is None and "nst models pull inception_v3" in done.stderr
 
 
 def test_score_takes_grey_and_transparent_pictures(
@@ -165,3 +174,56 @@ def test_compare_takes_labelled_runs_and_refuses_what_it_cannot_do(
         done = _nst(["compare", photo, painting, "-o", "other.png", *bad], tmp_path, home)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "other.png").exists()
+
+
+def _sifid_as_published(net: nn.Module, real: np.ndarray, fake: np.ndarray) -> float:
+    """SIFID as SinGAN's SIFID/sifid_score.py computes it, in numpy: its two Inception blocks up to
+    Conv2d_4a_3x3 (192 features), input scaled to [-1, 1], one feature vector per location, numpy's
+    mean and covariance, and the trace of (C1 C2)^1/2 from the eigenvalues of the product."""
+    block0 = [net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3]
+    block1 = [nn.MaxPool2d(kernel_size=3, stride=2), net.Conv2d_3b_1x1, net.Conv2d_4a_3x3]
+    blocks = nn.Sequential(*block0, *block1)
+
+    def statistics(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            out = blocks(2 * images.to_tensor(picture) - 1).numpy()
+        act = out.transpose(0, 2, 3, 1).reshape(-1, out.shape[1]).astype(np.float64)
+        return act.mean(0), np.cov(act, rowvar=False)
+
+    (m1, s1), (m2, s2) = statistics(real), statistics(fake)
+    root_trace = np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(0)).sum()
+    return float((m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * root_trace)
+
+
+def test_sifid_where_the_inception_weights_are_installed(
+    pictures: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision's Inception v3 layout with random weights, imported as a user with the downloaded
+    file would; `nst score` then gives each picture SIFID against the painting, as published."""
+    photo, painting = pictures
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=True).eval()
+    download = tmp_path / "download.pth"
+    torch.save(net.state_dict(), download)
+    prefix = hashlib.sha256(download.read_bytes()).hexdigest()[:8]
+    # The shipped entry with this file's prefix in place of torchvision's.
+    manifest_with(tmp_path, monkeypatch, {
+        'file = "inception_v3_google-0cc3c7bd.pth"': f'file = "inception_v3_google-{prefix}.pth"',
+        'sha256_prefix = "0cc3c7bd"': f'sha256_prefix = "{prefix}"',
+    })  # fmt: skip
+    home = tmp_path / "home"  # noqa: F811
+    env = {"NST_MANIFEST": os.environ["NST_MANIFEST"]}
+    imported = _nst(["models", "import", "inception_v3", download], tmp_path, home, env)
+    assert imported.returncode == 0, imported.stderr
+
+    done = _nst(["score", photo, painting, photo, painting, "--json"], tmp_path, home, env)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)
+    assert "SIFID" not in done.stderr
+    # Scored at the photo's size (128 px long side here): the painting is enlarged to it first.
+    side = max(np.asarray(Image.open(photo)).shape[:2])
+    real = images.at_long_side(images.load_image(painting), side)
+    expected = _sifid_as_published(net, real, images.load_image(photo))
+    assert expected > 1e-3  # random weights still tell the two pictures apart
+    assert scores[str(photo)]["sifid"] == pytest.approx(expected, rel=1e-3)
+    assert abs(scores[str(painting)]["sifid"]) < 1e-6 * expected  # the painting against itself

@@ -10,10 +10,12 @@ import sys
 from engine.cli.stylize import check_size
 from engine.errors import UserError
 
+SIFID_HINT = "nst models pull inception_v3"
 SCORE_HELP = (
     "style: 1 is the photo's own distance to the painting, 0 the painting's; content: 0 is the photo, "
     "1 as far as the photo blurred; colour: like style, on Lab colours; edges: 1 keeps every outline "
-    "of the photo. docs/score.md says what each misses."
+    "of the photo; SIFID: the published single-image distance to the painting, where its weights are "
+    f"installed ({SIFID_HINT}). docs/score.md says what each misses."
 )
 
 
@@ -48,17 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from engine import sifid
     from engine.imaging import images
     from engine.score import Scorer
 
     scorer = Scorer(images.load_image(args.content), images.load_image(args.style))
     scores = {path: scorer(images.load_image(path)).as_dict() for path in args.results}
+    if not sifid.installed():
+        print(f"nst: no SIFID without its weights ({SIFID_HINT})", file=sys.stderr)
     if args.json:
         print(json.dumps(scores, indent=2))
         return 0
-    print(f"{'style':>6} {'content':>8} {'colour':>7} {'edges':>6}  result")
+    print(f"{'style':>6} {'content':>8} {'colour':>7} {'edges':>6} {'SIFID':>8}  result")
     for path, s in scores.items():
-        print(f"{s['style']:6.3f} {s['content']:8.3f} {s['colour']:7.3f} {s['edges']:6.3f}  {path}")
+        anchor = "-" if s["sifid"] is None else f"{s['sifid']:.3g}"
+        numbers = f"{s['style']:6.3f} {s['content']:8.3f} {s['colour']:7.3f} {s['edges']:6.3f}"
+        print(f"{numbers} {anchor:>8}  {path}")
     return 0
 
 
