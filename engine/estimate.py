@@ -9,7 +9,8 @@ CONFIDENT_AFTER of the work is done. The rate's clock starts at the first report
 at the estimate: loading a model or computing targets takes seconds in which no fraction moves,
 and counting them would make the first steps look slow. The value shown counts down in real time
 and moves towards each new figure over SMOOTHING_S, so it neither jumps with each step nor stands
-still.
+still; a figure that corrects it by more than LARGE_CORRECTION times (a first estimate far off on
+this machine) replaces it at once, since a short job would end before the glide did.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Callable
 from engine.methods.base import Progress, ProgressFn
 
 CONFIDENT_AFTER = 0.15  # share of the work after which the measured rate alone counts
-MIN_MEASURED_S = 1.0  # the measured rate counts only after this long (start-up is no rate)
+MIN_MEASURED_S = 1.0  # the measured rate counts after this long, or CONFIDENT_AFTER of the work
 SMOOTHING_S = 1.5  # time constant over which the shown figure follows a new one
+LARGE_CORRECTION = 1.5  # a new figure this many times above or below the shown one replaces it
 
 
 class Tracker:
@@ -71,7 +73,10 @@ class Tracker:
         target = self._target - (now - self._target_at)
         dt = max(0.0, now - self._shown_at)
         counted_down = target if self._shown is None else max(0.0, self._shown - dt)
-        shown = counted_down + (1.0 - math.exp(-dt / SMOOTHING_S)) * (target - counted_down)
+        if max(target, counted_down) > LARGE_CORRECTION * max(min(target, counted_down), 1e-9):
+            shown = target
+        else:
+            shown = counted_down + (1.0 - math.exp(-dt / SMOOTHING_S)) * (target - counted_down)
         self._shown, self._shown_at = shown, now
         return max(0.0, shown)
 
@@ -84,10 +89,10 @@ class Tracker:
         if self._moving is None:
             return from_prior
         since, base = self._moving
-        if fraction <= base or now - since < MIN_MEASURED_S:
+        weight = min(1.0, (fraction - base) / (CONFIDENT_AFTER * span))
+        if fraction <= base or (now - since < MIN_MEASURED_S and weight < 1.0):
             return from_prior
         measured = (now - since) * left / (fraction - base)
         if from_prior is None:
             return measured
-        weight = min(1.0, (fraction - base) / (CONFIDENT_AFTER * span))
         return weight * measured + (1.0 - weight) * from_prior

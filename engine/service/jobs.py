@@ -55,6 +55,7 @@ class Job:
     last: Progress | None = None
     last_at: float = 0.0  # when `last` came
     last_sent: float = 0.0
+    last_stage: str = ""  # the stage of the last progress sent
     last_preview: float = 0.0
     cancel_message: str = "Cancelled."
 
@@ -300,12 +301,13 @@ class JobQueue:
         # A preview that is due always goes out: the next one may come only after the job has ended.
         with_preview = p.preview is not None and now - job.last_preview >= self._preview_interval
         recent = now - job.last_sent < self._progress_interval
-        if recent and not (force or with_preview or p.fraction >= 1.0):
+        # A new stage always goes out: there are few, and the plan's carries the first estimate.
+        if recent and not (force or with_preview or p.fraction >= 1.0 or p.stage != job.last_stage):
             return
         with job.lock:
             if job.state == "done":
                 return
-            job.last_sent = now
+            job.last_sent, job.last_stage = now, p.stage
             if with_preview:
                 job.last_preview = now
             self._notify(job, job.listener.on_progress, job, p, with_preview)
