@@ -3,29 +3,23 @@
 # dialog and presses its OK button with xdotool (real X input, as a user would), so the plug-in
 # downloads the chosen model through the engine before it runs.
 import json
-import subprocess
 import sys
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, fill, layer_state, load_args, procedure_config, quit_gimp, run_procedure
+from batch_prelude import (
+    Gimp,
+    fill,
+    layer_state,
+    load_args,
+    press_ok,
+    pressed,
+    procedure_config,
+    quit_gimp,
+    run_procedure,
+)
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
-# OK is the dialog's last button: its middle sits this far from the window's bottom right corner
-# (GIMP 3.0.4's default theme; measured on tools/screenshot-dialog.sh's picture).
-PRESS_OK = r"""
-for _ in $(seq 240); do
-    id=$(xdotool search --onlyvisible --name '^Neural Style Transfer$' 2>/dev/null | head -1)
-    if [ -n "$id" ]; then
-        sleep 2
-        eval "$(xdotool getwindowgeometry --shell "$id")"
-        xdotool mousemove $((X + WIDTH - 68)) $((Y + HEIGHT - 42)) click 1
-        exit 0
-    fi
-    sleep 0.5
-done
-exit 1
-"""
 findings = {"cases": {}}
 
 
@@ -45,7 +39,7 @@ try:
         before = layer_state(image)
         kept = {layer.get_id() for layer in image.get_layers()}
         interactive = case.get("interactive", True)
-        presser = subprocess.Popen(["sh", "-c", PRESS_OK if interactive else "exit 0"])
+        presser = press_ok("Neural Style Transfer") if interactive else None
         proc, config = procedure_config(
             image,
             [layer],
@@ -57,15 +51,10 @@ try:
             **(styled if case.get("method") == "adain" else {}),
         )
         status, error = run_procedure(proc, config)
-        try:
-            pressed = presser.wait(30) == 0
-        except subprocess.TimeoutExpired:
-            presser.kill()
-            pressed = False
         after = layer_state(image)
         added = len(after) > len(before)
         findings["cases"][case.get("key", case["model"])] = {
-            "pressed": pressed,
+            "pressed": presser is None or pressed(presser),
             "status": status,
             "error": error,
             "unchanged": after == before,

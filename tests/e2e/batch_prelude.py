@@ -29,6 +29,8 @@ __all__ = [
     "layer_state",
     "load_args",
     "pixels",
+    "press_ok",
+    "pressed",
     "procedure_config",
     "quit_gimp",
     "run_procedure",
@@ -105,6 +107,38 @@ def layer_state(image):
 def xdotool(*args):
     """Run xdotool (real X input, as a user would); its output split into words."""
     return subprocess.run(["xdotool", *args], capture_output=True, text=True, timeout=20).stdout.split()
+
+
+# OK is a procedure dialog's last button: its middle sits this far from the window's bottom right
+# corner (GIMP 3.0.4's default theme; measured on tools/screenshot-dialog.sh's picture).
+_PRESS_OK = r"""
+for _ in $(seq 240); do
+    id=$(xdotool search --onlyvisible --name "^$1\$" 2>/dev/null | head -1)
+    if [ -n "$id" ]; then
+        sleep 2
+        eval "$(xdotool getwindowgeometry --shell "$id")"
+        xdotool mousemove $((X + WIDTH - 68)) $((Y + HEIGHT - 42)) click 1
+        exit 0
+    fi
+    sleep 0.5
+done
+exit 1
+"""
+
+
+def press_ok(title):
+    """A helper process that waits (up to 2 minutes) for the dialog called `title` and clicks its
+    OK button, as a user would; it exits 0 once it has clicked."""
+    return subprocess.Popen(["sh", "-c", _PRESS_OK, "press_ok", title])
+
+
+def pressed(presser):
+    """Whether the `press_ok` helper clicked (waiting up to 30 s for it to end)."""
+    try:
+        return presser.wait(30) == 0
+    except subprocess.TimeoutExpired:
+        presser.kill()
+        return False
 
 
 def image_window():

@@ -1,12 +1,24 @@
-# Runs inside gimp-console-3.0 in the trixie chroot; the test prepends E2E_DIR and ARGS_PATH.
-# Runs Filters > Artistic > Train Fast Style on a painting layer, once per case, and reports how
-# each run ended and whether the image was left as it was.
+# Runs inside gimp-3.0 (the GUI, under Xvfb) in the trixie chroot; the test prepends E2E_DIR and
+# ARGS_PATH. Runs Filters > Artistic > Train Fast Style on a painting layer, once per case, and
+# reports how each run ended and whether the image was left as it was. An interactive case shows
+# the dialog, filled from the case, and a helper process presses its OK button with xdotool.
 import json
 import sys
 import traceback
 
 sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
-from batch_prelude import Gimp, Gio, fill, layer_state, load_args, procedure_config, quit_gimp, run_procedure
+from batch_prelude import (
+    Gimp,
+    Gio,
+    fill,
+    layer_state,
+    load_args,
+    press_ok,
+    pressed,
+    procedure_config,
+    quit_gimp,
+    run_procedure,
+)
 
 ARGS = load_args(ARGS_PATH)  # noqa: F821 - prepended by the test
 findings = {"cases": []}
@@ -21,17 +33,25 @@ try:
     for case in ARGS["cases"]:
         before = layer_state(image)
         folder = Gio.File.new_for_path(case["photos"]) if case.get("photos") else None
+        interactive = case.get("interactive", False)
+        presser = press_ok("Train Fast Style") if interactive else None
         proc, config = procedure_config(
             image,
             [paint],
             procedure="plug-in-neural-style-train",
+            run_mode=Gimp.RunMode.INTERACTIVE if interactive else Gimp.RunMode.NONINTERACTIVE,
             model_name=case["name"],
             photos=folder,
             steps=case.get("steps", 0),
         )
         status, error = run_procedure(proc, config)
         findings["cases"].append(
-            {"status": status, "error": error, "unchanged": layer_state(image) == before}
+            {
+                "status": status,
+                "error": error,
+                "pressed": presser is None or pressed(presser),
+                "unchanged": layer_state(image) == before,
+            }
         )
 except Exception:
     findings["exception"] = traceback.format_exc()

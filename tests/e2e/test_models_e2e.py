@@ -180,22 +180,22 @@ def test_a_mix_of_a_model_of_two_paintings_runs_from_the_dialog(gimp_chroot: Pat
 
 
 def test_train_fast_style_starts_a_training_that_outlives_gimp(gimp_chroot: Path, work: Path) -> None:
-    """Filters > Artistic > Train Fast Style on a painting layer, with a folder of photos: GIMP
-    returns at once with the image as it was, the engine trains on the layer's pixels after GIMP
-    has quit, and installs the model under the layer's name as its painting. A missing name, a
-    missing folder and a shipped model's name are refused with what to change."""
+    """Filters > Artistic > Train Fast Style on a painting layer, from its dialog, with a folder of
+    photos: OK returns at once with the image as it was, the engine trains on the layer's pixels
+    after GIMP has quit, and installs the model under the layer's name as its painting. A missing
+    name, a missing folder and a shipped model's name are refused with what to change."""
     photos = _photos(work / "photos")
-    cases = [
-        {"name": "gimp_style", "photos": str(photos), "steps": 3},
+    cases = [  # the dialog first: GIMP fills a later dialog with the last run's values
+        {"name": "gimp_style", "photos": str(photos), "steps": 3, "interactive": True},
         {"name": "", "photos": str(photos)},
         {"name": "nofolder"},
         {"name": "candy", "photos": str(photos)},
     ]
     with running_engine(work) as sock:
         install_plugin(work, {"python": "/nonexistent/python", "endpoint": f"unix:{sock}"})
-        findings = run_gimp_batch(work, HERE / "batch_train.py", {"cases": cases})
+        findings = run_gimp_batch(work, HERE / "batch_train.py", {"cases": cases}, gui=True)
         started, unnamed, no_folder, shipped = findings["cases"]
-        assert started["status"] == "success", (started, findings["gimp_output"])
+        assert started["pressed"] and started["status"] == "success", (started, findings["gimp_output"])
         assert all(case["unchanged"] for case in findings["cases"])
         assert unnamed["status"] == "execution-error" and "Model name" in unnamed["error"]
         assert no_folder["status"] == "execution-error" and "Photos" in no_folder["error"]
