@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import shutil
@@ -26,6 +27,15 @@ if str(PLUGIN_DIR) not in sys.path:
 # the fp32 path unless it sets another; the measured choice and reduced precision have their own
 # tests (tests/test_precision.py), which lift this.
 os.environ["NST_PRECISION"] = "fp32"
+
+# No test reads or writes the user's own data folder or talks to an engine they run: the session has
+# a throwaway data folder and runtime folder (nst_env gives a test its own), set before any engine
+# module reads them.
+_SESSION = Path(tempfile.mkdtemp(prefix="nst-session-", dir="/tmp"))
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
+os.environ["NST_HOME"] = str(_SESSION / "home")
+os.environ["NST_RUNTIME_DIR"] = str(_SESSION / "run")
+os.environ.pop("NST_ENDPOINT", None)
 
 
 @pytest.fixture(scope="session")
