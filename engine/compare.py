@@ -25,7 +25,7 @@ from nst_common import settings
 from nst_common.messages import StyleRef, StylizeJob
 
 THUMB = 320  # long side of each picture on the sheet
-LABEL_LINES = 3  # two lines of text under each picture, and one line of space before the next row
+LABEL_LINES = 3  # the label and the score's first line under each picture, and a line of space
 LINE_HEIGHT = 17
 MARGIN = 8
 COLUMNS = 4
@@ -136,9 +136,10 @@ def run_all(
     return Comparison(content, painting, scorer, entries)
 
 
-def describe(s: Score) -> str:
-    anchor = "" if s.sifid is None else f"  SIFID {s.sifid:.3g}"
-    return f"style {s.style:.2f}  content {s.content:.2f}  colour {s.colour:.2f}  edges {s.edges:.2f}{anchor}"
+def describe(s: Score) -> tuple[str, ...]:
+    """The score in lines of text: the four numbers, then SIFID where it was computed."""
+    numbers = f"style {s.style:.2f}  content {s.content:.2f}  colour {s.colour:.2f}  edges {s.edges:.2f}"
+    return (numbers,) if s.sifid is None else (numbers, f"SIFID {s.sifid:.3g}")
 
 
 def contact_sheet(c: Comparison) -> np.ndarray:
@@ -148,7 +149,8 @@ def contact_sheet(c: Comparison) -> np.ndarray:
     cells += [(e.run.label, f"{e.seconds:.1f} s", describe(e.score), e.image) for e in c.entries]
     columns = min(COLUMNS, len(cells))
     rows = -(-len(cells) // columns)
-    cell_w, cell_h = THUMB + 2 * MARGIN, THUMB + LABEL_LINES * LINE_HEIGHT + 2 * MARGIN
+    lines = LABEL_LINES + max(len(numbers) for _, _, numbers, _ in cells) - 1
+    cell_w, cell_h = THUMB + 2 * MARGIN, THUMB + lines * LINE_HEIGHT + 2 * MARGIN
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
@@ -156,7 +158,7 @@ def contact_sheet(c: Comparison) -> np.ndarray:
         x, y = (index % columns) * cell_w + MARGIN, (index // columns) * cell_h + MARGIN
         thumb = images.at_long_side(picture, THUMB)
         sheet.paste(Image.fromarray((thumb.clip(0, 1) * 255 + 0.5).astype(np.uint8)), (x, y))
-        for line, text in enumerate((f"{title}  {seconds}".strip(), numbers)):
+        for line, text in enumerate((f"{title}  {seconds}".strip(), *numbers)):
             at = (x, y + THUMB + 4 + line * LINE_HEIGHT)
             draw.text(at, _fit(draw, text, font), fill="black", font=font)
     return np.asarray(sheet, dtype=np.float32) / 255

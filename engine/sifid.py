@@ -56,8 +56,9 @@ class SIFID:
 def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
     """|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^1/2). The trace of the square root is taken from the
     eigenvalues of C1^1/2 C2 C1^1/2, which has those of C1 C2 and is symmetric: no general matrix
-    square root, and no complex round-off to discard."""
+    square root, and no complex round-off to discard. Round-off below zero, as for a picture
+    against itself, reads 0."""
     values, vectors = torch.linalg.eigh(cov1)
     root = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
     product = torch.linalg.eigvalsh(root @ cov2 @ root).clamp_min(0).sqrt().sum()
-    return float((mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * product)
+    return max(0.0, float((mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * product))

@@ -227,3 +227,10 @@ def test_sifid_where_the_inception_weights_are_installed(
     assert expected > 1e-3  # random weights still tell the two pictures apart
     assert scores[str(photo)]["sifid"] == pytest.approx(expected, rel=1e-3)
     assert abs(scores[str(painting)]["sifid"]) < 1e-6 * expected  # the painting against itself
+
+    # nst compare gives it too, on a line of its own under each picture of the sheet.
+    run = ["--run", "gatys preset=draft iterations=2", "--size", "48", "--json"]
+    compared = _nst(["compare", photo, painting, "-o", "sheet.png", *run], tmp_path, home, env)
+    assert compared.returncode == 0, compared.stderr
+    assert json.loads(compared.stdout)["runs"][0]["score"]["sifid"] > 0
+    assert Image.open(tmp_path / "sheet.png").size == (3 * 336, 336 + 68)

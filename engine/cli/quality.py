@@ -101,6 +101,6 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": rows, "wrote": wrote}, indent=2))
     else:
         for e in result.entries:
-            print(f"{e.seconds:7.1f} s  {compare.describe(e.score)}  {e.run.label}")
+            print(f"{e.seconds:7.1f} s  {'  '.join(compare.describe(e.score))}  {e.run.label}")
         print("wrote " + " and ".join(wrote))
     return 0
