@@ -58,7 +58,7 @@ class Score:
     colour: float
     edges: float
     style_layers: dict[str, float]
-    sifid: float | None = None  # None where the Inception weights are not installed
+    sifid: float | None = None  # None where the Inception weights are not installed, or too small
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -67,10 +67,7 @@ class Score:
 class Scorer:
     """Scores pictures against one photo and one painting; their features are computed once."""
 
-    def __init__(
-        self, content: np.ndarray, style: np.ndarray, backbone: Backbone | None = None, anchor: bool = True
-    ) -> None:
-        """`anchor`: also compute SIFID, where its weights are installed."""
+    def __init__(self, content: np.ndarray, style: np.ndarray, backbone: Backbone | None = None) -> None:
         self.backbone = backbone or load_backbone(DEFAULT_BACKBONE)
         content, _ = images.split_alpha(content)  # grey or with alpha, as files come
         style, _ = images.split_alpha(style)
@@ -95,7 +92,7 @@ class Scorer:
         self._blur_distance = self._content_distance(self._features(blurred))
         self._photo_style = self._style_distances(self._content_features)
         self._photo_colour = self._colour_distance(self.content)
-        self._sifid = sifid.SIFID(self.style) if anchor and sifid.installed() else None
+        self._sifid = sifid.SIFID(self.style) if sifid.installed() else None
 
     def __call__(self, result: np.ndarray) -> Score:
         """The result's numbers. Its distances to the photo's features and edges are taken at the

@@ -177,9 +177,10 @@ def test_compare_takes_labelled_runs_and_refuses_what_it_cannot_do(
 
 
 def _sifid_as_published(net: nn.Module, real: np.ndarray, fake: np.ndarray) -> float:
-    """SIFID as SinGAN's SIFID/sifid_score.py computes it, in numpy: its two Inception blocks up to
+    """SIFID as SinGAN's SIFID/sifid_score.py defines it, in numpy: its two Inception blocks up to
     Conv2d_4a_3x3 (192 features), input scaled to [-1, 1], one feature vector per location, numpy's
-    mean and covariance, and the trace of (C1 C2)^1/2 from the eigenvalues of the product."""
+    mean and covariance; the trace of (C1 C2)^1/2, which the authors take from scipy's sqrtm, from
+    the eigenvalues of the product (scipy is not installed here)."""
     block0 = [net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3]
     block1 = [nn.MaxPool2d(kernel_size=3, stride=2), net.Conv2d_3b_1x1, net.Conv2d_4a_3x3]
     blocks = nn.Sequential(*block0, *block1)
@@ -227,6 +228,16 @@ def test_sifid_where_the_inception_weights_are_installed(
     assert expected > 1e-3  # random weights still tell the two pictures apart
     assert scores[str(photo)]["sifid"] == pytest.approx(expected, rel=1e-3)
     assert abs(scores[str(painting)]["sifid"]) < 1e-6 * expected  # the painting against itself
+
+    # Too small for two feature locations: no SIFID, said once, and the other numbers as ever.
+    Image.open(photo).resize((16, 12)).save(tmp_path / "tiny.png")
+    Image.open(photo).resize((300, 8)).save(tmp_path / "thin.png")
+    small = _nst(["score", "tiny.png", painting, "tiny.png", "--json"], tmp_path, home, env)
+    assert small.returncode == 0, small.stderr
+    assert json.loads(small.stdout)["tiny.png"]["sifid"] is None and "under 23 px" in small.stderr
+    thin = _nst(["score", photo, painting, "thin.png", "--json"], tmp_path, home, env)
+    assert thin.returncode == 0, thin.stderr
+    assert json.loads(thin.stdout)["thin.png"]["sifid"] is None
 
     # nst compare gives it too, on a line of its own under each picture of the sheet.
     run = ["--run", "gatys preset=draft iterations=2", "--size", "48", "--json"]

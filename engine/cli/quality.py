@@ -58,6 +58,8 @@ def _score(args: argparse.Namespace) -> int:
     scores = {path: scorer(images.load_image(path)).as_dict() for path in args.results}
     if not sifid.installed():
         print(f"nst: no SIFID without its weights ({SIFID_HINT})", file=sys.stderr)
+    elif any(s["sifid"] is None for s in scores.values()):
+        print(f"nst: no SIFID for pictures under {sifid.MIN_SIDE} px", file=sys.stderr)
     if args.json:
         print(json.dumps(scores, indent=2))
         return 0
