@@ -5,12 +5,14 @@ with `eta_s` set is an estimate made from the work itself (the plan's, engine/pl
 `estimate_seconds`: method, pixels, iterations and scales, device) and restarts the tracking; every
 other one gets `eta_s` filled in. Early on that is the first estimate scaled to the work left;
 as the job goes on, the rate measured since the work started moving takes over, fully once
-CONFIDENT_AFTER of the work is done. The rate's clock starts at the first report of progress, not
-at the estimate: loading a model or computing targets takes seconds in which no fraction moves,
-and counting them would make the first steps look slow. The value shown counts down in real time
-and moves towards each new figure over SMOOTHING_S, so it neither jumps with each step nor stands
-still; a figure that corrects it by more than LARGE_CORRECTION times (a first estimate far off on
-this machine) replaces it at once, since a short job would end before the glide did.
+CONFIDENT_AFTER of the work is done. It counts once it has been measured for MIN_MEASURED_S, or
+sooner where CONFIDENT_AFTER of the work went by in MIN_STEPS reports or more (a short job on a
+fast machine); a single jump of a milestone is no rate. The rate's clock starts at the first report
+of progress, not at the estimate: loading a model or computing targets takes seconds in which no
+fraction moves, and counting them would make the first steps look slow. The value shown counts down
+in real time and moves towards each new figure over SMOOTHING_S, so it neither jumps with each step
+nor stands still; a figure that corrects it by more than LARGE_CORRECTION times (a first estimate
+far off on this machine) replaces it at once, since a short job would end before the glide did.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from engine.methods.base import Progress, ProgressFn
 
 CONFIDENT_AFTER = 0.15  # share of the work after which the measured rate alone counts
 MIN_MEASURED_S = 1.0  # the measured rate counts after this long, or CONFIDENT_AFTER of the work
+MIN_STEPS = 3  # ... done in this many reports at least: one milestone (a model loaded) is no rate
 SMOOTHING_S = 1.5  # time constant over which the shown figure follows a new one
 LARGE_CORRECTION = 1.5  # a new figure this many times above or below the shown one replaces it
 
@@ -54,6 +57,7 @@ class Tracker:
         self._prior = prior  # seconds left at the restart, as estimated from the work
         self._start_fraction = self._advanced = min(fraction, 0.999)
         self._moving: tuple[float, float] | None = None  # (time, fraction) of the first progress
+        self._steps = 0  # reports that advanced the fraction since then
         self._target, self._target_at = prior, now  # the latest figure and when it was made
         self._shown, self._shown_at = prior, now
 
@@ -62,6 +66,7 @@ class Tracker:
             return 0.0
         if fraction > self._advanced:
             self._advanced = fraction
+            self._steps += self._moving is not None
             self._moving = self._moving or (now, fraction)
             self._target, self._target_at = self._figure(now, fraction), now
         elif self._target is not None and self._target > now - self._target_at:
@@ -90,7 +95,8 @@ class Tracker:
             return from_prior
         since, base = self._moving
         weight = min(1.0, (fraction - base) / (CONFIDENT_AFTER * span))
-        if fraction <= base or (now - since < MIN_MEASURED_S and weight < 1.0):
+        early = weight < 1.0 or self._steps < MIN_STEPS
+        if fraction <= base or (now - since < MIN_MEASURED_S and early):
             return from_prior
         measured = (now - since) * left / (fraction - base)
         if from_prior is None:

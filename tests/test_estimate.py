@@ -141,6 +141,34 @@ def test_a_wrong_first_estimate_gives_way_to_the_measured_rate() -> None:
         assert after[-1][1] == 0.0
 
 
+def test_a_short_job_far_faster_than_its_estimate_shows_the_measured_time_soon() -> None:
+    # A 3 s job estimated at 25 s (a first job on a fast machine): once 15% of the work has gone by
+    # at the measured rate (from the first step on), the measured time replaces the estimate, at
+    # once rather than by a glide longer than the job.
+    seen = _steady(prior=25.0, truth=3.0, steps=60)
+    for at, left in seen:
+        if at >= 0.2 * 3.0:
+            assert left == pytest.approx(3.0 - at, abs=0.3), (at, left)
+
+
+def test_a_milestone_is_no_rate() -> None:
+    # A model loaded from the cache in 10 ms moves the fraction by 15% in one report; the 5 s of
+    # stylising after it are not taken to last 10 ms.
+    now = [0.0]
+    seen: list[float] = []
+    tracker = Tracker(lambda p: seen.append(p.eta_s), clock=lambda: now[0])
+    tracker(Progress(0.0, "plan", "plan", eta_s=5.0))
+    now[0] = 0.01
+    tracker(Progress(0.05, "load", "model loaded"))
+    now[0] = 0.02
+    tracker(Progress(0.2, "stylize", "stylising"))
+    assert seen[-1] > 3.5
+    for tick in range(1, 9):  # heartbeats while the one pass runs
+        now[0] = 0.5 * tick
+        tracker(Progress(0.2, "stylize", "stylising"))
+        assert seen[-1] == pytest.approx(5.0 - now[0], abs=1.5), (now[0], seen[-1])
+
+
 def test_without_progress_the_figure_counts_down_then_grows_with_the_wait() -> None:
     now = [0.0]
     seen: list[float] = []
