@@ -26,7 +26,6 @@ from engine.service.jobs import Job as QueuedJob
 from engine.service.jobs import JobListener, JobQueue, Task
 from engine.training import adain, johnson, loop
 from engine.training.settings import check_name
-from nst_common.endpoints import data_dir
 from nst_common.framing import Limits
 from nst_common.messages import RawImage, parse_image
 
@@ -189,14 +188,14 @@ class Trainings:
         Called before the queue lets go of the job (a queued one leaves it at once)."""
         for task in self.queue.tasks(KIND):
             if task.id == job_id and task.title is not None:
-                (data_dir() / "training" / task.title / NOTE).unlink(missing_ok=True)
+                (loop.runs_dir() / task.title / NOTE).unlink(missing_ok=True)
 
     def resume_pending(self) -> list[str]:
         """Queue again every run whose note an engine left (stopped, or died): from its checkpoint,
         or from the start when it had none. Returns the job ids; a note that no longer makes a
         run is removed, and the reason logged."""
         started = []
-        for note in sorted((data_dir() / "training").glob(f"*/{NOTE}")):
+        for note in sorted(loop.runs_dir().glob(f"*/{NOTE}")):
             try:
                 request = json.loads(note.read_text(encoding="utf-8"))
                 job = job_of(request if isinstance(request, dict) else {})

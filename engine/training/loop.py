@@ -12,6 +12,7 @@ file) is a `Recipe`, one module per method: engine/training/johnson.py and adain
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -38,6 +39,12 @@ from nst_common.endpoints import data_dir
 CHECKPOINT_FORMAT = 2
 VALIDATION_SIDE = 512  # long side of the validation pictures
 FLAT = 0.5 / 255  # a validation picture whose every channel varies less than this is one colour
+
+
+def runs_dir() -> Path:
+    """The folder of the runs: each run's checkpoint, validation pictures and notes in a folder
+    named for the model it trains."""
+    return data_dir() / "training"
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class Job:
 
     @property
     def folder(self) -> Path:
-        return data_dir() / "training" / self.weight_id
+        return runs_dir() / self.weight_id
 
     @property
     def checkpoint(self) -> Path:
@@ -340,12 +347,13 @@ def _train(
         torch.save(record, temporary)
         os.replace(temporary, job.checkpoint)
 
-    def validate() -> list[np.ndarray]:
-        if place.rank or validation is None:
-            return []
-        try:
+    picture = None  # the validation photo, read once; rank 0 alone writes pictures
+    if not place.rank and validation is not None:
+        with contextlib.suppress(UserError):
             picture = read_at(Path(validation), VALIDATION_SIDE)
-        except UserError:
+
+    def validate() -> list[np.ndarray]:
+        if picture is None:
             return []
         folder = job.folder / "validation"
         folder.mkdir(parents=True, exist_ok=True)

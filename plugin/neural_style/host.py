@@ -598,12 +598,25 @@ def _transfer(
     drawables: list[Gimp.Drawable],
     config: Gimp.ProcedureConfig,
 ) -> Gimp.ValueArray:
+    return _run_transfer(procedure, procedure, config, run_mode, image, list(drawables))
+
+
+def _run_transfer(
+    procedure: Gimp.Procedure,
+    transfer: Gimp.Procedure,
+    config: Gimp.ProcedureConfig,
+    run_mode: Gimp.RunMode,
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+) -> Gimp.ValueArray:
+    """The transfer's dialog (when interactive) and the model's download, then the run; what
+    `procedure` returns. `transfer` and its `config` are the transfer's, also when re-running."""
     engine, available = _hello()
     if run_mode == Gimp.RunMode.INTERACTIVE:
-        if not dialog.run(procedure, config, available, model_choice.known_models(engine.last_hello)):
+        if not dialog.run(transfer, config, available, model_choice.known_models(engine.last_hello)):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         available = _download_model(engine, config, available)
-    _execute(engine, available, image, list(drawables), config, _previews_wanted(run_mode, engine))
+    _execute(engine, available, image, drawables, config, _previews_wanted(run_mode, engine))
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
@@ -729,13 +742,7 @@ def _rerun(
     transfer = Gimp.get_pdb().lookup_procedure(TRANSFER)
     transfer_config = transfer.create_config()
     _settings_to_config(settings, image, transfer_config)
-    engine, available = _hello()
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        if not dialog.run(transfer, transfer_config, available, model_choice.known_models(engine.last_hello)):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        available = _download_model(engine, transfer_config, available)
-    _execute(engine, available, image, [source or layer], transfer_config, _previews_wanted(run_mode, engine))
-    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    return _run_transfer(procedure, transfer, transfer_config, run_mode, image, [source or layer])
 
 
 def _guarded(

@@ -2,7 +2,6 @@
 # ARGS_PATH. Runs the transfer interactively once per case: a helper process waits for the
 # dialog and presses its OK button with xdotool (real X input, as a user would), so the plug-in
 # downloads the chosen model through the engine before it runs.
-import json
 import sys
 import traceback
 
@@ -10,12 +9,12 @@ sys.path.insert(0, E2E_DIR)  # noqa: F821 - prepended by the test
 from batch_prelude import (
     Gimp,
     fill,
+    finish,
     layer_state,
     load_args,
     press_ok,
     pressed,
     procedure_config,
-    quit_gimp,
     run_procedure,
 )
 
@@ -72,7 +71,4 @@ try:
 except Exception:
     findings["exception"] = traceback.format_exc()
 
-with open(ARGS["out"], "w") as f:
-    json.dump(findings, f)
-image.clean_all()
-quit_gimp()
+finish(ARGS["out"], findings, image)

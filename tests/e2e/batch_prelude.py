@@ -24,6 +24,7 @@ __all__ = [
     "Gio",
     "configure",
     "fill",
+    "finish",
     "focus",
     "image_window",
     "layer_state",
@@ -168,6 +169,14 @@ def undo_once(image, count_before, tries=30):
             break
         time.sleep(0.5)
     time.sleep(1)
+
+
+def finish(out, findings, image):
+    """A GUI batch's end: the findings written to `out`, the image marked clean, GIMP quit."""
+    with open(out, "w") as f:
+        json.dump(findings, f)
+    image.clean_all()
+    quit_gimp()
 
 
 def quit_gimp():

@@ -7,7 +7,6 @@
 # Then a preview layer such as a cancelled (killed) run leaves is removed by the next run, made
 # through the PDB in the plug-in's own process, non-interactively (previews off), in one undo step.
 # Last, a grey image gets a grey preview.
-import json
 import sys
 import traceback
 
@@ -16,13 +15,13 @@ from batch_prelude import (
     Gimp,
     Gio,
     fill,
+    finish,
     focus,
     image_window,
     layer_state,
     load_args,
     pixels,
     procedure_config,
-    quit_gimp,
     transfer,
     undo_once,
 )
@@ -144,7 +143,4 @@ try:
 except Exception:
     findings["exception"] = traceback.format_exc()
 
-with open(ARGS["out"], "w") as f:
-    json.dump(findings, f)
-image.clean_all()
-quit_gimp()
+finish(ARGS["out"], findings, image)

@@ -2,7 +2,6 @@
 # ARGS_PATH. Runs Filters > Artistic > Train Fast Style on a painting layer, once per case, and
 # reports how each run ended and whether the image was left as it was. An interactive case shows
 # the dialog, filled from the case, and a helper process presses its OK button with xdotool.
-import json
 import sys
 import traceback
 
@@ -11,12 +10,12 @@ from batch_prelude import (
     Gimp,
     Gio,
     fill,
+    finish,
     layer_state,
     load_args,
     press_ok,
     pressed,
     procedure_config,
-    quit_gimp,
     run_procedure,
 )
 
@@ -56,7 +55,4 @@ try:
 except Exception:
     findings["exception"] = traceback.format_exc()
 
-with open(ARGS["out"], "w") as f:
-    json.dump(findings, f)
-image.clean_all()
-quit_gimp()
+finish(ARGS["out"], findings, image)

@@ -1,7 +1,6 @@
 # Runs inside gimp-3.0 (the GUI, under Xvfb) in the trixie chroot; the test prepends ARGS_PATH.
 # GIMP 3's PDB has no "undo" procedure, so this presses Ctrl+Z in the image window with xdotool
 # (real X input, as a user would) and checks that one undo removes every result layer.
-import json
 import sys
 import traceback
 
@@ -10,11 +9,11 @@ from batch_prelude import (
     Gimp,
     Gio,
     fill,
+    finish,
     focus,
     image_window,
     layer_state,
     load_args,
-    quit_gimp,
     transfer,
     undo_once,
 )
@@ -55,7 +54,4 @@ try:
 except Exception:
     findings["exception"] = traceback.format_exc()
 
-with open(ARGS["out"], "w") as f:
-    json.dump(findings, f)
-image.clean_all()
-quit_gimp()
+finish(ARGS["out"], findings, image)
