@@ -29,8 +29,8 @@ HEADROOM = 0.8  # share of the free memory a plan may count on: allocator slack,
 OUTPUT_BYTES_PER_PIXEL = 12  # the float32 RGB result, held in host memory for the whole job
 GIB = 1024**3
 # Seconds per unit of work on two CPU threads (a unit: one pixel-evaluation of a method's `cost`, else
-# one pixel of its pass). Gatys's is measured: `balanced` at 1024 px on a 2-core EPYC (README,
-# Performance), 18M units in 138 s, some 210 GFLOP/s for 1.6 MFLOP per pixel-evaluation. The
+# one pixel of its pass). Gatys's is measured: `balanced` at 1024 px on a busy 2-core EPYC, 18M units
+# in 138 s (59 s on a quiet one), some 210 GFLOP/s for 1.6 MFLOP per pixel-evaluation. The
 # feed-forward methods' are their nets' work per pixel at that rate (about 0.25, 1 and 1.5 MFLOP for
 # Johnson, AdaIN and CycleGAN), so rough. Other thread counts scale by CPU_SCALING; GPUs are rough guesses
 # (GPU_SPEEDUP over those two threads). A finished job replaces the guess for its device type and

@@ -209,7 +209,7 @@ def test_the_planner_estimates_before_anything_runs() -> None:
     two_threads = (planner.CPU_THREADS / torch.get_num_threads()) ** planner.CPU_SCALING
     seconds = planner.estimate_seconds(gatys, params, (683, 1024), plan)
     assert seconds is not None
-    # README, Performance: `balanced` at 1024 px took 138 to 161 s on two threads of a 2-core EPYC.
+    # The planner's table: `balanced` at 1024 px took 138 to 161 s on two threads of a busy 2-core EPYC.
     assert 100 < seconds / two_threads < 200
     draft = gatys.parse_params({"preset": "draft", "size": 512})
     smaller = planner.estimate_seconds(gatys, draft, (683, 1024), plan)
