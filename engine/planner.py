@@ -9,6 +9,7 @@ says how long a plan should take, before it runs (engine/estimate.py refines tha
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.compute import devices
+from engine.compute import devices, tune
 from engine.errors import UserError
 from engine.methods.base import Footprint, Method
 from engine.nets import tiling
@@ -34,13 +35,13 @@ GIB = 1024**3
 # feed-forward methods' are their nets' work per pixel at that rate (about 0.25, 1 and 1.5 MFLOP for
 # Johnson, AdaIN and CycleGAN), so rough. Other thread counts scale by CPU_SCALING; GPUs are rough guesses
 # (GPU_SPEEDUP over those two threads). A finished job replaces the guess for its device type and
-# method with what it measured (`learn`), so only an engine's first job of a kind relies on these.
+# method with what it measured (`learn`), kept with the machine's compute paths (engine/compute/tune.py),
+# so only the first job of a kind on a machine relies on these.
 CPU_SECONDS = {"gatys": 7.5e-6, "johnson": 1.2e-6, "adain": 5e-6, "cyclegan": 7e-6}
 CPU_THREADS, CPU_SCALING = 2, 0.8  # seconds scale by (CPU_THREADS / threads) ** CPU_SCALING
 GPU_SPEEDUP = {"cuda": 40.0, "mps": 8.0}
 START_SECONDS = 1.0  # a job's fixed start: loading weights (cached after the first job), targets
-_learned: dict[tuple[str, str], float] = {}  # (device type, method) -> measured seconds per unit
-_learned_lock = threading.Lock()
+_learned_lock = threading.Lock()  # one read-modify-write of the learned rates at a time
 
 
 @dataclass(frozen=True)
@@ -145,15 +146,19 @@ def estimate_seconds(
 
 
 def learn(method: Method, params: dict[str, Any], size: tuple[int, int], plan: Plan, seconds: float) -> None:
-    """Remember the rate a finished run measured, for the next estimate on this device type."""
+    """Remember the rate a finished run measured, for the next estimate on this device type, in
+    this engine and the next. A data folder that cannot be written loses only the estimate."""
     units = _units(method, params, size, plan)
     if units <= 0 or seconds <= 2 * START_SECONDS:  # too short to tell the rate from the start
         return
-    key = (plan.device.type, method.name)
+    key = _rate_key(method.name, plan.device)
     rate = (seconds - START_SECONDS) / units
     with _learned_lock:
-        before = _learned.get(key)
-        _learned[key] = rate if before is None else (before + rate) / 2
+        learned = tune.rates()
+        before = learned.get(key)
+        learned[key] = rate if before is None else (before + rate) / 2
+        with contextlib.suppress(OSError):
+            tune.save_rates(learned)
 
 
 def _units(method: Method, params: dict[str, Any], size: tuple[int, int], plan: Plan) -> float:
@@ -161,9 +166,12 @@ def _units(method: Method, params: dict[str, Any], size: tuple[int, int], plan: 
     return float(hook(params, size)) if hook is not None else float(plan.work[0] * plan.work[1])
 
 
+def _rate_key(name: str, device: torch.device) -> str:
+    return f"{device.type}/{name}"
+
+
 def _rate(name: str, device: torch.device) -> float | None:
-    with _learned_lock:
-        learned = _learned.get((device.type, name))
+    learned = tune.rates().get(_rate_key(name, device))
     if learned is not None:
         return learned
     base = CPU_SECONDS.get(name)

@@ -1,19 +1,19 @@
 """The fastest correct compute path on this machine, chosen by measuring it, and remembered.
 
-Which kernels win depends on the CPU (AVX2 or AVX-512, bf16 units or not), its core count and the
-torch release, and a CPU's name does not predict it: on a Zen 4 EPYC, VGG19's passes ran fastest
-in bf16 at 256 px and through NNPACK's Winograd kernel at 512 px (bench/gatys.py); on a Xeon with
-AMX, NNPACK tied with oneDNN and bf16 was 2.4x faster. So the first time a workload runs on a
-machine, or at `nst tune`, the engine times each candidate path on a small fixed workload and keeps
-the times in the data folder, keyed by the machine and the torch version. `nst info` shows the
-choice and the times behind it. The `precision` setting and the NST_PRECISION environment variable
-(a path's name) override the choice; a path whose private torch functions are missing is never a
-candidate.
+Which kernels win depends on the CPU (AVX2 or AVX-512, bf16 units or not), its core count and the torch
+release, and a CPU's name does not predict it: on a Zen 4 EPYC, VGG19's passes ran fastest in bf16 at 256 px
+and through NNPACK's Winograd kernel at 512 px (bench/gatys.py); on a Xeon with AMX, NNPACK tied with oneDNN
+and bf16 was 2.4x faster. So the first time a workload runs on a machine, or at `nst tune`, the engine times
+each candidate path on a small fixed workload and keeps the times in the data folder, keyed by the machine and
+the torch version. `nst info` shows the choice and the times behind it. The same record keeps what finished
+jobs took per unit of work, so that an engine's first estimate of a job's time is this machine's, not a
+table's. The `precision` setting and the NST_PRECISION environment variable (a path's name) override the
+choice; a path whose private torch functions are missing is never a candidate.
 
-Candidates are measured where they are exact enough: bf16 keeps the image, the targets and the
-loss in fp32 (only the network's passes run in bf16), and tests/test_precision.py holds each path
-to a stated tolerance against fp32. torch.compile is not a candidate: it came within 18% of these
-eager paths either way, after 10 to 90 s of compilation per image size (bench/compile.py).
+Candidates are measured where they are exact enough: bf16 keeps the image, the targets and the loss in fp32
+(only the network's passes run in bf16), and tests/test_precision.py holds each path to a stated tolerance
+against fp32. torch.compile is not a candidate: it came within 18% of these eager paths either way, after 10
+to 90 s of compilation per image size (bench/compile.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ PRECISION_ENV = "NST_PRECISION"
 CACHE_NAME = "compute-paths.json"
 REPEATS = 2  # timed runs per candidate after one warm-up; the minimum counts
 WIN_MARGIN = 1.05  # a reduced-precision path must beat fp32 by this much to be chosen
+RATES = "job-rates"  # the record of what finished jobs took per unit of work (engine/planner.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,7 @@ def override() -> ComputePath | None:
 Workload = Callable[[ComputePath, int], None]
 
 _lock = threading.Lock()  # one measurement at a time: two would time each other
+_file_lock = threading.Lock()  # one change to the cache file at a time: none lost to another
 _memory: dict[str, dict[str, Any]] = {}
 
 
@@ -133,7 +135,8 @@ def cache_file() -> Path:
 
 
 def load() -> dict[str, Any]:
-    """This machine's measured workloads, {workload: {"sides": {side: {path: seconds}}, ...}}."""
+    """This machine's measurements: {workload: {"sides": {side: {path: seconds}}, ...}}, and under
+    RATES its job rates."""
     mine = _every().get(_key())
     return mine if isinstance(mine, dict) else {}
 
@@ -155,10 +158,24 @@ def _write(every: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
-def _save(workload: str, record: dict[str, Any]) -> None:
-    every = _every()
-    every.setdefault(_key(), {})[workload] = record
-    _write(every)
+def _save(name: str, record: dict[str, Any]) -> None:
+    with _file_lock:
+        every = _every()
+        every.setdefault(_key(), {})[name] = record
+        _write(every)
+
+
+def rates() -> dict[str, float]:
+    """Seconds per unit of work that finished jobs measured on this machine, by "device/method"."""
+    found = load().get(RATES)
+    if not isinstance(found, dict):
+        return {}
+    return {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and v > 0}
+
+
+def save_rates(measured: dict[str, float]) -> None:
+    """Replace the machine's job rates: the next engine's first estimates start from them."""
+    _save(RATES, dict(measured))
 
 
 def measure(workload: str, run: Workload, sides: tuple[int, ...]) -> dict[str, Any]:
@@ -188,9 +205,10 @@ def measure(workload: str, run: Workload, sides: tuple[int, ...]) -> dict[str, A
 def forget() -> None:
     """Drop what was measured on this machine, so that the next jobs (or `nst tune`) measure again."""
     _memory.clear()
-    every = _every()
-    if every.pop(_key(), None) is not None:
-        _write(every)
+    with _file_lock:
+        every = _every()
+        if every.pop(_key(), None) is not None:
+            _write(every)
 
 
 def fastest(record: dict[str, Any], pixels: int) -> ComputePath:
