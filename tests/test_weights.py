@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torchvision
 
 from engine import weights
 from engine.errors import UserError
@@ -367,6 +368,10 @@ def test_the_shipped_manifest_is_well_formed(nst_env: dict[str, str]) -> None:
         assert e.sha256 or e.sha256_prefix or e.checksum_note, e.id
         if e.sha256_prefix:
             assert e.file.split("-")[-1].startswith(e.sha256_prefix), e.id  # torchvision's convention
+        if "torchvision" in e.arch:  # the file torchvision's own weights name, at its stated size
+            published = torchvision.models.get_model_weights(e.arch["torchvision"]).IMAGENET1K_V1
+            assert e.urls == (published.url,), e.id
+            assert round(e.size / 2**20, 3) == published.meta["_file_size"], e.id  # MiB, as torchvision says
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
