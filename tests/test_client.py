@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -147,6 +148,19 @@ def test_no_engine_and_no_config(nst_env: dict[str, str], tmp_path: Path) -> Non
         EngineClient(config, endpoint="tcp:192.0.2.1:9", connect_timeout=0.3).hello()
     assert info.value.code == "engine-unreachable" and "docs/remote.md" in info.value.message
 
+    # A loopback TCP endpoint named in engine.json may be an SSH tunnel's end (docs/remote.md):
+    # nothing is started there, or the jobs would run here unasked and the tunnel lose its port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config.write_text(
+        json.dumps({"python": "/bin/sh", "env": {}, "version": "0", "endpoint": f"tcp:127.0.0.1:{port}"})
+    )
+    with pytest.raises(EngineError) as info:
+        EngineClient(config, connect_timeout=0.3).hello()
+    assert info.value.code == "engine-unreachable" and "docs/remote.md" in info.value.message
+
+    config.write_text(json.dumps({"python": "/bin/sh", "env": {}, "version": "0"}))
     with pytest.raises(EngineError) as info:  # sh does not know `-m engine`: it exits at once
         EngineClient(config).hello()
     assert info.value.code == "engine-failed-to-start" and "engine.out" in info.value.message

@@ -60,6 +60,11 @@ class EngineClient:
             raise EngineError(
                 "bad-config", _("{config}: {problem}").format(config=self.config_path, problem=exc)
             ) from None
+        # The plug-in starts an engine only where it is its own: a Unix socket, or the local default.
+        # A TCP endpoint set in engine.json may be an SSH tunnel's end, loopback though it is: an
+        # engine started there would run the jobs on this machine unasked and take the tunnel's port.
+        default = endpoints.default_endpoint(self.env)
+        self.starts_engine = self.endpoint.kind == "unix" or self.endpoint == default
         self.start_timeout = start_timeout
         self.connect_timeout = connect_timeout
         self.silence_timeout = silence_timeout
@@ -221,7 +226,7 @@ class EngineClient:
                     "Run install.py, or start the engine yourself with `nst serve`."
                 ).format(endpoint=self.endpoint, config=self.config_path),
             )
-        if not self.endpoint.is_loopback:
+        if not self.starts_engine:
             raise EngineError(
                 "engine-unreachable",
                 _(
@@ -292,15 +297,15 @@ class EngineClient:
         return endpoints.data_dir(self.env) / "engine.out"
 
     def _died(self) -> EngineError:
-        if self.endpoint.is_loopback:
+        if self.starts_engine:
             text = _(
                 "The engine stopped unexpectedly during the job. Its log is {path}. "
                 "The next run will start it again."
             ).format(path=endpoints.log_path(self.env))
         else:
             text = _(
-                "The engine stopped unexpectedly during the job. Its log is on the engine's machine. "
-                "The next run will start it again."
+                "The engine stopped unexpectedly during the job. Its log is on the engine's machine; "
+                "start it there again (see docs/remote.md)."
             )
         return EngineError("engine-died", text)
 
