@@ -83,6 +83,13 @@ class _Settings:
     regions: list[tuple[str, int | None]]
 
 
+def queue_of(job: StylizeJob) -> str:
+    """The queue a job waits in: its resolved device, once its settings are valid. A job the
+    pipeline would refuse is refused before it waits behind others, and a made-up device name
+    never starts a worker thread of its own."""
+    return str(_settings(job).device)
+
+
 def _settings(job: StylizeJob) -> _Settings:
     """Validate the job's settings: the pipeline's own, then the method's."""
     method = methods.get(job.method)

@@ -83,11 +83,12 @@ def nst_env(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
 def make_server(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """Start in-process engine servers on a Unix socket (or `endpoint=`); all stop at teardown.
 
-    The runner defaults to the real pipeline; keyword arguments go to ServerConfig. Taking
+    The runner defaults to the real pipeline, which checks a job's settings before it is queued; a
+    test's own runner takes any settings, on the CPU. Keyword arguments go to ServerConfig. Taking
     `monkeypatch` makes the servers stop before a test's environment (its NST_HOME) is restored,
     so work still going at teardown never writes into the real home.
     """
-    from engine.service.server import Server, ServerConfig, device_of
+    from engine.service.server import Server, ServerConfig
     from nst_common.endpoints import Endpoint
 
     servers: list[Server] = []
@@ -102,7 +103,7 @@ def make_server(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
             ServerConfig(**config),
             runner or pipeline.run_job,
             capabilities or pipeline.capabilities,
-            device_of,
+            pipeline.queue_of if runner is None else lambda spec: "cpu",
         )
         servers.append(server)
         return server.start()

@@ -116,6 +116,31 @@ def test_user_errors_keep_the_connection(make_server: Callable[..., Server]) -> 
         assert _events(sock, lambda h: True)[0][0]["jobs"] == []
 
 
+def test_settings_are_checked_before_a_job_waits_in_the_queue(make_server: Callable[..., Server]) -> None:
+    """A job the pipeline would refuse is refused at once, with its ref, not after the jobs ahead."""
+    server = make_server()
+    with session(server) as sock:
+        header, blobs = job_message(_job(LONG))
+        send_message(sock, dict(header, ref="long"), blobs)
+        running = _events(sock, lambda h: h["type"] == "progress")[0][0]
+        style = [StyleRef(image=noise(12, 12, 3, 1))]
+        refused = {
+            "strength": StylizeJob("adain", {"strength": 2}, noise(20, 14, 4, 0), style),
+            "method setting": StylizeJob("johnson", {"content_weight": 1}, noise(20, 14, 4, 0)),
+            "device": _job(dict(TINY, device="tpu")),
+            "preset": _job(dict(TINY, preset="nope")),
+        }
+        for ref, job in refused.items():
+            asked = time.monotonic()
+            header, blobs = job_message(job)
+            send_message(sock, dict(header, ref=ref), blobs)
+            reply = _events(sock, lambda h, ref=ref: h.get("ref") == ref)[-1][0]
+            assert reply["type"] == "error" and reply["code"] == "bad-option", reply
+            assert time.monotonic() - asked < 5
+        assert [j["job"] for j in server.jobs.snapshot()] == [running["job"]]
+        send_message(sock, {"type": "cancel", "job": running["job"]})
+
+
 def test_an_internal_error_is_reported_without_its_traceback(make_server: Callable[..., Server]) -> None:
     def broken(*_: Any) -> RawImage:
         raise RuntimeError("boom in the method")

@@ -124,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         token = token or ensure_token(endpoints.token_path())
         check_private(endpoints.token_path())
-    from engine.service.server import Server, ServerConfig, acquire_lock, device_of
+    from engine.service.server import Server, ServerConfig, acquire_lock
 
     styles_dir = None
     if args.styles_dir is not None:
@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     try:
         from engine.compute.cache import ModelCache
-        from engine.pipeline import capabilities, run_job
+        from engine.pipeline import capabilities, queue_of, run_job
 
         limits = Limits(
             max_header=args.max_header,
@@ -163,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_jobs_per_connection=args.jobs_per_connection,
             styles_dir=styles_dir,
         )
-        server = Server(config, run_job, capabilities, device_of, ModelCache(args.cache_size))
+        server = Server(config, run_job, capabilities, queue_of, ModelCache(args.cache_size))
         server.bind()
         lock.record(server.address)
         for signum in (signal.SIGTERM, signal.SIGINT):

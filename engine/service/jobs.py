@@ -87,7 +87,7 @@ class JobQueue:
         self,
         runner: Runner,
         cache: ModelCache,
-        device_of: Callable[[StylizeJob], str],
+        queue_of: Callable[[StylizeJob], str],
         slots_per_device: int = 1,
         progress_interval: float = 0.05,
         preview_interval: float = 0.5,
@@ -95,7 +95,7 @@ class JobQueue:
     ) -> None:
         self._runner = runner
         self._cache = cache
-        self._device_of = device_of
+        self._queue_of = queue_of
         self._slots = slots_per_device
         self._progress_interval = progress_interval
         self._preview_interval = preview_interval
@@ -113,7 +113,7 @@ class JobQueue:
 
     def submit(self, spec: StylizeJob, listener: JobListener, owner: object) -> tuple[Job, int]:
         """Queue a job; returns it and how many jobs must finish before it starts."""
-        device = self._device_of(spec)
+        device = self._queue_of(spec)
         return self._enqueue(device, lambda i: Job(i, spec, device, listener, owner))
 
     def submit_task(

@@ -108,13 +108,13 @@ class Server:
         config: ServerConfig,
         runner: Runner,
         capabilities: Callable[[], dict[str, Any]],
-        device_of: Callable[[StylizeJob], str],
+        queue_of: Callable[[StylizeJob], str],
         cache: ModelCache | None = None,
     ) -> None:
         self.config = config
         self._capabilities = capabilities
         self.cache = cache or ModelCache()
-        self.jobs = JobQueue(runner, self.cache, device_of, config.slots_per_device)
+        self.jobs = JobQueue(runner, self.cache, queue_of, config.slots_per_device)
         self.training = Trainings(self.jobs)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -859,17 +859,6 @@ def prepare_private_dir(path: Path) -> bool:
             "a folder only you can write to.",
         )
     return st.st_uid == os.geteuid() and not mode & 0o077
-
-
-def device_of(spec: StylizeJob) -> str:
-    """The queue a job waits in: its resolved device. Unknown names are refused here, so a client
-    cannot make the engine start a worker thread per made-up device name."""
-    from engine.compute.devices import resolve_device
-
-    name = spec.params.get("device", "auto")
-    if not isinstance(name, str):
-        raise UserError("bad-option", "setting 'device' must be a string such as auto, cpu or cuda")
-    return str(resolve_device(name))
 
 
 def acquire_lock(lock: EngineLock, endpoint: Endpoint) -> bool:
