@@ -202,7 +202,7 @@ def test_stalled_uploads_share_one_budget_and_cost_no_memory(make_server: Callab
     images being received and are dropped when they stall; the other two are told `busy` at once.
     The engine's memory does not grow by what they declared."""
     limits = framing.Limits(max_message=256 << 20)
-    server = _tcp_server(make_server, limits=limits, max_in_flight=150 << 20, stall_timeout=1.5)
+    server = _tcp_server(make_server, limits=limits, max_images=150 << 20, stall_timeout=1.5)
     socks = [session(server) for _ in range(4)]
     try:
         before = _rss_mib()
@@ -219,13 +219,73 @@ def test_stalled_uploads_share_one_budget_and_cost_no_memory(make_server: Callab
         assert grown < 32, f"{grown:.0f} MiB"
         for sock in socks[:2]:
             assert _next(sock, 5.0)["code"] == "timeout"
-        assert server.in_flight.used == 0
+        assert server.images.used == 0
         with session(server) as sock:  # the budget is free again
             _submit(sock, StylizeJob("echo", {"device": "cpu"}, noise(64, 32, 4)))
             assert _until(sock, is_final)[-1]["type"] == "result"
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_an_upload_that_trickles_gives_its_share_to_a_client_that_waits(
+    make_server: Callable[..., Server],
+) -> None:
+    """A client declares a 64 MiB layer and sends a byte every 0.3 s: never stalled, yet far below
+    the engine's minimum rate. Once its grace (the stall timeout) is over and another client's job
+    needs the room, it is dropped with `too-slow`, and the other job runs."""
+    server = _tcp_server(make_server, limits=framing.Limits(max_message=128 << 20), max_images=80 << 20)
+    stop = threading.Event()
+    trickler = session(server)
+    try:
+        trickler.sendall(_upload_header("t") + _raw_frame({"type": "chunk", "blob": 0, "offset": 0}, 1 << 20))
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.3):
+                    trickler.send(b"x")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(0.5)
+        with session(server) as other:  # within the grace: the trickler keeps its share
+            _submit(other, StylizeJob("echo", {"device": "cpu"}, noise(2560, 2048, 4)), ref="early")
+            assert _next(other, 5.0)["code"] == "busy"
+        time.sleep(1.0)
+        with session(server) as other:
+            start = time.monotonic()
+            _submit(other, StylizeJob("echo", {"device": "cpu"}, noise(2560, 2048, 4)), ref="late")
+            events = _until(other, is_final)
+            assert events[0]["type"] == "accepted" and events[-1]["type"] == "result", events
+            assert time.monotonic() - start < 5.0
+        dropped = _until(trickler, lambda h: h["type"] == "error")[-1]
+        assert dropped["code"] == "too-slow" and "MiB/s" in dropped["message"], dropped
+        assert server.images.used == 0
+    finally:
+        stop.set()
+        trickler.close()
+
+
+def test_queued_jobs_hold_their_images_until_they_end(make_server: Callable[..., Server]) -> None:
+    """What clients can make the engine hold counts queued and running jobs too, across connections."""
+    server = _tcp_server(make_server, max_images=10 << 20)
+    layer = noise(1024, 1024, 4)  # 4 MiB
+    with session(server) as first, session(server) as second:
+        _submit(first, StylizeJob("slow", {"device": "cpu"}, layer), ref="running")
+        running = _until(first, lambda h: h.get("ref") == "running")[-1]
+        _submit(second, StylizeJob("slow", {"device": "cpu"}, layer), ref="queued")
+        assert _until(second, lambda h: h.get("ref") == "queued")[-1]["type"] == "accepted"
+        for sock in (first, second):
+            _submit(sock, StylizeJob("echo", {"device": "cpu"}, layer), ref="third")
+            refused = _until(sock, lambda h: h.get("ref") == "third")[-1]
+            assert refused["code"] == "busy" and "8.0 MiB" in refused["message"], refused
+        send_message(first, {"type": "cancel", "job": running["job"]})
+        _until(first, lambda h: h.get("job") == running["job"] and h["type"] == "error")
+        _submit(first, StylizeJob("echo", {"device": "cpu"}, layer), ref="room")
+        assert _until(first, lambda h: h.get("ref") == "room")[-1]["type"] == "accepted"
+    deadline = time.monotonic() + 5
+    while server.images.used and time.monotonic() < deadline:  # the queued job is cancelled on leaving
+        time.sleep(0.05)
+    assert server.images.used == 0
 
 
 def test_one_connection_may_queue_only_so_many_jobs(make_server: Callable[..., Server]) -> None:
@@ -419,7 +479,7 @@ def test_a_well_behaved_client_is_served_while_all_of_them_attack(
         max_handshakes=8,
         max_jobs_per_connection=2,
         limits=framing.Limits(max_message=256 << 20),
-        max_in_flight=160 << 20,  # the two stalled uploads (128 MiB) leave room for small jobs
+        max_images=160 << 20,  # the two stalled uploads (128 MiB) leave room for small jobs
         styles_dir=styles,
     )
     good = StylizeJob("gatys", TINY, noise(20, 14, 4), [StyleRef(image=noise(12, 12, 3, 1))])

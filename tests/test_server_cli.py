@@ -49,7 +49,7 @@ def test_serve_tcp_then_ping_jobs_refuse_a_second_engine_and_stop(nst_env: dict[
         [
             *(sys.executable, "-m", "engine", "serve", "--listen", "127.0.0.1:0", "--idle-timeout", "120"),
             *("--max-message", "512M", "--max-side", "20000", "--max-payload", "8M", "--chunk-size", "4M"),
-            *("--styles-dir", str(styles), "--max-in-flight", "1G", "--jobs-per-connection", "2"),
+            *("--styles-dir", str(styles), "--max-images", "1G", "--jobs-per-connection", "2"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

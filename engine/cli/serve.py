@@ -59,11 +59,11 @@ def register(subparsers: Any) -> None:
     for flag, kind, default, metavar, text in options:
         serve.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     serve.add_argument(
-        "--max-in-flight",
+        "--max-images",
         type=_size,
         metavar="BYTES",
-        help="images being received from all clients together; a job over it is refused as busy "
-        "(default: --max-message)",
+        help="images the engine holds for jobs of all clients together, being received, queued or "
+        "running; a job that does not fit is refused as busy (default: --max-message)",
     )
     serve.add_argument(
         "--styles-dir",
@@ -159,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             stall_timeout=args.stall_timeout,
             slots_per_device=args.jobs_per_device,
-            max_in_flight=args.max_in_flight,
+            max_images=args.max_images,
             max_jobs_per_connection=args.jobs_per_connection,
             styles_dir=styles_dir,
         )

@@ -1,18 +1,19 @@
 """The engine's socket server: a reader and a writer thread per connection, jobs on the queue's workers.
 
-Every request is validated by `nst_common.framing` and `nst_common.messages` before anything else
-sees it; every handler is wrapped so that no request can stop the server. Internal errors reach
-the client as an `error` event with code "internal"; the traceback goes only to the log.
+Every request is validated by `nst_common.framing` and `nst_common.messages` before anything else sees
+it; every handler is wrapped so that no request can stop the server. Internal errors reach the client as
+an `error` event with code "internal"; the traceback goes only to the log.
 
-Against hostile or broken clients: a connection has `hello_timeout` seconds from accept for its
-whole handshake, and handshakes have a pool of their own (`max_handshakes`, the oldest dropped when
-it is full), so clients without the token cannot take the places of those with it
-(`max_connections`). Images being received count against one budget across connections
-(`max_in_flight`) and arrive into memory the OS backs as they come; a connection may have
-`max_jobs_per_connection` jobs at once. Workers never write to a socket: each connection's writer
-thread does, from a queue in which progress is coalesced, so a client that stops reading holds up
-no one else. Over TCP no path a client names reaches the file system outside the styles folder
-(engine/service/files.py). Client text goes to the log through %r, never raw.
+Against hostile or broken clients: a connection has `hello_timeout` seconds from accept for its whole
+handshake, and handshakes have a pool of their own (`max_handshakes`, the oldest dropped when it is
+full), so clients without the token cannot take the places of those with it (`max_connections`). The
+images of jobs count against one budget across connections from the moment their header is read until
+the job ends (`max_images`: being received, queued or running); they arrive into memory the OS backs as
+they come, and an upload slower than `min_rate` gives its share up to a client that waits for it. A
+connection may have `max_jobs_per_connection` jobs at once. Workers never write to a socket: each
+connection's writer thread does, from a queue in which progress is coalesced, so a client that stops
+reading holds up no one else. Over TCP no path a client names reaches the file system outside the styles
+folder (engine/service/files.py). Client text goes to the log through %r, never raw.
 """
 
 from __future__ import annotations
@@ -91,13 +92,15 @@ class ServerConfig:
     slots_per_device: int = 1
     max_connections: int = 64  # connections past the handshake
     max_handshakes: int = 16  # connections still in their handshake; when full, the oldest is dropped
-    max_in_flight: int | None = None  # bytes of images being received, all connections; None: max_message
+    max_images: int | None = None  # bytes of jobs' images held, all connections together; None: max_message
+    min_rate: int = 1 << 20  # bytes/s an upload must average after stall_timeout to keep its share when
+    # another client waits for room: 4 GiB (max_message) in about an hour
     max_jobs_per_connection: int = 8  # stylize jobs one connection may have queued or running
     styles_dir: Path | None = None  # the one folder TCP clients may name style (and init) files in
 
     @property
-    def in_flight_limit(self) -> int:
-        return self.limits.max_message if self.max_in_flight is None else self.max_in_flight
+    def images_limit(self) -> int:
+        return self.limits.max_message if self.max_images is None else self.max_images
 
 
 class Server:
@@ -125,7 +128,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self.last_activity = time.monotonic()
         self.address = config.endpoint
-        self.in_flight = Budget(config.in_flight_limit)
+        self.images = Budget(config.images_limit, config.min_rate, config.stall_timeout)
         self.files = LOCAL if config.endpoint.kind == "unix" else confined(config.styles_dir)
 
     # --- Life cycle ------------------------------------------------------------------------------
@@ -348,24 +351,47 @@ class _Stop(Exception):
 
 
 class Budget:
-    """Bytes of images being received, across all connections: a message is refused with `busy`
-    rather than taken on when it would go over the limit."""
+    """Bytes of jobs' images the engine holds, across all connections: taken when a request's header
+    is read, given back when its job ends (or the request fails). A request that would go over the
+    limit is refused with `busy`, unless uploads holding part of it are too slow to keep it: those
+    are dropped, so a client that trickles its bytes cannot lock the others out."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, min_rate: float, grace: float) -> None:
         self.limit = limit
+        self.min_rate = min_rate  # bytes/s
+        self.grace = grace  # seconds an upload may take before its rate counts
         self.used = 0
-        self._lock = threading.Lock()
+        self._uploads: set[Connection] = set()  # connections whose reservation is still arriving
+        self._cond = threading.Condition()
 
-    def take(self, n: int) -> bool:
-        with self._lock:
+    def take(self, n: int, conn: Connection, wait: float = 2.0) -> bool:
+        """Reserve `n` bytes for `conn`'s upload; False when they do not fit, even after slow uploads
+        have been dropped and `wait` seconds given for their bytes to come back."""
+        with self._cond:
             if self.used + n > self.limit:
-                return False
+                now = time.monotonic()
+                slow = [c for c in self._uploads if c is not conn and c.upload_too_slow(now, self)]
+                for c in slow:
+                    c.drop(
+                        "too-slow",
+                        f"Dropped: this upload came at {_mib(c.upload_rate(now))}/s, below the "
+                        f"{_mib(self.min_rate)}/s the engine needs while other clients wait for room.",
+                    )
+                if not slow or not self._cond.wait_for(lambda: self.used + n <= self.limit, wait):
+                    return False
             self.used += n
+            self._uploads.add(conn)
             return True
 
+    def arrived(self, conn: Connection) -> None:
+        """`conn`'s upload is complete (or gone): its rate no longer matters."""
+        with self._cond:
+            self._uploads.discard(conn)
+
     def give(self, n: int) -> None:
-        with self._lock:
+        with self._cond:
             self.used -= n
+            self._cond.notify_all()
 
 
 @dataclass(eq=False)
@@ -494,7 +520,12 @@ class Connection:
         self.deadline = self.opened + server.config.hello_timeout  # for the whole handshake
         self.files: FileAccess = server.files
         self.outbox = Outbox(self)
-        self._reserved = 0  # bytes of the message being received, taken from server.in_flight
+        self._reserved = 0  # bytes of the message being received (or just read), from server.images
+        self._upload_started = 0.0
+        self._received = 0  # bytes of it received so far, counted at each chunk
+        self._held: dict[str, int] = {}  # bytes from server.images that each queued or running job holds
+        self._held_lock = threading.Lock()  # a job's bytes are recorded before it can end
+        self.dropped: tuple[str, str] | None = None  # (code, message) when the engine dropped this client
         sock.settimeout(server.config.poll)
 
     # --- Writing ---------------------------------------------------------------------------------
@@ -515,6 +546,20 @@ class Connection:
             log.info("connection %d: cannot write (%s); dropping it", self.number, exc)
             self.close()
             return False
+
+    def drop(self, code: str, message: str) -> None:
+        """Stop reading this client (its reader leaves, the writer sends `message` as an error)."""
+        log.warning("connection %d: %s: %r", self.number, code, message)
+        self.dropped = (code, message)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+
+    def upload_rate(self, now: float) -> float:
+        """Bytes per second of the upload in progress."""
+        return self._received / max(now - self._upload_started, 1e-6)
+
+    def upload_too_slow(self, now: float, budget: Budget) -> bool:
+        return now - self._upload_started > budget.grace and self.upload_rate(now) < budget.min_rate
 
     def close(self) -> None:
         """Mark closed and wake the reader and the writer; the reader thread releases the socket."""
@@ -541,6 +586,7 @@ class Connection:
         self.outbox.event(header, blobs, progress_of=job.id)
 
     def on_result(self, job: Job, image: RawImage) -> None:
+        self._release(job)
         if job.kind == "pull":  # the task's result: what is installed now
             self.outbox.event({"type": "pulled", "job": job.id, "weights": image})
             return
@@ -551,6 +597,7 @@ class Connection:
         self.outbox.event({"type": "result", "job": job.id, "image": image_header(image, blobs)}, blobs)
 
     def on_error(self, job: Job, code: str, message: str) -> None:
+        self._release(job)
         self.outbox.event({"type": "error", "job": job.id, "code": code, "message": message})
 
     # --- Reading ---------------------------------------------------------------------------------
@@ -560,7 +607,9 @@ class Connection:
         try:
             self._serve()
         except (ConnectionClosed, _Stop):
-            pass
+            if self.dropped is not None:
+                code, message = self.dropped
+                self.send({"type": "error", "code": code, "message": message})
         except ProtocolError as exc:
             log.info("connection %d: %s: %r", self.number, exc.code, exc.message)
             self.send({"type": "error", "code": exc.code, "message": exc.message})
@@ -586,9 +635,13 @@ class Connection:
             limits = cfg.limits if self.authenticated else HELLO_LIMITS
             deadline = None if self.authenticated else self.deadline
             try:
-                message = read_message(
-                    self.sock, limits, cfg.stall_timeout, self._on_idle, self._check, deadline=deadline
-                )
+                try:
+                    message = read_message(
+                        self.sock, limits, cfg.stall_timeout, self._on_idle, self._check,
+                        on_chunk=self._on_chunk, deadline=deadline,
+                    )  # fmt: skip
+                finally:
+                    self.server.images.arrived(self)
             except Rejected as exc:  # refused before its images were allocated; the stream is intact
                 self.server.touch()
                 error = {"type": "error", "code": exc.code, "message": exc.message}
@@ -596,15 +649,15 @@ class Connection:
                 exc.skip()
                 continue
             except ProtocolError as exc:
+                self._give_back()
                 if exc.code == "timeout" and not self.authenticated:
                     raise ProtocolError(
                         "timeout", f"No complete hello within {cfg.hello_timeout:g} s."
                     ) from None
                 raise
-            finally:
-                if self._reserved:
-                    self.server.in_flight.give(self._reserved)
-                    self._reserved = 0
+            except BaseException:
+                self._give_back()
+                raise
             self.server.touch()
             if not self.authenticated:
                 self._handshake(message.header)
@@ -616,6 +669,8 @@ class Connection:
                 self._dispatch(message, ref)
             except (ProtocolError, UserError) as exc:
                 self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
+            finally:
+                self._give_back()  # what no queued job took over
             del message  # a job holds its own images; waiting for the next message must not hold them too
 
     def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
@@ -637,19 +692,34 @@ class Connection:
         except UserError as exc:
             raise ProtocolError(exc.code, exc.message) from None
         total = sum(sizes)
-        if total and not self.server.in_flight.take(total):
-            budget = self.server.in_flight
-            if total > budget.limit:
-                raise ProtocolError(
-                    "too-large",
-                    f"A job of {_mib(total)} of images; this engine takes at most {_mib(budget.limit)}.",
-                )
+        budget = self.server.images
+        if total > budget.limit:
+            message = f"A job of {_mib(total)} of images; this engine takes at most {_mib(budget.limit)}."
+            raise ProtocolError("too-large", message)
+        self._upload_started, self._received = time.monotonic(), 0
+        if total and not budget.take(total, self):
             raise ProtocolError(
                 "busy",
-                f"The engine is receiving {_mib(budget.used)} of images from other clients (at most "
-                f"{_mib(budget.limit)} at once); try again in a moment.",
+                f"The engine holds {_mib(budget.used)} of images for other jobs (at most "
+                f"{_mib(budget.limit)} at once); try again when one of them ends.",
             )
         self._reserved = total
+
+    def _on_chunk(self, received: int, total: int) -> None:
+        self._received = received
+
+    def _give_back(self) -> None:
+        """Return the bytes of the message just read, unless a job has taken them over."""
+        if self._reserved:
+            self.server.images.give(self._reserved)
+            self._reserved = 0
+
+    def _release(self, job: Job) -> None:
+        """A job ended: its images' bytes go back to the budget."""
+        with self._held_lock:
+            n = self._held.pop(job.id, 0)
+        if n:
+            self.server.images.give(n)
 
     def _check_room(self) -> None:
         limit = self.server.config.max_jobs_per_connection
@@ -693,7 +763,9 @@ class Connection:
             self._check_room()
             # Hold the outbox so `accepted` goes out before the worker's first progress event.
             with self.outbox.hold():
-                job, position = self.server.jobs.submit(spec, self, self)
+                with self._held_lock:  # the job's end, in a worker, waits until its bytes are recorded
+                    job, position = self.server.jobs.submit(spec, self, self)
+                    self._held[job.id], self._reserved = self._reserved, 0
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
