@@ -238,3 +238,18 @@ def test_the_declaration_matches_the_engine() -> None:
     for row in declared.SETTINGS:
         assert row.methods and set(row.methods) <= set(declared.METHOD_NAMES), row.name
         assert row.default is None or declared.check_value(row, row.default) == row.default, row.name
+
+
+def test_nst_stylize_help_says_each_numbers_range_where_methods_differ() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "stylize", "--help"], capture_output=True, text=True, timeout=60
+    )
+    text = " ".join(done.stdout.split())
+    for option, values in (
+        ("--strength", "(0 to 1; gatys 0 to 10)"),
+        ("--tile", "(16 to 16384; gatys 176 to 16384)"),
+        ("--seed", "(0 to 2147483647)"),
+        ("--style-scale", "(0.05 to 8)"),
+    ):
+        after = text.split(f"{option} {option[2:].upper().replace('-', '_')} ")[1]
+        assert values in after.split(" --")[0], (option, after[:200])

@@ -34,7 +34,19 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
             extra.update(nargs="?", const="luminance")
         default = "" if s.default is None or s.kind == "layers" else f" (default {s.default})"
         flag = "--" + s.name.replace("_", "-")
-        group.add_argument(flag, dest=s.name, help=f"{s.help}{default}{methods}", **extra)
+        group.add_argument(flag, dest=s.name, help=f"{s.help}{default}{_range(s)}{methods}", **extra)
+
+
+def _range(s: settings.Setting) -> str:
+    """ " (0 to 1; gatys 0 to 10)": the values a number setting takes, and where a method differs."""
+    if s.lo is None or s.hi is None:
+        return ""
+
+    def span(row: settings.Setting) -> str:
+        return f"{row.lo:.0f} to {row.hi:.0f}" if s.kind == "int" else f"{row.lo:g} to {row.hi:g}"
+
+    differ = [f"; {m} {span(row)}" for m in s.methods if span(row := s.for_method(m)) != span(s)]
+    return f" ({span(s)}{''.join(differ)})"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
