@@ -206,7 +206,12 @@ def _guides(
         label_map = job.styles[i].map
         picture = None if label_map is None else images.split_alpha(images.from_raw(label_map))[0]
         if picture is not None and picture.shape[:2] != style.image.shape[:2]:
-            raise UserError("bad-input", f"the map of style {i + 1} must have that style image's size")
+            (h, w), (sh, sw) = picture.shape[:2], style.image.shape[:2]
+            raise UserError(
+                "bad-input",
+                f"the map of style {i + 1} is {w}x{h} px and that style image {sw}x{sh} px: give it a "
+                "map of its own size",
+            )
         style_maps.append(picture)
     if job.content_map is not None:
         if regions:

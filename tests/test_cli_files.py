@@ -75,3 +75,30 @@ def test_a_failed_write_leaves_the_existing_file_whole(tmp_path: Path) -> None:
         images.save_image(out, grey16, bits=16)  # JPEG holds no 16-bit grey
     assert out.read_bytes() == b"an earlier picture"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg"]
+
+
+def test_an_input_that_would_be_ignored_or_stretched_is_refused(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """One line naming the input and the fix, before any work, instead of a result that silently
+    left a style out or stretched a mask over the wrong part of the photo."""
+    photo, style = str(files["photo"]), str(files["style"])
+    out_new = str(tmp_path / "new.png")
+    done = _nst(tmp_path, photo, "--method", "johnson", "-s", style, "-o", out_new)
+    assert done.returncode == 2 and "takes no style image (-s)" in done.stderr and "--model" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+    portrait = tmp_path / "portrait.png"
+    Image.fromarray(np.full((24, 12), 255, np.uint8)).save(portrait)  # the photo is 16x16
+    for flag in ("--mask", "--content-map"):
+        done = _nst(tmp_path, photo, "-s", style, flag, str(portrait), "-o", out_new, *QUICK)
+        assert done.returncode == 2 and f"{flag} {portrait} is 12x24 px and the photo 16x16 px" in done.stderr
+    done = _nst(tmp_path, photo, "--region", f"{portrait}={style}", "-o", out_new, *QUICK)
+    assert done.returncode == 2 and "the --region mask" in done.stderr and "photo's shape" in done.stderr
+
+    square = tmp_path / "map.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(square)  # the style is 16x16
+    maps = ["--content-map", style, "--style-map", str(square)]
+    done = _nst(tmp_path, photo, "-s", style, *maps, "-o", out_new, *QUICK)
+    assert done.returncode == 2 and "is 8x8 px and that style image 16x16 px" in done.stderr, done.stderr
+    assert not Path(out_new).exists() and files["out"].read_bytes() == b"the user's earlier result"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 # Every method setting is an option, built from its declaration (nst_common/settings.py); only
 # those the user gives are sent, so each method validates exactly what it was asked to do.
 _KINDS: dict[str, Any] = {"int": int, "float": float, "layers": settings.parse_layers}
+ASPECT_TOLERANCE = 0.02  # a mask's or map's width/height may differ from the photo's by 2% (rounding)
 
 
 def _add_setting_options(p: argparse.ArgumentParser) -> None:
@@ -126,21 +128,33 @@ def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int])
     from engine.imaging import images
     from nst_common.messages import StyleRef
 
-    def grey(path: str) -> RawImage:
-        picture = images.split_alpha(images.load_image(path))[0].mean(axis=2, keepdims=True)
+    def shaped(path: str, what: str) -> np.ndarray:
+        """The picture at `path`, which must have the photo's shape: it is scaled, never cropped."""
+        picture = images.split_alpha(images.load_image(path))[0]
+        (h, w), (ch, cw) = picture.shape[:2], size
+        if abs(math.log((w / h) / (cw / ch))) > ASPECT_TOLERANCE:
+            raise UserError(
+                "bad-input",
+                f"{what} {path} is {w}x{h} px and the photo {cw}x{ch} px: give it the photo's shape "
+                "(it is scaled to the photo, never cropped)",
+            )
+        return picture
+
+    def grey(path: str, what: str) -> RawImage:
+        picture = shaped(path, what).mean(axis=2, keepdims=True)
         return images.to_raw(images.resize(picture, size), "f32")
 
     if args.mask and args.region:
         raise UserError("bad-option", "use --mask or --region, not both")
     if args.mask:
-        job.masks["mask"] = grey(args.mask)
+        job.masks["mask"] = grey(args.mask, "--mask")
         job.params["regions"] = [{"mask": "mask"}]
     regions = []
     for i, item in enumerate(args.region):
         mask, sep, style = item.partition("=")
         if not sep or not mask or not style:
             raise UserError("bad-option", f"--region expects MASK=STYLE (two image files), got {item!r}")
-        job.masks[f"r{i}"] = grey(mask)
+        job.masks[f"r{i}"] = grey(mask, "the --region mask")
         regions.append({"mask": f"r{i}", "style": len(job.styles)})
         job.styles.append(StyleRef(path=style))
     if regions:
@@ -148,7 +162,7 @@ def _add_masks(job: StylizeJob, args: argparse.Namespace, size: tuple[int, int])
     if args.style_map and len(args.style_map) != len(args.style):
         raise UserError("bad-option", f"give one --style-map per --style ({len(args.style)})")
     if args.content_map:
-        colour = images.split_alpha(images.load_image(args.content_map))[0]
+        colour = shaped(args.content_map, "--content-map")
         job.content_map = images.to_raw(_nearest(colour, size), "u8")
     for ref, path in zip(job.styles, args.style_map, strict=False):
         ref.map = images.to_raw(images.split_alpha(images.load_image(path))[0], "u8")
@@ -181,6 +195,12 @@ def _stylize(args: argparse.Namespace) -> int:
     inputs = [args.content, *args.style, args.mask, args.content_map, *args.style_map]
     inputs += [part for item in args.region for part in item.split("=", 1)]
     output = images.check_output(args.output, [i for i in inputs if i], args.force)
+    if args.style and not settings.method(args.method).needs_style:
+        raise UserError(
+            "bad-option",
+            f"--method {args.method} takes no style image (-s): its style is in the model it runs "
+            "(--model; nst models list shows them)",
+        )
     check_size(args.size)
     content = images.load_image(args.content)
     if args.size is not None:
