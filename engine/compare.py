@@ -142,11 +142,16 @@ def describe(s: Score) -> tuple[str, ...]:
     return (numbers,) if s.sifid is None else (numbers, f"SIFID {s.sifid:.3g}")
 
 
+def seconds_text(seconds: float) -> str:
+    """A run's time, with two figures below a second: the fast methods' 0.04 s is not 0.0 s."""
+    return f"{seconds:.2g} s" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def contact_sheet(c: Comparison) -> np.ndarray:
     """The photo and the painting, then each result with its label, time and score."""
     anchors = (("photo", c.photo), ("painting", c.painting))
     cells = [(name, "", describe(c.scorer(picture)), picture) for name, picture in anchors]
-    cells += [(e.run.label, f"{e.seconds:.1f} s", describe(e.score), e.image) for e in c.entries]
+    cells += [(e.run.label, seconds_text(e.seconds), describe(e.score), e.image) for e in c.entries]
     columns = min(COLUMNS, len(cells))
     rows = -(-len(cells) // columns)
     lines = LABEL_LINES + max(len(numbers) for _, _, numbers, _ in cells) - 1

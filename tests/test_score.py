@@ -176,6 +176,12 @@ def test_compare_takes_labelled_runs_and_refuses_what_it_cannot_do(
     assert not (tmp_path / "other.png").exists()
 
 
+def test_a_fast_runs_time_keeps_two_figures() -> None:
+    from engine.compare import seconds_text
+
+    assert [seconds_text(t) for t in (0.0432, 0.5, 12.34)] == ["0.043 s", "0.5 s", "12.3 s"]
+
+
 def _sifid_as_published(net: nn.Module, real: np.ndarray, fake: np.ndarray) -> float:
     """SIFID as SinGAN's SIFID/sifid_score.py defines it, in numpy: its two Inception blocks up to
     Conv2d_4a_3x3 (192 features), input scaled to [-1, 1], one feature vector per location, numpy's

@@ -103,6 +103,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": rows, "wrote": wrote}, indent=2))
     else:
         for e in result.entries:
-            print(f"{e.seconds:7.1f} s  {'  '.join(compare.describe(e.score))}  {e.run.label}")
+            numbers = "  ".join(compare.describe(e.score))
+            print(f"{compare.seconds_text(e.seconds):>9}  {numbers}  {e.run.label}")
         print("wrote " + " and ".join(wrote))
     return 0
