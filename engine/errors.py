@@ -7,6 +7,7 @@ with a stable machine-readable code; anything else is a bug and is reported as `
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -16,6 +17,25 @@ class UserError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class BadCheckpoint(UserError):
+    """A weights file that does not load as the architecture it is read as.
+
+    `readable` tells a file torch reads (but that holds other tensors, or no state dict) from one it
+    cannot; `arch` and `reason` (a few words) let a caller that knows which weights entry the file
+    is name the entry and the fix, never torch's text.
+    """
+
+    def __init__(self, path: Path, arch: str, reason: str, readable: bool) -> None:
+        if readable:
+            message = f"{path} is a checkpoint, but not a {arch}: {reason}"
+        else:
+            message = f"{path} is not a PyTorch checkpoint ({reason})"
+        super().__init__("bad-weights", message)
+        self.arch = arch
+        self.reason = reason
+        self.readable = readable
 
 
 class Cancelled(Exception):

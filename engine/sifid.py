@@ -12,6 +12,7 @@ engine/score.py's numbers to a published one, and runs only where its weights ar
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from engine.errors import UserError
 from engine.nets.state import load_strict, read_state_dict
 
 WEIGHTS_ID = "inception_v3"
+ARCH = "torchvision Inception v3"
 # The layers' receptive field: a feature location sees 23 x 23 pixels, and a picture needs 19 on
 # each side for one location, 23 on one side for two.
 MIN_SIDE, SHORT_SIDE = 23, 19
@@ -32,13 +34,21 @@ def installed() -> bool:
     return weights.path_for(WEIGHTS_ID) is not None
 
 
+def inception() -> nn.Module:
+    """The whole network torchvision's file holds (its auxiliary classifier included), untrained."""
+    return inception_v3(weights=None, aux_logits=True, init_weights=False)
+
+
 def load_features() -> nn.Module:
     """Inception v3 up to Conv2d_4a_3x3, from the checked file; the whole network's state is loaded
     strictly, so a file in another layout is refused rather than half read."""
-    path = weights.require(WEIGHTS_ID)
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    load_strict(net, read_state_dict(path), path, "torchvision Inception v3")
-    return nn.Sequential(*(getattr(net, name) for name in LAYERS)).eval()
+
+    def read(path: Path) -> nn.Module:
+        net = inception()
+        load_strict(net, read_state_dict(path, ARCH), path, ARCH)
+        return nn.Sequential(*(getattr(net, name) for name in LAYERS)).eval()
+
+    return weights.load_with(WEIGHTS_ID, read)
 
 
 class SIFID:

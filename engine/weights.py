@@ -3,9 +3,11 @@
 Every file the engine loads is listed in `weights/manifest.toml` with where it comes from and how
 it is checked. A file is only ever handed to loading code after its SHA-256 matched: the one
 upstream publishes, or, where upstream publishes none, the one pinned when it was first installed
-(`<data dir>/weights/pins.json`). Downloads go to a `.part` file that is resumed with HTTP range
-requests and renamed into place only once verified, so the final path is never a partial or
-corrupt file.
+(`<data dir>/weights/pins.json`). Since a pin vouches for whatever file came first, a file is
+installed (and pinned) only once it loads as the architecture of its entry (engine/nets/checkpoints.py):
+a picture or another model's checkpoint is refused before anything is written. Downloads go to a
+`.part` file that is resumed with HTTP range requests and renamed into place only once verified, so
+the final path is never a partial or corrupt file.
 
 Nothing is written past a size limit: the manifest's `size` plus a margin where it is known, a cap
 per kind of file where it is not (`MAX_UNSIZED_*`). Downloads stop there whatever the server
@@ -31,9 +33,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from engine import __version__
-from engine.errors import UserError
+from engine.errors import BadCheckpoint, UserError
 from nst_common.endpoints import data_dir
 
 if sys.version_info >= (3, 11):
@@ -43,6 +46,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 ProgressFn = Callable[[str, int, int | None], None]
 """progress(weight_id, bytes_done, bytes_total_or_None), called as bytes arrive."""
+T = TypeVar("T")
 
 MANIFEST_ENV = "NST_MANIFEST"
 CHUNK = 1 << 16
@@ -354,13 +358,37 @@ def _expected(entry: Entry) -> str | None:
     return pin["sha256"] if pin else None
 
 
+def _shown(source: str) -> str:
+    """A file's source as a message names it: the URL, or the path of an imported file."""
+    return source.removeprefix("import:")
+
+
+def _pin_origin(entry: Entry) -> str:
+    """Where the pin of `entry` came from: 'the first import of ID (2025-05-01 10:00:00+00:00, from
+    FILE)', so that a mismatch with a wrong first file can be told from a damaged new one."""
+    pin = pins().get(entry.id, {})
+    source = str(pin.get("source", ""))
+    if source == "trained":
+        event, origin = f"the training of {entry.id}", ""
+    elif source.startswith("import:"):
+        event, origin = f"the first import of {entry.id}", _shown(source)
+    else:
+        event, origin = f"the first download of {entry.id}", source
+    details = [str(pin["pinned_at"]).replace("T", " ")] if pin.get("pinned_at") else []
+    details += [f"from {origin}"] if origin else []
+    return f"{event} ({', '.join(details)})" if details else event
+
+
 def _check(entry: Entry, digest: str) -> str | None:
-    """Why a file with this hash is wrong for the entry, or None when it is right or pinnable."""
+    """Why a file with this hash is wrong for the entry ("does not match ..."), or None when it is
+    right or pinnable."""
     expected = _expected(entry)
     if expected is not None and digest != expected:
-        return f"sha256 {digest} does not match the expected {expected}"
+        if entry.sha256:
+            return f"does not match the published {expected}"
+        return f"does not match {expected}, pinned at {_pin_origin(entry)}"
     if expected is None and entry.sha256_prefix and not digest.startswith(entry.sha256_prefix.lower()):
-        return f"sha256 {digest} does not start with the published {entry.sha256_prefix}"
+        return f"does not start with the published {entry.sha256_prefix}"
     return None
 
 
@@ -370,7 +398,13 @@ def _accept(entry: Entry, file: Path, source: str) -> None:
     problem = _check(entry, digest)
     if problem:
         file.unlink(missing_ok=True)
-        raise UserError("checksum-mismatch", f"{entry.id}: {problem} (from {source}); the file was discarded")
+        message = f"{entry.id}: {_shown(source)} has sha256 {digest}, which {problem}; the file was discarded"
+        if not entry.sha256 and entry.id in pins():
+            message += (
+                f". If that first file was the wrong one, drop its pin with "
+                f"`nst models remove --unpin {entry.id}`, then import or pull {entry.id} again"
+            )
+        raise UserError("checksum-mismatch", message)
     if _expected(entry) is None:
         _pin(entry.id, digest, source)
 
@@ -410,6 +444,16 @@ def _how_to_get(entry: Entry) -> str:
     return f"run: nst models pull {entry.id}"
 
 
+def _how_to_replace(entry: Entry) -> str:
+    """How to put the right file in place of a wrong one that its hash (a pin) vouches for."""
+    if entry.trained or entry.package:
+        return _how_to_get(entry)
+    return (
+        f"drop it and its pin with `nst models remove --unpin {entry.id}`, then re-import the right "
+        f"file with `nst models import {entry.id} FILE` or `nst models pull {entry.id}`"
+    )
+
+
 def require(weight_id: str, manifest: Manifest | None = None, hint: str = "") -> Path:
     """Like path_for, but a file that is missing or wrong is a UserError that says what is wrong
     and how to get it (`hint`, when given, is added to that)."""
@@ -426,6 +470,24 @@ def require(weight_id: str, manifest: Manifest | None = None, hint: str = "") ->
     else:
         message = f"the {weight_id} weights at {status.path} are {status.state}: {status.message}"
     raise UserError("missing-weights", f"{message}; {hint}" if hint else message)
+
+
+def load_with(
+    weight_id: str, loader: Callable[[Path], T], manifest: Manifest | None = None, hint: str = ""
+) -> T:
+    """`loader(path)` of the file `require` hands out. A file its hash vouches for can still be one
+    the loader cannot read (a wrong file pinned before imports were checked): that is one line that
+    names the weights and the fix, never torch's text."""
+    manifest = manifest or load_manifest()
+    path = require(weight_id, manifest, hint)
+    try:
+        return loader(path)
+    except BadCheckpoint as exc:
+        raise UserError(
+            "bad-weights",
+            f"the {weight_id} weights at {path} are not a {exc.arch} checkpoint ({exc.reason}); "
+            + _how_to_replace(manifest.entry(weight_id)),
+        ) from None
 
 
 # --- downloading --------------------------------------------------------------------------------
@@ -558,15 +620,47 @@ def download(
             f"{label}: not found upstream ({'; '.join(failures)}). "
             f"If you have the file, install it with: nst models import {label} FILE",
         )
+    again = (
+        f"Run the same command again to resume (the partial file {part.name} is kept)"
+        if part.exists() and part.stat().st_size
+        else "Run the same command again once the connection works"
+    )
     raise UserError(
         "download-failed",
-        f"{label}: download failed: {'; '.join(failures)}. Run the same command again to resume "
-        f"(the partial file {part.name} is kept); a proxy is taken from HTTPS_PROXY/HTTP_PROXY",
+        f"{label}: download failed: {'; '.join(failures)}. {again}; a proxy is taken from "
+        "HTTPS_PROXY/HTTP_PROXY",
     )
 
 
+def _check_contents(entry: Entry, file: Path, shown: str) -> None:
+    """Refuse a file that does not load as the architecture of `entry`, before it is pinned: a pin
+    would vouch for it from then on. `shown` names the file in the message."""
+    from engine.nets.checkpoints import check_file  # torch, only where a file is checked
+
+    try:
+        check_file(entry, file)
+    except BadCheckpoint as exc:
+        if exc.readable:
+            problem = f"{shown} is a checkpoint, but not a {exc.arch} for {entry.id}: {exc.reason}"
+        else:
+            problem = f"{shown} is not a PyTorch checkpoint ({exc.reason})"
+        raise UserError("bad-weights", f"{problem}; nothing was installed as {entry.id}") from None
+
+
+def _install_checked(entry: Entry, part: Path, source: str, shown: str) -> Path:
+    """Check what a downloaded or extracted .part holds (removing it when it is not the entry's
+    architecture), then install it."""
+    try:
+        _check_contents(entry, part, shown)
+    except UserError:
+        part.unlink(missing_ok=True)
+        raise
+    return _install_from_part(entry, part, source)
+
+
 def _install_from_part(entry: Entry, part: Path, source: str) -> Path:
-    """Verify a complete .part and rename it into place (atomic on one file system)."""
+    """Verify a complete .part whose contents are checked and rename it into place (atomic on one
+    file system)."""
     _accept(entry, part, source)
     final = weights_dir() / entry.file
     os.replace(part, final)
@@ -612,7 +706,7 @@ def _extract_member(archive_file: Path, member: str, entry: Entry, source: str) 
         raise UserError(
             "bad-archive", f"{what} cannot be extracted: {exc}; the partial file was removed"
         ) from None
-    return _install_from_part(entry, part, f"{source}#{member}")
+    return _install_checked(entry, part, f"{source}#{member}", f"{member} in {archive_file.name}")
 
 
 def _pull_archive(
@@ -679,7 +773,7 @@ def pull(
         else:
             dest = weights_dir() / entry.file
             url = download(entry.urls, dest, entry.id, entry.size, progress, limit=file_limit(entry))
-            _install_from_part(entry, dest.with_name(dest.name + ".part"), url)
+            _install_checked(entry, dest.with_name(dest.name + ".part"), url, f"the file from {url}")
     for archive_id, wanted in by_archive.items():
         _pull_archive(manifest, manifest.archives[archive_id], wanted, progress)
     return [require(entry.id, manifest) for entry in entries]
@@ -709,6 +803,7 @@ def import_file(weight_id: str, source: Path, manifest: Manifest | None = None) 
             "weights-too-large",
             f"{weight_id}: {source} is {size} bytes, over the limit of {limit} bytes for {entry.file}",
         )
+    _check_contents(entry, source, str(source))
     part = weights_dir() / (entry.file + ".part")
     shutil.copyfile(source, part)
     return _install_from_part(entry, part, f"import:{source.resolve()}")
@@ -749,10 +844,11 @@ def _status(entry: Entry, rehash: bool) -> ModelStatus:
     elif not rehash and _stamped(entry.id, path, expected):
         status.state = checked_by(entry)
     else:
-        problem = _check(entry, sha256_file(path))
+        digest = sha256_file(path)
+        problem = _check(entry, digest)
         if problem:
             status.state = "corrupt"
-            status.message = f"{problem}; {fix}"
+            status.message = f"sha256 {digest} {problem}; {fix}"
         else:
             status.state = checked_by(entry)
             _stamp(entry.id, path, expected)
@@ -766,10 +862,22 @@ def list_models(manifest: Manifest | None = None) -> list[ModelStatus]:
 
 
 def verify(ids: Iterable[str] | None = None, manifest: Manifest | None = None) -> list[ModelStatus]:
-    """Rehash installed files (all, or `ids`) against their published or pinned hashes."""
+    """Rehash installed files (all, or `ids`) against their published or pinned hashes, and check
+    that those that match load as their architecture: a wrong file pinned before imports were
+    checked is "corrupt" too."""
+    from engine.nets.checkpoints import check_file  # torch, only where files are checked
+
     manifest = manifest or load_manifest()
     entries = [manifest.entry(i) for i in ids] if ids else list(manifest.entries.values())
-    return [_status(entry, rehash=True) for entry in entries]
+    statuses = [_status(entry, rehash=True) for entry in entries]
+    for entry, status in zip(entries, statuses, strict=True):
+        if status.state in ("verified", "pinned") and status.path is not None:
+            try:
+                check_file(entry, status.path)
+            except BadCheckpoint as exc:
+                status.state = "corrupt"
+                status.message = f"not a {exc.arch} checkpoint ({exc.reason}); {_how_to_replace(entry)}"
+    return statuses
 
 
 def remove(weight_id: str, unpin: bool = False, manifest: Manifest | None = None) -> bool:

@@ -62,11 +62,12 @@ def session(server: Server) -> socket.socket:
 
 @dataclass
 class Files:
-    """What `serve_files` serves: bodies by path, sent in 8 KiB blocks `delay` seconds apart; the
-    paths asked for, in order."""
+    """What `serve_files` serves: bodies by path, sent in blocks of `block` bytes `delay` seconds
+    apart; the paths asked for, in order."""
 
     bodies: dict[str, bytes] = field(default_factory=dict)
     delay: float = 0.0
+    block: int = 8192
     requests: list[str] = field(default_factory=list)
 
 
@@ -87,9 +88,9 @@ def serve_files(files: Files) -> Iterator[str]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            for start in range(0, len(body), 8192):
+            for start in range(0, len(body), files.block):
                 time.sleep(files.delay)
-                self.wfile.write(body[start : start + 8192])
+                self.wfile.write(body[start : start + files.block])
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

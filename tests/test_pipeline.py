@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 from engine import weights
 from engine.compute.cache import ModelCache
@@ -75,7 +77,7 @@ def test_bad_jobs_are_user_errors() -> None:
 
 
 def test_hello_lists_a_model_only_once_its_weights_are_installed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zoo: ModuleType
 ) -> None:
     monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
     before = capabilities()["methods"]
@@ -90,7 +92,7 @@ def test_hello_lists_a_model_only_once_its_weights_are_installed(
     assert [(m["id"], m["weights"]) for m in adain["models"]] == [published]
 
     file = tmp_path / "candy.pth"
-    file.write_bytes(b"a user's own copy of the candy model")  # no published checksum: pinned on import
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model()), file)  # no published checksum: pinned on import
     weights.import_file("johnson_candy", file)
     after = capabilities()["methods"]["johnson"]
     assert [m["id"] for m in after["models"] if m["installed"]] == ["candy"] and after["ready"] is True

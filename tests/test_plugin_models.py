@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin" / "neural_style"))
 
@@ -21,10 +23,10 @@ from nst_common.session import open_session
 
 
 def test_the_list_comes_from_a_real_hello(
-    make_server: Callable[..., Server], nst_env: dict[str, str], tmp_path: Path
+    make_server: Callable[..., Server], nst_env: dict[str, str], tmp_path: Path, zoo: ModuleType
 ) -> None:
     stand_in = tmp_path / "mosaic.pth"
-    stand_in.write_bytes(b"a user's own copy of the mosaic model")  # pinned on import, never run
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model()), stand_in)  # pinned on import, never run
     weights.import_file("johnson_mosaic", stand_in)
     sock, hello = open_session(make_server().address, None)
     sock.close()

@@ -4,8 +4,9 @@ engine server to a real HTTP server on loopback that serves fixture files slowly
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
-import random
+import io
 import re
 import socket
 import threading
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from client import EngineClient, EngineError
 from helpers import Files, serve_files
 
 from engine import methods, weights
 from engine.cli import serve
+from engine.nets.transformer_net import TransformerNet
 from engine.service import server as engine_server
 from engine.service.server import Server
 from nst_common.endpoints import Endpoint
@@ -28,16 +31,24 @@ from nst_common.session import CLIENT_LIMITS, open_session
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CONFIG = "/nonexistent/engine.json"  # connect only, never start an engine
-SIZE = 256 << 10
 
 
-def fixture_bytes(seed: int, size: int = SIZE) -> bytes:
-    return random.Random(seed).randbytes(size)
+@functools.cache
+def fixture_bytes(seed: int) -> bytes:
+    """A Johnson checkpoint (random weights, its own for each seed): a pull checks what it fetched."""
+    torch.manual_seed(seed)
+    buffer = io.BytesIO()
+    torch.save(TransformerNet().state_dict(), buffer)
+    return buffer.getvalue()
+
+
+SIZE = len(fixture_bytes(1))  # every seed's: the same tensors
+BLOCK = -(-SIZE // 32)  # the HTTP server's block: 32 to a file
 
 
 @pytest.fixture
 def http() -> Iterator[tuple[str, Files]]:
-    """A loopback HTTP server serving `Files.bodies`, each 8 KiB block after `Files.delay`."""
+    """A loopback HTTP server serving `Files.bodies`, each block after `Files.delay`."""
     files = Files()
     with serve_files(files) as url:
         yield url, files
@@ -50,6 +61,7 @@ def manifest(
     """The real manifest with two Johnson models served here (candy right, mosaic with other bytes
     than its sha256 says) and the first CycleGAN model at a URL that answers 404."""
     url, files = http
+    files.block = BLOCK
     candy, mosaic = fixture_bytes(1), fixture_bytes(2)
     files.bodies = {"/candy.pth": candy, "/mosaic.pth": fixture_bytes(3)}
     text = (REPO / "weights" / "manifest.toml").read_text(encoding="utf-8")
@@ -134,7 +146,7 @@ def test_pull_downloads_with_progress_while_other_clients_are_answered(
     assert len(pings) >= 10 and max(pings) < 0.5, pings
     assert seen_job is not None and seen_job["device"] == "download" and seen_job["method"] is None
     downloading = [(f, m) for f, m in progress if m.startswith("Downloading johnson_candy: ")]
-    assert len(downloading) >= 3 and "% of 0.2 MiB" in downloading[-1][1], progress
+    assert len(downloading) >= 3 and f"% of {SIZE / (1 << 20):.1f} MiB" in downloading[-1][1], progress
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and 0.0 < downloading[1][0] < 1.0 and fractions[-1] == 1.0
     installed = weights.path_for("johnson_candy")

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
 import torchvision
+from PIL import Image
 
 from engine import weights
 from engine.errors import UserError
+from engine.nets.checkpoints import layout_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,6 +193,20 @@ def test_a_mirror_is_tried_when_the_first_url_is_missing(server: Server, home, t
     assert path.read_bytes() == data
 
 
+def test_a_download_that_never_connected_promises_no_partial_file(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on: the machine offline
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/a.pth"
+    monkeypatch.setattr(weights, "BACKOFF_S", 0.01)
+    write_manifest(tmp_path, monkeypatch, entry("a", url, sha256=sha(b"x")))
+    with pytest.raises(UserError) as err:
+        weights.pull(["a"])
+    assert err.value.code == "download-failed" and "once the connection works" in err.value.message
+    assert "kept" not in err.value.message and not (home / "weights" / "a.pth.part").exists()
+
+
 def test_failed_download_never_leaves_a_final_file_and_resumes_later(
     server: Server, home: Path, tmp_path, monkeypatch
 ) -> None:
@@ -200,7 +219,7 @@ def test_failed_download_never_leaves_a_final_file_and_resumes_later(
     with pytest.raises(UserError) as err:
         weights.pull(["a"])
 
-    assert err.value.code == "download-failed"
+    assert err.value.code == "download-failed" and "a.pth.part is kept" in err.value.message
     assert not (home / "weights" / "a.pth").exists()
     part = home / "weights" / "a.pth.part"
     assert part.stat().st_size == 50_000 * (weights.RETRIES + 1)
@@ -296,8 +315,17 @@ member = "saved_models/candy.pth"
     )
 
 
-def test_zip_bundle_is_extracted_to_verified_files(server: Server, home: Path, tmp_path, monkeypatch) -> None:
-    candy, udnie = payload(11), payload(12)
+def saved(state: dict[str, torch.Tensor]) -> bytes:
+    """`state` as torch.save writes it to a file."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def test_zip_bundle_is_extracted_to_verified_files(
+    server: Server, home: Path, tmp_path, monkeypatch, zoo: ModuleType
+) -> None:
+    candy, udnie = (saved(zoo.johnson_state_dict(zoo.johnson_model(seed))) for seed in (1, 2))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("saved_models/candy.pth", candy)
@@ -368,6 +396,7 @@ def test_the_shipped_manifest_is_well_formed(nst_env: dict[str, str]) -> None:
         assert e.sha256 or e.sha256_prefix or e.checksum_note, e.id
         if e.sha256_prefix:
             assert e.file.split("-")[-1].startswith(e.sha256_prefix), e.id  # torchvision's convention
+        assert e.package or layout_for(e) is not None, e.id  # import and pull check what a file holds
         if "torchvision" in e.arch:  # the file torchvision's own weights name, at its stated size
             published = torchvision.models.get_model_weights(e.arch["torchvision"]).IMAGENET1K_V1
             assert e.urls == (published.url,), e.id
@@ -642,3 +671,222 @@ def test_an_installed_file_over_the_limit_is_never_hashed_nor_handed_out(
 
     assert weights.path_for("a") is None
     assert status.state == "corrupt" and str(1000 + weights.SIZE_MARGIN_MIN) in status.message
+
+
+# --- what a file holds: checked before it is pinned ----------------------------------------------
+
+
+def test_a_download_that_is_not_a_checkpoint_is_never_pinned(
+    server: Server, home: Path, tmp_path, monkeypatch, zoo: ModuleType
+) -> None:
+    server.behaviour.files["/mosaic.pth"] = b"<!DOCTYPE html><html>Rate limit exceeded</html>"
+    body = entry("johnson_x", server.url + "/mosaic.pth").replace('method = "test"', 'method = "johnson"')
+    write_manifest(tmp_path, monkeypatch, body)
+
+    with pytest.raises(UserError) as err:
+        weights.pull(["johnson_x"])
+
+    assert err.value.code == "bad-weights"
+    assert err.value.message == (
+        f"the file from {server.url}/mosaic.pth is not a PyTorch checkpoint (it is an HTML or XML page); "
+        "nothing was installed as johnson_x"
+    )
+    assert not any((home / "weights").glob("johnson_x*")) and "johnson_x" not in weights.pins()
+
+    server.behaviour.files["/mosaic.pth"] = right = saved(zoo.johnson_state_dict(zoo.johnson_model()))
+    [path] = weights.pull(["johnson_x"])
+    assert path.read_bytes() == right and weights.pins()["johnson_x"]["sha256"] == sha(right)
+
+
+UPSTREAM_STATES = {
+    "johnson": lambda zoo: zoo.johnson_state_dict(zoo.johnson_model()),
+    "cyclegan": lambda zoo: zoo.cyclegan_model().state_dict(),
+    "adain_vgg": lambda zoo: zoo.adain_models()[0].state_dict(),
+    "adain_decoder": lambda zoo: zoo.adain_models()[1].state_dict(),
+}
+
+
+@pytest.mark.parametrize(
+    ("weight_id", "wrong", "arch", "keys"),
+    [
+        (
+            "johnson_candy",
+            "cyclegan",
+            "fast-neural-style TransformerNet",
+            "62 missing keys like conv1.conv2d.",
+        ),
+        (
+            "adain_vgg",
+            "adain_decoder",
+            "pytorch-AdaIN vgg_normalised",
+            "30 missing keys like 0.weight, 0.bias",
+        ),
+        (
+            "adain_decoder",
+            "adain_vgg",
+            "pytorch-AdaIN decoder",
+            "14 missing keys like 1.weight, 1.bias, 8.weight",
+        ),
+        ("vgg19", "johnson", "torchvision VGG19", "32 missing keys like features.0.weight, features.0.bias"),
+        (
+            "inception_v3",
+            "johnson",
+            "torchvision Inception v3",
+            "missing keys like Conv2d_1a_3x3.conv.weight",
+        ),
+    ],
+)
+def test_a_checkpoint_of_another_architecture_is_refused(
+    weight_id: str, wrong: str, arch: str, keys: str, nst_env: dict[str, str], tmp_path: Path, zoo: ModuleType
+) -> None:
+    file = tmp_path / f"{wrong}.pth"
+    torch.save(UPSTREAM_STATES[wrong](zoo), file)
+
+    with pytest.raises(UserError) as err:
+        weights.import_file(weight_id, file)
+
+    message = err.value.message
+    assert err.value.code == "bad-weights"
+    assert message.startswith(f"{file} is a checkpoint, but not a {arch} for {weight_id}: "), message
+    assert keys in message and message.endswith(f"; nothing was installed as {weight_id}"), message
+    assert weights.pins() == {} and not list(weights.weights_dir().glob("*.p*"))
+
+
+def nst_cli(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`nst ARGS` as a user runs it, with the shipped manifest and a throwaway home."""
+    env = {"NST_HOME": str(home), "NST_MANIFEST": str(REPO / "weights" / "manifest.toml")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The message of a command refused for bad input: exit status 2 and one line on stderr."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert line.startswith("nst: error: ") and "weights_only" not in line, line
+    return line.removeprefix("nst: error: ")
+
+
+def test_a_picture_imported_as_a_model_is_refused_and_the_model_then_imports(
+    nst_env: dict[str, str], tmp_path: Path, zoo: ModuleType
+) -> None:
+    home = Path(nst_env["NST_HOME"])
+    picture, model, candy = tmp_path / "st.jpg", tmp_path / "mosaic.pth", tmp_path / "candy.pth"
+    Image.new("RGB", (32, 32), (200, 40, 10)).save(picture)
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model()), model)
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model(1)), candy)
+
+    refused = one_error_line(
+        nst_cli("models", "import", "johnson_mosaic", str(picture), home=home, cwd=tmp_path)
+    )
+    other = one_error_line(
+        nst_cli("models", "import", "cyclegan_style_cezanne", str(candy), home=home, cwd=tmp_path)
+    )
+
+    assert refused == (
+        f"{picture} is not a PyTorch checkpoint (it is a JPEG image); nothing was installed as johnson_mosaic"
+    )
+    assert other.startswith(
+        f"{candy} is a checkpoint, but not a CycleGAN resnet_9blocks generator for cyclegan_style_cezanne: "
+        "48 missing keys like model.1.weight, model.1.bias, model.4.weight; 62 unexpected keys like "
+    )
+    assert weights.pins() == {} and not list((home / "weights").glob("*.p*"))
+    imported = nst_cli("models", "import", "johnson_mosaic", str(model), home=home, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.startswith(
+        f"ok johnson_mosaic: pinned (first use): sha256 {sha(model.read_bytes())}"
+    )
+
+
+def test_a_pin_mismatch_names_the_first_file_and_the_fix_that_works(
+    nst_env: dict[str, str], tmp_path: Path, zoo: ModuleType
+) -> None:
+    home = Path(nst_env["NST_HOME"])
+    first, right = tmp_path / "candy.pth", tmp_path / "mosaic.pth"
+    torch.save(
+        zoo.johnson_state_dict(zoo.johnson_model(1)), first
+    )  # another style: a checkpoint all the same
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model()), right)
+    assert nst_cli("models", "import", "johnson_mosaic", str(first), home=home, cwd=tmp_path).returncode == 0
+    assert nst_cli("models", "remove", "johnson_mosaic", home=home, cwd=tmp_path).returncode == 0
+    pinned_at = weights.pins()["johnson_mosaic"]["pinned_at"].replace("T", " ")
+
+    mismatch = one_error_line(
+        nst_cli("models", "import", "johnson_mosaic", str(right), home=home, cwd=tmp_path)
+    )
+
+    assert mismatch == (
+        f"johnson_mosaic: {right} has sha256 {sha(right.read_bytes())}, which does not match "
+        f"{sha(first.read_bytes())}, pinned at the first import of johnson_mosaic ({pinned_at}, "
+        f"from {first}); the file was discarded. If that first file was the wrong one, drop its pin with "
+        "`nst models remove --unpin johnson_mosaic`, then import or pull johnson_mosaic again"
+    )
+    assert nst_cli("models", "remove", "--unpin", "johnson_mosaic", home=home, cwd=tmp_path).returncode == 0
+    imported = nst_cli("models", "import", "johnson_mosaic", str(right), home=home, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert weights.pins()["johnson_mosaic"]["sha256"] == sha(right.read_bytes())
+
+
+def test_a_wrong_file_pinned_before_imports_were_checked_is_one_line_at_use_and_in_verify(
+    nst_env: dict[str, str], tmp_path: Path, zoo: ModuleType
+) -> None:
+    # A picture and a Johnson model pinned as CycleGAN's, as an engine that did not check them left them.
+    home = Path(nst_env["NST_HOME"])
+    folder = home / "weights"
+    folder.mkdir(parents=True)
+    mosaic, cezanne = folder / "johnson_mosaic.pth", folder / "cyclegan_style_cezanne.pth"
+    Image.new("RGB", (32, 32), (200, 40, 10)).save(mosaic, format="JPEG")
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model()), cezanne)
+    pins = {
+        file.stem: {
+            "sha256": sha(file.read_bytes()),
+            "source": "import:/x",
+            "pinned_at": "2025-01-01T00:00:00+00:00",
+        }
+        for file in (mosaic, cezanne)
+    }
+    (folder / "pins.json").write_text(json.dumps(pins), encoding="utf-8")
+    photo = tmp_path / "in.jpg"
+    Image.new("RGB", (40, 32), (20, 100, 10)).save(photo)
+
+    def stylize(method: str, model: str) -> str:
+        args = ("stylize", str(photo), "--method", method, "--model", model, "-o", "out.png")
+        return one_error_line(nst_cli(*args, home=home, cwd=tmp_path))
+
+    def fix(weight_id: str) -> str:
+        return (
+            f"drop it and its pin with `nst models remove --unpin {weight_id}`, then re-import the right "
+            f"file with `nst models import {weight_id} FILE` or `nst models pull {weight_id}`"
+        )
+
+    johnson, cyclegan = stylize("johnson", "mosaic"), stylize("cyclegan", "style_cezanne")
+    verified = nst_cli("models", "verify", home=home, cwd=tmp_path)
+
+    assert johnson == (
+        f"the johnson_mosaic weights at {mosaic} are not a fast-neural-style TransformerNet checkpoint "
+        f"(it is a JPEG image); {fix('johnson_mosaic')}"
+    )
+    assert cyclegan.startswith(
+        f"the cyclegan_style_cezanne weights at {cezanne} are not a CycleGAN resnet_9blocks generator "
+        "checkpoint (48 missing keys like model.1.weight, model.1.bias, model.4.weight; 62 unexpected "
+        "keys like "
+    )
+    assert cyclegan.endswith(f"); {fix('cyclegan_style_cezanne')}") and len(cyclegan) < 600
+    assert verified.returncode == 1
+    states = {line.split()[0]: line.split()[2] for line in verified.stdout.splitlines()[1:] if "  " in line}
+    assert states["johnson_mosaic"] == states["cyclegan_style_cezanne"] == "corrupt"
+    assert (
+        "johnson_mosaic: not a fast-neural-style TransformerNet checkpoint (it is a JPEG image); "
+        in verified.stdout
+    )
+
+    assert nst_cli("models", "remove", "--unpin", "johnson_mosaic", home=home, cwd=tmp_path).returncode == 0
+    right = tmp_path / "mosaic.pth"
+    torch.save(zoo.johnson_state_dict(zoo.johnson_model()), right)
+    assert nst_cli("models", "import", "johnson_mosaic", str(right), home=home, cwd=tmp_path).returncode == 0

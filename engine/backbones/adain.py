@@ -12,11 +12,12 @@ from pathlib import Path
 from torch import nn
 
 from engine import weights
-from engine.backbones.base import VGG19, Backbone, VggSpec, load_state
-from engine.nets.state import read_state_dict
+from engine.backbones.base import VGG19, Backbone, VggSpec
+from engine.nets.state import load_strict, read_state_dict
 
 NAME = "vgg19-normalised"
 WEIGHTS_ID = "adain_vgg"
+ARCH = "pytorch-AdaIN vgg_normalised"
 SPEC = VggSpec(VGG19, reflect_pad=True, ceil_mode=True, stem=True)
 
 
@@ -30,7 +31,11 @@ def find() -> Path | None:
 
 
 def load(pooling: str) -> Backbone:
-    path = weights.require(WEIGHTS_ID, hint=f"or use the default backbone vgg16-hed instead of {NAME}")
-    backbone = Backbone(NAME, SPEC, pooling, transform())
-    load_state(backbone, read_state_dict(path), path)  # torch.load(weights_only=True)
-    return backbone
+    def read(path: Path) -> Backbone:
+        backbone = Backbone(NAME, SPEC, pooling, transform())
+        load_strict(backbone.layers, read_state_dict(path, ARCH), path, ARCH)  # weights_only=True
+        return backbone
+
+    return weights.load_with(
+        WEIGHTS_ID, read, hint=f"or use the default backbone vgg16-hed instead of {NAME}"
+    )

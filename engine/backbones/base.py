@@ -181,13 +181,3 @@ def verify_sha256(path: Path, expected: str) -> None:
         )
     with _verified_lock:
         _verified.add(key)
-
-
-def load_state(backbone: Backbone, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy a state dict keyed like the upstream Sequential ('0.weight', ...) into the backbone."""
-    try:
-        backbone.layers.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise UserError(
-            "bad-weights", f"{path} does not hold {backbone.name} weights in the expected layout: {exc}"
-        ) from None

@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine import weights
-from engine.backbones.base import VGG19, Backbone, InputTransform, VggSpec, load_state
-from engine.nets.state import read_state_dict
+from engine.backbones.base import VGG19, Backbone, InputTransform, VggSpec
+from engine.nets.state import load_strict, read_state_dict
 
 NAME = "vgg19"
 WEIGHTS_ID = "vgg19"
+ARCH = "torchvision VGG19"
 SPEC = VggSpec(VGG19)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -32,17 +34,30 @@ def find() -> Path | None:
     return weights.path_for(WEIGHTS_ID)
 
 
+def named_as_torchvision(layers: nn.Module) -> nn.Module:
+    """`layers` under torchvision's names (`features.0.weight`, ...), so that loading needs no
+    renaming and a message names a file's keys as the file has them."""
+    return nn.ModuleDict({"features": layers})
+
+
+def read_features(path: Path, arch: str = ARCH) -> dict[str, torch.Tensor]:
+    """The `features.*` tensors of a torchvision VGG checkpoint: the classifier is never used."""
+    return {k: v for k, v in read_state_dict(path, arch).items() if k.startswith("features.")}
+
+
 def load(pooling: str) -> Backbone:
     manifest = weights.load_manifest()
     cached = Path(torch.hub.get_dir()) / "checkpoints" / manifest.entry(WEIGHTS_ID).file
-    path = weights.require(
+
+    def read(path: Path) -> Backbone:
+        backbone = Backbone(NAME, SPEC, pooling, transform())
+        load_strict(named_as_torchvision(backbone.layers), read_features(path), path, ARCH)
+        return backbone
+
+    return weights.load_with(
         WEIGHTS_ID,
+        read,
         manifest,
         hint=f"if torchvision has downloaded it already: nst models import {WEIGHTS_ID} {cached}; "
         f"or use the default backbone vgg16-hed instead of {NAME}",
     )
-    state = read_state_dict(path)  # torch.load(weights_only=True)
-    features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    backbone = Backbone(NAME, SPEC, pooling, transform())
-    load_state(backbone, features, path)
-    return backbone

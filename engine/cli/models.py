@@ -1,4 +1,4 @@
-"""`nst models list | pull ID... | import ID FILE | verify [ID...] | remove ID`: printing only."""
+"""`nst models list | pull ID... | import ID FILE | verify [ID...] | remove [--unpin] ID`: printing only."""
 
 from __future__ import annotations
 
@@ -27,20 +27,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "import",
-        help="install a file you already have, after checking it against the published sha256 "
-        "(or the pin; a file with neither is pinned)",
+        help="install a file you already have, after checking that it loads as the model's "
+        "architecture and matches the published sha256 (or the pin; a file with neither is pinned)",
     )
     p.add_argument("id", metavar="ID")
     p.add_argument("file", type=Path, metavar="FILE", help="the weight file, or the zip bundle holding it")
     p.set_defaults(handler=_import)
 
-    p = sub.add_parser("verify", help="rehash installed files against their published or pinned sha256")
+    p = sub.add_parser(
+        "verify",
+        help="rehash installed files against their published or pinned sha256, and check that they "
+        "load as their architecture",
+    )
     p.add_argument("ids", nargs="*", metavar="ID")
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("remove", help="delete an installed file (its pin is kept unless --unpin)")
     p.add_argument("id", metavar="ID")
-    p.add_argument("--unpin", action="store_true", help="also forget the sha256 pinned at first download")
+    p.add_argument(
+        "--unpin",
+        action="store_true",
+        help="also forget the sha256 pinned at the first download or import, so that the next "
+        "download or import is pinned afresh (when the first file was the wrong one)",
+    )
     p.set_defaults(handler=_remove)
 
 

@@ -101,7 +101,7 @@ class AdaINMethod:
         if backbone is None:
             encoder = ctx.cache.get(
                 ("adain", "encoder", PUBLISHED, device),
-                lambda: load_encoder(weights.require("adain_vgg"), ctx.device),
+                lambda: weights.load_with("adain_vgg", lambda path: load_encoder(path, ctx.device)),
             )
         else:
             encoder = ctx.cache.get(
@@ -109,7 +109,7 @@ class AdaINMethod:
             )
         decoder = ctx.cache.get(
             ("adain", "decoder", model, device),
-            lambda: load_decoder(weights.require(_decoder_id(model)), ctx.device),
+            lambda: weights.load_with(_decoder_id(model), lambda path: load_decoder(path, ctx.device)),
         )
         return encoder, decoder
 

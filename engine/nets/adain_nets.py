@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.backbones import Backbone, load_backbone
+from engine.backbones.adain import ARCH as ENCODER_ARCH
 from engine.backbones.adain import SPEC as VGG_NORMALISED
 from engine.backbones.base import build_vgg
 from engine.nets.ops import UpsampleConv3x3, frozen, reflect_conv
@@ -24,6 +25,7 @@ from engine.nets.state import load_strict, read_state_dict
 
 ENCODER_LAYERS = 31  # vgg[:31] ends at relu4_1
 ENCODER_TAP = "relu4_1"
+DECODER_ARCH = "pytorch-AdaIN decoder"
 
 
 def decoder_layers() -> nn.Sequential:
@@ -100,7 +102,7 @@ def load_encoder(path: Path, device: torch.device) -> ConvStack:
     with torch.device("meta"):
         layers, _ = build_vgg(VGG_NORMALISED)
     layers.to_empty(device="cpu")
-    load_strict(layers, read_state_dict(path), path, "AdaIN vgg_normalised")
+    load_strict(layers, read_state_dict(path, ENCODER_ARCH), path, ENCODER_ARCH)
     return frozen(ConvStack(layers[:ENCODER_LAYERS]), device)
 
 
@@ -109,7 +111,7 @@ def load_decoder(path: Path, device: torch.device) -> ConvStack:
     with torch.device("meta"):
         layers = decoder_layers()
     layers.to_empty(device="cpu")
-    load_strict(layers, read_state_dict(path), path, "AdaIN decoder")
+    load_strict(layers, read_state_dict(path, DECODER_ARCH), path, DECODER_ARCH)
     return frozen(ConvStack(layers), device)
 
 

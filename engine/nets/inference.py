@@ -232,7 +232,9 @@ class SingleModelMethod:
         ctx.progress(Progress(0.05, "load", f"loading the {self.name} model {model}"))
         net = ctx.cache.get(
             (*self.net_key(job.params), str(ctx.device)),
-            lambda: self.load(weights.require(self.weight_ids(model)[0]), job.params, ctx.device),
+            lambda: weights.load_with(
+                self.weight_ids(model)[0], lambda path: self.load(path, job.params, ctx.device)
+            ),
         )
         ctx.cancel.raise_if_cancelled()
         ctx.progress(Progress(0.1, "stylize", "stylising"))

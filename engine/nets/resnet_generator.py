@@ -16,6 +16,8 @@ from engine.nets.ops import channels_last, frozen, instance_norm_, nnpack_layout
 from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
+ARCH = "CycleGAN resnet_9blocks generator"
+
 
 def _norm(channels: int) -> nn.InstanceNorm2d:
     return nn.InstanceNorm2d(channels)  # upstream: affine=False, no running stats; no parameters
@@ -86,9 +88,14 @@ class ResnetGenerator(nn.Module):
         return self.head(y).sigmoid_()
 
 
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The generator's state in a junyanz checkpoint, less the norm statistics older releases carry."""
+    return without_norm_stats(read_state_dict(path, ARCH))
+
+
 def load_resnet_generator(path: Path, device: torch.device) -> ResnetGenerator:
     """A CycleGAN generator checkpoint (e.g. style_monet.pth / latest_net_G_A.pth), ready to run."""
     net = ResnetGenerator()
-    load_strict(net, without_norm_stats(read_state_dict(path)), path, "CycleGAN resnet_9blocks generator")
+    load_strict(net, read_state(path), path, ARCH)
     net.fold_pixel_range()
     return frozen(net, device, nchw=net._blocks)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.errors import UserError
+from engine.errors import BadCheckpoint, UserError
 from engine.nets.ops import (
     UpsampleConv3x3,
     channels_last,
@@ -24,6 +24,8 @@ from engine.nets.ops import (
 )
 from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
+
+ARCH = "fast-neural-style TransformerNet"
 
 
 class _ConvLayer(nn.Module):
@@ -98,26 +100,33 @@ class TransformerNet(nn.Module):
         return self.head(y).clamp_(0.0, 1.0)
 
 
-def load_transformer_net(
-    path: Path, device: torch.device, mix: Sequence[float] | None = None
-) -> TransformerNet:
-    """A pytorch/examples fast-neural-style checkpoint (e.g. saved_models/candy.pth), ready to run.
+def read_state(path: Path, mix: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+    """The state of the one-style network a pytorch/examples fast-neural-style checkpoint holds.
 
     A network of several styles (conditional instance norm, Dumoulin et al. 2017: `nst train
     johnson` with several paintings) holds each norm's scale and shift once per style, as rows;
     `mix` weighs the rows (default: the first style alone) into the one-style network it runs as.
     """
-    state = without_norm_stats(read_state_dict(path))
+    state = without_norm_stats(read_state_dict(path, ARCH))
     styles = {v.shape[0] for k, v in state.items() if k.endswith((".weight", ".bias")) and v.dim() == 2}
     if len(styles) > 1:
-        raise UserError("bad-weights", f"{path} holds norms of {sorted(styles)} styles; it is damaged")
+        counts = " and ".join(map(str, sorted(styles)))
+        raise BadCheckpoint(path, ARCH, f"its norms hold {counts} styles", readable=True)
     if mix is not None and styles != {len(mix)}:
         held = f"{next(iter(styles))} styles" if styles else "one style"
         raise UserError("bad-option", f"{path} holds {held}, not the {len(mix)} of the mix")
     if styles:
         weights = torch.tensor(mix if mix is not None else [1.0] + [0.0] * (styles.pop() - 1))
         state = {k: weights @ v if v.dim() == 2 else v for k, v in state.items()}
+    return state
+
+
+def load_transformer_net(
+    path: Path, device: torch.device, mix: Sequence[float] | None = None
+) -> TransformerNet:
+    """A pytorch/examples fast-neural-style checkpoint (e.g. saved_models/candy.pth), ready to run;
+    `mix` as `read_state` takes it."""
     net = TransformerNet()
-    load_strict(net, state, path, "fast-neural-style TransformerNet")
+    load_strict(net, read_state(path, mix), path, ARCH)
     net.prepare()
     return frozen(net, device, nchw=(net.res1, net.res2, net.res3, net.res4, net.res5))
