@@ -18,6 +18,7 @@ fastest runs, and the max abs difference of the 0..1 outputs.
 
     .venv/bin/python bench/zoo.py            # 512 and 1024 px: ~15 min on 2 idle CPU cores
     .venv/bin/python bench/zoo.py --sizes 256 --rounds 1 --reps 1
+    .venv/bin/python bench/zoo.py --methods adain --rounds 1
 """
 
 from __future__ import annotations
@@ -426,10 +427,10 @@ def run_worker(side: str, method: str, args: argparse.Namespace, device: str, fo
 def bench(device: str, args: argparse.Namespace, folder: Path) -> list[dict]:
     """`args.rounds` rounds; in each, per method, a reference and an engine process, alternating
     which goes first. Returns one row per method and size."""
-    times = {(side, m, s): [] for side in ("ref", "ours") for m in METHODS for s in args.sizes}
-    diffs = {(m, s): 0.0 for m in METHODS for s in args.sizes}
+    times = {(side, m, s): [] for side in ("ref", "ours") for m in args.methods for s in args.sizes}
+    diffs = {(m, s): 0.0 for m in args.methods for s in args.sizes}
     for round_ in range(args.rounds):
-        for method in METHODS:
+        for method in args.methods:
             for side in ("ref", "ours") if round_ % 2 == 0 else ("ours", "ref"):
                 for size, runs in run_worker(side, method, args, device, folder).items():
                     times[side, method, size] += runs
@@ -438,7 +439,7 @@ def bench(device: str, args: argparse.Namespace, folder: Path) -> list[dict]:
                 diffs[method, size] = max(diffs[method, size], float(np.abs(ref - ours).max()))
     rows = []
     for size in args.sizes:
-        for method in METHODS:
+        for method in args.methods:
             ref, ours = times["ref", method, size], times["ours", method, size]
             row = {
                 "case": f"{method} {size}",
@@ -465,6 +466,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--rounds", type=int, default=3, help="reference/ours process pairs per method")
     parser.add_argument("--reps", type=int, default=1, help="timed runs per size in each process")
     parser.add_argument(

@@ -6,6 +6,8 @@ Tolerances, and what they mean to the eye:
   the fp32 result. On 8-bit output that is a level or two on average and a few levels at most in
   the busiest texture, below what the eye tells apart in a stylised picture. (Random-weight nets
   measured 0.2-1.2 levels on average and 0.7-3.8 at the 99th percentile.)
+- AdaIN through NNPACK's Winograd kernel (fp32): within 1e-4 of oneDNN's result at every value, the
+  same sums in another order: no visible difference at all.
 - Gatys in bf16: the result scores within 5% of the fp32 run's by the fp32 objective, and differs
   from it less than two fp32 runs with different seeds differ from each other: bf16 changes the
   picture less than the seed does.
@@ -30,6 +32,7 @@ from engine.errors import UserError
 from engine.imaging import images
 from engine.methods import gatys
 from engine.methods.gatys.objective import for_scale
+from engine.nets.ops import nnpack_usable
 
 CPU = torch.device("cpu")
 
@@ -107,6 +110,18 @@ def test_feed_forward_bf16_stays_within_a_few_grey_levels_of_fp32(name: str, hom
     assert difference.mean() <= 2 / 255, difference.mean()
     assert np.quantile(difference, 0.99) <= 6 / 255, np.quantile(difference, 0.99)
     assert difference.max() > 0  # it did run in bf16
+
+
+@pytest.mark.skipif(not nnpack_usable(), reason="NNPACK is not available in this torch or on this CPU")
+def test_adain_through_the_winograd_kernel_matches_fp32(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    assert tune.WINOGRAD in tune.candidates("adain")  # measured where it can win, as a whole path
+    styles = [(image(96, 96, seed=11),)]
+    content = image(128, 160, seed=10)
+    exact = run(ADAIN, content, styles, precision="fp32")
+    monkeypatch.setenv(tune.PRECISION_ENV, "fp32-winograd")
+    winograd = run(ADAIN, content, styles)
+    difference = np.abs(exact - winograd)
+    assert 0 < difference.max() <= 1e-4, difference.max()  # above 0: NNPACK did run
 
 
 def _pictures() -> tuple[np.ndarray, np.ndarray]:

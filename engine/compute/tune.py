@@ -71,14 +71,16 @@ WINOGRAD = ComputePath("fp32-winograd", channels_last=False, winograd=True)
 BF16 = ComputePath("bf16", dtype=torch.bfloat16)
 FP16 = ComputePath("fp16", dtype=torch.float16)
 BY_NAME = {p.name: p for p in (FP32, WINOGRAD, BF16, FP16)}
-# Workloads whose time goes into a frozen backbone's passes and input gradients, which the Winograd
-# path speeds up: Gatys' evaluations and the loss network of a training step.
-BACKBONE_WORKLOADS = ("gatys/", "train-")
+# Workloads whose time goes into stacks of frozen 3x3 convs that the Winograd path runs through
+# NNPACK: Gatys' evaluations and the loss network of a training step (a backbone's passes and input
+# gradients), and AdaIN's encoder and decoder. (Johnson's and CycleGAN's residual blocks take NNPACK
+# in fp32 anyway.)
+WINOGRAD_WORKLOADS = ("gatys/", "train-", "adain")
 
 
 def candidates(workload: str) -> tuple[ComputePath, ...]:
     """The paths worth timing for a workload ("gatys/<backbone>" or a feed-forward method's name)."""
-    if workload.startswith(BACKBONE_WORKLOADS):  # NCHW only where NNPACK wants it: oneDNN is faster
+    if workload.startswith(WINOGRAD_WORKLOADS):  # NCHW only where NNPACK wants it: oneDNN is faster
         return (FP32, WINOGRAD, BF16) if nnpack_usable() else (FP32, BF16)  # in channels_last
     return (FP32, BF16)
 

@@ -20,7 +20,7 @@ from engine.backbones import Backbone, load_backbone
 from engine.backbones.adain import ARCH as ENCODER_ARCH
 from engine.backbones.adain import SPEC as VGG_NORMALISED
 from engine.backbones.base import build_vgg
-from engine.nets.ops import UpsampleConv3x3, frozen, reflect_conv
+from engine.nets.ops import UpsampleConv3x3, frozen, reflect_conv, winograd_wanted
 from engine.nets.state import load_strict, read_state_dict
 
 ENCODER_LAYERS = 31  # vgg[:31] ends at relu4_1
@@ -84,7 +84,7 @@ class ConvStack(nn.Module):
                 x = F.max_pool2d(x, 2, 2, ceil_mode=True)
                 continue
             layer = self.convs[index]
-            x = layer(x) if op == "upconv" else reflect_conv(x, layer)
+            x = layer(x) if op == "upconv" else reflect_conv(x, layer, nnpack=winograd_wanted(layer))
             if relu:
                 x = x.relu_()
         return x

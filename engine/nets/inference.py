@@ -20,7 +20,7 @@ from engine.errors import UserError
 from engine.imaging import images
 from engine.imaging.colors import luminance_transfer
 from engine.methods.base import Footprint, PreparedJob, Progress, RunContext
-from engine.nets import tiling
+from engine.nets import ops, tiling
 from nst_common import settings
 
 MIN_SIDE = settings.MIN_SIDE  # the deepest reflection pads need at least 2 pixels at 1/8 scale
@@ -46,8 +46,9 @@ TUNE_SIDES = (256, 512)
 
 @contextlib.contextmanager
 def precision_scope(device: torch.device, path: tune.ComputePath) -> Iterator[None]:
-    """Inference mode, plus autocast where `path` runs in reduced precision."""
-    with torch.inference_mode(), path.autocast(device):
+    """Inference mode, plus autocast where `path` runs in reduced precision, and NNPACK's Winograd
+    kernel in the nets that take it where `path` asks for it."""
+    with torch.inference_mode(), path.autocast(device), ops.winograd(path.winograd):
         yield
 
 

@@ -6,7 +6,9 @@ Each one computes exactly what the upstream module chain computes, in fewer memo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import torch
@@ -16,6 +18,28 @@ from torch import nn
 from engine.nets import tiling
 
 M = TypeVar("M", bound=nn.Module)
+# Where the `fp32-winograd` compute path runs a whole stack of 3x3 convs through NNPACK (AdaIN's
+# encoder and decoder), the convs on at least this many channels: below it the Winograd transforms
+# cost more than they save (AdaIN at 512 px on AVX2 code: 2.7 s from 64 channels up, 2.8 s with the
+# 3-channel stem too, 4.0 s with none).
+WINOGRAD_MIN_CHANNELS = 64
+_winograd = contextvars.ContextVar("winograd", default=False)
+
+
+@contextlib.contextmanager
+def winograd(on: bool) -> Iterator[None]:
+    """Within: `winograd_wanted()` says `on`, for this thread (the compute path's choice, passed to
+    the nets that run it without a parameter through every call)."""
+    token = _winograd.set(on)
+    try:
+        yield
+    finally:
+        _winograd.reset(token)
+
+
+def winograd_wanted(conv: nn.Conv2d) -> bool:
+    """Whether the compute path wants `conv` (a 3x3 stride-1 conv) through NNPACK."""
+    return _winograd.get() and conv.in_channels >= WINOGRAD_MIN_CHANNELS
 
 
 def instance_norm_(
