@@ -126,8 +126,12 @@ class Manifest:
         try:
             return self.entries[weight_id]
         except KeyError:
+            # A model's own name (`candy`, as `--model` takes it) is the end of its weights' id.
+            meant = sorted(i for i in self.entries if i.endswith(f"_{weight_id}"))
+            hint = f"did you mean {' or '.join(meant)}? " if meant else ""
             known = ", ".join(sorted(self.entries))
-            raise UserError("unknown-weights", f"no weights called {weight_id!r}; known: {known}") from None
+            message = f"no weights called {weight_id!r}; {hint}known: {known}"
+            raise UserError("unknown-weights", message) from None
 
     def models(self, method: str) -> tuple[str, ...]:
         """The trained models of a model method (Johnson, CycleGAN), in manifest order: its entries

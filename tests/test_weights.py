@@ -389,6 +389,8 @@ def test_the_shipped_manifest_is_well_formed(nst_env: dict[str, str]) -> None:
     manifest = weights.load_manifest(REPO / "weights" / "manifest.toml")
     ids = set(manifest.entries)
     assert {"vgg19", "vgg16", "adain_vgg", "adain_decoder", "hed"} <= ids
+    with pytest.raises(UserError, match=r"no weights called 'candy'; did you mean johnson_candy\? known: "):
+        manifest.entry("candy")  # the model's name, as --model takes it
     assert {f"johnson_{s}" for s in ("candy", "mosaic", "rain_princess", "udnie")} <= ids
     assert {f"cyclegan_style_{s}" for s in ("monet", "cezanne", "ukiyoe", "vangogh")} <= ids
     for e in manifest.entries.values():
