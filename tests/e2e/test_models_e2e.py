@@ -33,12 +33,16 @@ pytestmark = pytest.mark.gimp
 
 @pytest.fixture
 def served(zoo: ModuleType) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
-    """A loopback HTTP server: the mosaic model, and other bytes than udnie's sha256 says."""
+    """A loopback HTTP server: the mosaic model, and for udnie a Johnson model other than the one
+    its sha256 says."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(zoo.johnson_state_dict(zoo.johnson_model(seed=3)), buffer)
-    files = {"/mosaic.pth": buffer.getvalue(), "/udnie.pth": b"not the udnie model"}
+    def checkpoint(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(zoo.johnson_state_dict(zoo.johnson_model(seed=seed)), buffer)
+        return buffer.getvalue()
+
+    files = {"/mosaic.pth": checkpoint(3), "/udnie.pth": checkpoint(4)}
     requests: list[str] = []
     with serve_files(Files(files, requests=requests)) as url:
         yield url, files, requests
@@ -79,7 +83,7 @@ def test_the_dialog_downloads_the_chosen_model_then_runs(
     assert failed["pressed"], output
     assert failed["status"] == "execution-error", (failed, output)
     assert failed["error"].startswith("Could not download the johnson model udnie: "), failed["error"]
-    assert "does not match the expected" in failed["error"], failed["error"]
+    assert "which does not match the published" in failed["error"], failed["error"]
     assert failed["unchanged"] and failed["layers"] == ["Photo"]
 
     ok = cases["mosaic"]
