@@ -918,14 +918,15 @@ def remove(weight_id: str, unpin: bool = False, manifest: Manifest | None = None
 def install_trained(weight_id: str, method: str, file: Path, provenance: dict, replace: bool) -> Path:
     """Move a model trained here (a state dict at `file`, on the same file system) into the weights
     folder under `weight_id`, pinned to its sha256 and listed with its provenance. A shipped
-    model's id is refused; a trained one is replaced only when `replace`."""
+    model's id is refused; a trained one is replaced only when `replace`. The file comes last: once
+    it is in place, its pin and provenance are too."""
     check_trained_id(weight_id, replace)
     dest = weights_dir() / f"{weight_id}.pth"
-    os.replace(file, dest)
-    _pin(weight_id, sha256_file(dest), "trained")
+    _pin(weight_id, sha256_file(file), "trained")
     trained = _read_json(_trained_path())
     trained[weight_id] = {**provenance, "method": method}
     _write_json(_trained_path(), trained)
+    os.replace(file, dest)
     return dest
 
 
