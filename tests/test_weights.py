@@ -829,7 +829,8 @@ def test_a_pin_mismatch_names_the_first_file_and_the_fix_that_works(
         f"from {first}); the file was discarded. If that first file was the wrong one, drop its pin with "
         "`nst models remove --unpin johnson_mosaic`, then import or pull johnson_mosaic again"
     )
-    assert nst_cli("models", "remove", "--unpin", "johnson_mosaic", home=home, cwd=tmp_path).returncode == 0
+    unpinned = nst_cli("models", "remove", "--unpin", "johnson_mosaic", home=home, cwd=tmp_path)
+    assert unpinned.returncode == 0 and "removed johnson_mosaic and its pin" in unpinned.stdout
     imported = nst_cli("models", "import", "johnson_mosaic", str(right), home=home, cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     assert weights.pins()["johnson_mosaic"]["sha256"] == sha(right.read_bytes())

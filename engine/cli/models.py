@@ -156,6 +156,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    pinned = args.unpin and args.id in weights.pins()
     removed = weights.remove(args.id, unpin=args.unpin)
-    print(f"removed {args.id}" if removed else f"{args.id} was not installed")
+    if pinned:
+        print(f"removed {args.id} and its pin: the next import or pull of it is pinned anew")
+    else:
+        print(f"removed {args.id}" if removed else f"{args.id} was not installed")
     return 0
