@@ -630,48 +630,46 @@ class Connection:
             raise _Stop()
 
     def _serve(self) -> None:
-        cfg = self.server.config
         while True:
-            limits = cfg.limits if self.authenticated else HELLO_LIMITS
-            deadline = None if self.authenticated else self.deadline
             try:
-                try:
-                    message = read_message(
-                        self.sock, limits, cfg.stall_timeout, self._on_idle, self._check,
-                        on_chunk=self._on_chunk, deadline=deadline,
-                    )  # fmt: skip
-                finally:
-                    self.server.images.arrived(self)
-            except Rejected as exc:  # refused before its images were allocated; the stream is intact
-                self.server.touch()
-                error = {"type": "error", "code": exc.code, "message": exc.message}
-                self.send(_with_ref(error, _ref(exc.header)))
-                exc.skip()
-                continue
-            except ProtocolError as exc:
-                self._give_back()
-                if exc.code == "timeout" and not self.authenticated:
-                    raise ProtocolError(
-                        "timeout", f"No complete hello within {cfg.hello_timeout:g} s."
-                    ) from None
-                raise
-            except BaseException:
-                self._give_back()
-                raise
-            self.server.touch()
-            if not self.authenticated:
-                self._handshake(message.header)
-                continue
-            ref = _ref(message.header)
-            try:
-                if not isinstance(message.header.get("type"), str):
-                    raise ProtocolError("bad-request", "The header has no `type`.")
-                self._dispatch(message, ref)
-            except (ProtocolError, UserError) as exc:
-                self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
+                self._serve_one()
             finally:
-                self._give_back()  # what no queued job took over
-            del message  # a job holds its own images; waiting for the next message must not hold them too
+                self._give_back()  # the bytes of a message that no queued job took over
+
+    def _serve_one(self) -> None:
+        """Read one message and answer it. Returning lets go of its images: a job holds its own."""
+        cfg = self.server.config
+        limits = cfg.limits if self.authenticated else HELLO_LIMITS
+        deadline = None if self.authenticated else self.deadline
+        try:
+            try:
+                message = read_message(
+                    self.sock, limits, cfg.stall_timeout, self._on_idle, self._check,
+                    on_chunk=self._on_chunk, deadline=deadline,
+                )  # fmt: skip
+            finally:
+                self.server.images.arrived(self)
+        except Rejected as exc:  # refused before its images were allocated; the stream is intact
+            self.server.touch()
+            error = {"type": "error", "code": exc.code, "message": exc.message}
+            self.send(_with_ref(error, _ref(exc.header)))
+            exc.skip()
+            return
+        except ProtocolError as exc:
+            if exc.code == "timeout" and not self.authenticated:
+                raise ProtocolError("timeout", f"No complete hello within {cfg.hello_timeout:g} s.") from None
+            raise
+        self.server.touch()
+        if not self.authenticated:
+            self._handshake(message.header)
+            return
+        ref = _ref(message.header)
+        try:
+            if not isinstance(message.header.get("type"), str):
+                raise ProtocolError("bad-request", "The header has no `type`.")
+            self._dispatch(message, ref)
+        except (ProtocolError, UserError) as exc:
+            self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
 
     def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
         """Runs before a message's images are allocated: only a valid `stylize` that this connection
