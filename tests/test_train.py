@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -320,6 +321,24 @@ def test_an_adain_decoder_trained_here_stylises_with_paintings_it_never_saw(
                       "--model", "published", "-o", tmp_path / "x.png"], home)  # fmt: skip
     assert published.returncode != 0 and "Traceback" not in published.stderr
     assert "adain_vgg" in published.stderr
+
+
+def test_the_training_network_computes_upstreams_sums_and_gradients(zoo: ModuleType) -> None:
+    """What `nst train johnson` trains is pytorch/examples' TransformerNet: the same output and the
+    same gradient for every weight (float64), though its upsampling convs run on the small image.
+    The last conv starts from the scaled initial weights, so its output is no blank."""
+    net = new_net(3).double()
+    upstream = zoo.RefTransformerNet().double()
+    upstream.load_state_dict(net.state_dict())
+    photos = torch.rand(2, 3, 36, 44, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 255
+    ours, theirs = net(photos, torch.zeros(2, dtype=torch.long)), upstream(photos)
+    assert ours.shape == theirs.shape == photos.shape and theirs.std() > 1
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+    (ours * theirs.detach().sin()).sum().backward()
+    (theirs * theirs.detach().sin()).sum().backward()
+    mine = dict(net.named_parameters())
+    for name, param in upstream.named_parameters():
+        torch.testing.assert_close(mine[name].grad, param.grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
 def test_a_network_that_learnt_a_flat_picture_is_not_installed(
