@@ -341,21 +341,19 @@ def test_random_backbone_is_seeded_and_has_the_real_architecture() -> None:
 @pytest.mark.parametrize("name", ["vgg16-hed", "vgg19-normalised"])
 def test_winograd_convolutions_give_onednn_features_and_input_gradients(name: str) -> None:
     # Frozen 3x3 convs run through NNPACK's Winograd kernel both ways (the input gradient is a conv
-    # with the rotated, transposed kernel); weights that require grad take torch's own conv. Both
-    # must give the same taps and the same gradient with respect to the image. The gradient is
+    # with the rotated, transposed kernel); the fp32 path takes torch's own conv. Both must give
+    # the same taps and the same gradient with respect to the image. The gradient is
     # compared in norm: where a ReLU's input is within 1e-5 of zero (or two pooled inputs tie), the
     # rounding decides which side the gradient takes, and a few such places differ entirely. A
     # wrong kernel (not rotated, not transposed) is off by the whole norm.
     if not nnpack_usable():
         pytest.skip("NNPACK is not available on this CPU or in this torch")
-    frozen, plain = random_backbone(name, seed=5), random_backbone(name, seed=5)
-    for param in plain.parameters():
-        param.requires_grad_(True)  # not frozen: winograd.applies is False, torch's conv runs
+    backbone = random_backbone(name, seed=5)
     image = torch.rand(1, 3, 72, 88, generator=torch.Generator().manual_seed(0))
     results = []
-    for backbone in (frozen, plain):
+    for path in (tune.WINOGRAD, tune.FP32):
         x = image.clone().requires_grad_(True)
-        taps = backbone(x, ["relu1_1", "relu3_1", "relu5_1"], tune.WINOGRAD)
+        taps = backbone(x, ["relu1_1", "relu3_1", "relu5_1"], path)
         sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in taps.values()).backward()
         results.append(({name: t.detach() for name, t in taps.items()}, x.grad))
     (fast, fast_grad), (slow, slow_grad) = results
@@ -365,11 +363,28 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(name: st
     assert float((fast_grad - slow_grad).norm()) < 1e-2 * float(slow_grad.norm())
 
 
-def test_winograd_takes_the_frozen_square_convs_on_enough_positions() -> None:
+def test_winograd_takes_the_square_stride_1_convs_on_enough_positions() -> None:
     keeps, strided = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)
-    for conv in (keeps, strided):
-        conv.requires_grad_(False)
     x = torch.zeros(1, 64, 64, 64)
     assert winograd.applies(keeps, x) and not winograd.applies(strided, x)
     assert not winograd.applies(keeps, torch.zeros(1, 64, 63, 64))  # below MIN_PIXELS positions
-    assert not winograd.applies(keeps.requires_grad_(True), x)  # weights that learn take torch's conv
+
+
+def test_winograd_trains_a_conv_as_torchs_conv_does() -> None:
+    """A conv being trained (the residual blocks of `nst train johnson` on fp32-winograd): the same
+    output, and the same gradients for its input, weights and bias, photo by photo in a batch."""
+    if not nnpack_usable():
+        pytest.skip("NNPACK is not available on this CPU or in this torch")
+    gen = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv2d(32, 48, 3)
+    x = torch.randn(3, 32, 66, 70, generator=gen)
+    weigh = torch.randn(3, 48, 64, 68, generator=gen)
+    results = []
+    for run in (lambda v: winograd.conv(conv, v), conv):
+        conv.zero_grad()
+        v = x.clone().requires_grad_(True)
+        out = run(v)
+        (out * weigh).sum().backward()
+        results.append([t.detach().clone() for t in (out, v.grad, conv.weight.grad, conv.bias.grad)])
+    for name, fast, exact in zip(("output", "input", "weight", "bias"), *results, strict=True):
+        assert float((fast - exact).abs().max()) < 1e-4 * float(exact.abs().max()), name

@@ -23,11 +23,15 @@ from helpers import drawn_scene
 from PIL import Image
 from test_score import _painting
 
+from engine.compute import tune
 from engine.nets.adain_nets import load_decoder
+from engine.nets.ops import nnpack_usable
 from engine.nets.transformer_net import load_transformer_net
-from engine.training.johnson import new_net
+from engine.training import johnson
+from engine.training.settings import JohnsonSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 SHORT = ["--batch", "2", "--size", "64", "--precision", "fp32", "--validate-every", "0"]
 
 
@@ -167,7 +171,7 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(
     # how much depends on which near-zero gradients flip), and both differ clearly from the
     # untrained network.
     untrained = tmp_path / "untrained.pth"
-    torch.save(new_net(0).upstream_state(), untrained)
+    torch.save(johnson.new_net(0).upstream_state(), untrained)
     models = [home / "weights" / "johnson_one.pth", home / "weights" / "johnson_two.pth", untrained]
     one_out, two_out, untrained_out = map(_stylised, models)
     assert (one_out - two_out).abs().mean() < 0.05 / 255 and (one_out - two_out).abs().max() < 2 / 255
@@ -221,7 +225,7 @@ def test_one_network_learns_two_paintings_and_mixes_them(data: tuple[Path, Path]
     # A style adds a row of scales and shifts to each of the 15 norms (1,600 channels): 12.5 KiB of
     # float32, 0.2% of the file.
     single = tmp_path / "single.pth"
-    torch.save(new_net(0).upstream_state(), single)
+    torch.save(johnson.new_net(0).upstream_state(), single)
     extra = (home / "weights" / "johnson_both.pth").stat().st_size - single.stat().st_size
     assert 1600 * 2 * 4 <= extra < 0.003 * single.stat().st_size, extra
 
@@ -327,7 +331,7 @@ def test_the_training_network_computes_upstreams_sums_and_gradients(zoo: ModuleT
     """What `nst train johnson` trains is pytorch/examples' TransformerNet: the same output and the
     same gradient for every weight (float64), though its upsampling convs run on the small image.
     The last conv starts from the scaled initial weights, so its output is no blank."""
-    net = new_net(3).double()
+    net = johnson.new_net(3).double()
     upstream = zoo.RefTransformerNet().double()
     upstream.load_state_dict(net.state_dict())
     photos = torch.rand(2, 3, 36, 44, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 255
@@ -339,6 +343,38 @@ def test_the_training_network_computes_upstreams_sums_and_gradients(zoo: ModuleT
     mine = dict(net.named_parameters())
     for name, param in upstream.named_parameters():
         torch.testing.assert_close(mine[name].grad, param.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("name", "terms_within", "gradient_within"), [("fp32-winograd", 1e-5, 0.01), ("bf16", 0.01, 0.35)]
+)
+def test_a_training_step_on_each_compute_path_follows_fp32(
+    name: str, terms_within: float, gradient_within: float, tmp_path: Path
+) -> None:
+    """One Johnson step at 256 px (the residual blocks at 64x64, where the Winograd path takes them)
+    on each path `nst train` may measure fastest, against fp32. fp32-winograd sums in another order:
+    terms to 1e-5, the network's gradient to 1% in norm (ReLUs within rounding of zero flip). bf16
+    keeps about three digits in the convolutions: terms to 1%, the gradient to 35% in norm, and
+    within 18 degrees of fp32's (cosine over 0.95), so Adam's steps go the same way."""
+    if name == "fp32-winograd" and not nnpack_usable():
+        pytest.skip("NNPACK is not available on this CPU or in this torch")
+    _painting(tmp_path / "painting.png")
+    recipe = johnson.JohnsonRecipe(JohnsonSettings(style_size=256), [tmp_path / "painting.png"], ["-"], CPU)
+    photos = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(6))
+    results = []
+    for path in (tune.FP32, tune.BY_NAME[name]):
+        net = johnson.new_net(0).to(memory_format=torch.channels_last)
+        terms = recipe.terms(net, photos.contiguous(memory_format=torch.channels_last), 0, path)
+        recipe.total(terms).backward()
+        gradient = torch.cat([p.grad.flatten() for p in net.parameters()])
+        results.append(({k: float(v.detach()) for k, v in terms.items()}, gradient))
+    (exact, exact_grad), (fast, fast_grad) = results
+    for term, value in exact.items():
+        assert abs(fast[term] - value) <= terms_within * abs(value), term
+    drift = float((fast_grad - exact_grad).norm() / exact_grad.norm())
+    assert 0 < drift < gradient_within  # not 0: the path ran its own kernels
+    if name == "bf16":
+        assert float(torch.nn.functional.cosine_similarity(fast_grad, exact_grad, 0)) > 0.95
 
 
 def test_a_network_that_learnt_a_flat_picture_is_not_installed(

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import weights
-from engine.backbones import Backbone, load_backbone
+from engine.backbones import Backbone, load_backbone, winograd
 from engine.compute import tune
 from engine.errors import UserError
 from engine.imaging import images
 from engine.methods.gatys.losses import Target, gram, total_variation
 from engine.nets.inference import pad_to_multiple
-from engine.nets.ops import upsample_conv3x3
+from engine.nets.ops import nnpack_layout, upsample_conv3x3, winograd_wanted
+from engine.nets.ops import winograd as winograd_scope
 from engine.nets.transformer_net import TransformerNet
 from engine.training.loop import Job, read_at
 from engine.training.settings import JohnsonSettings, Settings
@@ -46,10 +47,14 @@ OUTPUT_GAIN = 25.0  # the last layer's initial weights against torch's default: 
 def _conv(layer: nn.Module, x: torch.Tensor, upsample: bool = False) -> torch.Tensor:
     """Upstream's ConvLayer (reflection pad, conv) or UpsampleConvLayer (nearest 2x, then the
     same), the latter computed on the small image: the same sums, 2.25x fewer of them."""
+    conv = layer.conv2d
     if upsample:
-        return upsample_conv3x3(x, layer.conv2d)
-    pad = layer.conv2d.kernel_size[0] // 2
-    return layer.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"))
+        return upsample_conv3x3(x, conv)
+    pad = conv.kernel_size[0] // 2
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    if winograd_wanted(conv) and winograd.available(x) and winograd.applies(conv, x):
+        return winograd.conv(conv, x)  # the residual blocks, on the compute path fp32-winograd
+    return conv(x)
 
 
 class TrainableTransformerNet(TransformerNet):
@@ -86,6 +91,8 @@ class TrainableTransformerNet(TransformerNet):
         y = F.relu(norm(self.in1, _conv(self.conv1, x)))
         y = F.relu(norm(self.in2, _conv(self.conv2, y)))
         y = F.relu(norm(self.in3, _conv(self.conv3, y)))
+        if winograd_wanted(self.res1.conv1.conv2d):
+            y = nnpack_layout(y)  # NNPACK's layout (the convs with channels_last weights return to it)
         for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
             z = F.relu(norm(block.in1, _conv(block.conv1, y)))
             y = y + norm(block.in2, _conv(block.conv2, z))
@@ -233,7 +240,7 @@ class JohnsonRecipe:
         self, model: nn.Module, photos: torch.Tensor, first: int, path: tune.ComputePath
     ) -> dict[str, torch.Tensor]:
         styles = self._styles(first, len(photos))
-        with path.autocast(self.device):
+        with path.autocast(self.device), winograd_scope(path.winograd):
             y = model(photos * 255, styles)
         return self.loss(y.float() / 255, photos, styles, path)
 
