@@ -93,6 +93,12 @@ def test_nst_info_shows_the_measured_choice(auto: dict[str, str]) -> None:
     assert out.returncode == 0, out.stderr
     compute = json.loads(out.stdout)["compute"]
     assert compute["machine"]["torch"] == torch.__version__
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "cpu family" in cpuinfo.read_text():  # x86 Linux: name the generation too
+        text = cpuinfo.read_text()
+        family = next(line for line in text.splitlines() if line.startswith("cpu family")).split(":")[1]
+        assert f"(family {family.strip()}, model " in compute["machine"]["cpu"]
+        assert ("avx512_bf16" in compute["machine"]["units"]) == (" avx512_bf16" in text)
     assert set(compute["measured"]["demo"]["sides"]["16"]["seconds"]) == {
         p.name for p in tune.candidates("demo")
     }

@@ -85,11 +85,18 @@ def candidates(workload: str) -> tuple[ComputePath, ...]:
     return (FP32, BF16)
 
 
+# CPU features that decide which compute paths can win, beyond torch's capability name (AVX512
+# covers CPUs with and without bf16 units and AMX).
+UNITS = ("avx512_bf16", "amx_bf16", "avx512_fp16")
+
+
 def machine() -> dict[str, Any]:
     """What the choice depends on, and what every benchmark figure names."""
+    cpu, flags = _cpuinfo()
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu,
         "capability": torch.backends.cpu.get_cpu_capability(),
+        "units": [unit for unit in UNITS if unit in flags],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -97,17 +104,24 @@ def machine() -> dict[str, Any]:
 
 def describe(m: dict[str, Any]) -> str:
     """`machine()` in one line, as every benchmark and `nst info` print it."""
-    return f"{m['cpu']}, {m['capability']}, {m['threads']} threads, torch {m['torch']}"
+    units = f" ({', '.join(m['units'])})" if m.get("units") else ""
+    return f"{m['cpu']}, {m['capability']}{units}, {m['threads']} threads, torch {m['torch']}"
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name, with its x86 family and model numbers (cloud machines often report
+    only "AMD EPYC", for several generations), and its feature flags."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name, set(fields.get("flags", "").split())
 
 
 def _key() -> str:
