@@ -9,7 +9,8 @@ Grams, Adam at 1e-3, fp32. Its loss network is the engine's default (vgg16-hed, 
 through torchvision's VGG16 stack), with that network's own input transform in place of
 normalize_batch's ImageNet statistics. The engine runs through engine.training.loop.train, on
 the compute path it measures fastest here, and on fp32 with and without NNPACK's Winograd kernel
-in the loss network (the latter forced through NST_PRECISION: no setting names it).
+in the loss network and the residual blocks (the latter forced through NST_PRECISION: no setting
+names it).
 
 Each side trains `--steps` steps after `--warmup` untimed ones; the reference runs before and after
 the engine, and its two times are averaged against drift in the machine's speed.
