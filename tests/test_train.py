@@ -329,8 +329,9 @@ def test_an_adain_decoder_trained_here_stylises_with_paintings_it_never_saw(
 
 def test_the_training_network_computes_upstreams_sums_and_gradients(zoo: ModuleType) -> None:
     """What `nst train johnson` trains is pytorch/examples' TransformerNet: the same output and the
-    same gradient for every weight (float64), though its upsampling convs run on the small image.
-    The last conv starts from the scaled initial weights, so its output is no blank."""
+    same gradient for every weight (float64), though its upsampling convs run on the small image
+    and its head on blocks of pixels.
+    The last conv starts from the scaled initial weights, so its output is not blank."""
     net = johnson.new_net(3).double()
     upstream = zoo.RefTransformerNet().double()
     upstream.load_state_dict(net.state_dict())

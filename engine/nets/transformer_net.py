@@ -26,6 +26,7 @@ from engine.nets.space_to_depth import SpaceToDepthConv
 from engine.nets.state import load_strict, read_state_dict, without_norm_stats
 
 ARCH = "fast-neural-style TransformerNet"
+HEAD_BLOCK = 4  # the 3-channel head runs on 4x4 blocks of pixels (engine/nets/space_to_depth.py)
 
 
 class _ConvLayer(nn.Module):
@@ -85,7 +86,7 @@ class TransformerNet(nn.Module):
             self.deconv3.conv2d.bias.div_(255.0)
         self.up1 = UpsampleConv3x3(self.deconv1.conv2d)
         self.up2 = UpsampleConv3x3(self.deconv2.conv2d)
-        self.head = SpaceToDepthConv(self.deconv3.conv2d, factor=4)
+        self.head = SpaceToDepthConv(self.deconv3.conv2d, factor=HEAD_BLOCK)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _norm_relu(reflect_conv(x, self.conv1.conv2d), self.in1)

@@ -29,7 +29,8 @@ from engine.methods.gatys.losses import Target, gram, total_variation
 from engine.nets.inference import pad_to_multiple
 from engine.nets.ops import nnpack_layout, upsample_conv3x3, winograd_wanted
 from engine.nets.ops import winograd as winograd_scope
-from engine.nets.transformer_net import TransformerNet
+from engine.nets.space_to_depth import space_to_depth_conv
+from engine.nets.transformer_net import HEAD_BLOCK, TransformerNet
 from engine.training.loop import Job, read_at
 from engine.training.settings import JohnsonSettings, Settings
 
@@ -46,10 +47,13 @@ OUTPUT_GAIN = 25.0  # the last layer's initial weights against torch's default: 
 
 def _conv(layer: nn.Module, x: torch.Tensor, upsample: bool = False) -> torch.Tensor:
     """Upstream's ConvLayer (reflection pad, conv) or UpsampleConvLayer (nearest 2x, then the
-    same), the latter computed on the small image: the same sums, 2.25x fewer of them."""
+    same), in the forms the inference net runs: the upsampling convs on the small image (2.25x
+    fewer multiply-adds), the 3-channel head on blocks of pixels. The same sums either way."""
     conv = layer.conv2d
     if upsample:
         return upsample_conv3x3(x, conv)
+    if conv.out_channels == 3:
+        return space_to_depth_conv(x, conv, HEAD_BLOCK)
     pad = conv.kernel_size[0] // 2
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     if winograd_wanted(conv) and winograd.available(x) and winograd.applies(conv, x):
@@ -121,30 +125,13 @@ class PerceptualLoss:
     ) -> dict[str, torch.Tensor]:
         """result and photo: (N, 3, H, W) in 0..1, `styles` each one's painting; each term a mean
         over the batch. The backbone's passes run on `path`; the features come back, and the terms
-        are summed, in float32.
-
-        On a CPU the backbone sees one photo at a time: a batch's activations spill out of the
-        caches (batch 4 at 256 px: the loss network's passes 1.2-1.4x faster per photo, AVX-512 and
-        AVX2 code alike). Every term is a mean of per-photo terms, so the sums are the same."""
-        chunk = 1 if result.device.type == "cpu" else len(result)
-        parts = zip(result.split(chunk), photo.split(chunk), styles.split(chunk), strict=True)
-        terms = [self._terms(*part, path) for part in parts]
-        return {
-            "content": torch.stack([t[0] for t in terms]).mean(),
-            "style": torch.stack([t[1] for t in terms]).mean(),
-            "tv": total_variation(result),
-        }
-
-    def _terms(
-        self, result: torch.Tensor, photo: torch.Tensor, styles: torch.Tensor, path: tune.ComputePath
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The content and style terms of a batch (or of one photo)."""
+        are summed, in float32."""
         with torch.no_grad():
             wanted = self.backbone(photo, CONTENT_TAPS, path)
         features = self.backbone(result, tuple(dict.fromkeys(STYLE_TAPS + CONTENT_TAPS)), path)
         content = sum(_relative_error(features[t], wanted[t]) for t in CONTENT_TAPS) / len(CONTENT_TAPS)
         style = sum(self._style_error(gram(features[t]), t, styles) for t in STYLE_TAPS) / len(STYLE_TAPS)
-        return content, style
+        return {"content": content, "style": style, "tv": total_variation(result)}
 
     def _style_error(self, grams: torch.Tensor, tap: str, styles: torch.Tensor) -> torch.Tensor:
         """Each photo's Gram error relative to its painting's Gram energy, averaged over the batch."""
