@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -108,12 +109,15 @@ def describe(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['capability']}{units}, {m['threads']} threads, torch {m['torch']}"
 
 
+@functools.cache
 def _cpuinfo() -> tuple[str, set[str]]:
     """The CPU's model name, with its x86 family and model numbers (cloud machines often report
-    only "AMD EPYC", for several generations), and its feature flags."""
+    only "AMD EPYC", for several generations), and its feature flags: the first core's, read once."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the end of the first core's block
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:

@@ -165,9 +165,7 @@ class UpsampleConv3x3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
-        # Phase (a, b) of output pixel (i, j) is the 2x2 conv at (i + a, j + b) of the padded input.
-        z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.weight, self.bias)
-        z = z.permute(0, 2, 3, 1).unflatten(3, (4, self.out_channels))
+        z = _phases(x, self.weight, self.bias)
         out = z.new_empty(n, height, 2, width, 2, self.out_channels)
         for a in (0, 1):
             for b in (0, 1):
@@ -187,10 +185,16 @@ def upsample_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     and backward in channels_last: 1.2-2.1x faster than upsampling first, on AVX-512 and AVX2 code."""
     out, (height, width) = conv.out_channels, x.shape[-2:]
     bias = None if conv.bias is None else conv.bias.repeat(4)
-    z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), upsample_kernel(conv.weight), bias)
-    z = z.permute(0, 2, 3, 1).unflatten(3, (4, out))
+    z = _phases(x, upsample_kernel(conv.weight), bias)
     rows = [torch.stack([z[:, a : a + height, b : b + width, 2 * a + b] for b in (0, 1)], 3) for a in (0, 1)]
     return torch.stack(rows, 2).reshape(len(x), 2 * height, 2 * width, out).permute(0, 3, 1, 2)
+
+
+def _phases(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """All four phases' outputs, (N, H + 1, W + 1, 4, out): phase (a, b) of output pixel (i, j) is
+    at [:, i + a, j + b, 2a + b], the 2x2 conv there of the replicate-padded input."""
+    z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, bias)
+    return z.permute(0, 2, 3, 1).unflatten(3, (4, kernel.shape[0] // 4))
 
 
 def phase_kernel(weight: torch.Tensor, a: int, b: int) -> torch.Tensor:

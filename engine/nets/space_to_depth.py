@@ -69,14 +69,10 @@ def _taps(kernel: int, f: int) -> int:
 
 
 def blocked_kernel(weight: torch.Tensor, f: int) -> torch.Tensor:
-    """`_blocked_kernel` for a square kernel, over the blocks it reaches."""
-    return _blocked_kernel(weight, f, _taps(weight.shape[-1], f))
-
-
-def _blocked_kernel(weight: torch.Tensor, f: int, taps: int) -> torch.Tensor:
     """(out, in, k, k) to (out*f*f, in*f*f, taps, taps), output channels in pixel_shuffle's order:
     entry [(o, a, b), (r, s, i), qy, qx] = weight[o, i, f*qy + r - a, f*qx + s - b], 0 outside."""
     kernel = weight.shape[-1]
+    taps = _taps(kernel, f)
     # Offset by f and zero-padded, so that every f*q + r - a in [-f, f*taps) indexes a tap or a zero.
     padded = F.pad(weight, (f, f * taps - kernel, f, f * taps - kernel))
     a, r, q = torch.meshgrid(torch.arange(f), torch.arange(f), torch.arange(taps), indexing="ij")

@@ -47,13 +47,11 @@ OUTPUT_GAIN = 25.0  # the last layer's initial weights against torch's default: 
 
 def _conv(layer: nn.Module, x: torch.Tensor, upsample: bool = False) -> torch.Tensor:
     """Upstream's ConvLayer (reflection pad, conv) or UpsampleConvLayer (nearest 2x, then the
-    same), in the forms the inference net runs: the upsampling convs on the small image (2.25x
-    fewer multiply-adds), the 3-channel head on blocks of pixels. The same sums either way."""
+    same), the latter as the inference net runs it: on the small image, 2.25x fewer multiply-adds
+    for the same sums."""
     conv = layer.conv2d
     if upsample:
         return upsample_conv3x3(x, conv)
-    if conv.out_channels == 3:
-        return space_to_depth_conv(x, conv, HEAD_BLOCK)
     pad = conv.kernel_size[0] // 2
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     if winograd_wanted(conv) and winograd.available(x) and winograd.applies(conv, x):
@@ -102,7 +100,7 @@ class TrainableTransformerNet(TransformerNet):
             y = y + norm(block.in2, _conv(block.conv2, z))
         y = F.relu(norm(self.in4, _conv(self.deconv1, y, upsample=True)))
         y = F.relu(norm(self.in5, _conv(self.deconv2, y, upsample=True)))
-        return _conv(self.deconv3, y)
+        return space_to_depth_conv(y, self.deconv3.conv2d, HEAD_BLOCK)  # as inference runs the head
 
     def upstream_state(self) -> dict[str, torch.Tensor]:
         """The weights in pytorch/examples' layout, float32 on the CPU."""
