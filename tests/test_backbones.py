@@ -156,6 +156,37 @@ def test_avg_pooling_changes_deeper_activations_only(hed_backbone: torch.nn.Modu
         assert (by_max[tap] - by_avg[tap]).abs().mean() > 0.01 * by_max[tap].abs().mean()
 
 
+@pytest.mark.parametrize(("name", "pooling"), [("vgg16-hed", "max"), ("vgg19", "max"), ("vgg19", "avg")])
+def test_taps_and_gradients_are_those_of_the_layers_in_order(name: str, pooling: str) -> None:
+    # The forward pass reorders a max pool before the ReLU that feeds it, where that ReLU is no
+    # tap, and keeps the 3-channel first conv off NNPACK. In float64 (no rounding to hide behind)
+    # the taps and the image's gradient must be exactly what the layers give run one by one, with
+    # rounded-up pooling (vgg16-hed) on odd sizes and with average pooling, which does not commute.
+    # The taps come back in float32, so both sides are compared after that one rounding.
+    backbone = random_backbone(name, seed=3, pooling=pooling).double()
+    image = torch.rand(1, 3, 45, 38, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    taps = ["relu1_1", "relu1_2", "relu2_1", "relu3_2"]  # relu1_2 feeds a pool, relu2_2 too
+    at = {index: tap for tap, index in backbone._tap_index.items() if tap in taps}
+    results = []
+    for ordered in (False, True):
+        x = image.clone().requires_grad_(True)
+        if ordered:
+            y, out = backbone.transform(x), {}
+            for index, layer in enumerate(backbone.layers[: max(at) + 1]):
+                y = layer(y)
+                if index in at:
+                    out[at[index]] = y.float()
+        else:
+            out = backbone(x, taps)
+        sum((weight + 1) * out[tap].square().sum() for weight, tap in enumerate(taps)).backward()
+        results.append(({tap: out[tap].detach() for tap in taps}, x.grad))
+    (ours, ours_grad), (ordered_taps, ordered_grad) = results
+    for tap in taps:
+        torch.testing.assert_close(ours[tap], ordered_taps[tap], rtol=1e-6, atol=0)
+    floor = 1e-9 * float(ordered_grad.abs().max())
+    torch.testing.assert_close(ours_grad, ordered_grad, rtol=1e-5, atol=floor)
+
+
 def test_bad_names_are_user_errors(hed_backbone: torch.nn.Module) -> None:
     for call in (
         lambda: load_backbone("vgg11"),
@@ -363,11 +394,12 @@ def test_winograd_convolutions_give_onednn_features_and_input_gradients(name: st
     assert float((fast_grad - slow_grad).norm()) < 1e-2 * float(slow_grad.norm())
 
 
-def test_winograd_takes_the_square_stride_1_convs_on_enough_positions() -> None:
+def test_winograd_takes_the_square_stride_1_convs_on_enough_positions_and_channels() -> None:
     keeps, strided = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)
     x = torch.zeros(1, 64, 64, 64)
     assert winograd.applies(keeps, x) and not winograd.applies(strided, x)
     assert not winograd.applies(keeps, torch.zeros(1, 64, 63, 64))  # below MIN_PIXELS positions
+    assert not winograd.applies(torch.nn.Conv2d(3, 64, 3, padding=1), torch.zeros(1, 3, 64, 64))  # 3 channels
 
 
 def test_winograd_trains_a_conv_as_torchs_conv_does() -> None:

@@ -124,16 +124,32 @@ class Backbone(nn.Module):
             return out
         x = self.transform(image)
         fast = path.winograd and winograd.available(x)
+        last = max(wanted)
         with path.autocast(image.device):
-            for index in range(max(wanted) + 1):
+            index = 0
+            while index <= last:
                 layer = self._flat[index]
                 if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
                     x = winograd.conv(layer, x, self._rotated_kernel(index))
+                elif index not in wanted and self._pools_next(index):
+                    # max(relu(a), relu(b)) = relu(max(a, b)), gradient included: the ReLU runs on
+                    # the pooled quarter of the positions, forward and backward.
+                    x = layer(self._flat[index + 1](x))
+                    index += 1
                 else:
                     x = layer(x)
                 if index in wanted:
                     out[wanted[index]] = x
+                index += 1
         return {tap: f.float() for tap, f in out.items()}
+
+    def _pools_next(self, index: int) -> bool:
+        """A ReLU that a max pool follows."""
+        return (
+            isinstance(self._flat[index], nn.ReLU)
+            and index + 1 < len(self._flat)
+            and isinstance(self._flat[index + 1], nn.MaxPool2d)
+        )
 
     def _rotated_kernel(self, index: int) -> torch.Tensor:
         weight = self._flat[index].weight

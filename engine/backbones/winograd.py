@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.nets.ops import nnpack_applies
+from engine.nets.ops import WINOGRAD_MIN_CHANNELS, nnpack_applies
 
 # Below 64x64 positions NNPACK loses to oneDNN (measured on an AVX-512 CPU, 64-512 channels: 1.2-4x
 # slower at 16x16 and 32x32, 1.6-2.5x faster from 64x64 up at 128 channels and more): its cost per
@@ -33,9 +33,11 @@ def available(x: torch.Tensor) -> bool:
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """A square stride-1 conv on input of at least MIN_PIXELS positions."""
+    """A square stride-1 conv from at least WINOGRAD_MIN_CHANNELS channels, on input of at least
+    MIN_PIXELS positions."""
     return (
         x.shape[-2] * x.shape[-1] >= MIN_PIXELS
+        and conv.in_channels >= WINOGRAD_MIN_CHANNELS
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1

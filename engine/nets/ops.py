@@ -19,9 +19,10 @@ from engine.nets import tiling
 
 M = TypeVar("M", bound=nn.Module)
 # Where the `fp32-winograd` compute path runs a whole stack of 3x3 convs through NNPACK (AdaIN's
-# encoder and decoder), the convs on at least this many channels: below it the Winograd transforms
-# cost more than they save (AdaIN at 512 px on AVX2 code: 2.7 s from 64 channels up, 2.8 s with the
-# 3-channel stem too, 4.0 s with none).
+# encoder and decoder, the backbones, the residual blocks being trained), the convs from at least
+# this many channels: below it the Winograd transforms cost more than they save (AdaIN at 512 px on
+# AVX2 code: 2.7 s from 64 channels up, 2.8 s with the 3-channel stem too, 4.0 s with none; VGG's
+# first conv at 512x512, forward and input gradient: 41 ms in NNPACK, 33 ms in oneDNN).
 WINOGRAD_MIN_CHANNELS = 64
 _winograd = contextvars.ContextVar("winograd", default=False)
 
