@@ -193,6 +193,38 @@ def test_slow_handshakes_cannot_take_the_places_of_clients_with_the_token(
             sock.close()
 
 
+def test_connections_left_idle_make_room_for_a_new_client(make_server: Callable[..., Server]) -> None:
+    """A client that leaks connections fills every place; once they have been idle for
+    `stall_timeout` with no job, the idlest one gives its place to a new client and is told why.
+    A connection with a job running keeps its place however quiet it is."""
+    server = _tcp_server(make_server, stall_timeout=0.5, max_connections=2)
+    working, idle = session(server), session(server)
+    newcomers: list[socket.socket] = []
+    try:
+        _submit(working, StylizeJob("slow", {"device": "cpu"}, noise(8, 8, 4)), ref="job")
+        assert _until(working, lambda h: h.get("ref") == "job")[-1]["type"] == "accepted"
+        with pytest.raises(ProtocolError) as info:  # both places taken, neither idle long enough
+            open_session(server.address, TOKEN, timeout=5.0)
+        assert info.value.code == "busy"
+        time.sleep(0.7)
+        newcomers.append(session(server))  # takes the idle one's place at once
+        told = _until(idle, lambda h: h["type"] == "error")[-1]
+        assert told["code"] == "idle" and "make room" in told["message"], told
+        with pytest.raises(ConnectionClosed):
+            _next(idle, 2.0)
+        with pytest.raises(ProtocolError) as info:  # the newcomer is fresh, the job still runs
+            open_session(server.address, TOKEN, timeout=5.0)
+        assert info.value.code == "busy"
+        assert _next(working)["type"] == "progress"
+        time.sleep(0.7)
+        newcomers.append(session(server))  # now the first newcomer is the idle one
+        assert _until(newcomers[0], lambda h: h["type"] == "error")[-1]["code"] == "idle"
+        assert [j["state"] for j in server.jobs.snapshot()] == ["running"]
+    finally:
+        for sock in (working, idle, *newcomers):
+            sock.close()
+
+
 # --- Memory --------------------------------------------------------------------------------------
 
 

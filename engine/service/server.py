@@ -6,7 +6,8 @@ an `error` event with code "internal"; the traceback goes only to the log.
 
 Against hostile or broken clients: a connection has `hello_timeout` seconds from accept for its whole
 handshake, and handshakes have a pool of their own (`max_handshakes`, the oldest dropped when it is
-full), so clients without the token cannot take the places of those with it (`max_connections`). The
+full), so clients without the token cannot take the places of those with it (`max_connections`), and
+a connection left idle gives its place up to a new client when all are taken. The
 images of jobs count against one budget across connections from the moment their header is read until
 the job ends (`max_images`: being received, queued or running); they arrive into memory the OS backs as
 they come, and an upload slower than `min_rate` gives its share up to a client that waits for it. A
@@ -284,15 +285,25 @@ class Server:
             self._connections.pop(conn, None)
 
     def admit(self, conn: Connection) -> bool:
-        """Count `conn` as authenticated, unless `max_connections` already are."""
-        with self._lock:
-            if (
-                sum(1 for c in self._connections if c.authenticated and not c.closed)
-                >= self.config.max_connections
-            ):
+        """Count `conn` as authenticated. Where `max_connections` already are, the one longest without
+        a request gives up its place if it has had none for `stall_timeout` s and has no job and no
+        upload: a client that leaks connections cannot lock the others out."""
+        while True:
+            with self._lock:
+                served = [c for c in self._connections if c.served()]
+                if len(served) < self.config.max_connections:
+                    conn.authenticated = True
+                    return True
+            now = time.monotonic()
+            quiet = [c for c in served if c.idle(now)]
+            if not quiet:
                 return False
-            conn.authenticated = True
-            return True
+            idlest = min(quiet, key=lambda c: c.last_request)
+            idlest.drop(
+                "idle",
+                f"Closed after {now - idlest.last_request:.0f} s without a request, to make room for "
+                "another client; connect again when needed.",
+            )
 
     def _teardown(self) -> None:
         self._stop.set()
@@ -518,6 +529,7 @@ class Connection:
         self.authenticated = False
         self.opened = time.monotonic()
         self.deadline = self.opened + server.config.hello_timeout  # for the whole handshake
+        self.last_request = self.opened  # when its last message had arrived
         self.files: FileAccess = server.files
         self.outbox = Outbox(self)
         self._reserved = 0  # bytes of the message being received (or just read), from server.images
@@ -553,6 +565,18 @@ class Connection:
         self.dropped = (code, message)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
+
+    def served(self) -> bool:
+        """Past the handshake and not on its way out."""
+        return self.authenticated and not self.closed and self.dropped is None
+
+    def idle(self, now: float) -> bool:
+        """No request for `stall_timeout` s, no upload, no job queued or running."""
+        return (
+            now - self.last_request >= self.server.config.stall_timeout
+            and not self._reserved
+            and not self.server.jobs.count(self)
+        )
 
     def upload_rate(self, now: float) -> float:
         """Bytes per second of the upload in progress."""
@@ -651,6 +675,7 @@ class Connection:
                 self.server.images.arrived(self)
         except Rejected as exc:  # refused before its images were allocated; the stream is intact
             self.server.touch()
+            self.last_request = time.monotonic()
             error = {"type": "error", "code": exc.code, "message": exc.message}
             self.send(_with_ref(error, _ref(exc.header)))
             exc.skip()
@@ -660,6 +685,7 @@ class Connection:
                 raise ProtocolError("timeout", f"No complete hello within {cfg.hello_timeout:g} s.") from None
             raise
         self.server.touch()
+        self.last_request = time.monotonic()
         if not self.authenticated:
             self._handshake(message.header)
             return
