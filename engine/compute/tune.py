@@ -104,8 +104,9 @@ def machine() -> dict[str, Any]:
 
 
 def describe(m: dict[str, Any]) -> str:
-    """`machine()` in one line, as every benchmark and `nst info` print it."""
-    units = f" ({', '.join(m['units'])})" if m.get("units") else ""
+    """`machine()` in one line, as every benchmark and `nst info` print it. The units are the
+    CPU's, whether or not the kernels torch runs (the capability) use them."""
+    units = f" (CPU units: {', '.join(m['units'])})" if m.get("units") else ""
     return f"{m['cpu']}, {m['capability']}{units}, {m['threads']} threads, torch {m['torch']}"
 
 
