@@ -60,8 +60,9 @@ def check_pooling(pooling: str) -> None:
 def build_vgg(spec: VggSpec, pooling: str = "max") -> tuple[nn.Sequential, dict[str, int]]:
     """The flat layer list for `spec` (untrained) and, per tap `reluB_L`, the index of that ReLU.
 
-    In-place ReLU is safe everywhere: it only overwrites a fresh conv output, and whatever
-    follows a ReLU (conv, pad, pool) never modifies its input, so a returned tap stays intact.
+    In-place ReLU is safe everywhere: it only overwrites a fresh conv or pool output (the forward
+    pass may pool before the ReLU, Backbone.forward), and whatever follows a ReLU (conv, pad, pool)
+    never modifies its input, so a returned tap stays intact.
     """
     check_pooling(pooling)
     layers: list[nn.Module] = []

@@ -149,10 +149,10 @@ class JobQueue:
             while busy() and not token.cancelled and not self._closing:
                 self._cond.wait(0.25)
 
-    def count(self, owner: object, kind: str | None = None) -> int:
-        """How many jobs of `kind` (None: of any kind) that `owner` submitted are queued or running."""
+    def count(self, owner: object, kind: str) -> int:
+        """How many jobs of `kind` that `owner` submitted are queued or running."""
         with self._cond:
-            return sum(1 for j in self._all_jobs() if j.owner is owner and kind in (None, j.kind))
+            return sum(1 for j in self._all_jobs() if j.owner is owner and j.kind == kind)
 
     def _enqueue(self, device: str, make: Callable[[str], Job]) -> tuple[Job, int]:
         with self._cond:

@@ -285,25 +285,18 @@ class Server:
             self._connections.pop(conn, None)
 
     def admit(self, conn: Connection) -> bool:
-        """Count `conn` as authenticated. Where `max_connections` already are, the one longest without
-        a request gives up its place if it has had none for `stall_timeout` s and has no job and no
-        upload: a client that leaks connections cannot lock the others out."""
-        while True:
+        """Count `conn` as authenticated. Where `max_connections` already are, the connection idle
+        longest gives up its place, if one has been idle for `stall_timeout` s (Connection.yield_place):
+        a client that leaks connections cannot lock the others out."""
+        while not conn.closed:
             with self._lock:
                 served = [c for c in self._connections if c.served()]
                 if len(served) < self.config.max_connections:
                     conn.authenticated = True
                     return True
-            now = time.monotonic()
-            quiet = [c for c in served if c.idle(now)]
-            if not quiet:
+            if not any(c.yield_place() for c in sorted(served, key=lambda c: c.active_at)):
                 return False
-            idlest = min(quiet, key=lambda c: c.last_request)
-            idlest.drop(
-                "idle",
-                f"Closed after {now - idlest.last_request:.0f} s without a request, to make room for "
-                "another client; connect again when needed.",
-            )
+        return False
 
     def _teardown(self) -> None:
         self._stop.set()
@@ -487,6 +480,11 @@ class Outbox:
             while (self._items or self._writing) and not self._conn.closed and time.monotonic() < deadline:
                 self._cond.wait(self._conn.server.config.poll)
 
+    def empty(self) -> bool:
+        """Nothing queued and nothing being written."""
+        with self._cond:
+            return not self._items and not self._writing
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -529,7 +527,9 @@ class Connection:
         self.authenticated = False
         self.opened = time.monotonic()
         self.deadline = self.opened + server.config.hello_timeout  # for the whole handshake
-        self.last_request = self.opened  # when its last message had arrived
+        self.active_at = self.opened  # when a message of its last arrived, or a job of its ended
+        self._activity = threading.Lock()  # held while a message is handled; yield_place waits for none
+        self._waiting: set[str] = set()  # its jobs that have not ended: their events are still to come
         self.files: FileAccess = server.files
         self.outbox = Outbox(self)
         self._reserved = 0  # bytes of the message being received (or just read), from server.images
@@ -570,13 +570,28 @@ class Connection:
         """Past the handshake and not on its way out."""
         return self.authenticated and not self.closed and self.dropped is None
 
-    def idle(self, now: float) -> bool:
-        """No request for `stall_timeout` s, no upload, no job queued or running."""
-        return (
-            now - self.last_request >= self.server.config.stall_timeout
-            and not self._reserved
-            and not self.server.jobs.count(self)
-        )
+    def yield_place(self) -> bool:
+        """Drop this connection if it is idle: nothing from it or for it for `stall_timeout` s (no
+        message, no job ending), no message being handled, no job of its queued or running (a
+        training it follows included), nothing waiting to be written to it."""
+        if not self._activity.acquire(blocking=False):
+            return False  # a message of its is being handled
+        try:
+            quiet = time.monotonic() - self.active_at
+            with self._held_lock:
+                waiting = bool(self._waiting)
+            if quiet < self.server.config.stall_timeout or waiting or self._reserved:
+                return False
+            if not self.outbox.empty():
+                return False
+            self.drop(
+                "idle",
+                f"Closed after {quiet:.0f} s without a request, to make room for another client; "
+                "connect again when needed.",
+            )
+            return True
+        finally:
+            self._activity.release()
 
     def upload_rate(self, now: float) -> float:
         """Bytes per second of the upload in progress."""
@@ -674,28 +689,37 @@ class Connection:
             finally:
                 self.server.images.arrived(self)
         except Rejected as exc:  # refused before its images were allocated; the stream is intact
-            self.server.touch()
-            self.last_request = time.monotonic()
-            error = {"type": "error", "code": exc.code, "message": exc.message}
-            self.send(_with_ref(error, _ref(exc.header)))
-            exc.skip()
+            with self._handling():
+                error = {"type": "error", "code": exc.code, "message": exc.message}
+                self.send(_with_ref(error, _ref(exc.header)))
+                exc.skip()
             return
         except ProtocolError as exc:
             if exc.code == "timeout" and not self.authenticated:
                 raise ProtocolError("timeout", f"No complete hello within {cfg.hello_timeout:g} s.") from None
             raise
-        self.server.touch()
-        self.last_request = time.monotonic()
-        if not self.authenticated:
-            self._handshake(message.header)
-            return
-        ref = _ref(message.header)
-        try:
-            if not isinstance(message.header.get("type"), str):
-                raise ProtocolError("bad-request", "The header has no `type`.")
-            self._dispatch(message, ref)
-        except (ProtocolError, UserError) as exc:
-            self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
+        with self._handling():
+            if not self.authenticated:
+                self._handshake(message.header)
+                return
+            ref = _ref(message.header)
+            try:
+                if not isinstance(message.header.get("type"), str):
+                    raise ProtocolError("bad-request", "The header has no `type`.")
+                self._dispatch(message, ref)
+            except (ProtocolError, UserError) as exc:
+                self.send(_with_ref({"type": "error", "code": exc.code, "message": exc.message}, ref))
+
+    @contextlib.contextmanager
+    def _handling(self) -> Iterator[None]:
+        """A message has arrived: it counts as activity, and the connection keeps its place while
+        the message is handled. One that arrives after the place went to another client is not."""
+        with self._activity:
+            if self.dropped is not None:
+                raise ConnectionClosed("dropped")
+            self.server.touch()
+            self.active_at = time.monotonic()
+            yield
 
     def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
         """Runs before a message's images are allocated: only a valid `stylize` that this connection
@@ -739,9 +763,11 @@ class Connection:
             self._reserved = 0
 
     def _release(self, job: Job) -> None:
-        """A job ended: its images' bytes go back to the budget."""
+        """A job ended: its images' bytes go back to the budget, and its end counts as activity."""
         with self._held_lock:
             n = self._held.pop(job.id, 0)
+            self._waiting.discard(job.id)
+            self.active_at = time.monotonic()
         if n:
             self.server.images.give(n)
 
@@ -790,6 +816,7 @@ class Connection:
                 with self._held_lock:  # the job's end, in a worker, waits until its bytes are recorded
                     job, position = self.server.jobs.submit(spec, self, self)
                     self._held[job.id], self._reserved = self._reserved, 0
+                    self._waiting.add(job.id)
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
@@ -797,8 +824,9 @@ class Connection:
             ids = pull_ids(h)
             if self.server.jobs.count(self, "pull"):
                 raise UserError("busy", "This connection already has a download queued or running.")
-            with self.outbox.hold():
+            with self.outbox.hold(), self._held_lock:
                 job, position = self.server.jobs.submit_task("pull", PULL_QUEUE, pull_task(ids), self, self)
+                self._waiting.add(job.id)
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
@@ -810,8 +838,9 @@ class Connection:
                     "through the engine's Unix socket.",
                 )
             paintings = training.paintings_of(h, message.blobs, self.server.config.limits)
-            with self.outbox.hold():
+            with self.outbox.hold(), self._held_lock:
                 job, position = self.server.training.submit(training.job_of(h), self, paintings)
+                self._waiting.add(job.id)
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
