@@ -28,6 +28,7 @@ Three figures:
     .venv/bin/python bench/gatys.py                   # all three: about 35 min on 2 cores
     .venv/bin/python bench/gatys.py --parts step ttr  # skip the 1024 px run
     .venv/bin/python bench/gatys.py --quick           # tiny sizes, a smoke test of the code paths
+    .venv/bin/python bench/gatys.py --parts step --device cuda  # the step on a GPU, both sides
 The last line printed is one JSON object with the ratios and raw seconds.
 """
 
@@ -61,6 +62,7 @@ from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, vgg  # noqa: 
 from engine.backbones.base import Backbone  # noqa: E402
 from engine.compute import allocator, tune  # noqa: E402
 from engine.compute.cache import ModelCache  # noqa: E402
+from engine.compute.devices import gpu_name, resolve_device  # noqa: E402
 from engine.errors import CancelToken  # noqa: E402
 from engine.imaging import images  # noqa: E402
 from engine.methods import gatys  # noqa: E402
@@ -117,15 +119,20 @@ def reference_for(
     backbone's conv weights."""
     cnn = ref.torchvision_features(arch, ceil_mode=backbone.layers[4].ceil_mode)
     ref.copy_conv_weights(cnn, [m for m in backbone.layers if isinstance(m, nn.Conv2d)])
-    return kind(cnn, normalization, content, style, **options)
+    return kind(cnn.to(content.device), normalization.to(content.device), content, style, **options)
 
 
-def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) -> dict[str, float]:
-    """Median seconds of one loss+gradient evaluation, the engine's and the reference's, interleaved."""
-    backbone = random_backbone("vgg19", seed)
-    content_t, style_t = (images.to_tensor(images.at_long_side(p, sizes.step)) for p in (content, style))
+def bench_step(
+    content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int, device: torch.device
+) -> dict[str, Any]:
+    """Median seconds of one loss+gradient evaluation, the engine's and the reference's, interleaved,
+    both on `device`."""
+    backbone = random_backbone("vgg19", seed, device=str(device))
+    content_t, style_t = (
+        images.to_tensor(images.at_long_side(p, sizes.step)).to(device) for p in (content, style)
+    )
     p = gatys.METHOD.parse_params({"backbone": "vgg19"})
-    ctx = RunContext(torch.device("cpu"), lambda _: None, CancelToken(), ModelCache())
+    ctx = RunContext(device, lambda _: None, CancelToken(), ModelCache())
     path = gatys.compute_path(backbone, p, ctx, math.prod(content_t.shape[-2:]))  # as a job chooses it
     objective = Objective(backbone, p, content_t, [style_t], np.ones(1), [], path)
     x = content_t.clone().requires_grad_(True)
@@ -144,10 +151,13 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
         for name, fn in runs.items():
             start = time.perf_counter()
             fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times[name].append(time.perf_counter() - start)
     ours_s, ref_s = (statistics.median(times[name]) for name in runs)
     print(
-        f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation), path {path.name}"
+        f"\nstep at {sizes.step} px, random VGG19 (one step = one loss+gradient evaluation), "
+        f"path {path.name}, on {gpu_name(device) or 'the CPU'}"
     )
     print(f"  {'':10} {'median s':>9}  all")
     for name in runs:
@@ -159,6 +169,7 @@ def bench_step(content: np.ndarray, style: np.ndarray, sizes: Sizes, seed: int) 
         "step_reference_s": ref_s,
         "step_ratio_512": ref_s / ours_s,
         "step_path": path.name,
+        "step_device": gpu_name(device) or "cpu",
     }
 
 
@@ -394,7 +405,11 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=IMAGES, help="folder with content/ and style/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pictures", type=Path, help="save the time-to-reference part's pictures here")
+    parser.add_argument("--device", default="cpu", help="where the step part runs, both sides: cpu or cuda")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    if device.type != "cpu" and set(args.parts) != {"step"}:
+        parser.error("--device other than cpu runs the step part only: add --parts step")
     allocator.configure()  # as `nst` does first; the reference, in this process too, gets it as well
     sizes = QUICK if args.quick else Sizes()
     if args.reps:
@@ -406,7 +421,7 @@ def main() -> None:
     print(tune.describe(machine))
     result: dict[str, Any] = {"quick": args.quick, "machine": machine}
     if "step" in args.parts:
-        result.update(bench_step(content, style, sizes, args.seed))
+        result.update(bench_step(content, style, sizes, args.seed, device))
     if "ttr" in args.parts:
         result.update(bench_time_to_reference(content, style, sizes, args.pictures))
     if "balanced" in args.parts:

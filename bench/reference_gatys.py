@@ -65,8 +65,9 @@ class Normalization(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float], bgr: bool = False) -> None:
         super().__init__()
         self.bgr = bgr
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
+        # Buffers, so that `.to(device)` takes them along (the tutorial creates them on its device).
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if self.bgr:

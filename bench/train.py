@@ -49,6 +49,7 @@ from PIL import Image  # noqa: E402
 
 from engine.backbones import hed, load_backbone  # noqa: E402
 from engine.compute import allocator, tune  # noqa: E402
+from engine.compute.devices import gpu_name  # noqa: E402
 from engine.training import johnson, loop  # noqa: E402
 from engine.training.photos import find_photos, load_rgb, square_crop  # noqa: E402
 from engine.training.settings import PRECISIONS  # noqa: E402
@@ -84,17 +85,21 @@ def ref_gram_matrix(y: torch.Tensor) -> torch.Tensor:
 class ReferenceLoop:
     """neural_style.py train(), one step at a time, on `names` under `folder`."""
 
-    def __init__(self, folder: Path, names: list[str], style: np.ndarray, size: int, batch: int) -> None:
+    def __init__(
+        self, folder: Path, names: list[str], style: np.ndarray, size: int, batch: int, device: torch.device
+    ) -> None:
         backbone = load_backbone("vgg16-hed")
         features = ref.torchvision_features("vgg16", ceil_mode=True)
         ref.copy_conv_weights(features, [m for m in backbone.layers if isinstance(m, nn.Conv2d)])
-        self.vgg = RefVgg16(features)
-        self.normalise = ref.Normalization(hed.MEAN_BGR, [1.0] * 3, bgr=True)  # BGR 0..255 minus the mean
+        self.device = device
+        self.vgg = RefVgg16(features).to(device)
+        # BGR 0..255 minus the mean
+        self.normalise = ref.Normalization(hed.MEAN_BGR, [1.0] * 3, bgr=True).to(device)
         self.folder, self.names, self.size, self.batch = folder, names, size, batch
         torch.manual_seed(0)
-        self.transformer = zoo.RefTransformerNet()
+        self.transformer = zoo.RefTransformerNet().to(device)
         self.optimizer = torch.optim.Adam(self.transformer.parameters(), LR)
-        style_t = torch.from_numpy(style).permute(2, 0, 1)[None].mul(255).repeat(batch, 1, 1, 1)
+        style_t = torch.from_numpy(style).permute(2, 0, 1)[None].mul(255).repeat(batch, 1, 1, 1).to(device)
         self.gram_style = [ref_gram_matrix(y) for y in self.vgg(self.normalize_batch(style_t))]
         self.position = 0
 
@@ -108,7 +113,7 @@ class ReferenceLoop:
             name = self.names[self.position % len(self.names)]
             self.position += 1
             crops.append(square_crop(load_rgb(self.folder / name), self.size))
-        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous() * 255
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().to(self.device) * 255
         n_batch = len(x)
         self.optimizer.zero_grad()
         y = self.transformer(x)
@@ -129,6 +134,8 @@ def time_reference(loop: ReferenceLoop, steps: int, warmup: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         loop.step()
+    if loop.device.type == "cuda":
+        torch.cuda.synchronize(loop.device)
     return time.perf_counter() - start
 
 
@@ -204,7 +211,10 @@ def main() -> None:
         folder, style = pictures(args, Path(tmp))
         names = find_photos(folder, "--content-dir")
         style_picture = loop.read_at(style, johnson.SETTINGS().style_size)
-        reference = ReferenceLoop(folder, names, style_picture, args.size, args.batch)
+        device = loop.training_device()  # where `nst train` runs: the GPU where there is one
+        result["device"] = gpu_name(device) or "cpu"
+        print(f"training on {result['device']}")
+        reference = ReferenceLoop(folder, names, style_picture, args.size, args.batch, device)
         ref_s = [time_reference(reference, args.steps, args.warmup)]
         ours = {p: time_engine(folder, style, args, p, home) for p in ("auto", "fp32", tune.WINOGRAD.name)}
         ref_s.append(time_reference(reference, args.steps, 0))

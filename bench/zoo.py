@@ -461,6 +461,7 @@ def bench(device: str, args: argparse.Namespace, folder: Path) -> list[dict]:
 
 def main() -> None:
     from engine.compute import tune
+    from engine.compute.devices import gpu_name
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -496,6 +497,7 @@ def main() -> None:
         summary = {
             "bench": "zoo",
             "machine": tune.machine(),
+            "gpu": gpu_name(torch.device("cuda")) if "cuda" in devices else None,
             "precision": args.precision,
             "rounds": args.rounds,
             "reps": args.reps,

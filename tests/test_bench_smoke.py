@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.compute.devices import gpu_name
+from engine.training.loop import training_device
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"
 
@@ -45,3 +48,22 @@ def test_zoo_bench_runs_both_sides_and_they_agree() -> None:
     for case, row in results.items():
         assert row["max_abs_diff"] <= 1e-4, case
         assert row["ref_s"] > 0 and row["ours_s"] > 0, case
+
+
+@pytest.mark.slow
+def test_train_bench_times_both_sides_on_the_training_device(tmp_path: Path) -> None:
+    """A step at a tiny size, on the photos the bench draws where the shared ones are missing: the
+    reference and each engine path train on the device `nst train` uses, and the JSON names it."""
+    out = tmp_path / "train.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train.py"), "--size", "64", "--batch", "2", "--steps", "1",
+         "--warmup", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["device"] == (gpu_name(training_device()) or "cpu")
+    assert f"training on {result['device']}" in done.stdout
+    assert result["reference_photos_per_s"] > 0
+    for path in ("auto", "fp32", "fp32-winograd"):
+        assert result[f"ours_{path}"]["photos_per_s"] > 0, path

@@ -37,6 +37,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def gpu_name(device: torch.device) -> str | None:
+    """The GPU's name and CUDA version, as benchmark figures name their machine; None for the CPU."""
+    if device.type != "cuda":
+        return None
+    return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+
+
 def free_memory(device: torch.device) -> int:
     """Bytes a job could still allocate on `device` now: the GPU's free memory, or for the CPU (and
     MPS, which shares it) the system's available memory, capped by the container's (cgroup) limit."""
