@@ -62,7 +62,7 @@ from engine.backbones import DEFAULT_BACKBONE, hed, load_backbone, vgg  # noqa: 
 from engine.backbones.base import Backbone  # noqa: E402
 from engine.compute import allocator, tune  # noqa: E402
 from engine.compute.cache import ModelCache  # noqa: E402
-from engine.compute.devices import gpu_name, resolve_device  # noqa: E402
+from engine.compute.devices import gpu_name, resolve_device, synchronize  # noqa: E402
 from engine.errors import CancelToken  # noqa: E402
 from engine.imaging import images  # noqa: E402
 from engine.methods import gatys  # noqa: E402
@@ -149,10 +149,10 @@ def bench_step(
         fn()
     for _ in range(sizes.step_reps):
         for name, fn in runs.items():
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     ours_s, ref_s = (statistics.median(times[name]) for name in runs)
     print(
@@ -405,7 +405,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=IMAGES, help="folder with content/ and style/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pictures", type=Path, help="save the time-to-reference part's pictures here")
-    parser.add_argument("--device", default="cpu", help="where the step part runs, both sides: cpu or cuda")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step part runs")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type != "cpu" and set(args.parts) != {"step"}:

@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 
 from engine.backbones import hed, load_backbone  # noqa: E402
 from engine.compute import allocator, tune  # noqa: E402
-from engine.compute.devices import gpu_name  # noqa: E402
+from engine.compute.devices import gpu_name, synchronize  # noqa: E402
 from engine.training import johnson, loop  # noqa: E402
 from engine.training.photos import find_photos, load_rgb, square_crop  # noqa: E402
 from engine.training.settings import PRECISIONS  # noqa: E402
@@ -131,11 +131,11 @@ class ReferenceLoop:
 def time_reference(loop: ReferenceLoop, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         loop.step()
+    synchronize(loop.device)
     start = time.perf_counter()
     for _ in range(steps):
         loop.step()
-    if loop.device.type == "cuda":
-        torch.cuda.synchronize(loop.device)
+    synchronize(loop.device)
     return time.perf_counter() - start
 
 
@@ -216,7 +216,8 @@ def main() -> None:
         print(f"training on {result['device']}")
         reference = ReferenceLoop(folder, names, style_picture, args.size, args.batch, device)
         ref_s = [time_reference(reference, args.steps, args.warmup)]
-        ours = {p: time_engine(folder, style, args, p, home) for p in ("auto", "fp32", tune.WINOGRAD.name)}
+        paths = ("auto", "fp32") + ((tune.WINOGRAD.name,) if device.type == "cpu" else ())  # NNPACK: CPU only
+        ours = {p: time_engine(folder, style, args, p, home) for p in paths}
         ref_s.append(time_reference(reference, args.steps, 0))
     photos = args.steps * args.batch
     reference_rate = photos / (sum(ref_s) / len(ref_s))

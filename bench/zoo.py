@@ -370,12 +370,12 @@ def our_runner(method_name: str, device: torch.device, precision: str) -> Callab
 
 
 def timed(fn: Callable[[], np.ndarray], device: torch.device) -> tuple[float, np.ndarray]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    from engine.compute.devices import synchronize
+
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start, out
 
 

@@ -40,7 +40,7 @@ TINY = {"preset": "draft", "size": 16, "seed": 0, "device": "cpu", "iterations":
 
 def _runner(job: StylizeJob, progress: Any, cancel: CancelToken, cache: Any) -> RawImage:
     """echo: the content back; big: a 32 MiB result; slow: runs until cancelled; brief: the content
-    back after 1.5 s; first-style: the first style's pixels, read from its file as the pipeline
+    back after 2.5 s; first-style: the first style's pixels, read from its file as the pipeline
     reads one; anything else: the pipeline."""
     if job.method == "echo":
         return job.content
@@ -52,7 +52,7 @@ def _runner(job: StylizeJob, progress: Any, cancel: CancelToken, cache: Any) -> 
             progress(Progress(0.5, "optimise", "working"))
             time.sleep(0.02)
     if job.method == "brief":
-        time.sleep(1.5)
+        time.sleep(2.5)
         return job.content
     if job.method == "first-style":
         ref = job.styles[0]
@@ -201,7 +201,7 @@ def test_connections_left_idle_make_room_for_a_new_client(make_server: Callable[
     """A client that leaks connections fills every place; once they have been idle for
     `stall_timeout` with no job, the idlest one gives its place to a new client and is told why.
     A connection with a job running keeps its place however quiet it is."""
-    server = _tcp_server(make_server, stall_timeout=1.0, max_connections=2)
+    server = _tcp_server(make_server, stall_timeout=2.0, max_connections=2)
     working, idle = session(server), session(server)
     newcomers: list[socket.socket] = []
     try:
@@ -210,7 +210,7 @@ def test_connections_left_idle_make_room_for_a_new_client(make_server: Callable[
         with pytest.raises(ProtocolError) as info:  # both places taken, neither idle long enough
             open_session(server.address, TOKEN, timeout=5.0)
         assert info.value.code == "busy"
-        time.sleep(1.2)
+        time.sleep(2.4)
         newcomers.append(session(server))  # takes the idle one's place at once
         told = _until(idle, lambda h: h["type"] == "error")[-1]
         assert told["code"] == "idle" and "make room" in told["message"], told
@@ -220,7 +220,7 @@ def test_connections_left_idle_make_room_for_a_new_client(make_server: Callable[
             open_session(server.address, TOKEN, timeout=5.0)
         assert info.value.code == "busy"
         assert _next(working)["type"] == "progress"
-        time.sleep(1.2)
+        time.sleep(2.4)
         newcomers.append(session(server))  # now the first newcomer is the idle one
         assert _until(newcomers[0], lambda h: h["type"] == "error")[-1]["code"] == "idle"
         assert [j["state"] for j in server.jobs.snapshot()] == ["running"]
@@ -232,16 +232,16 @@ def test_connections_left_idle_make_room_for_a_new_client(make_server: Callable[
 def test_a_job_that_just_ended_keeps_its_connections_place(make_server: Callable[..., Server]) -> None:
     """The request was sent long ago, but the job's end is news for its client: the connection
     counts as idle only `stall_timeout` after its result, never while the result is on its way."""
-    server = _tcp_server(make_server, stall_timeout=1.0, max_connections=1)
+    server = _tcp_server(make_server, stall_timeout=2.0, max_connections=1)
     client = session(server)
     later: socket.socket | None = None
     try:
         _submit(client, StylizeJob("brief", {"device": "cpu"}, noise(8, 8, 4)), ref="job")
-        assert _until(client, lambda h: is_final(h))[-1]["type"] == "result"  # 1.5 s after the request
+        assert _until(client, lambda h: is_final(h))[-1]["type"] == "result"  # 2.5 s after the request
         with pytest.raises(ProtocolError) as info:
             open_session(server.address, TOKEN, timeout=5.0)
         assert info.value.code == "busy"
-        time.sleep(1.2)
+        time.sleep(2.4)
         later = session(server)
         assert _until(client, lambda h: h["type"] == "error")[-1]["code"] == "idle"
     finally:

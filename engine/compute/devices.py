@@ -44,6 +44,12 @@ def gpu_name(device: torch.device) -> str | None:
     return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`: a GPU's clock reads only what has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def free_memory(device: torch.device) -> int:
     """Bytes a job could still allocate on `device` now: the GPU's free memory, or for the CPU (and
     MPS, which shares it) the system's available memory, capped by the container's (cgroup) limit."""

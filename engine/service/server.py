@@ -577,10 +577,10 @@ class Connection:
         if not self._activity.acquire(blocking=False):
             return False  # a message of its is being handled
         try:
-            quiet = time.monotonic() - self.active_at
-            with self._held_lock:
+            with self._held_lock:  # with _release's: a job that ends now counts as activity
+                quiet = time.monotonic() - self.active_at
                 waiting = bool(self._waiting)
-            if quiet < self.server.config.stall_timeout or waiting or self._reserved:
+            if not self.served() or quiet < self.server.config.stall_timeout or waiting or self._reserved:
                 return False
             if not self.outbox.empty():
                 return False
@@ -719,7 +719,10 @@ class Connection:
                 raise ConnectionClosed("dropped")
             self.server.touch()
             self.active_at = time.monotonic()
-            yield
+            try:
+                yield
+            finally:
+                self.active_at = time.monotonic()  # idle from when the handling ended
 
     def _check(self, header: dict[str, Any], sizes: list[int]) -> None:
         """Runs before a message's images are allocated: only a valid `stylize` that this connection
