@@ -7,6 +7,7 @@ without renaming and a forward pass can stop right after the deepest tap it was 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ class Backbone(nn.Module):
         self.layers.to_empty(device="cpu")
         self.tap_names = tuple(self._tap_index)
         self._flat = list(self.layers)  # plain list: indexing an nn.Sequential builds objects
+        # ReLUs that a max pool follows: where such a ReLU is no tap, the pool runs first
+        self._pooled_relus = frozenset(
+            i
+            for i, (layer, after) in enumerate(itertools.pairwise(self._flat))
+            if isinstance(layer, nn.ReLU) and isinstance(after, nn.MaxPool2d)
+        )
         # conv index -> (its weight's storage and version, the input-gradient kernel made from it)
         self._rotated: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
 
@@ -132,7 +139,7 @@ class Backbone(nn.Module):
                 layer = self._flat[index]
                 if fast and isinstance(layer, nn.Conv2d) and winograd.applies(layer, x):
                     x = winograd.conv(layer, x, self._rotated_kernel(index))
-                elif index not in wanted and self._pools_next(index):
+                elif index in self._pooled_relus and index not in wanted:
                     # max(relu(a), relu(b)) = relu(max(a, b)), gradient included: the ReLU runs on
                     # the pooled quarter of the positions, forward and backward.
                     x = layer(self._flat[index + 1](x))
@@ -143,14 +150,6 @@ class Backbone(nn.Module):
                     out[wanted[index]] = x
                 index += 1
         return {tap: f.float() for tap, f in out.items()}
-
-    def _pools_next(self, index: int) -> bool:
-        """A ReLU that a max pool follows."""
-        return (
-            isinstance(self._flat[index], nn.ReLU)
-            and index + 1 < len(self._flat)
-            and isinstance(self._flat[index + 1], nn.MaxPool2d)
-        )
 
     def _rotated_kernel(self, index: int) -> torch.Tensor:
         weight = self._flat[index].weight

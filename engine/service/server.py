@@ -527,15 +527,16 @@ class Connection:
         self.authenticated = False
         self.opened = time.monotonic()
         self.deadline = self.opened + server.config.hello_timeout  # for the whole handshake
-        self.active_at = self.opened  # when a message of its last arrived, or a job of its ended
+        self.active_at = self.opened  # when the handling of its last message or its last job ended
         self._activity = threading.Lock()  # held while a message is handled; yield_place waits for none
-        self._waiting: set[str] = set()  # its jobs that have not ended: their events are still to come
         self.files: FileAccess = server.files
         self.outbox = Outbox(self)
         self._reserved = 0  # bytes of the message being received (or just read), from server.images
         self._upload_started = 0.0
         self._received = 0  # bytes of it received so far, counted at each chunk
-        self._held: dict[str, int] = {}  # bytes from server.images that each queued or running job holds
+        # Its jobs that have not ended (their events are still to come), with the bytes from
+        # server.images each holds (0 for a task)
+        self._held: dict[str, int] = {}
         self._held_lock = threading.Lock()  # a job's bytes are recorded before it can end
         self.dropped: tuple[str, str] | None = None  # (code, message) when the engine dropped this client
         sock.settimeout(server.config.poll)
@@ -579,7 +580,7 @@ class Connection:
         try:
             with self._held_lock:  # with _release's: a job that ends now counts as activity
                 quiet = time.monotonic() - self.active_at
-                waiting = bool(self._waiting)
+                waiting = bool(self._held)
             if not self.served() or quiet < self.server.config.stall_timeout or waiting or self._reserved:
                 return False
             if not self.outbox.empty():
@@ -718,7 +719,6 @@ class Connection:
             if self.dropped is not None:
                 raise ConnectionClosed("dropped")
             self.server.touch()
-            self.active_at = time.monotonic()
             try:
                 yield
             finally:
@@ -769,7 +769,6 @@ class Connection:
         """A job ended: its images' bytes go back to the budget, and its end counts as activity."""
         with self._held_lock:
             n = self._held.pop(job.id, 0)
-            self._waiting.discard(job.id)
             self.active_at = time.monotonic()
         if n:
             self.server.images.give(n)
@@ -819,7 +818,6 @@ class Connection:
                 with self._held_lock:  # the job's end, in a worker, waits until its bytes are recorded
                     job, position = self.server.jobs.submit(spec, self, self)
                     self._held[job.id], self._reserved = self._reserved, 0
-                    self._waiting.add(job.id)
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
@@ -829,7 +827,7 @@ class Connection:
                 raise UserError("busy", "This connection already has a download queued or running.")
             with self.outbox.hold(), self._held_lock:
                 job, position = self.server.jobs.submit_task("pull", PULL_QUEUE, pull_task(ids), self, self)
-                self._waiting.add(job.id)
+                self._held[job.id] = 0
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
@@ -843,7 +841,7 @@ class Connection:
             paintings = training.paintings_of(h, message.blobs, self.server.config.limits)
             with self.outbox.hold(), self._held_lock:
                 job, position = self.server.training.submit(training.job_of(h), self, paintings)
-                self._waiting.add(job.id)
+                self._held[job.id] = 0
                 self.outbox.reply(
                     _with_ref({"type": "accepted", "job": job.id, "position": position}, ref), wait=False
                 )
